@@ -1,0 +1,112 @@
+"""Every error s3queue raises, rooted at :class:`QueueError`.
+
+The kind is the API: callers branch on the class (and on ``retriable``), never on
+message text. Each error a user can cause says what happened and what to do next.
+Storage backends translate their native exceptions (obstore, OS) into these at the
+boundary, so nothing outside ``s3queue.storage`` ever sees them.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class QueueError(Exception):
+    """Root of every s3queue error.
+
+    ``retriable`` tells the caller whether the same call may succeed later;
+    ``suggestion`` is the fix, in one sentence, for a human.
+    """
+
+    default_retriable = True
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        status_code: int | None = None,
+        retriable: bool | None = None,
+        suggestion: str | None = None,
+        metadata: dict[str, Any] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.status_code = status_code
+        self.retriable = self.default_retriable if retriable is None else retriable
+        self.suggestion = suggestion
+        self.metadata: dict[str, Any] = dict(metadata or {})
+
+    def __str__(self) -> str:
+        if self.suggestion:
+            return f"{self.message} ({self.suggestion})"
+        return self.message
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "type": type(self).__name__,
+            "message": self.message,
+            "status_code": self.status_code,
+            "retriable": self.retriable,
+            "suggestion": self.suggestion,
+            "metadata": self.metadata,
+        }
+
+
+class ConfigurationError(QueueError):
+    """A URL, name, option or setting is wrong; retrying the same call cannot help."""
+
+    default_retriable = False
+
+
+class PayloadError(QueueError):
+    """A payload cannot be stored: not JSON-serialisable, or over the size limit."""
+
+    default_retriable = False
+
+
+class LeaseLost(QueueError):
+    """The lease expired and the message may belong to another worker now (fencing).
+
+    Raised by ``ack``, ``fail`` and ``extend`` with a stale lease; nothing was changed.
+    """
+
+    default_retriable = False
+
+
+class StorageError(QueueError):
+    """Object storage refused or failed a request."""
+
+
+class PreconditionFailed(StorageError):
+    """A conditional write lost: the object changed (412) or a concurrent conditional
+    write was in flight (409). Re-read and retry; no data was lost."""
+
+
+class AmbiguousWrite(PreconditionFailed):
+    """A conditional write was retried after an attempt whose outcome was unknown
+    (timeout, reset), and the retry's condition failed.
+
+    The first attempt may have landed and since been overwritten. Callers that can
+    recognise their own commit (a token they wrote into the body) must re-read and
+    look for it; callers whose objects are immutable may treat this as a conflict.
+    """
+
+
+class NotFound(StorageError):
+    """The bucket (or another required object) does not exist."""
+
+    default_retriable = False
+
+
+class Throttled(StorageError):
+    """The store asked us to slow down (503 SlowDown) and retries were exhausted."""
+
+
+class StorageUnavailable(StorageError):
+    """The store could not be reached or failed (5xx, timeout, reset) after retries."""
+
+
+class StorageAuthError(StorageError):
+    """Credentials are missing, wrong, or lack permission for this bucket."""
+
+    default_retriable = False

@@ -1,0 +1,67 @@
+"""Object storage behind one narrow async protocol, chosen by URL.
+
+``open_storage(url)`` is the only way the rest of s3queue obtains a store:
+``s3://bucket/prefix?endpoint=...&region=...`` (obstore), ``file:///path`` (the
+embedded default) and ``memory://name`` (tests). Every store it returns retries
+transient failures and resolves ambiguous conditional writes (see ``retry``).
+"""
+
+from __future__ import annotations
+
+from urllib.parse import urlsplit
+
+from s3queue.errors import ConfigurationError
+from s3queue.storage.base import (
+    LIST_PAGE_SIZE,
+    ObjectEntry,
+    RequestCounts,
+    Storage,
+    StoredObject,
+)
+from s3queue.storage.memory import MemoryStorage
+from s3queue.storage.retry import RetryingStorage, RetryPolicy
+
+SCHEMES = ("s3", "file", "memory")
+
+
+def open_raw_storage(url: str) -> Storage:
+    """The backend for ``url`` without the retry layer (tests and fault injection)."""
+    if not isinstance(url, str) or "://" not in url:
+        raise ConfigurationError(
+            f"invalid storage URL {url!r}: it has no scheme",
+            suggestion="use s3://bucket/prefix, file:///absolute/path or memory://name",
+        )
+    scheme = urlsplit(url).scheme.lower()
+    if scheme == "memory":
+        return MemoryStorage.named(url.split("://", 1)[1].strip("/"))
+    if scheme == "file":
+        from s3queue.storage.local import LocalStorage
+
+        return LocalStorage.from_url(url)
+    if scheme == "s3":
+        from s3queue.storage.s3 import S3Storage
+
+        return S3Storage.from_url(url)
+    raise ConfigurationError(
+        f"unknown storage scheme {scheme!r} in {url!r}",
+        suggestion="use s3://bucket/prefix, file:///absolute/path or memory://name",
+    )
+
+
+def open_storage(url: str, *, retry: RetryPolicy | None = None) -> Storage:
+    """The store for ``url``, with retries for throttling and transient failures."""
+    return RetryingStorage(open_raw_storage(url), retry)
+
+
+__all__ = [
+    "LIST_PAGE_SIZE",
+    "SCHEMES",
+    "ObjectEntry",
+    "RequestCounts",
+    "RetryPolicy",
+    "RetryingStorage",
+    "Storage",
+    "StoredObject",
+    "open_raw_storage",
+    "open_storage",
+]

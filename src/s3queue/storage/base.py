@@ -1,0 +1,119 @@
+"""The storage boundary: the few async operations the queue needs from object storage.
+
+Invariant: a backend either applies a conditional write exactly as asked or raises
+:class:`~s3queue.errors.PreconditionFailed`; every ETag it returns changes on every
+write, even when the bytes are equal (no ABA). Backends raise only the typed errors
+of :mod:`s3queue.errors`, never their library's or the OS's exceptions.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, field, fields
+from typing import Protocol, runtime_checkable
+
+#: S3 returns at most this many keys per LIST request; every backend counts LIST
+#: requests per page of this size so that request accounting matches S3's bill.
+LIST_PAGE_SIZE = 1000
+
+
+@dataclass(frozen=True, slots=True)
+class StoredObject:
+    """An object's bytes and the version tag to pass as ``if_match``."""
+
+    data: bytes
+    etag: str
+
+
+@dataclass(frozen=True, slots=True)
+class ObjectEntry:
+    """One key of a listing."""
+
+    key: str
+    size: int
+
+
+@dataclass(slots=True)
+class RequestCounts:
+    """Requests sent to the store, by kind, as the store would bill them.
+
+    Every attempt counts, retries included: this is what the bill shows.
+    """
+
+    get: int = 0
+    put: int = 0
+    conditional_put: int = 0
+    delete: int = 0
+    list: int = 0
+    # Outcomes, not requests: they are already counted above.
+    precondition_failed: int = 0
+    throttled: int = 0
+    retried: int = 0
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
+
+    def add(self, kind: str, n: int = 1) -> None:
+        with self._lock:
+            setattr(self, kind, getattr(self, kind) + n)
+
+    @property
+    def total(self) -> int:
+        """Billed requests (outcome counters excluded)."""
+        return self.get + self.put + self.conditional_put + self.delete + self.list
+
+    def snapshot(self) -> dict[str, int]:
+        out = {f.name: getattr(self, f.name) for f in fields(self) if not f.name.startswith("_")}
+        out["total"] = self.total
+        return out
+
+    def reset(self) -> None:
+        with self._lock:
+            for f in fields(self):
+                if not f.name.startswith("_"):
+                    setattr(self, f.name, 0)
+
+
+@runtime_checkable
+class Storage(Protocol):
+    """What s3queue needs from an object store. Keys are ``/``-separated strings of
+    safe characters; the backend maps them under its own root or prefix."""
+
+    @property
+    def url(self) -> str:
+        """The URL this store was opened from, without credentials."""
+        ...
+
+    @property
+    def counts(self) -> RequestCounts: ...
+
+    async def get(self, key: str) -> StoredObject | None:
+        """The object at ``key``, or None if there is none."""
+        ...
+
+    async def put(
+        self,
+        key: str,
+        data: bytes,
+        *,
+        if_match: str | None = None,
+        if_none_match: bool = False,
+    ) -> str:
+        """Write ``data`` at ``key`` and return its new ETag.
+
+        ``if_none_match=True`` creates only if absent; ``if_match=etag`` replaces
+        only the version with that ETag. Either raises PreconditionFailed when the
+        condition does not hold. Both at once is a programming error.
+        """
+        ...
+
+    async def delete(self, key: str) -> None:
+        """Remove ``key``; removing a missing key is not an error."""
+        ...
+
+    async def list(
+        self, prefix: str, *, start_after: str | None = None, limit: int | None = None
+    ) -> list[ObjectEntry]:
+        """Keys under ``prefix`` in ascending byte order, strictly after ``start_after``,
+        at most ``limit`` of them (all when None)."""
+        ...
+
+    async def close(self) -> None: ...

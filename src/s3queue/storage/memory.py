@@ -1,0 +1,113 @@
+"""An in-process store for tests: the same semantics as S3, nothing persisted.
+
+Invariant: every write gets a fresh ETag (a global counter), so rewriting equal
+bytes is never mistaken for "unchanged". A threading lock makes it safe to share
+between the event loop and the blocking client's thread.
+"""
+
+from __future__ import annotations
+
+import bisect
+import itertools
+import threading
+
+from s3queue.errors import PreconditionFailed
+from s3queue.storage.base import LIST_PAGE_SIZE, ObjectEntry, RequestCounts, StoredObject
+from s3queue.storage.keys import check_key
+
+_registry: dict[str, MemoryStorage] = {}
+_registry_lock = threading.Lock()
+
+
+class MemoryStorage:
+    """``memory://name``: stores opened with the same name in one process share data."""
+
+    def __init__(self, name: str = "") -> None:
+        self._name = name
+        self._objects: dict[str, tuple[bytes, str]] = {}
+        self._sorted_keys: list[str] = []
+        self._lock = threading.Lock()
+        self._etags = itertools.count(1)
+        self._counts = RequestCounts()
+
+    @classmethod
+    def named(cls, name: str) -> MemoryStorage:
+        """The shared store called ``name`` (an empty name is always a fresh store)."""
+        if not name:
+            return cls()
+        with _registry_lock:
+            store = _registry.get(name)
+            if store is None:
+                store = _registry[name] = cls(name)
+            return store
+
+    @property
+    def url(self) -> str:
+        return f"memory://{self._name}"
+
+    @property
+    def counts(self) -> RequestCounts:
+        return self._counts
+
+    async def get(self, key: str) -> StoredObject | None:
+        check_key(key)
+        self._counts.add("get")
+        with self._lock:
+            found = self._objects.get(key)
+        return None if found is None else StoredObject(found[0], found[1])
+
+    async def put(
+        self,
+        key: str,
+        data: bytes,
+        *,
+        if_match: str | None = None,
+        if_none_match: bool = False,
+    ) -> str:
+        check_key(key)
+        if if_match is not None and if_none_match:
+            raise ValueError("put takes if_match or if_none_match, not both")
+        conditional = if_match is not None or if_none_match
+        self._counts.add("conditional_put" if conditional else "put")
+        with self._lock:
+            current = self._objects.get(key)
+            if if_none_match and current is not None:
+                self._counts.add("precondition_failed")
+                raise PreconditionFailed(f"{key} already exists", status_code=412)
+            if if_match is not None and (current is None or current[1] != if_match):
+                self._counts.add("precondition_failed")
+                raise PreconditionFailed(f"{key} changed since it was read", status_code=412)
+            etag = f'"m{next(self._etags)}"'
+            if current is None:
+                bisect.insort(self._sorted_keys, key)
+            self._objects[key] = (bytes(data), etag)
+            return etag
+
+    async def delete(self, key: str) -> None:
+        check_key(key)
+        self._counts.add("delete")
+        with self._lock:
+            if self._objects.pop(key, None) is not None:
+                index = bisect.bisect_left(self._sorted_keys, key)
+                del self._sorted_keys[index]
+
+    async def list(
+        self, prefix: str, *, start_after: str | None = None, limit: int | None = None
+    ) -> list[ObjectEntry]:
+        with self._lock:
+            lower = max(prefix, start_after) if start_after is not None else prefix
+            index = bisect.bisect_left(self._sorted_keys, lower)
+            out: list[ObjectEntry] = []
+            for key in itertools.islice(self._sorted_keys, index, None):
+                if not key.startswith(prefix):
+                    break
+                if start_after is not None and key <= start_after:
+                    continue
+                out.append(ObjectEntry(key, len(self._objects[key][0])))
+                if limit is not None and len(out) >= limit:
+                    break
+        self._counts.add("list", max(1, -(-len(out) // LIST_PAGE_SIZE)))
+        return out
+
+    async def close(self) -> None:
+        return None

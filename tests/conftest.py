@@ -1,0 +1,42 @@
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.s3server import S3Server, start_s3_server
+
+BUCKET = "s3queue-test"
+
+# moto accepts any credentials unless told otherwise; the S3 backend still needs some.
+os.environ.setdefault("AWS_ACCESS_KEY_ID", "testing")
+os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "testing")
+os.environ.setdefault("AWS_REGION", "us-east-1")
+
+
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
+    server = start_s3_server(tmp_path_factory.mktemp("moto") / "moto.log")
+    server.create_bucket(BUCKET)
+    yield server
+    server.stop()
+
+
+@pytest.fixture(params=["memory", "file", "s3"])
+def backend(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+@pytest.fixture
+def store_url(backend: str, request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """A fresh, empty store of each backend kind."""
+    unique = uuid.uuid4().hex[:12]
+    if backend == "memory":
+        return f"memory://test-{unique}"
+    if backend == "file":
+        return f"file://{tmp_path / 'store'}"
+    server: S3Server = request.getfixturevalue("s3_server")
+    return server.url(BUCKET, f"t-{unique}")

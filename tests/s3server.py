@@ -1,0 +1,84 @@
+"""A real S3-compatible HTTP server for the tests: moto's ``moto_server`` on loopback.
+
+moto implements If-Match / If-None-Match on PUT, which is what the queue's
+guarantees rest on, so the S3 backend is tested against HTTP, not against mocks.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@dataclass
+class S3Server:
+    endpoint: str
+    process: subprocess.Popen[bytes]
+
+    def create_bucket(self, name: str) -> None:
+        request = urllib.request.Request(f"{self.endpoint}/{name}", method="PUT")
+        try:
+            urllib.request.urlopen(request, timeout=10).close()
+        except urllib.error.HTTPError as error:  # already there: fine
+            if error.code != 409:
+                raise
+
+    def url(self, bucket: str, prefix: str) -> str:
+        return f"s3://{bucket}/{prefix}?endpoint={self.endpoint}&region=us-east-1"
+
+    def stop(self) -> None:
+        self.process.terminate()
+        try:
+            self.process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+
+
+def moto_executable() -> str:
+    beside_python = Path(sys.executable).with_name("moto_server")
+    if beside_python.exists():
+        return str(beside_python)
+    found = shutil.which("moto_server")
+    if found is None:
+        raise RuntimeError("moto_server is not installed; run `make test`, which installs it")
+    return found
+
+
+def start_s3_server(log_path: Path, extra_env: dict[str, str] | None = None) -> S3Server:
+    """Start moto_server on a free loopback port and wait until it answers."""
+    port = free_port()
+    env = {**os.environ, **(extra_env or {})}
+    log = log_path.open("wb")
+    process = subprocess.Popen(
+        [moto_executable(), "-H", "127.0.0.1", "-p", str(port)],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        env=env,
+    )
+    endpoint = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 60
+    while True:
+        if process.poll() is not None:
+            raise RuntimeError(f"moto_server exited early; see {log_path}")
+        try:
+            urllib.request.urlopen(f"{endpoint}/moto-api/", timeout=2).close()
+            return S3Server(endpoint, process)
+        except (urllib.error.URLError, ConnectionError, TimeoutError):
+            if time.monotonic() > deadline:
+                process.kill()
+                raise RuntimeError(f"moto_server did not answer within 60 s; see {log_path}")
+            time.sleep(0.1)  # waiting for a child process to bind: no event to await
