@@ -54,11 +54,11 @@ class FaultyStorage:
 
     def _take(self, op: str, key: str, after: bool) -> StorageError | None:
         for fault in self.faults:
-            if fault.times > 0 and fault.after == after and fault.op in (op, "*"):
-                if fault.when(key):
-                    fault.times -= 1
-                    self.injected += 1
-                    return fault.error()
+            matches = fault.times > 0 and fault.after == after and fault.op in (op, "*")
+            if matches and fault.when(key):
+                fault.times -= 1
+                self.injected += 1
+                return fault.error()
         return None
 
     async def get(self, key: str) -> StoredObject | None:

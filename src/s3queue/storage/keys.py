@@ -25,7 +25,7 @@ def check_key(key: str) -> str:
     for segment in key.split("/"):
         if not _SEGMENT.match(segment) or segment in {".", ".."} or segment.startswith(".tmp"):
             raise ConfigurationError(
-                f"invalid object key {key!r}: segment {segment!r} is empty or has unsafe characters",
+                f"invalid object key {key!r}: segment {segment!r} is empty or unsafe",
                 suggestion="keys use letters, digits, '.', '_', '-' and '=' between '/'",
             )
     return key

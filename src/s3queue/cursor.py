@@ -1,0 +1,631 @@
+"""The consumer state of one shard, and its pure transitions.
+
+A cursor is rewritten only by compare-and-swap. :func:`apply` takes the cursor that
+was read, a batch of operations and the clock, and returns the next cursor and one
+result per operation. It performs no I/O, so the same batch applied to the same
+state always gives the same answer: that is what lets the commit loop re-apply a
+batch after losing a race, and what the hypothesis model tests.
+
+Invariants kept here:
+- a message has at most one lease, and only the token that holds it may ack, fail,
+  extend or release it, and only before ``expires_at`` (fencing);
+- a lease is recovered only after ``expires_at + skew_margin``, so a holder whose
+  clock runs a little ahead and a recoverer never overlap;
+- the cursor's size is bounded by the open window and the in-flight messages,
+  never by the backlog behind them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Literal
+
+import msgspec
+
+from s3queue.layout import SegmentRef, message_id, parse_message_id
+from s3queue.records import FORMAT, ErrorRecord, decode, encode
+from s3queue.segment import Message, Segment
+
+#: How many commit tokens a cursor remembers, so that a writer whose request timed
+#: out can tell whether its commit landed even after others committed on top.
+RECENT_COMMITS = 32
+
+#: msgspec cannot decode ``Raw | None``; an empty Raw (omitted in JSON) means "none".
+NO_RAW = msgspec.Raw(b"")
+
+
+def raw_or_none(raw: msgspec.Raw | None) -> msgspec.Raw | None:
+    return None if raw is None or len(raw) == 0 else raw
+
+
+class Lease(msgspec.Struct, frozen=True, kw_only=True):
+    token: str
+    owner: str
+    claimed_at: float
+    expires_at: float
+
+
+class Outcome(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
+    """How a finished message ended, kept until its side records are written."""
+
+    status: Literal["completed", "dead"]
+    finished_at: float
+    result: msgspec.Raw = NO_RAW
+
+
+class Flight(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
+    """A message claimed at least once and not yet finished."""
+
+    attempt: int
+    lease: Lease | None = None
+    visible_at: float = 0.0
+    errors: list[ErrorRecord] = []
+    progress: msgspec.Raw = NO_RAW
+    outcome: Outcome | None = None
+
+
+class OpenSegment(msgspec.Struct, frozen=True, kw_only=True):
+    """A segment in the window: how many messages it has and which are done."""
+
+    ref: str
+    count: int
+    done: bytes
+
+
+class Counters(msgspec.Struct, frozen=True, kw_only=True):
+    ingested: int = 0
+    claimed: int = 0
+    completed: int = 0
+    dead: int = 0
+    retried: int = 0
+    recovered: int = 0
+    released: int = 0
+    stale_rejected: int = 0
+
+
+class Cursor(msgspec.Struct, frozen=True, kw_only=True):
+    format: int = FORMAT
+    shard: int
+    version: int = 0
+    commit: str = ""
+    recent_commits: list[str] = []
+    next_seq: int = 0
+    open: list[OpenSegment] = []
+    flights: dict[str, Flight] = {}
+    timers: dict[str, int] = {}
+    timers_sealed_before: int = 0
+    purged_before: int = 0
+    counters: Counters = Counters()
+
+
+def encode_cursor(cursor: Cursor) -> bytes:
+    return encode(cursor)
+
+
+def decode_cursor(data: bytes) -> Cursor:
+    return decode(data, Cursor, what="cursor")
+
+
+# --- operations ----------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Ingest:
+    """Add a segment that exists in storage to the window (once, in order)."""
+
+    ref: SegmentRef
+    count: int
+
+
+@dataclass(frozen=True, slots=True)
+class Claim:
+    owner: str
+    max_messages: int
+    visibility_timeout: float
+
+
+@dataclass(frozen=True, slots=True)
+class Ack:
+    id: str
+    token: str
+    result: msgspec.Raw | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Fail:
+    id: str
+    token: str
+    error: ErrorRecord
+    retriable: bool
+    delay: float
+
+
+@dataclass(frozen=True, slots=True)
+class Extend:
+    id: str
+    token: str
+    seconds: float
+
+
+@dataclass(frozen=True, slots=True)
+class Release:
+    """Give a lease back unused: visible again at once, the attempt not counted."""
+
+    id: str
+    token: str
+
+
+@dataclass(frozen=True, slots=True)
+class Progress:
+    id: str
+    token: str
+    value: msgspec.Raw
+
+
+@dataclass(frozen=True, slots=True)
+class Finalize:
+    """Forget finished messages whose side records (dead letter, result) are written."""
+
+    ids: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class RegisterTimer:
+    bucket: int
+
+
+@dataclass(frozen=True, slots=True)
+class SealTimer:
+    bucket: int
+
+
+@dataclass(frozen=True, slots=True)
+class Purge:
+    """Drop everything pending, delayed and in flight: the log up to ``log_end`` and
+    each timer bucket up to its end in ``timer_ends`` ((bucket, end) pairs)."""
+
+    log_end: int
+    timer_ends: tuple[tuple[int, int], ...] = ()
+
+
+Operation = (
+    Ingest
+    | Claim
+    | Ack
+    | Fail
+    | Extend
+    | Release
+    | Progress
+    | Finalize
+    | RegisterTimer
+    | SealTimer
+    | Purge
+)
+
+# --- results -----------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Claimed:
+    id: str
+    token: str
+    attempt: int
+    claimed_at: float
+    expires_at: float
+    message: Message
+    errors: tuple[ErrorRecord, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Stale:
+    """The op's lease is no longer held by its token: nothing was changed."""
+
+    id: str
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class Failed:
+    status: Literal["retry", "dead"]
+    visible_at: float
+
+
+@dataclass(frozen=True, slots=True)
+class Extended:
+    expires_at: float
+
+
+Result = list[Claimed] | Stale | Failed | Extended | bool | None
+
+
+@dataclass(frozen=True, slots=True)
+class Recovered:
+    """A lease that expired and was taken back by this commit."""
+
+    id: str
+    owner: str
+    attempt: int
+    dead: bool
+
+
+@dataclass
+class Transition:
+    cursor: Cursor
+    results: list[Result]
+    recovered: list[Recovered] = field(default_factory=list)
+    #: Messages that finished in this commit and need a dead letter or result written.
+    finishing: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True, slots=True)
+class Rules:
+    """Clock tolerance and window bounds, from the queue's settings."""
+
+    skew_margin: float = 2.0
+    max_open_segments: int = 1024
+
+
+# --- helpers -------------------------------------------------------------------------
+
+
+def _bit(done: bytes, index: int) -> bool:
+    return bool(done[index >> 3] & (1 << (index & 7)))
+
+
+def _with_bit(done: bytes, index: int) -> bytes:
+    buf = bytearray(done)
+    buf[index >> 3] |= 1 << (index & 7)
+    return bytes(buf)
+
+
+def _all_done(segment: OpenSegment) -> bool:
+    full, rest = divmod(segment.count, 8)
+    if any(b != 0xFF for b in segment.done[:full]):
+        return False
+    return rest == 0 or segment.done[full] == (1 << rest) - 1
+
+
+def message_of(segments: Mapping[str, Segment], mid: str) -> Message:
+    address = parse_message_id(mid)
+    return segments[str(address.segment)].messages[address.index]
+
+
+class _State:
+    """Mutable working copy of a cursor while one batch is applied."""
+
+    def __init__(self, cursor: Cursor) -> None:
+        self.cursor = cursor
+        self.open: dict[str, OpenSegment] = {s.ref: s for s in cursor.open}
+        self.flights = dict(cursor.flights)
+        self.timers = dict(cursor.timers)
+        self.timers_sealed_before = cursor.timers_sealed_before
+        self.next_seq = cursor.next_seq
+        self.purged_before = cursor.purged_before
+        self.counters = msgspec.structs.asdict(cursor.counters)
+
+    def count(self, name: str, n: int = 1) -> None:
+        self.counters[name] += n
+
+    def mark_done(self, mid: str) -> None:
+        address = parse_message_id(mid)
+        ref = str(address.segment)
+        segment = self.open.get(ref)
+        if segment is None:
+            return
+        segment = OpenSegment(
+            ref=ref, count=segment.count, done=_with_bit(segment.done, address.index)
+        )
+        if _all_done(segment):
+            del self.open[ref]
+        else:
+            self.open[ref] = segment
+
+    def is_open(self, mid: str) -> bool:
+        address = parse_message_id(mid)
+        segment = self.open.get(str(address.segment))
+        return segment is not None and not _bit(segment.done, address.index)
+
+    def finish(
+        self,
+        mid: str,
+        flight: Flight,
+        status: Literal["completed", "dead"],
+        now: float,
+        result: msgspec.Raw | None,
+        transition: Transition,
+        message: Message,
+    ) -> None:
+        """Record how a message ended. One that needs no side record (a completion
+        without result or dedup key) is done at once; the others keep their outcome
+        in the cursor until the dead letter or result is written (two-phase), so a
+        crash between the commit and that write loses nothing."""
+        self.count(status)
+        if status == "completed" and result is None and message.dedup_key is None:
+            del self.flights[mid]
+            self.mark_done(mid)
+            return
+        self.flights[mid] = msgspec.structs.replace(
+            flight,
+            lease=None,
+            outcome=Outcome(status=status, finished_at=now, result=result or NO_RAW),
+        )
+        transition.finishing.append(mid)
+
+    def holder(self, mid: str, token: str, now: float) -> Flight | Stale:
+        """The flight if ``token`` holds a live lease on it, else why not."""
+        flight = self.flights.get(mid)
+        if flight is None or flight.lease is None or flight.lease.token != token:
+            self.count("stale_rejected")
+            return Stale(mid, "the lease is no longer held by this token")
+        if flight.lease.expires_at <= now:
+            self.count("stale_rejected")
+            return Stale(mid, "the lease expired")
+        return flight
+
+    def freeze(self, commit: str) -> Cursor:
+        ordered = sorted(self.open.values(), key=lambda s: SegmentRef.parse(s.ref))
+        recent = [*self.cursor.recent_commits, commit][-RECENT_COMMITS:]
+        return Cursor(
+            shard=self.cursor.shard,
+            version=self.cursor.version + 1,
+            commit=commit,
+            recent_commits=recent,
+            next_seq=self.next_seq,
+            open=ordered,
+            flights=self.flights,
+            timers=self.timers,
+            timers_sealed_before=self.timers_sealed_before,
+            purged_before=self.purged_before,
+            counters=Counters(**self.counters),
+        )
+
+
+def _recover_expired(
+    state: _State, segments: Mapping[str, Segment], now: float, rules: Rules, t: Transition
+) -> None:
+    for mid, flight in list(state.flights.items()):
+        lease = flight.lease
+        if lease is None or lease.expires_at + rules.skew_margin > now:
+            continue
+        error = ErrorRecord(
+            attempt=flight.attempt,
+            at=now,
+            type="LeaseExpired",
+            message=f"the lease of worker {lease.owner} expired before it acked",
+            worker=lease.owner,
+        )
+        flight = msgspec.structs.replace(flight, errors=[*flight.errors, error])
+        max_attempts = message_of(segments, mid).max_attempts
+        dead = flight.attempt >= max_attempts
+        t.recovered.append(Recovered(mid, lease.owner, flight.attempt, dead))
+        state.count("recovered")
+        if dead:
+            state.finish(mid, flight, "dead", now, None, t, message_of(segments, mid))
+        else:
+            state.flights[mid] = msgspec.structs.replace(flight, lease=None, visible_at=now)
+
+
+def candidates(cursor: Cursor, segments: Mapping[str, Segment], now: float) -> list[str]:
+    """Claimable message ids of the window, best first (priority, then order)."""
+    return _candidates(_State(cursor), segments, now)
+
+
+def _candidates(state: _State, segments: Mapping[str, Segment], now: float) -> list[str]:
+    ranked: list[tuple[int, float, int, str]] = []
+    for order, ref in enumerate(sorted(state.open, key=SegmentRef.parse)):
+        open_segment = state.open[ref]
+        address_segment = SegmentRef.parse(ref)
+        messages = segments[ref].messages
+        for index in range(open_segment.count):
+            if _bit(open_segment.done, index):
+                continue
+            mid = message_id(state.cursor.shard, address_segment, index)
+            flight = state.flights.get(mid)
+            message = messages[index]
+            if flight is None:
+                visible_at = message.visible_at
+            elif flight.lease is None and flight.outcome is None:
+                visible_at = flight.visible_at
+            else:
+                continue
+            if visible_at <= now:
+                ranked.append((-message.priority, float(order), index, mid))
+    ranked.sort()
+    return [mid for *_, mid in ranked]
+
+
+def apply(
+    cursor: Cursor,
+    operations: list[Operation],
+    segments: Mapping[str, Segment],
+    *,
+    now: float,
+    commit: str,
+    new_token: Callable[[], str],
+    rules: Rules = Rules(),
+) -> Transition:
+    """Apply ``operations`` in order to ``cursor`` at time ``now``.
+
+    ``segments`` must hold every open segment and every segment being ingested.
+    Expired leases are recovered first, so a stale holder's op in the same batch
+    is rejected.
+    """
+    state = _State(cursor)
+    t = Transition(cursor, [])
+    _recover_expired(state, segments, now, rules, t)
+    for op in operations:
+        t.results.append(_apply_one(state, op, segments, now, new_token, t))
+    t.cursor = state.freeze(commit)
+    return t
+
+
+def _apply_one(
+    state: _State,
+    op: Operation,
+    segments: Mapping[str, Segment],
+    now: float,
+    new_token: Callable[[], str],
+    t: Transition,
+) -> Result:
+    if isinstance(op, Ingest):
+        return _ingest(state, op)
+    if isinstance(op, Claim):
+        return _claim(state, op, segments, now, new_token)
+    if isinstance(op, Ack):
+        flight = state.holder(op.id, op.token, now)
+        if isinstance(flight, Stale):
+            return flight
+        message = message_of(segments, op.id)
+        state.finish(op.id, flight, "completed", now, op.result, t, message)
+        return None
+    if isinstance(op, Fail):
+        return _fail(state, op, segments, now, t)
+    if isinstance(op, Extend):
+        held = state.holder(op.id, op.token, now)
+        if isinstance(held, Stale):
+            return held
+        assert held.lease is not None
+        expires_at = max(held.lease.expires_at, now + op.seconds)
+        lease = msgspec.structs.replace(held.lease, expires_at=expires_at)
+        state.flights[op.id] = msgspec.structs.replace(held, lease=lease)
+        return Extended(expires_at)
+    if isinstance(op, Release):
+        flight = state.holder(op.id, op.token, now)
+        if isinstance(flight, Stale):
+            return flight
+        state.count("released")
+        if flight.attempt <= 1 and not flight.errors:
+            del state.flights[op.id]
+        else:
+            state.flights[op.id] = msgspec.structs.replace(
+                flight, attempt=flight.attempt - 1, lease=None, visible_at=now
+            )
+        return None
+    if isinstance(op, Progress):
+        flight = state.holder(op.id, op.token, now)
+        if isinstance(flight, Stale):
+            return flight
+        state.flights[op.id] = msgspec.structs.replace(flight, progress=op.value)
+        return None
+    if isinstance(op, Finalize):
+        for mid in op.ids:
+            finished = state.flights.get(mid)
+            if finished is not None and finished.outcome is not None:
+                del state.flights[mid]
+                state.mark_done(mid)
+        return None
+    if isinstance(op, RegisterTimer):
+        if op.bucket < state.timers_sealed_before:
+            return False
+        state.timers.setdefault(str(op.bucket), 0)
+        return True
+    if isinstance(op, SealTimer):
+        state.timers.pop(str(op.bucket), None)
+        state.timers_sealed_before = max(state.timers_sealed_before, op.bucket + 1)
+        return None
+    if isinstance(op, Purge):
+        state.open.clear()
+        state.flights.clear()
+        state.next_seq = max(state.next_seq, op.log_end)
+        state.purged_before = state.next_seq
+        # Buckets stay registered (a producer may still be adding to them); only the
+        # segments that exist now are skipped.
+        for bucket, end in op.timer_ends:
+            if bucket >= state.timers_sealed_before:
+                state.timers[str(bucket)] = max(state.timers.get(str(bucket), 0), end)
+        return None
+    raise TypeError(f"unknown operation {op!r}")
+
+
+def _ingest(state: _State, op: Ingest) -> bool:
+    ref = op.ref
+    if ref.is_timer:
+        expected = state.timers.get(str(ref.bucket))
+        if expected is None or expected != ref.seq:
+            return False
+        state.timers[str(ref.bucket)] = ref.seq + 1
+    else:
+        if ref.seq != state.next_seq:
+            return False
+        state.next_seq = ref.seq + 1
+    state.count("ingested", op.count)
+    if op.count > 0:
+        state.open[str(ref)] = OpenSegment(
+            ref=str(ref), count=op.count, done=bytes((op.count + 7) // 8)
+        )
+    return True
+
+
+def _claim(
+    state: _State,
+    op: Claim,
+    segments: Mapping[str, Segment],
+    now: float,
+    new_token: Callable[[], str],
+) -> list[Claimed]:
+    claimed: list[Claimed] = []
+    if op.max_messages <= 0:
+        return claimed
+    for mid in _candidates(state, segments, now)[: op.max_messages]:
+        previous = state.flights.get(mid)
+        attempt = (previous.attempt if previous else 0) + 1
+        errors = previous.errors if previous else []
+        lease = Lease(
+            token=new_token(),
+            owner=op.owner,
+            claimed_at=now,
+            expires_at=now + op.visibility_timeout,
+        )
+        state.flights[mid] = Flight(attempt=attempt, lease=lease, errors=errors)
+        state.count("claimed")
+        claimed.append(
+            Claimed(
+                id=mid,
+                token=lease.token,
+                attempt=attempt,
+                claimed_at=now,
+                expires_at=lease.expires_at,
+                message=message_of(segments, mid),
+                errors=tuple(errors),
+            )
+        )
+    return claimed
+
+
+def _fail(
+    state: _State, op: Fail, segments: Mapping[str, Segment], now: float, t: Transition
+) -> Stale | Failed:
+    flight = state.holder(op.id, op.token, now)
+    if isinstance(flight, Stale):
+        return flight
+    flight = msgspec.structs.replace(flight, errors=[*flight.errors, op.error])
+    max_attempts = message_of(segments, op.id).max_attempts
+    if not op.retriable or flight.attempt >= max_attempts:
+        state.finish(op.id, flight, "dead", now, None, t, message_of(segments, op.id))
+        return Failed("dead", now)
+    visible_at = now + max(0.0, op.delay)
+    state.flights[op.id] = msgspec.structs.replace(flight, lease=None, visible_at=visible_at)
+    state.count("retried")
+    return Failed("retry", visible_at)
+
+
+def window_size(cursor: Cursor) -> int:
+    """Messages in the window that are not done (pending, waiting or in flight)."""
+    total = 0
+    for segment in cursor.open:
+        total += segment.count - sum(
+            1 for index in range(segment.count) if _bit(segment.done, index)
+        )
+    return total
+
+
+def is_done(cursor: Cursor, mid: str) -> bool | None:
+    """True if the window says the message finished, False if it is open, None if
+    the window does not cover it (not yet ingested, or closed long ago)."""
+    address = parse_message_id(mid)
+    ref = str(address.segment)
+    for segment in cursor.open:
+        if segment.ref == ref:
+            return _bit(segment.done, address.index)
+    return None

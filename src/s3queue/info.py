@@ -1,0 +1,104 @@
+"""What the queue hands back to users: leases, message status, statistics."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from s3queue.records import ErrorRecord
+
+Status = Literal["pending", "delayed", "processing", "completed", "dead"]
+#: Statuses a message can still leave, and those it never leaves (unless redriven).
+ACTIVE_STATUSES: frozenset[Status] = frozenset({"pending", "delayed", "processing"})
+TERMINAL_STATUSES: frozenset[Status] = frozenset({"completed", "dead"})
+
+
+@dataclass(slots=True)
+class Lease:
+    """A claimed message. Only this lease's token may ack, fail or extend it, and
+    only until ``expires_at`` (after that: :class:`~s3queue.errors.LeaseLost`)."""
+
+    id: str
+    payload: Any
+    attempt: int
+    max_attempts: int
+    token: str
+    owner: str
+    claimed_at: float
+    expires_at: float
+    enqueued_at: float
+    priority: int = 0
+    errors: list[ErrorRecord] = field(default_factory=list)
+
+
+@dataclass(frozen=True, slots=True)
+class Failure:
+    """What ``fail`` did: retry at ``visible_at``, or dead-lettered."""
+
+    status: Literal["retry", "dead"]
+    visible_at: float
+
+
+@dataclass(frozen=True, slots=True)
+class MessageInfo:
+    id: str
+    status: Status
+    payload: Any
+    attempts: int
+    max_attempts: int
+    priority: int
+    enqueued_at: float
+    visible_at: float | None = None
+    result: Any = None
+    errors: list[ErrorRecord] = field(default_factory=list)
+    owner: str | None = None
+    lease_expires_at: float | None = None
+    progress: Any = None
+    finished_at: float | None = None
+    dedup_key: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        out = {name: getattr(self, name) for name in self.__slots__}
+        out["errors"] = [{f: getattr(e, f) for f in e.__struct_fields__} for e in self.errors]
+        return out
+
+
+@dataclass(frozen=True, slots=True)
+class ShardStats:
+    shard: int
+    pending: int
+    delayed: int
+    processing: int
+    completed: int
+    dead: int
+    retried: int
+    recovered: int
+    window_segments: int
+    cursor_bytes: int
+
+
+@dataclass(frozen=True, slots=True)
+class Stats:
+    """Counts by status. ``completed`` counts since the queue was created; ``dead``
+    is the number of dead letters stored now."""
+
+    pending: int
+    delayed: int
+    processing: int
+    completed: int
+    dead: int
+    retried: int = 0
+    recovered: int = 0
+    shards: list[ShardStats] = field(default_factory=list)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "pending": self.pending,
+            "delayed": self.delayed,
+            "processing": self.processing,
+            "completed": self.completed,
+            "dead": self.dead,
+            "retried": self.retried,
+            "recovered": self.recovered,
+            "shards": [{name: getattr(s, name) for name in s.__slots__} for s in self.shards],
+        }

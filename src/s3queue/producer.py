@@ -1,0 +1,217 @@
+"""The write side: messages become immutable segments, one PUT per batch.
+
+Concurrent ``enqueue`` calls of one process wait together and go out in one
+segment. Each segment is created with create-if-absent at the next free sequence
+number of a shard's log (or of a timer bucket), so producers never touch consumer
+state and never overwrite each other. Invariant: ``enqueue`` returns only after the
+segment holding the message is durable (and, for a timer bucket, registered in the
+cursor so a consumer will look for it).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import random
+import secrets
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+from s3queue import layout
+from s3queue.commit import TIMER_BUCKET, TIMER_THRESHOLD, Clock, SegmentCache
+from s3queue.cursor import RegisterTimer, decode_cursor
+from s3queue.errors import PreconditionFailed, QueueError
+from s3queue.layout import SegmentRef
+from s3queue.records import QueueSettings
+from s3queue.segment import (
+    MAX_SEGMENT_BYTES,
+    MAX_SEGMENT_MESSAGES,
+    Message,
+    Segment,
+    encode_segment,
+)
+from s3queue.storage import Storage
+
+RegisterTimerFn = Callable[[int, RegisterTimer], Awaitable[object]]
+
+
+@dataclass
+class _Waiting:
+    message: Message
+    future: asyncio.Future[str]
+
+
+def chunk(messages: list[Message]) -> list[list[Message]]:
+    """Split into segment-sized batches (by count and by encoded size)."""
+    out: list[list[Message]] = []
+    current: list[Message] = []
+    size = 0
+    for message in messages:
+        weight = len(message.payload) + 96
+        if current and (len(current) >= MAX_SEGMENT_MESSAGES or size + weight > MAX_SEGMENT_BYTES):
+            out.append(current)
+            current, size = [], 0
+        current.append(message)
+        size += weight
+    if current:
+        out.append(current)
+    return out
+
+
+class Producer:
+    def __init__(
+        self,
+        storage: Storage,
+        settings: QueueSettings,
+        clock: Clock,
+        segments: SegmentCache,
+        register_timer: RegisterTimerFn,
+    ) -> None:
+        self.storage = storage
+        self.settings = settings
+        self.clock = clock
+        self.segments = segments
+        self.register_timer = register_timer
+        self.writer = secrets.token_hex(8)
+        self._nonce = itertools.count()
+        self._shards = itertools.cycle(random.sample(range(settings.shards), settings.shards))
+        self._next_seq: dict[tuple[int, int], int] = {}
+        self._registered: set[tuple[int, int]] = set()
+        self._waiting: list[_Waiting] = []
+        self._flushing = 0
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    # --- batching of single enqueues ----------------------------------------------------
+
+    async def enqueue(self, message: Message) -> str:
+        if message.visible_at - self.clock() > TIMER_THRESHOLD:
+            return (await self.write([message]))[0]
+        future: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+        self._waiting.append(_Waiting(message, future))
+        if self._flushing < self.settings.shards:
+            self._flushing += 1
+            task = asyncio.create_task(self._flush())
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+        return await future
+
+    async def _flush(self) -> None:
+        try:
+            while self._waiting:
+                batch = chunk([w.message for w in self._waiting])[0]
+                waiting, self._waiting = self._waiting[: len(batch)], self._waiting[len(batch) :]
+                try:
+                    ids = await self._write_log(next(self._shards), batch)
+                except Exception as error:  # each caller learns why its message is not in
+                    for w in waiting:
+                        if not w.future.done():
+                            w.future.set_exception(error)
+                    continue
+                for w, mid in zip(waiting, ids, strict=True):
+                    if not w.future.done():
+                        w.future.set_result(mid)
+        finally:
+            self._flushing -= 1
+
+    async def close(self) -> None:
+        while self._tasks:
+            await asyncio.gather(*list(self._tasks), return_exceptions=True)
+
+    # --- direct writes --------------------------------------------------------------------
+
+    async def write(self, messages: list[Message]) -> list[str]:
+        """Write ``messages`` as few segments as their size allows; their ids in order."""
+        now = self.clock()
+        later = [m for m in messages if m.visible_at - now > TIMER_THRESHOLD]
+        soon = [m for m in messages if m.visible_at - now <= TIMER_THRESHOLD]
+        ids: dict[int, str] = {}
+        jobs: list[Awaitable[list[str]]] = []
+        groups: list[list[int]] = []
+        positions = {id(m): i for i, m in enumerate(messages)}
+        for batch in chunk(soon):
+            jobs.append(self._write_log(next(self._shards), batch))
+            groups.append([positions[id(m)] for m in batch])
+        by_bucket: dict[int, list[Message]] = {}
+        for message in later:
+            bucket = int(message.visible_at // TIMER_BUCKET) * TIMER_BUCKET
+            by_bucket.setdefault(bucket, []).append(message)
+        for bucket, bucket_messages in sorted(by_bucket.items()):
+            for batch in chunk(bucket_messages):
+                jobs.append(self._write_timer(next(self._shards), bucket, batch))
+                groups.append([positions[id(m)] for m in batch])
+        for group, written in zip(groups, await asyncio.gather(*jobs), strict=True):
+            for position, mid in zip(group, written, strict=True):
+                ids[position] = mid
+        return [ids[i] for i in range(len(messages))]
+
+    def _encode(self, messages: list[Message]) -> tuple[Segment, bytes]:
+        segment = Segment(
+            writer=f"{self.writer}.{next(self._nonce)}",
+            created_at=self.clock(),
+            messages=messages,
+        )
+        return segment, encode_segment(segment)
+
+    async def _write_log(self, shard: int, messages: list[Message]) -> list[str]:
+        segment, data = self._encode(messages)
+        seq = await self._create(shard, -1, data)
+        ref = SegmentRef.log(seq)
+        self.segments.put(shard, ref, segment)
+        return [layout.message_id(shard, ref, i) for i in range(len(messages))]
+
+    async def _write_timer(self, shard: int, bucket: int, messages: list[Message]) -> list[str]:
+        segment, data = self._encode(messages)
+        seq = await self._create(shard, bucket, data)
+        ref = SegmentRef.timer(bucket, seq)
+        self.segments.put(shard, ref, segment)
+        if (shard, bucket) not in self._registered:
+            registered = await self.register_timer(shard, RegisterTimer(bucket))
+            if registered is not True:
+                raise QueueError(
+                    f"timer bucket {bucket} of shard {shard} was already sealed: this "
+                    "machine's clock is far behind the workers'",
+                    retriable=False,
+                    suggestion="synchronise clocks with NTP; the delayed message was not enqueued",
+                )
+            self._registered.add((shard, bucket))
+        return [layout.message_id(shard, ref, i) for i in range(len(messages))]
+
+    # --- sequence allocation ----------------------------------------------------------------
+
+    def _key(self, shard: int, bucket: int, seq: int) -> str:
+        if bucket < 0:
+            return layout.log_key(self.settings.name, shard, seq)
+        return layout.timer_key(self.settings.name, shard, bucket, seq)
+
+    def _prefix(self, shard: int, bucket: int) -> str:
+        key = self._key(shard, bucket, 0)
+        return key[: key.rindex("/") + 1]
+
+    async def _create(self, shard: int, bucket: int, data: bytes) -> int:
+        """Create the segment at the first free sequence number; return it."""
+        seq = self._next_seq.get((shard, bucket))
+        if seq is None:
+            seq = await self._find_end(shard, bucket, await self._first_candidate(shard, bucket))
+        while True:
+            try:
+                await self.storage.put(self._key(shard, bucket, seq), data, if_none_match=True)
+            except PreconditionFailed:
+                # Another producer took this number: jump past everything written since.
+                seq = await self._find_end(shard, bucket, seq + 1)
+                continue
+            self._next_seq[(shard, bucket)] = seq + 1
+            return seq
+
+    async def _first_candidate(self, shard: int, bucket: int) -> int:
+        if bucket >= 0:
+            return 0
+        stored = await self.storage.get(layout.cursor_key(self.settings.name, shard))
+        return 0 if stored is None else decode_cursor(stored.data).next_seq
+
+    async def _find_end(self, shard: int, bucket: int, seq: int) -> int:
+        """The first sequence number >= ``seq`` after the last existing segment."""
+        start_after = self._key(shard, bucket, seq - 1) if seq > 0 else None
+        entries = await self.storage.list(self._prefix(shard, bucket), start_after=start_after)
+        if not entries:
+            return seq
+        return max(seq, int(entries[-1].key.rsplit("/", 1)[1]) + 1)

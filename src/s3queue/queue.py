@@ -1,0 +1,878 @@
+"""The public asyncio client: enqueue, claim, ack, fail, extend, look up, redrive.
+
+``Queue`` ties the producer (segments), one group-commit loop per shard (cursors)
+and the side records (dead letters, results, dedup markers) together. Invariant:
+every call that returns has made its change durable in object storage; a call that
+raises has changed nothing the caller can observe (or, for a write whose outcome
+was unknown, settled it by reading it back).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import secrets
+import time
+import traceback
+from collections.abc import Iterable
+from typing import Any
+
+import msgspec
+
+from s3queue import layout
+from s3queue.backoff import Backoff
+from s3queue.commit import CommitContext, SegmentCache, ShardCommitter
+from s3queue.cursor import (
+    Ack,
+    Claim,
+    Claimed,
+    Cursor,
+    Extend,
+    Extended,
+    Fail,
+    Failed,
+    Progress,
+    Purge,
+    Recovered,
+    RegisterTimer,
+    Release,
+    Rules,
+    Stale,
+    message_of,
+    raw_or_none,
+)
+from s3queue.errors import (
+    ConfigurationError,
+    LeaseLost,
+    PayloadError,
+    PreconditionFailed,
+    QueueError,
+)
+from s3queue.info import Failure, Lease, MessageInfo, ShardStats, Stats, Status
+from s3queue.layout import SegmentRef, check_queue_name
+from s3queue.producer import Producer
+from s3queue.records import (
+    MAX_PAYLOAD_BYTES,
+    MAX_RESULT_BYTES,
+    DeadLetter,
+    DedupMarker,
+    ErrorRecord,
+    QueueSettings,
+    ResultRecord,
+    decode,
+    encode,
+)
+from s3queue.segment import Message, Segment
+from s3queue.storage import Storage, open_storage
+
+DEFAULT_SHARDS = 4
+MAX_SHARDS = 1024
+#: A dedup reservation whose producer has not finished within this many seconds
+#: belongs to a producer that died mid-enqueue, and may be taken over.
+DEDUP_RESERVATION_TIMEOUT = 60.0
+
+_json = msgspec.json.Encoder()
+
+
+def encode_json(value: Any, *, limit: int, what: str) -> msgspec.Raw:
+    try:
+        data = _json.encode(value)
+    except (TypeError, msgspec.EncodeError, OverflowError) as error:
+        raise PayloadError(
+            f"{what} is not JSON-serialisable: {error}",
+            suggestion="pass dicts, lists, strings, numbers, booleans and None "
+            "(convert dates, sets and objects first)",
+        ) from error
+    if len(data) > limit:
+        raise PayloadError(
+            f"{what} is {len(data)} bytes encoded, over the limit of {limit} bytes",
+            suggestion="store large data as its own object and put its key in the payload",
+            metadata={"size": len(data), "limit": limit},
+        )
+    return msgspec.Raw(data)
+
+
+def decode_json(raw: msgspec.Raw | bytes | None) -> Any:
+    if raw is None or len(raw) == 0:
+        return None
+    return msgspec.json.decode(bytes(raw))
+
+
+def error_record(
+    error: BaseException | str, attempt: int, at: float, worker: str | None
+) -> ErrorRecord:
+    if isinstance(error, BaseException):
+        summary = "".join(traceback.format_exception(error, limit=8))[-4000:]
+        return ErrorRecord(
+            attempt=attempt,
+            at=at,
+            type=type(error).__name__,
+            message=str(error)[:2000],
+            traceback=summary,
+            worker=worker,
+        )
+    return ErrorRecord(
+        attempt=attempt, at=at, type="Error", message=str(error)[:2000], worker=worker
+    )
+
+
+async def probe_conditional_writes(storage: Storage, queue: str) -> None:
+    """Refuse a store that accepts If-None-Match / If-Match but ignores them."""
+    key = layout.probe_key(queue, secrets.token_hex(8))
+    suggestion = (
+        "this store ignores conditional writes (If-None-Match / If-Match), so two workers "
+        "could hold one message; use AWS S3, MinIO, R2 or another store that supports them"
+    )
+    try:
+        etag = await storage.put(key, b"probe-1", if_none_match=True)
+        try:
+            await storage.put(key, b"probe-2", if_none_match=True)
+        except PreconditionFailed:
+            pass
+        else:
+            raise ConfigurationError(
+                f"{storage.url} overwrote an object with If-None-Match: *", suggestion=suggestion
+            )
+        await storage.put(key, b"probe-3", if_match=etag)
+        try:
+            await storage.put(key, b"probe-4", if_match=etag)
+        except PreconditionFailed:
+            pass
+        else:
+            raise ConfigurationError(
+                f"{storage.url} accepted a stale If-Match", suggestion=suggestion
+            )
+    finally:
+        await storage.delete(key)
+
+
+class Queue:
+    """A named queue in a store. Open with :meth:`open`; close with :meth:`close`
+    (or ``async with``)."""
+
+    def __init__(
+        self,
+        storage: Storage,
+        settings: QueueSettings,
+        *,
+        clock: Any = time.time,
+        rules: Rules | None = None,
+        backoff: Backoff | None = None,
+        owns_storage: bool = True,
+    ) -> None:
+        self.storage = storage
+        self.settings = settings
+        self.name = settings.name
+        self.clock = clock
+        self.backoff = backoff or Backoff()
+        self.owner = f"client-{secrets.token_hex(4)}"
+        self._owns_storage = owns_storage
+        self.segments = SegmentCache(storage, settings.name)
+        self.context = CommitContext(
+            storage=storage,
+            settings=settings,
+            segments=self.segments,
+            clock=clock,
+            rules=rules or Rules(),
+            finish=self._finish,
+        )
+        self.committers = [ShardCommitter(self.context, k) for k in range(settings.shards)]
+        self.producer = Producer(storage, settings, clock, self.segments, self._register_timer)
+        self._claim_order = itertools.cycle(range(settings.shards))
+
+    # --- opening and closing ----------------------------------------------------------
+
+    @classmethod
+    async def open(
+        cls,
+        url: str | Storage,
+        name: str,
+        *,
+        shards: int | None = None,
+        max_attempts: int = 3,
+        dedup_retention: float = 24 * 3600.0,
+        clock: Any = time.time,
+        skew_margin: float = 2.0,
+        backoff: Backoff | None = None,
+        verify_store: bool = True,
+    ) -> Queue:
+        """Open the queue ``name`` in the store at ``url``, creating it on first use.
+
+        ``shards``, ``max_attempts`` and ``dedup_retention`` are fixed when the queue
+        is created; reopening reads them (a different ``shards`` is an error).
+        """
+        check_queue_name(name)
+        if shards is not None and not 1 <= shards <= MAX_SHARDS:
+            raise ConfigurationError(
+                f"shards={shards} is out of range", suggestion=f"use 1 to {MAX_SHARDS} shards"
+            )
+        if max_attempts < 1:
+            raise ConfigurationError(
+                f"max_attempts={max_attempts}", suggestion="use max_attempts >= 1"
+            )
+        storage = open_storage(url) if isinstance(url, str) else url
+        try:
+            settings = await cls._load_or_create(
+                storage, name, shards, max_attempts, dedup_retention, clock
+            )
+            if verify_store:
+                await probe_conditional_writes(storage, name)
+        except BaseException:
+            if isinstance(url, str):
+                await storage.close()
+            raise
+        rules = Rules(skew_margin=skew_margin)
+        return cls(
+            storage,
+            settings,
+            clock=clock,
+            rules=rules,
+            backoff=backoff,
+            owns_storage=isinstance(url, str),
+        )
+
+    @staticmethod
+    async def _load_or_create(
+        storage: Storage,
+        name: str,
+        shards: int | None,
+        max_attempts: int,
+        dedup_retention: float,
+        clock: Any,
+    ) -> QueueSettings:
+        key = layout.settings_key(name)
+        stored = await storage.get(key)
+        if stored is None:
+            fresh = QueueSettings(
+                name=name,
+                shards=shards or DEFAULT_SHARDS,
+                created_at=clock(),
+                max_attempts=max_attempts,
+                dedup_retention=dedup_retention,
+            )
+            try:
+                await storage.put(key, encode(fresh), if_none_match=True)
+                return fresh
+            except PreconditionFailed:  # someone created it first: use theirs
+                stored = await storage.get(key)
+                assert stored is not None
+        settings = decode(stored.data, QueueSettings, what="queue settings")
+        if shards is not None and shards != settings.shards:
+            raise ConfigurationError(
+                f"queue {name!r} has {settings.shards} shards, not {shards}",
+                suggestion="omit shards when reopening a queue (it is fixed at creation)",
+            )
+        return settings
+
+    async def close(self) -> None:
+        await self.producer.close()
+        for committer in self.committers:
+            await committer.close()
+        if self._owns_storage:
+            await self.storage.close()
+
+    async def __aenter__(self) -> Queue:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    def on_recovered(self, listener: Any) -> None:
+        """Call ``listener(Recovered)`` when this process takes back an expired lease."""
+        self.context.on_recovered.append(listener)
+
+    # --- enqueue -----------------------------------------------------------------------
+
+    def _message(
+        self,
+        payload: Any,
+        *,
+        delay: float,
+        priority: int,
+        max_attempts: int | None,
+        dedup_key: str | None,
+        now: float,
+    ) -> Message:
+        if not isinstance(delay, int | float) or delay < 0:
+            raise ConfigurationError(f"delay={delay!r}", suggestion="delay is seconds >= 0")
+        if not isinstance(priority, int) or isinstance(priority, bool):
+            raise ConfigurationError(
+                f"priority={priority!r}", suggestion="priority is an int; higher runs first"
+            )
+        attempts = self.settings.max_attempts if max_attempts is None else max_attempts
+        if not isinstance(attempts, int) or attempts < 1:
+            raise ConfigurationError(
+                f"max_attempts={max_attempts!r}", suggestion="use max_attempts >= 1"
+            )
+        if dedup_key is not None and (
+            not isinstance(dedup_key, str) or not 0 < len(dedup_key) <= 1024
+        ):
+            raise ConfigurationError(
+                f"dedup_key={dedup_key!r}",
+                suggestion="a dedup key is a string of 1 to 1024 characters",
+            )
+        return Message(
+            payload=encode_json(payload, limit=MAX_PAYLOAD_BYTES, what="the payload"),
+            enqueued_at=now,
+            visible_at=now + float(delay),
+            priority=priority,
+            max_attempts=attempts,
+            dedup_key=dedup_key,
+        )
+
+    async def enqueue(
+        self,
+        payload: Any,
+        *,
+        delay: float = 0.0,
+        priority: int = 0,
+        dedup_key: str | None = None,
+        max_attempts: int | None = None,
+    ) -> str:
+        """Store one message; return its id once it is durable.
+
+        With ``dedup_key``, a second enqueue of the same key returns the first
+        message's id and stores nothing, until the first message finished more than
+        the queue's ``dedup_retention`` ago.
+        """
+        message = self._message(
+            payload,
+            delay=delay,
+            priority=priority,
+            max_attempts=max_attempts,
+            dedup_key=dedup_key,
+            now=self.clock(),
+        )
+        if dedup_key is not None:
+            return await self._enqueue_unique(message, dedup_key)
+        return await self.producer.enqueue(message)
+
+    async def enqueue_many(
+        self,
+        payloads: Iterable[Any],
+        *,
+        delay: float = 0.0,
+        priority: int = 0,
+        max_attempts: int | None = None,
+    ) -> list[str]:
+        """Store many messages in as few writes as their size allows; ids in order.
+        Every payload is checked before anything is written."""
+        now = self.clock()
+        messages = [
+            self._message(
+                payload,
+                delay=delay,
+                priority=priority,
+                max_attempts=max_attempts,
+                dedup_key=None,
+                now=now,
+            )
+            for payload in payloads
+        ]
+        if not messages:
+            return []
+        return await self.producer.write(messages)
+
+    async def _enqueue_unique(self, message: Message, dedup_key: str) -> str:
+        key = layout.dedup_key(self.name, dedup_key)
+        nonce = secrets.token_hex(8)
+        reservation = DedupMarker(key=dedup_key, reserved_at=self.clock(), nonce=nonce)
+        waited = 0
+        while True:
+            try:
+                etag = await self.storage.put(key, encode(reservation), if_none_match=True)
+                break
+            except PreconditionFailed:
+                stored = await self.storage.get(key)
+                if stored is None:
+                    continue
+                marker = decode(stored.data, DedupMarker, what="dedup marker")
+                now = self.clock()
+                if marker.id and (
+                    marker.finished_at is None
+                    or marker.finished_at + self.settings.dedup_retention > now
+                ):
+                    return marker.id
+                if not marker.id and marker.reserved_at + DEDUP_RESERVATION_TIMEOUT > now:
+                    # Another producer is writing this key's message right now.
+                    waited += 1
+                    await asyncio.sleep(min(1.0, 0.01 * 2**waited))
+                    continue
+                try:
+                    reservation = DedupMarker(key=dedup_key, reserved_at=now, nonce=nonce)
+                    etag = await self.storage.put(key, encode(reservation), if_match=stored.etag)
+                    break
+                except PreconditionFailed:
+                    continue
+        mid = await self.producer.enqueue(message)
+        owned = DedupMarker(key=dedup_key, id=mid, reserved_at=reservation.reserved_at, nonce=nonce)
+        await self.storage.put(key, encode(owned), if_match=etag)
+        return mid
+
+    # --- consume -------------------------------------------------------------------------
+
+    async def claim(
+        self,
+        max_messages: int = 10,
+        visibility_timeout: float = 30.0,
+        *,
+        owner: str | None = None,
+    ) -> list[Lease]:
+        """Lease up to ``max_messages`` messages for ``visibility_timeout`` seconds.
+
+        Higher priority first, then roughly in enqueue order. Returns an empty list
+        when nothing is claimable now.
+        """
+        if max_messages < 0 or visibility_timeout <= 0:
+            raise ConfigurationError(
+                f"claim(max_messages={max_messages}, visibility_timeout={visibility_timeout})",
+                suggestion="use max_messages >= 0 and a visibility_timeout > 0 seconds",
+            )
+        owner = owner or self.owner
+        leases: list[Lease] = []
+        start = next(self._claim_order)
+        for offset in range(self.settings.shards):
+            remaining = max_messages - len(leases)
+            if remaining <= 0:
+                break
+            shard = (start + offset) % self.settings.shards
+            claimed = await self.committers[shard].submit(
+                Claim(owner, remaining, visibility_timeout)
+            )
+            assert isinstance(claimed, list)
+            leases.extend(self._lease(c, owner) for c in claimed)
+        return leases
+
+    def _lease(self, claimed: Claimed, owner: str) -> Lease:
+        message = claimed.message
+        return Lease(
+            id=claimed.id,
+            payload=decode_json(message.payload),
+            attempt=claimed.attempt,
+            max_attempts=message.max_attempts,
+            token=claimed.token,
+            owner=owner,
+            claimed_at=claimed.claimed_at,
+            expires_at=claimed.expires_at,
+            enqueued_at=message.enqueued_at,
+            priority=message.priority,
+            errors=list(claimed.errors),
+        )
+
+    def _committer(self, lease: Lease) -> ShardCommitter:
+        return self.committers[layout.parse_message_id(lease.id).shard]
+
+    @staticmethod
+    def _check(result: object, lease: Lease, action: str) -> None:
+        if isinstance(result, Stale):
+            raise LeaseLost(
+                f"cannot {action} message {lease.id}: {result.reason}",
+                suggestion="the message was (or will be) delivered again; make handlers "
+                "idempotent, and extend leases of long jobs before they expire",
+                metadata={"id": lease.id, "token": lease.token},
+            )
+
+    async def ack(self, lease: Lease, result: Any = None) -> None:
+        """Complete the message; store ``result`` (if not None) for :meth:`get`."""
+        raw = (
+            None
+            if result is None
+            else encode_json(result, limit=MAX_RESULT_BYTES, what="the result")
+        )
+        outcome = await self._committer(lease).submit(Ack(lease.id, lease.token, raw))
+        self._check(outcome, lease, "ack")
+
+    async def fail(
+        self,
+        lease: Lease,
+        error: BaseException | str,
+        retriable: bool = True,
+        backoff: Backoff | float | None = None,
+    ) -> Failure:
+        """Record a failed attempt: retry after a backoff delay, or dead-letter the
+        message when it is not ``retriable`` or has used all its attempts."""
+        if isinstance(backoff, int | float):
+            delay = float(backoff)
+        else:
+            delay = (backoff or self.backoff).delay(lease.attempt)
+        record = error_record(error, lease.attempt, self.clock(), lease.owner)
+        outcome = await self._committer(lease).submit(
+            Fail(lease.id, lease.token, record, retriable, delay)
+        )
+        self._check(outcome, lease, "fail")
+        assert isinstance(outcome, Failed)
+        return Failure(outcome.status, outcome.visible_at)
+
+    async def extend(self, lease: Lease, seconds: float) -> float:
+        """Keep the lease for ``seconds`` more from now; return the new expiry."""
+        if seconds <= 0:
+            raise ConfigurationError(
+                f"extend by {seconds} s", suggestion="extend by a positive number of seconds"
+            )
+        outcome = await self._committer(lease).submit(Extend(lease.id, lease.token, seconds))
+        self._check(outcome, lease, "extend")
+        assert isinstance(outcome, Extended)
+        lease.expires_at = outcome.expires_at
+        return outcome.expires_at
+
+    async def release(self, lease: Lease) -> None:
+        """Give the message back unprocessed: claimable at once, the attempt not counted."""
+        outcome = await self._committer(lease).submit(Release(lease.id, lease.token))
+        self._check(outcome, lease, "release")
+
+    async def progress(self, lease: Lease, value: Any) -> None:
+        """Record progress (any JSON value, e.g. 0.0 to 1.0) visible through :meth:`get`."""
+        raw = encode_json(value, limit=16 * 1024, what="the progress value")
+        outcome = await self._committer(lease).submit(Progress(lease.id, lease.token, raw))
+        self._check(outcome, lease, "record progress of")
+
+    # --- side records of finished messages ----------------------------------------------
+
+    async def _register_timer(self, shard: int, op: RegisterTimer) -> object:
+        return await self.committers[shard].submit(op)
+
+    async def _finish(self, shard: int, cursor: Cursor, ids: list[str]) -> None:
+        refs = sorted({layout.parse_message_id(mid).segment for mid in ids})
+        segments = await self.segments.require(shard, refs)
+        await asyncio.gather(*(self._finish_one(cursor, segments, mid) for mid in ids))
+
+    async def _finish_one(self, cursor: Cursor, segments: dict[str, Segment], mid: str) -> None:
+        flight = cursor.flights[mid]
+        outcome = flight.outcome
+        assert outcome is not None
+        message = message_of(segments, mid)
+        if outcome.status == "dead":
+            letter = DeadLetter(
+                id=mid,
+                payload=message.payload,
+                attempts=flight.attempt,
+                errors=flight.errors,
+                enqueued_at=message.enqueued_at,
+                died_at=outcome.finished_at,
+                priority=message.priority,
+                max_attempts=message.max_attempts,
+                dedup_key=message.dedup_key,
+            )
+            await self.storage.put(layout.dead_key(self.name, mid), encode(letter))
+        elif raw_or_none(outcome.result) is not None:
+            record = ResultRecord(
+                id=mid,
+                result=outcome.result,
+                completed_at=outcome.finished_at,
+                attempts=flight.attempt,
+            )
+            await self.storage.put(layout.result_key(self.name, mid), encode(record))
+        if message.dedup_key is not None:
+            await self._mark_dedup_finished(message.dedup_key, mid, outcome.finished_at)
+
+    async def _mark_dedup_finished(self, dedup_key: str, mid: str, finished_at: float) -> None:
+        key = layout.dedup_key(self.name, dedup_key)
+        for _ in range(8):
+            stored = await self.storage.get(key)
+            if stored is None:
+                return
+            marker = decode(stored.data, DedupMarker, what="dedup marker")
+            if marker.id != mid or marker.finished_at is not None:
+                return
+            try:
+                await self.storage.put(
+                    key,
+                    encode(msgspec.structs.replace(marker, finished_at=finished_at)),
+                    if_match=stored.etag,
+                )
+                return
+            except PreconditionFailed:
+                continue
+
+    # --- look-ups --------------------------------------------------------------------------
+
+    async def get(self, message_id: str) -> MessageInfo | None:
+        """The status of one message, or None if there is no such message."""
+        address = layout.parse_message_id(message_id)
+        if address.shard >= self.settings.shards:
+            return None
+        cursor = await self.committers[address.shard].read()
+        ref = address.segment
+        segment = await self.segments.fetch(address.shard, ref)
+        message = None
+        if segment is not None and address.index < len(segment.messages):
+            message = segment.messages[address.index]
+        flight = cursor.flights.get(message_id)
+        now = self.clock()
+        if message is not None and flight is not None:
+            return self._flight_info(message_id, message, flight, now)
+        state = _coverage(cursor, message_id)
+        if state == "open" and message is not None:
+            return self._info(message_id, message, _waiting_status(message.visible_at, now), 0)
+        if state == "future":
+            if message is None:
+                return None
+            return self._info(message_id, message, _waiting_status(message.visible_at, now), 0)
+        return await self._finished_info(message_id, message, cursor)
+
+    def _info(
+        self, mid: str, message: Message, status: Status, attempts: int, **extra: Any
+    ) -> MessageInfo:
+        return MessageInfo(
+            id=mid,
+            status=status,
+            payload=decode_json(message.payload),
+            attempts=attempts,
+            max_attempts=message.max_attempts,
+            priority=message.priority,
+            enqueued_at=message.enqueued_at,
+            visible_at=extra.pop("visible_at", message.visible_at),
+            dedup_key=message.dedup_key,
+            **extra,
+        )
+
+    def _flight_info(self, mid: str, message: Message, flight: Any, now: float) -> MessageInfo:
+        progress = decode_json(flight.progress)
+        if flight.outcome is not None:
+            return self._info(
+                mid,
+                message,
+                flight.outcome.status,
+                flight.attempt,
+                result=decode_json(flight.outcome.result),
+                errors=list(flight.errors),
+                finished_at=flight.outcome.finished_at,
+                progress=progress,
+            )
+        if flight.lease is not None:
+            return self._info(
+                mid,
+                message,
+                "processing",
+                flight.attempt,
+                errors=list(flight.errors),
+                owner=flight.lease.owner,
+                lease_expires_at=flight.lease.expires_at,
+                progress=progress,
+            )
+        return self._info(
+            mid,
+            message,
+            _waiting_status(flight.visible_at, now),
+            flight.attempt,
+            errors=list(flight.errors),
+            visible_at=flight.visible_at,
+        )
+
+    async def _finished_info(
+        self, mid: str, message: Message | None, cursor: Cursor
+    ) -> MessageInfo | None:
+        dead, result = await asyncio.gather(
+            self.storage.get(layout.dead_key(self.name, mid)),
+            self.storage.get(layout.result_key(self.name, mid)),
+        )
+        if dead is not None:
+            return self._dead_info(decode(dead.data, DeadLetter, what="dead letter"))
+        address = layout.parse_message_id(mid)
+        if message is None:
+            return None
+        if (
+            not address.segment.is_timer
+            and address.segment.seq < cursor.purged_before
+            and result is None
+        ):
+            return None  # purged before it ran
+        if result is not None:
+            record = decode(result.data, ResultRecord, what="result")
+            return self._info(
+                mid,
+                message,
+                "completed",
+                record.attempts,
+                result=decode_json(record.result),
+                finished_at=record.completed_at,
+            )
+        return self._info(mid, message, "completed", max(1, 0))
+
+    def _dead_info(self, letter: DeadLetter) -> MessageInfo:
+        return MessageInfo(
+            id=letter.id,
+            status="dead",
+            payload=decode_json(letter.payload),
+            attempts=letter.attempts,
+            max_attempts=letter.max_attempts,
+            priority=letter.priority,
+            enqueued_at=letter.enqueued_at,
+            errors=list(letter.errors),
+            finished_at=letter.died_at,
+            dedup_key=letter.dedup_key,
+        )
+
+    async def stats(self) -> Stats:
+        """Counts by status across all shards (reads every cursor and the unread backlog)."""
+        shards = await asyncio.gather(*(self._shard_stats(k) for k in range(self.settings.shards)))
+        dead = len(await self.storage.list(layout.dead_prefix(self.name)))
+        return Stats(
+            pending=sum(s.pending for s in shards),
+            delayed=sum(s.delayed for s in shards),
+            processing=sum(s.processing for s in shards),
+            completed=sum(s.completed for s in shards),
+            dead=dead,
+            retried=sum(s.retried for s in shards),
+            recovered=sum(s.recovered for s in shards),
+            shards=list(shards),
+        )
+
+    async def _shard_stats(self, shard: int) -> ShardStats:
+        committer = self.committers[shard]
+        cursor = await committer.read()
+        now = self.clock()
+        counts = {"pending": 0, "delayed": 0, "processing": 0}
+        open_refs = [SegmentRef.parse(s.ref) for s in cursor.open]
+        segments = await self.segments.require(shard, open_refs)
+        for open_segment in cursor.open:
+            ref = SegmentRef.parse(open_segment.ref)
+            messages = segments[open_segment.ref].messages
+            for index in range(open_segment.count):
+                if open_segment.done[index >> 3] & (1 << (index & 7)):
+                    continue
+                mid = layout.message_id(shard, ref, index)
+                flight = cursor.flights.get(mid)
+                if flight is None:
+                    counts[_waiting_status(messages[index].visible_at, now)] += 1
+                elif flight.outcome is not None:
+                    continue
+                elif flight.lease is not None:
+                    counts["processing"] += 1
+                else:
+                    counts[_waiting_status(flight.visible_at, now)] += 1
+        for segment in await self._unread_segments(shard, cursor):
+            for message in segment.messages:
+                counts[_waiting_status(message.visible_at, now)] += 1
+        return ShardStats(
+            shard=shard,
+            pending=counts["pending"],
+            delayed=counts["delayed"],
+            processing=counts["processing"],
+            completed=cursor.counters.completed,
+            dead=cursor.counters.dead,
+            retried=cursor.counters.retried,
+            recovered=cursor.counters.recovered,
+            window_segments=len(cursor.open),
+            cursor_bytes=len(encode(cursor)),
+        )
+
+    async def _unread_segments(self, shard: int, cursor: Cursor) -> list[Segment]:
+        """Segments written but not yet taken into the cursor's window."""
+        start_after = (
+            layout.log_key(self.name, shard, cursor.next_seq - 1) if cursor.next_seq else None
+        )
+        entries = await self.storage.list(
+            layout.log_prefix(self.name, shard), start_after=start_after
+        )
+        refs = [SegmentRef.log(int(e.key.rsplit("/", 1)[1])) for e in entries]
+        timer_prefix = layout.shard_prefix(self.name, shard) + "/timers/"
+        for entry in await self.storage.list(timer_prefix):
+            bucket_text, seq_text = entry.key[len(timer_prefix) :].split("/")
+            bucket, seq = int(bucket_text), int(seq_text)
+            next_seq = cursor.timers.get(str(bucket))
+            if next_seq is not None and seq >= next_seq:
+                refs.append(SegmentRef.timer(bucket, seq))
+        fetched = await asyncio.gather(*(self.segments.fetch(shard, ref) for ref in refs))
+        return [segment for segment in fetched if segment is not None]
+
+    # --- dead letters ---------------------------------------------------------------------------
+
+    async def dead_letters(self, limit: int | None = 100) -> list[MessageInfo]:
+        """Dead messages with their error history, oldest id first."""
+        entries = await self.storage.list(layout.dead_prefix(self.name), limit=limit)
+        stored = await asyncio.gather(*(self.storage.get(e.key) for e in entries))
+        return [
+            self._dead_info(decode(s.data, DeadLetter, what="dead letter"))
+            for s in stored
+            if s is not None
+        ]
+
+    async def redrive(self, ids: Iterable[str] | None = None) -> int:
+        """Move dead letters back to the queue as new messages (all when ``ids`` is
+        None); return how many. Each gets a fresh id and a fresh attempt count."""
+        if ids is None:
+            keys = [e.key for e in await self.storage.list(layout.dead_prefix(self.name))]
+        else:
+            keys = [layout.dead_key(self.name, str(layout.parse_message_id(mid))) for mid in ids]
+        moved = 0
+        for start in range(0, len(keys), 500):
+            batch = keys[start : start + 500]
+            stored = await asyncio.gather(*(self.storage.get(key) for key in batch))
+            letters = [
+                decode(s.data, DeadLetter, what="dead letter") for s in stored if s is not None
+            ]
+            now = self.clock()
+            messages = [
+                Message(
+                    payload=letter.payload,
+                    enqueued_at=now,
+                    visible_at=now,
+                    priority=letter.priority,
+                    max_attempts=letter.max_attempts,
+                )
+                for letter in letters
+            ]
+            if messages:
+                await self.producer.write(messages)
+            # Deleted only after the copies are durable: a crash in between redrives
+            # a letter twice rather than losing it.
+            await asyncio.gather(
+                *(self.storage.delete(layout.dead_key(self.name, dl.id)) for dl in letters)
+            )
+            moved += len(letters)
+        return moved
+
+    async def purge(self) -> None:
+        """Drop every pending, delayed and in-flight message, every dead letter,
+        stored result and dedup key. Messages enqueued during the purge may stay."""
+        for shard, committer in enumerate(self.committers):
+            cursor = await committer.read()
+            start_after = (
+                layout.log_key(self.name, shard, cursor.next_seq - 1) if cursor.next_seq else None
+            )
+            entries = await self.storage.list(
+                layout.log_prefix(self.name, shard), start_after=start_after
+            )
+            log_end = int(entries[-1].key.rsplit("/", 1)[1]) + 1 if entries else cursor.next_seq
+            timer_prefix = layout.shard_prefix(self.name, shard) + "/timers/"
+            timer_ends: dict[int, int] = {}
+            for entry in await self.storage.list(timer_prefix):
+                bucket_text, seq_text = entry.key[len(timer_prefix) :].split("/")
+                bucket = int(bucket_text)
+                timer_ends[bucket] = max(timer_ends.get(bucket, 0), int(seq_text) + 1)
+            await committer.submit(Purge(log_end, tuple(sorted(timer_ends.items()))))
+        for prefix in (
+            layout.dead_prefix(self.name),
+            layout.results_prefix(self.name),
+            layout.dedup_prefix(self.name),
+        ):
+            entries = await self.storage.list(prefix)
+            for start in range(0, len(entries), 256):
+                await asyncio.gather(
+                    *(self.storage.delete(e.key) for e in entries[start : start + 256])
+                )
+
+
+def _waiting_status(visible_at: float, now: float) -> Status:
+    return "delayed" if visible_at > now else "pending"
+
+
+def _coverage(cursor: Cursor, mid: str) -> str:
+    """Where the cursor stands relative to a message: "open" (in the window, not
+    done), "future" (not ingested yet) or "done" (finished)."""
+    address = layout.parse_message_id(mid)
+    ref = address.segment
+    for segment in cursor.open:
+        if segment.ref == str(ref):
+            done = segment.done[address.index >> 3] & (1 << (address.index & 7))
+            return "done" if done else "open"
+    if ref.is_timer:
+        next_seq = cursor.timers.get(str(ref.bucket))
+        if next_seq is not None:
+            return "done" if ref.seq < next_seq else "future"
+        return "done" if ref.bucket < cursor.timers_sealed_before else "future"
+    return "done" if ref.seq < cursor.next_seq else "future"
+
+
+__all__ = ["Queue", "QueueError", "Recovered"]

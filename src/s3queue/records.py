@@ -1,0 +1,103 @@
+"""The small JSON documents of a queue besides segments and cursors.
+
+Invariant: each type is encoded and decoded only by the functions here, and each
+carries a ``format`` version so a newer s3queue can read what an older one wrote.
+"""
+
+from __future__ import annotations
+
+from typing import Any, TypeVar
+
+import msgspec
+
+from s3queue.errors import QueueError
+
+FORMAT = 1
+
+#: A payload (JSON-encoded) may be at most this large. Larger data belongs in its own
+#: object, with its key in the payload.
+MAX_PAYLOAD_BYTES = 1024 * 1024
+#: A handler's JSON-encoded return value may be at most this large.
+MAX_RESULT_BYTES = 256 * 1024
+
+
+class QueueSettings(msgspec.Struct, frozen=True, kw_only=True):
+    """``queue.json``: fixed when the queue is created."""
+
+    format: int = FORMAT
+    name: str
+    shards: int
+    created_at: float
+    max_attempts: int = 3
+    dedup_retention: float = 24 * 3600.0
+
+
+class ErrorRecord(msgspec.Struct, frozen=True, kw_only=True):
+    """One failed attempt: what was raised, where, when."""
+
+    attempt: int
+    at: float
+    type: str
+    message: str
+    traceback: str | None = None
+    worker: str | None = None
+
+
+class DeadLetter(msgspec.Struct, frozen=True, kw_only=True):
+    """``dead/<id>``: a message that exhausted its attempts, with every error."""
+
+    format: int = FORMAT
+    id: str
+    payload: msgspec.Raw
+    attempts: int
+    errors: list[ErrorRecord]
+    enqueued_at: float
+    died_at: float
+    priority: int = 0
+    max_attempts: int = 3
+    dedup_key: str | None = None
+
+
+class ResultRecord(msgspec.Struct, frozen=True, kw_only=True):
+    """``results/<id>``: a completed message's return value."""
+
+    format: int = FORMAT
+    id: str
+    result: msgspec.Raw
+    completed_at: float
+    attempts: int
+
+
+class DedupMarker(msgspec.Struct, frozen=True, kw_only=True):
+    """``dedup/<hash>``: the message that owns a dedup key, and since when.
+
+    ``id`` is empty while the producer that reserved the key is still writing it.
+    """
+
+    format: int = FORMAT
+    key: str
+    id: str = ""
+    reserved_at: float
+    nonce: str
+    finished_at: float | None = None
+
+
+T = TypeVar("T")
+
+_encoder = msgspec.json.Encoder()
+
+
+def encode(record: Any) -> bytes:
+    return _encoder.encode(record)
+
+
+def decode(data: bytes, kind: type[T], *, what: str) -> T:
+    try:
+        return msgspec.json.decode(data, type=kind)
+    except (msgspec.DecodeError, msgspec.ValidationError) as error:
+        raise QueueError(
+            f"corrupt {what}: {error}",
+            retriable=False,
+            suggestion="the object was not written by this version of s3queue, "
+            "or was edited by hand",
+        ) from error
