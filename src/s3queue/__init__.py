@@ -1,5 +1,7 @@
 """s3queue: a distributed job queue whose only infrastructure is object storage."""
 
+from s3queue.backoff import Backoff
+from s3queue.client import BlockingQueue, connect
 from s3queue.errors import (
     AmbiguousWrite,
     ConfigurationError,
@@ -13,20 +15,35 @@ from s3queue.errors import (
     StorageUnavailable,
     Throttled,
 )
+from s3queue.info import Failure, Lease, MessageInfo, Stats
+from s3queue.queue import Queue
+from s3queue.worker import JobContext, JobTimeout, Worker, WorkerEvent
 
 __version__ = "0.1.0"
 
 __all__ = [
     "AmbiguousWrite",
+    "Backoff",
+    "BlockingQueue",
     "ConfigurationError",
+    "Failure",
+    "JobContext",
+    "JobTimeout",
+    "Lease",
     "LeaseLost",
+    "MessageInfo",
     "NotFound",
     "PayloadError",
     "PreconditionFailed",
+    "Queue",
     "QueueError",
+    "Stats",
     "StorageAuthError",
     "StorageError",
     "StorageUnavailable",
     "Throttled",
+    "Worker",
+    "WorkerEvent",
     "__version__",
+    "connect",
 ]

@@ -170,10 +170,10 @@ class ShardCommitter:
         return await future
 
     async def read(self) -> Cursor:
-        """A fresh copy of the cursor from storage."""
-        await self._refresh()
-        assert self._cursor is not None
-        return self._cursor
+        """A fresh copy of the cursor from storage (the commit loop's cache is left
+        alone: it is only ever replaced together with the ETag it was read with)."""
+        stored = await self.context.storage.get(self.key)
+        return Cursor(shard=self.shard) if stored is None else decode_cursor(stored.data)
 
     @property
     def cached(self) -> Cursor | None:
@@ -227,7 +227,7 @@ class ShardCommitter:
             idle_refresh = self._empty_polls % 2 == 1 and all(isinstance(op, Claim) for op in ops)
             if self._cursor is None or idle_refresh:
                 await self._refresh()
-            cursor = self._cursor
+            cursor, etag = self._cursor, self._etag
             assert cursor is not None
             now = self.context.clock()
             prepared = await self._prepare(cursor, ops, now, probe=not idle_refresh)
@@ -250,10 +250,10 @@ class ShardCommitter:
                 return results
             data = encode_cursor(transition.cursor)
             try:
-                if self._etag is None:
-                    etag = await self.context.storage.put(self.key, data, if_none_match=True)
+                if etag is None:
+                    new_etag = await self.context.storage.put(self.key, data, if_none_match=True)
                 else:
-                    etag = await self.context.storage.put(self.key, data, if_match=self._etag)
+                    new_etag = await self.context.storage.put(self.key, data, if_match=etag)
             except AmbiguousWrite:
                 await self._refresh()
                 assert self._cursor is not None
@@ -266,7 +266,7 @@ class ShardCommitter:
                 conflicts = await self._conflict(conflicts)
                 continue
             else:
-                self._cursor, self._etag = transition.cursor, etag
+                self._cursor, self._etag = transition.cursor, new_etag
             self.commits += 1
             self._after_commit(transition.cursor, transition.finishing, transition.recovered)
             return results

@@ -1,0 +1,596 @@
+"""The worker pool: claims messages, runs handlers, acks, retries, dead-letters.
+
+One asyncio task claims (in batches, with adaptive polling), one keeps the leases
+of running and buffered jobs alive, and each job runs as its own task; sync
+handlers run in a bounded thread pool. Invariant: every lease this worker claims
+ends in exactly one of ack, fail, release, or expiry (if the process dies), so a
+message is never left held by a worker that is not working on it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import inspect
+import logging
+import os
+import secrets
+import signal
+import socket
+import time
+from collections.abc import Awaitable, Callable, Coroutine
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from s3queue.backoff import Backoff
+from s3queue.cursor import Recovered
+from s3queue.errors import ConfigurationError, LeaseLost, QueueError
+from s3queue.info import Lease
+from s3queue.queue import Queue
+
+log = logging.getLogger("s3queue.worker")
+
+EventName = Literal[
+    "enqueued",
+    "claimed",
+    "processing",
+    "completed",
+    "retry",
+    "dead",
+    "recovered",
+    "lease_lost",
+    "workers_started",
+    "workers_stopped",
+]
+EVENTS: tuple[EventName, ...] = (
+    "enqueued",
+    "claimed",
+    "processing",
+    "completed",
+    "retry",
+    "dead",
+    "recovered",
+    "lease_lost",
+    "workers_started",
+    "workers_stopped",
+)
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerEvent:
+    """What happened, to which message, with what a dashboard shows."""
+
+    name: EventName
+    worker_id: str
+    at: float
+    message_id: str | None = None
+    attempt: int | None = None
+    duration: float | None = None
+    error: str | None = None
+    next_visible_at: float | None = None
+    result: Any = None
+    count: int | None = None
+
+
+Listener = Callable[[WorkerEvent], Any]
+Handler = Callable[[Any, "JobContext"], Any]
+
+
+@dataclass
+class JobContext:
+    """Passed to every handler call beside the payload."""
+
+    message_id: str
+    attempt: int
+    max_attempts: int
+    worker_id: str
+    lease_token: str
+    enqueued_at: float
+    claimed_at: float
+    queue: Queue
+    lease: Lease
+    _loop: asyncio.AbstractEventLoop = field(repr=False)
+    _tasks: set[asyncio.Task[Any]] = field(default_factory=set, repr=False)
+
+    def _call(self, make: Callable[[], Coroutine[Any, Any, Any]]) -> Any:
+        try:
+            running = asyncio.get_running_loop()
+        except RuntimeError:
+            running = None
+        if running is self._loop:
+            task: asyncio.Task[Any] = self._loop.create_task(make())
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+            return task
+        # A sync handler in a worker thread: wait for the write to be durable.
+        return asyncio.run_coroutine_threadsafe(make(), self._loop).result()
+
+    def extend(self, seconds: float) -> Any:
+        """Keep this job's lease ``seconds`` more. Await it in async handlers; in sync
+        handlers it blocks until stored and returns the new expiry."""
+        return self._call(lambda: self.queue.extend(self.lease, seconds))
+
+    def progress(self, value: Any) -> Any:
+        """Record progress (e.g. 0.0 to 1.0) visible through ``queue.get(id)``."""
+        return self._call(lambda: self.queue.progress(self.lease, value))
+
+
+@dataclass
+class _Job:
+    lease: Lease
+    task: asyncio.Task[None] | None = None
+    started_at: float = 0.0
+
+
+class Worker:
+    """Runs ``handler(payload, ctx)`` for messages of ``queue``.
+
+    ``concurrency`` handlers run at once (between ``min_concurrency`` and
+    ``max_concurrency`` when autoscaling). Leases last ``visibility_timeout`` and are
+    extended while the job runs. A handler that raises is retried with ``backoff``;
+    one that raises a non-retriable :class:`QueueError`, or fails its last attempt,
+    is dead-lettered.
+    """
+
+    def __init__(
+        self,
+        queue: Queue,
+        handler: Handler,
+        *,
+        concurrency: int = 10,
+        visibility_timeout: float = 30.0,
+        max_attempts: int | None = None,
+        backoff: Backoff | None = None,
+        poll_interval: float = 1.0,
+        max_poll_interval: float = 10.0,
+        job_timeout: float | None = None,
+        shutdown_timeout: float = 30.0,
+        prefetch: int | None = None,
+        min_concurrency: int | None = None,
+        max_concurrency: int | None = None,
+        scale_cooldown: float = 5.0,
+        on_complete: Listener | None = None,
+        on_error: Listener | None = None,
+        worker_id: str | None = None,
+    ) -> None:
+        if not callable(handler):
+            raise ConfigurationError(
+                f"handler {handler!r} is not callable", suggestion="pass a function"
+            )
+        if concurrency < 1 or visibility_timeout <= 0 or poll_interval <= 0:
+            raise ConfigurationError(
+                "concurrency, visibility_timeout and poll_interval must be positive",
+                suggestion="e.g. concurrency=10, visibility_timeout=30, poll_interval=1",
+            )
+        if max_poll_interval < poll_interval:
+            raise ConfigurationError(
+                f"max_poll_interval={max_poll_interval} < poll_interval={poll_interval}",
+                suggestion="max_poll_interval is the ceiling of the adaptive poll delay",
+            )
+        self.queue = queue
+        self.handler = handler
+        # An object whose __call__ is async counts as an async handler too.
+        self.is_async = inspect.iscoroutinefunction(handler) or inspect.iscoroutinefunction(
+            type(handler).__call__
+        )
+        self.min_concurrency = min_concurrency or concurrency
+        self.max_concurrency = max(max_concurrency or concurrency, self.min_concurrency)
+        if not self.min_concurrency <= concurrency <= self.max_concurrency:
+            raise ConfigurationError(
+                f"concurrency={concurrency} is outside "
+                f"[{self.min_concurrency}, {self.max_concurrency}]",
+                suggestion="min_concurrency <= concurrency <= max_concurrency",
+            )
+        self.concurrency = concurrency
+        self.visibility_timeout = visibility_timeout
+        self.max_attempts = max_attempts
+        self.backoff = backoff or queue.backoff
+        self.poll_interval = poll_interval
+        self.max_poll_interval = max_poll_interval
+        self.job_timeout = job_timeout
+        self.shutdown_timeout = shutdown_timeout
+        self.prefetch = concurrency if prefetch is None else prefetch
+        self.scale_cooldown = scale_cooldown
+        self.worker_id = worker_id or f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(3)}"
+        self._listeners: dict[str, list[Listener]] = {name: [] for name in EVENTS}
+        if on_complete is not None:
+            self.on("completed", on_complete)
+        if on_error is not None:
+            self.on("retry", on_error)
+            self.on("dead", on_error)
+        self._executor: ThreadPoolExecutor | None = None
+        self._buffer: list[Lease] = []
+        self._running: dict[str, _Job] = {}
+        self._stopping = asyncio.Event()
+        self._slot_free = asyncio.Event()
+        self._stopped = asyncio.Event()
+        self._jobs_done = asyncio.Event()
+        self._callbacks: set[asyncio.Task[Any]] = set()
+        self._forced = False
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._last_scale = 0.0
+        self._idle_since: float | None = None
+        self.poll_delay = poll_interval
+        self.processed = 0
+        self.failed = 0
+        self.exit_error: BaseException | None = None
+        queue.on_recovered(self._recovered)
+
+    # --- events ---------------------------------------------------------------------------
+
+    def on(self, event: EventName, callback: Listener) -> None:
+        """Call ``callback(WorkerEvent)`` on ``event``; async callbacks are awaited in
+        the background. A failing callback is logged and never fails the job."""
+        if event not in self._listeners:
+            raise ConfigurationError(
+                f"unknown event {event!r}", suggestion=f"events are: {', '.join(EVENTS)}"
+            )
+        self._listeners[event].append(callback)
+
+    def _emit(self, name: EventName, **fields: Any) -> None:
+        listeners = self._listeners[name]
+        if not listeners:
+            return
+        event = WorkerEvent(name=name, worker_id=self.worker_id, at=time.time(), **fields)
+        for listener in listeners:
+            try:
+                outcome = listener(event)
+            except Exception:
+                log.exception("%s listener failed", name)
+                continue
+            if inspect.isawaitable(outcome):
+                task = asyncio.ensure_future(outcome)
+                self._callbacks.add(task)
+                task.add_done_callback(self._callback_done)
+
+    def _callback_done(self, task: asyncio.Task[Any]) -> None:
+        self._callbacks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("event listener failed", exc_info=task.exception())
+
+    def _recovered(self, event: Recovered) -> None:
+        self._emit(
+            "recovered",
+            message_id=event.id,
+            attempt=event.attempt,
+            error=f"lease of {event.owner} expired",
+        )
+
+    # --- running ----------------------------------------------------------------------------
+
+    async def run(self, *, handle_signals: bool = False) -> None:
+        """Work until :meth:`stop` (or SIGTERM/SIGINT with ``handle_signals``)."""
+        self._loop = asyncio.get_running_loop()
+        if not self.is_async:
+            self._executor = ThreadPoolExecutor(
+                self.max_concurrency, thread_name_prefix="s3queue-job"
+            )
+        if handle_signals:
+            self._install_signals()
+        self._emit("workers_started", count=self.concurrency)
+        log.info(
+            "worker %s started on queue %r (concurrency %d)",
+            self.worker_id,
+            self.queue.name,
+            self.concurrency,
+        )
+        try:
+            async with asyncio.TaskGroup() as group:
+                group.create_task(self._claim_loop(), name="s3queue-claim")
+                group.create_task(self._heartbeat_loop(), name="s3queue-heartbeat")
+        finally:
+            if self._executor is not None:
+                self._executor.shutdown(wait=False, cancel_futures=True)
+            if self._callbacks:
+                await asyncio.gather(*list(self._callbacks), return_exceptions=True)
+            self._emit("workers_stopped", count=self.processed)
+            self._stopped.set()
+            if handle_signals:
+                self._remove_signals()
+        if self.exit_error is not None:
+            raise self.exit_error
+
+    async def stop(self, drain: bool = True) -> None:
+        """Stop claiming. With ``drain``, let running jobs finish (up to
+        ``shutdown_timeout``); jobs still running then, and every lease claimed but
+        not started, are released for other workers at once."""
+        if not drain:
+            self._forced = True
+        self._stopping.set()
+        self._slot_free.set()
+        await self._stopped.wait()
+
+    def _install_signals(self) -> None:
+        assert self._loop is not None
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            with contextlib.suppress(NotImplementedError, RuntimeError):
+                self._loop.add_signal_handler(sig, self._on_signal, sig)
+
+    def _remove_signals(self) -> None:
+        assert self._loop is not None
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            with contextlib.suppress(NotImplementedError, RuntimeError):
+                self._loop.remove_signal_handler(sig)
+
+    def _on_signal(self, sig: signal.Signals) -> None:
+        if self._stopping.is_set():
+            log.warning("second %s: stopping now, releasing running jobs", sig.name)
+            self._forced = True
+            self._slot_free.set()
+            return
+        log.info(
+            "%s: finishing running jobs (up to %.0f s), then exiting",
+            sig.name,
+            self.shutdown_timeout,
+        )
+        self._stopping.set()
+        self._slot_free.set()
+
+    # --- claiming --------------------------------------------------------------------------
+
+    async def _claim_loop(self) -> None:
+        async with asyncio.TaskGroup() as jobs:
+            while not self._stopping.is_set():
+                self._start_buffered(jobs)
+                want = self.concurrency + self.prefetch - len(self._running) - len(self._buffer)
+                if want <= 0 or (self._buffer and len(self._running) >= self.concurrency):
+                    self._slot_free.clear()
+                    await self._slot_free.wait()
+                    continue
+                try:
+                    leases = await self.queue.claim(
+                        want, self.visibility_timeout, owner=self.worker_id
+                    )
+                except QueueError as error:
+                    if not error.retriable:
+                        self.exit_error = error
+                        self._stopping.set()
+                        break
+                    log.warning("claim failed, will retry: %s", error)
+                    leases = []
+                if leases:
+                    self.poll_delay = self.poll_interval
+                    for lease in leases:
+                        self._emit("claimed", message_id=lease.id, attempt=lease.attempt)
+                    self._buffer.extend(leases)
+                    self._autoscale(busy=True)
+                    continue
+                self._autoscale(busy=False)
+                if not self._running:
+                    await self._wait_stopping(self.poll_delay)
+                    self.poll_delay = min(self.max_poll_interval, self.poll_delay * 2)
+                else:
+                    # Jobs are running: look again when one finishes or after a poll.
+                    self._slot_free.clear()
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(self._slot_free.wait(), self.poll_delay)
+                    self.poll_delay = min(self.max_poll_interval, self.poll_delay * 2)
+            try:
+                await self._shutdown()
+            finally:
+                self._jobs_done.set()
+
+    async def _wait_stopping(self, seconds: float) -> None:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._stopping.wait(), seconds)
+
+    def _start_buffered(self, jobs: asyncio.TaskGroup) -> None:
+        while self._buffer and len(self._running) < self.concurrency:
+            lease = self._buffer.pop(0)
+            job = _Job(lease, started_at=time.monotonic())
+            self._running[lease.id] = job
+            job.task = jobs.create_task(self._execute(job), name=f"s3queue-job-{lease.id}")
+
+    def _autoscale(self, *, busy: bool) -> None:
+        if self.min_concurrency == self.max_concurrency:
+            return
+        now = time.monotonic()
+        if now - self._last_scale < self.scale_cooldown:
+            return
+        if busy and self._buffer and self.concurrency < self.max_concurrency:
+            self.concurrency += 1
+            self._last_scale = now
+            log.info("scaled up to %d concurrent jobs", self.concurrency)
+        elif (
+            not busy
+            and len(self._running) < self.concurrency
+            and self.concurrency > self.min_concurrency
+        ):
+            self.concurrency -= 1
+            self._last_scale = now
+            log.info("scaled down to %d concurrent jobs", self.concurrency)
+
+    async def _shutdown(self) -> None:
+        unstarted, self._buffer = self._buffer, []
+        await self._release(unstarted)
+        if self._running and not self._forced:
+            waiting = [job.task for job in self._running.values() if job.task is not None]
+            _, pending = await asyncio.wait(waiting, timeout=self.shutdown_timeout)
+            if pending:
+                log.warning(
+                    "%d jobs still running after %.0f s: releasing them",
+                    len(pending),
+                    self.shutdown_timeout,
+                )
+        leftover = [
+            job for job in self._running.values() if job.task is not None and not job.task.done()
+        ]
+        for job in leftover:
+            assert job.task is not None
+            job.task.cancel()
+        if leftover:
+            await asyncio.gather(
+                *(job.task for job in leftover if job.task), return_exceptions=True
+            )
+
+    async def _release(self, leases: list[Lease]) -> None:
+        outcomes = await asyncio.gather(
+            *(self.queue.release(lease) for lease in leases), return_exceptions=True
+        )
+        for lease, outcome in zip(leases, outcomes, strict=True):
+            if isinstance(outcome, LeaseLost):
+                self._emit(
+                    "lease_lost", message_id=lease.id, attempt=lease.attempt, error=str(outcome)
+                )
+            elif isinstance(outcome, BaseException):
+                log.warning(
+                    "could not release %s (it comes back when its lease expires): %s",
+                    lease.id,
+                    outcome,
+                )
+
+    # --- heartbeat ----------------------------------------------------------------------------
+
+    async def _heartbeat_loop(self) -> None:
+        interval = max(0.05, self.visibility_timeout / 3)
+        while not self._jobs_done.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._jobs_done.wait(), interval)
+            if self._jobs_done.is_set():
+                return
+            await self._extend_due()
+
+    async def _extend_due(self) -> None:
+        now = self.queue.clock()
+        due = [
+            lease
+            for lease in [*(job.lease for job in self._running.values()), *self._buffer]
+            if lease.expires_at - now < self.visibility_timeout / 2
+        ]
+        if not due:
+            return
+        outcomes = await asyncio.gather(
+            *(self.queue.extend(lease, self.visibility_timeout) for lease in due),
+            return_exceptions=True,
+        )
+        for lease, outcome in zip(due, outcomes, strict=True):
+            if isinstance(outcome, LeaseLost):
+                self._lease_lost(lease, outcome)
+            elif isinstance(outcome, BaseException):
+                log.warning("could not extend the lease of %s: %s", lease.id, outcome)
+
+    def _lease_lost(self, lease: Lease, error: LeaseLost) -> None:
+        self._emit("lease_lost", message_id=lease.id, attempt=lease.attempt, error=str(error))
+        job = self._running.get(lease.id)
+        if job is not None and job.task is not None:
+            # Another worker may own it now: stop working on it.
+            job.task.cancel()
+        if lease in self._buffer:
+            self._buffer.remove(lease)
+
+    # --- one job -------------------------------------------------------------------------------
+
+    async def _execute(self, job: _Job) -> None:
+        lease = job.lease
+        assert self._loop is not None
+        ctx = JobContext(
+            message_id=lease.id,
+            attempt=lease.attempt,
+            max_attempts=min(lease.max_attempts, self.max_attempts or lease.max_attempts),
+            worker_id=self.worker_id,
+            lease_token=lease.token,
+            enqueued_at=lease.enqueued_at,
+            claimed_at=lease.claimed_at,
+            queue=self.queue,
+            lease=lease,
+            _loop=self._loop,
+        )
+        self._emit("processing", message_id=lease.id, attempt=lease.attempt)
+        started = time.monotonic()
+        try:
+            try:
+                result = await self._call(lease, ctx)
+                if ctx._tasks:
+                    await asyncio.gather(*list(ctx._tasks), return_exceptions=True)
+            except asyncio.CancelledError:
+                if self._forced or self._stopping.is_set():
+                    await self._release([lease])
+                raise
+            except Exception as error:
+                await self._failed(lease, ctx, error, time.monotonic() - started)
+                return
+            try:
+                await self.queue.ack(lease, result)
+            except LeaseLost as error:
+                self._lease_lost(lease, error)
+                return
+            except QueueError as error:
+                log.error("could not ack %s (it will be retried): %s", lease.id, error)
+                return
+            self.processed += 1
+            self._emit(
+                "completed",
+                message_id=lease.id,
+                attempt=lease.attempt,
+                duration=time.monotonic() - started,
+                result=result,
+            )
+        finally:
+            self._running.pop(lease.id, None)
+            self._slot_free.set()
+
+    async def _call(self, lease: Lease, ctx: JobContext) -> Any:
+        if self.is_async:
+            call: Awaitable[Any] = self.handler(lease.payload, ctx)
+        else:
+            assert self._loop is not None and self._executor is not None
+            call = self._loop.run_in_executor(
+                self._executor, functools.partial(self.handler, lease.payload, ctx)
+            )
+        if self.job_timeout is None:
+            return await call
+        try:
+            return await asyncio.wait_for(call, self.job_timeout)
+        except TimeoutError as error:
+            raise JobTimeout(
+                f"job {lease.id} ran longer than job_timeout={self.job_timeout} s",
+                suggestion="raise job_timeout, or split the job",
+            ) from error
+
+    async def _failed(
+        self, lease: Lease, ctx: JobContext, error: Exception, duration: float
+    ) -> None:
+        self.failed += 1
+        retriable = not (isinstance(error, QueueError) and not error.retriable)
+        if self.max_attempts is not None and lease.attempt >= self.max_attempts:
+            retriable = False
+        try:
+            failure = await self.queue.fail(lease, error, retriable=retriable, backoff=self.backoff)
+        except LeaseLost as lost:
+            self._lease_lost(lease, lost)
+            return
+        except QueueError as storage_error:
+            log.error(
+                "could not record the failure of %s (it will be retried): %s",
+                lease.id,
+                storage_error,
+            )
+            return
+        text = f"{type(error).__name__}: {error}"
+        if failure.status == "dead":
+            log.warning("message %s is dead after attempt %d: %s", lease.id, lease.attempt, text)
+            self._emit(
+                "dead", message_id=lease.id, attempt=lease.attempt, duration=duration, error=text
+            )
+        else:
+            log.info(
+                "message %s failed attempt %d, retry at %.1f: %s",
+                lease.id,
+                lease.attempt,
+                failure.visible_at,
+                text,
+            )
+            self._emit(
+                "retry",
+                message_id=lease.id,
+                attempt=lease.attempt,
+                duration=duration,
+                error=text,
+                next_visible_at=failure.visible_at,
+            )
+
+
+class JobTimeout(QueueError):
+    """A handler ran longer than the worker's ``job_timeout``; counts as a failed attempt."""
