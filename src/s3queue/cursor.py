@@ -336,12 +336,13 @@ class _State:
         transition: Transition,
         message: Message,
     ) -> None:
-        """Record how a message ended. One that needs no side record (a completion
-        without result or dedup key) is done at once; the others keep their outcome
+        """Record how a message ended. One that needs no side record (a first-try
+        completion without result or dedup key) is done at once; the others keep their outcome
         in the cursor until the dead letter or result is written (two-phase), so a
         crash between the commit and that write loses nothing."""
         self.count(status)
-        if status == "completed" and result is None and message.dedup_key is None:
+        quiet = result is None and message.dedup_key is None and not flight.errors
+        if status == "completed" and quiet:
             del self.flights[mid]
             self.mark_done(mid)
             return

@@ -554,12 +554,13 @@ class Queue:
                 dedup_key=message.dedup_key,
             )
             await self.storage.put(layout.dead_key(self.name, mid), encode(letter))
-        elif raw_or_none(outcome.result) is not None:
+        elif raw_or_none(outcome.result) is not None or flight.errors:
             record = ResultRecord(
                 id=mid,
                 result=outcome.result,
                 completed_at=outcome.finished_at,
                 attempts=flight.attempt,
+                errors=flight.errors,
             )
             await self.storage.put(layout.result_key(self.name, mid), encode(record))
         if message.dedup_key is not None:
@@ -686,6 +687,7 @@ class Queue:
                 record.attempts,
                 result=decode_json(record.result),
                 finished_at=record.completed_at,
+                errors=list(record.errors),
             )
         return self._info(mid, message, "completed", max(1, 0))
 

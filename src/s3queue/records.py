@@ -58,14 +58,16 @@ class DeadLetter(msgspec.Struct, frozen=True, kw_only=True):
     dedup_key: str | None = None
 
 
-class ResultRecord(msgspec.Struct, frozen=True, kw_only=True):
-    """``results/<id>``: a completed message's return value."""
+class ResultRecord(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
+    """``results/<id>``: a completed message's return value (omitted when None) and
+    the errors of the attempts before the one that succeeded."""
 
     format: int = FORMAT
     id: str
-    result: msgspec.Raw
+    result: msgspec.Raw = msgspec.Raw(b"")
     completed_at: float
     attempts: int
+    errors: list[ErrorRecord] = []
 
 
 class DedupMarker(msgspec.Struct, frozen=True, kw_only=True):

@@ -1,0 +1,281 @@
+"""The worker pool, on every backend: handlers, leases, retries, shutdown, events."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+
+from s3queue import Backoff, JobContext, Queue, QueueError, Worker, WorkerEvent
+
+FAST = {"poll_interval": 0.01, "max_poll_interval": 0.05}
+
+
+@pytest.fixture
+async def queue(store_url: str) -> AsyncIterator[Queue]:
+    q = await Queue.open(
+        store_url, "jobs", shards=2, skew_margin=0.2, backoff=Backoff(initial=0.01, max=0.05)
+    )
+    yield q
+    await q.close()
+
+
+async def until_idle(q: Queue) -> None:
+    """Wait until nothing is pending, delayed or processing (other tasks do the work)."""
+    while True:
+        s = await q.stats()
+        if s.pending + s.delayed + s.processing == 0:
+            return
+        await asyncio.sleep(0.02)  # polling shared storage: there is no event to await
+
+
+async def run_until_idle(worker: Worker) -> None:
+    task = asyncio.create_task(worker.run())
+    try:
+        await asyncio.wait_for(until_idle(worker.queue), 60)
+    finally:
+        await worker.stop()
+        await task
+
+
+async def test_async_handler_results_are_stored(queue: Queue) -> None:
+    ids = await queue.enqueue_many([{"n": n} for n in range(50)])
+
+    async def double(payload: dict[str, int], ctx: JobContext) -> int:
+        return payload["n"] * 2
+
+    await run_until_idle(Worker(queue, double, concurrency=8, **FAST))
+    infos = [await queue.get(mid) for mid in ids]
+    assert [i.result for i in infos if i] == [n * 2 for n in range(50)]
+    assert all(i is not None and i.status == "completed" for i in infos)
+
+
+async def test_sync_handler_runs_in_a_thread(queue: Queue) -> None:
+    await queue.enqueue_many([{"n": n} for n in range(20)])
+    threads: set[str] = set()
+    main = threading.current_thread().name
+
+    def record(payload: dict[str, int], ctx: JobContext) -> None:
+        threads.add(threading.current_thread().name)
+
+    worker = Worker(queue, record, concurrency=4, **FAST)
+    await run_until_idle(worker)
+    assert worker.processed == 20
+    assert main not in threads
+
+
+async def test_failed_attempt_is_retried_then_completes(queue: Queue) -> None:
+    mid = await queue.enqueue({"x": 1})
+    attempts: list[int] = []
+
+    async def flaky(payload: Any, ctx: JobContext) -> str:
+        attempts.append(ctx.attempt)
+        if ctx.attempt == 1:
+            raise ConnectionError("upstream reset")
+        return "ok"
+
+    await run_until_idle(Worker(queue, flaky, **FAST))
+    info = await queue.get(mid)
+    assert attempts == [1, 2]
+    assert info is not None and info.status == "completed" and info.result == "ok"
+    assert [e.type for e in info.errors] == ["ConnectionError"]
+
+
+async def test_non_retriable_error_dead_letters_at_once(queue: Queue) -> None:
+    mid = await queue.enqueue({"x": 1})
+
+    async def gone(payload: Any, ctx: JobContext) -> None:
+        raise QueueError("410 Gone", retriable=False)
+
+    await run_until_idle(Worker(queue, gone, **FAST))
+    info = await queue.get(mid)
+    assert info is not None and info.status == "dead" and info.attempts == 1
+    await queue.committers[0].close()
+    await queue.committers[1].close()
+    dead = await queue.dead_letters()
+    assert [d.id for d in dead] == [mid]
+    assert dead[0].errors[0].message == "410 Gone"
+
+
+async def test_exhausted_attempts_keep_every_error(queue: Queue) -> None:
+    mid = await queue.enqueue({"x": 1}, max_attempts=3)
+
+    async def broken(payload: Any, ctx: JobContext) -> None:
+        raise ValueError(f"bad {ctx.attempt}")
+
+    await run_until_idle(Worker(queue, broken, **FAST))
+    info = await queue.get(mid)
+    assert info is not None and info.status == "dead"
+    assert [e.message for e in info.errors] == ["bad 1", "bad 2", "bad 3"]
+
+
+async def test_job_timeout_counts_as_a_failed_attempt(queue: Queue) -> None:
+    mid = await queue.enqueue({"x": 1}, max_attempts=2)
+    release = asyncio.Event()
+
+    async def stuck(payload: Any, ctx: JobContext) -> None:
+        await release.wait()
+
+    await run_until_idle(Worker(queue, stuck, job_timeout=0.05, **FAST))
+    info = await queue.get(mid)
+    assert info is not None and info.status == "dead"
+    assert [e.type for e in info.errors] == ["JobTimeout", "JobTimeout"]
+
+
+async def test_long_job_is_extended_and_runs_once_with_two_workers(queue: Queue) -> None:
+    """A 3 s job with a 1 s visibility timeout: the heartbeat keeps the lease."""
+    mid = await queue.enqueue({"x": 1})
+    runs: list[str] = []
+
+    async def slow(payload: Any, ctx: JobContext) -> None:
+        runs.append(ctx.worker_id)
+        await asyncio.sleep(3)  # the job itself: simulated work, not synchronisation
+
+    a = Worker(queue, slow, visibility_timeout=1.0, worker_id="a", **FAST)
+    b = Worker(queue, slow, visibility_timeout=1.0, worker_id="b", **FAST)
+    tasks = [asyncio.create_task(a.run()), asyncio.create_task(b.run())]
+    try:
+        await asyncio.wait_for(until_idle(queue), 30)
+    finally:
+        await asyncio.gather(a.stop(), b.stop())
+        await asyncio.gather(*tasks)
+    info = await queue.get(mid)
+    assert len(runs) == 1
+    assert info is not None and info.status == "completed" and info.attempts == 1
+
+
+async def test_graceful_stop_finishes_running_and_releases_unstarted(queue: Queue) -> None:
+    await queue.enqueue_many([{"n": n} for n in range(6)])
+    started = asyncio.Event()
+    finish = asyncio.Event()
+    done: list[int] = []
+
+    async def job(payload: dict[str, int], ctx: JobContext) -> None:
+        started.set()
+        await finish.wait()
+        done.append(payload["n"])
+
+    # Two run, four wait in the prefetch buffer with long leases.
+    worker = Worker(queue, job, concurrency=2, prefetch=4, visibility_timeout=600, **FAST)
+    task = asyncio.create_task(worker.run())
+    await started.wait()
+    while len(worker._running) < 2 or len(worker._buffer) < 4:
+        await asyncio.sleep(0.01)  # waiting for the claim loop to fill its buffer
+    stopping = asyncio.create_task(worker.stop(drain=True))
+    await asyncio.sleep(0)
+    finish.set()
+    await stopping
+    await task
+    assert len(done) == 2
+    # The four unstarted messages are claimable at once, not after 600 s.
+    other = await queue.claim(10, 30)
+    assert len(other) == 4
+    assert all(lease.attempt == 1 for lease in other)
+
+
+async def test_events_describe_each_outcome(queue: Queue) -> None:
+    ok = await queue.enqueue({"kind": "ok"})
+    bad = await queue.enqueue({"kind": "bad"}, max_attempts=2)
+    events: list[WorkerEvent] = []
+
+    async def handler(payload: dict[str, str], ctx: JobContext) -> str:
+        if payload["kind"] == "bad":
+            raise RuntimeError("nope")
+        return "fine"
+
+    worker = Worker(queue, handler, **FAST)
+    for name in ("claimed", "processing", "completed", "retry", "dead", "workers_started"):
+        worker.on(name, events.append)  # type: ignore[arg-type]
+    stopped: list[WorkerEvent] = []
+    worker.on("workers_stopped", stopped.append)
+    await run_until_idle(worker)
+    by_name = {(e.name, e.message_id) for e in events}
+    assert ("completed", ok) in by_name
+    assert ("retry", bad) in by_name and ("dead", bad) in by_name
+    retry = next(e for e in events if e.name == "retry")
+    assert retry.error == "RuntimeError: nope" and retry.next_visible_at is not None
+    assert len(stopped) == 1
+
+
+async def test_unknown_event_name_is_rejected(queue: Queue) -> None:
+    async def handler(payload: Any, ctx: JobContext) -> None:
+        return None
+
+    with pytest.raises(QueueError, match="unknown event"):
+        Worker(queue, handler).on("finished", print)  # type: ignore[arg-type]
+
+
+async def test_progress_is_visible_while_running(queue: Queue) -> None:
+    mid = await queue.enqueue({"x": 1})
+    seen = asyncio.Event()
+    proceed = asyncio.Event()
+
+    async def job(payload: Any, ctx: JobContext) -> None:
+        await ctx.progress(0.5)
+        seen.set()
+        await proceed.wait()
+
+    worker = Worker(queue, job, **FAST)
+    task = asyncio.create_task(worker.run())
+    await seen.wait()
+    info = await queue.get(mid)
+    proceed.set()
+    await worker.stop()
+    await task
+    assert info is not None and info.status == "processing" and info.progress == 0.5
+
+
+async def test_idle_poll_costs_one_request_per_shard(queue: Queue) -> None:
+    await queue.claim(1, 30)  # first claim creates nothing but reads state
+    queue.storage.counts.reset()
+    polls = 6
+    for _ in range(polls):
+        assert await queue.claim(10, 30) == []
+    assert queue.storage.counts.total == polls * queue.settings.shards
+
+
+async def test_poll_delay_backs_off_when_idle_and_resets_on_work(queue: Queue) -> None:
+    async def handler(payload: Any, ctx: JobContext) -> None:
+        return None
+
+    worker = Worker(queue, handler, poll_interval=0.01, max_poll_interval=0.04)
+    task = asyncio.create_task(worker.run())
+    while worker.poll_delay < 0.04:
+        await asyncio.sleep(0.01)  # watching the worker's own state advance
+    assert worker.poll_delay == 0.04
+    processed = asyncio.Event()
+    delays: list[float] = []
+    worker.on("claimed", lambda e: delays.append(worker.poll_delay))
+    worker.on("completed", lambda e: processed.set())
+    await queue.enqueue({"x": 1})
+    await processed.wait()
+    await worker.stop()
+    await task
+    assert delays == [0.01]
+
+
+def test_worker_rejects_bad_settings() -> None:
+    async def handler(payload: Any, ctx: JobContext) -> None:
+        return None
+
+    with pytest.raises(QueueError, match="max_poll_interval"):
+        Worker(object(), handler, poll_interval=2, max_poll_interval=1)  # type: ignore[arg-type]
+
+
+async def test_autoscaling_grows_under_backlog(queue: Queue) -> None:
+    await queue.enqueue_many([{"n": n} for n in range(200)])
+
+    async def job(payload: Any, ctx: JobContext) -> None:
+        await asyncio.sleep(0.002)  # simulated work
+
+    worker = Worker(
+        queue, job, concurrency=1, min_concurrency=1, max_concurrency=4, scale_cooldown=0.0, **FAST
+    )
+    levels: list[int] = []
+    worker.on("processing", lambda e: levels.append(worker.concurrency))
+    await run_until_idle(worker)
+    assert worker.processed == 200
+    assert max(levels) == 4
