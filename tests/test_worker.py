@@ -160,10 +160,19 @@ async def test_graceful_stop_finishes_running_and_releases_unstarted(queue: Queu
 
     # Two run, four wait in the prefetch buffer with long leases.
     worker = Worker(queue, job, concurrency=2, prefetch=4, visibility_timeout=600, **FAST)
+    claimed: list[str] = []
+    all_claimed = asyncio.Event()
+
+    def on_claimed(event: WorkerEvent) -> None:
+        claimed.append(event.message_id or "")
+        if len(claimed) == 6:
+            all_claimed.set()
+
+    worker.on("claimed", on_claimed)
     task = asyncio.create_task(worker.run())
     await started.wait()
-    while len(worker._running) < 2 or len(worker._buffer) < 4:
-        await asyncio.sleep(0.01)  # waiting for the claim loop to fill its buffer
+    await all_claimed.wait()
+    assert len(worker._buffer) == 4
     stopping = asyncio.create_task(worker.stop(drain=True))
     await asyncio.sleep(0)
     finish.set()
@@ -242,10 +251,20 @@ async def test_poll_delay_backs_off_when_idle_and_resets_on_work(queue: Queue) -
         return None
 
     worker = Worker(queue, handler, poll_interval=0.01, max_poll_interval=0.04)
+    real_claim = queue.claim
+    idle_delays: list[float] = []
+    settled = asyncio.Event()
+
+    async def counting_claim(*args: Any, **kwargs: Any) -> Any:
+        idle_delays.append(worker.poll_delay)
+        if len(idle_delays) == 5:
+            settled.set()
+        return await real_claim(*args, **kwargs)
+
+    queue.claim = counting_claim  # type: ignore[method-assign]
     task = asyncio.create_task(worker.run())
-    while worker.poll_delay < 0.04:
-        await asyncio.sleep(0.01)  # watching the worker's own state advance
-    assert worker.poll_delay == 0.04
+    await settled.wait()
+    assert idle_delays[:5] == [0.01, 0.02, 0.04, 0.04, 0.04]
     processed = asyncio.Event()
     delays: list[float] = []
     worker.on("claimed", lambda e: delays.append(worker.poll_delay))
