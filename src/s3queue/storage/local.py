@@ -1,0 +1,280 @@
+"""The embedded default store: a local directory (``file:///path``).
+
+Real and persistent, and safe for many processes on one machine: every write of a
+key happens under an exclusive ``flock`` on that key's lock file, goes to a
+temporary file that is fsynced, and is renamed into place, so a reader never sees a
+partial object and a crash never leaves one. Invariant: each stored file starts
+with a header holding a fresh random ETag, written in the same rename as the data,
+so the ETag changes on every write even when the bytes are equal (no ABA).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import fcntl
+import hashlib
+import os
+import secrets
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import TypeVar
+from urllib.parse import unquote, urlsplit
+
+from s3queue.errors import (
+    ConfigurationError,
+    PreconditionFailed,
+    StorageAuthError,
+    StorageError,
+    StorageUnavailable,
+)
+from s3queue.storage.base import LIST_PAGE_SIZE, ObjectEntry, RequestCounts, StoredObject
+from s3queue.storage.keys import check_key
+
+T = TypeVar("T")
+
+MAGIC = b"S3Q1 "
+ETAG_BYTES = 32  # hex characters of the random ETag
+HEADER = len(MAGIC) + ETAG_BYTES + 1  # magic, etag, newline
+LOCK_DIR = ".s3queue-locks"
+
+
+def _translate(error: OSError, path: Path) -> StorageError:
+    if isinstance(error, PermissionError):
+        return StorageAuthError(
+            f"permission denied on {path}",
+            suggestion="run as a user that may read and write the queue directory",
+            metadata={"path": str(path)},
+        )
+    if error.errno == errno.ENOSPC:
+        return StorageUnavailable(
+            f"no space left on the device of {path}",
+            suggestion="free disk space; nothing was written",
+            metadata={"path": str(path)},
+        )
+    return StorageUnavailable(f"{error.strerror or error} on {path}", metadata={"path": str(path)})
+
+
+class LocalStorage:
+    """Objects as files under ``root``; keys map to relative paths."""
+
+    def __init__(self, root: Path, url: str) -> None:
+        self.root = root
+        self._url = url
+        self._counts = RequestCounts()
+        self._locks = root / LOCK_DIR
+
+    @classmethod
+    def from_url(cls, url: str) -> LocalStorage:
+        parts = urlsplit(url)
+        raw = unquote(parts.netloc + parts.path)
+        if not raw:
+            raise ConfigurationError(
+                f"invalid storage URL {url!r}: no directory",
+                suggestion="use file:///absolute/path or file://relative/path",
+            )
+        root = Path(raw).expanduser()
+        if not root.is_absolute():
+            root = Path.cwd() / root
+        if root.exists() and not root.is_dir():
+            raise ConfigurationError(
+                f"invalid storage URL {url!r}: {root} is a file, not a directory",
+                suggestion="point file:// at a directory (it is created if missing)",
+            )
+        try:
+            (root / LOCK_DIR).mkdir(parents=True, exist_ok=True)
+        except OSError as error:
+            raise ConfigurationError(
+                f"cannot create the queue directory {root}: {error.strerror}",
+                suggestion="choose a directory this user may write to",
+            ) from error
+        if not os.access(root, os.W_OK):
+            raise StorageAuthError(
+                f"the queue directory {root} is not writable",
+                suggestion="fix its permissions or choose another directory",
+            )
+        return cls(root, f"file://{root}")
+
+    @property
+    def url(self) -> str:
+        return self._url
+
+    @property
+    def counts(self) -> RequestCounts:
+        return self._counts
+
+    def _path(self, key: str) -> Path:
+        return self.root / check_key(key)
+
+    async def _io(self, path: Path, call: Callable[[], T]) -> T:
+        try:
+            return await asyncio.to_thread(call)
+        except OSError as error:
+            raise _translate(error, path) from error
+
+    @contextlib.contextmanager
+    def _locked(self, key: str) -> Iterator[None]:
+        name = hashlib.sha1(key.encode()).hexdigest()
+        fd = os.open(self._locks / name, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)  # closing the descriptor releases the lock
+
+    # --- reads ---------------------------------------------------------------------------
+
+    @staticmethod
+    def _read(path: Path) -> StoredObject | None:
+        try:
+            with path.open("rb") as handle:
+                blob = handle.read()
+        except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
+            return None
+        if not blob.startswith(MAGIC) or len(blob) < HEADER:
+            raise StorageError(
+                f"{path} is not an s3queue object (no header)",
+                retriable=False,
+                suggestion="do not write files into the queue directory by hand",
+            )
+        etag = blob[len(MAGIC) : len(MAGIC) + ETAG_BYTES].decode("ascii")
+        return StoredObject(blob[HEADER:], f'"{etag}"')
+
+    async def get(self, key: str) -> StoredObject | None:
+        path = self._path(key)
+        self._counts.add("get")
+        return await self._io(path, lambda: self._read(path))
+
+    # --- writes ---------------------------------------------------------------------------
+
+    def _write(self, key: str, data: bytes, if_match: str | None, if_none_match: bool) -> str:
+        path = self._path(key)
+        with self._locked(key):
+            if if_match is not None or if_none_match:
+                current = self._read(path)
+                if if_none_match and current is not None:
+                    self._counts.add("precondition_failed")
+                    raise PreconditionFailed(f"{key} already exists", status_code=412)
+                if if_match is not None and (current is None or current.etag != if_match):
+                    self._counts.add("precondition_failed")
+                    raise PreconditionFailed(f"{key} changed since it was read", status_code=412)
+            etag = secrets.token_hex(ETAG_BYTES // 2)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            temp = path.parent / f".tmp-{path.name}-{secrets.token_hex(6)}"
+            try:
+                with temp.open("wb") as handle:
+                    handle.write(MAGIC + etag.encode("ascii") + b"\n")
+                    handle.write(data)
+                    handle.flush()
+                    os.fsync(handle.fileno())
+                os.replace(temp, path)
+            except BaseException:
+                with contextlib.suppress(OSError):
+                    temp.unlink()
+                raise
+            self._fsync_dir(path.parent)
+            return f'"{etag}"'
+
+    @staticmethod
+    def _fsync_dir(directory: Path) -> None:
+        # The rename is durable only once the directory entry is on disk.
+        fd = os.open(directory, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+    async def put(
+        self,
+        key: str,
+        data: bytes,
+        *,
+        if_match: str | None = None,
+        if_none_match: bool = False,
+    ) -> str:
+        if if_match is not None and if_none_match:
+            raise ValueError("put takes if_match or if_none_match, not both")
+        path = self._path(key)
+        conditional = if_match is not None or if_none_match
+        self._counts.add("conditional_put" if conditional else "put")
+        return await self._io(path, lambda: self._write(key, data, if_match, if_none_match))
+
+    def _delete(self, key: str) -> None:
+        path = self._path(key)
+        with self._locked(key):
+            try:
+                path.unlink()
+            except FileNotFoundError:
+                return
+        # Empty directories would slow listings down; losing a race here is harmless.
+        parent = path.parent
+        while parent != self.root:
+            try:
+                parent.rmdir()
+            except OSError:
+                break
+            parent = parent.parent
+
+    async def delete(self, key: str) -> None:
+        path = self._path(key)
+        self._counts.add("delete")
+        await self._io(path, lambda: self._delete(key))
+
+    # --- listing ---------------------------------------------------------------------------
+
+    def _list(self, prefix: str, start_after: str | None, limit: int | None) -> list[ObjectEntry]:
+        # Walk only the deepest directory that contains the whole prefix.
+        base = prefix.rsplit("/", 1)[0] if "/" in prefix else ""
+        top = self.root / base if base else self.root
+        out: list[ObjectEntry] = []
+
+        def walk(directory: Path, rel: str) -> bool:
+            try:
+                names = sorted(os.listdir(directory))
+            except (FileNotFoundError, NotADirectoryError):
+                return True
+            # Sort as S3 does: by full key, where a directory "a" sorts as "a/".
+            entries = sorted(
+                ((f"{rel}{name}/" if (directory / name).is_dir() else f"{rel}{name}"), name)
+                for name in names
+                if not name.startswith(".")
+            )
+            for key, name in entries:
+                if key.endswith("/"):
+                    if not (key.startswith(prefix) or prefix.startswith(key)):
+                        continue
+                    if (
+                        start_after is not None
+                        and not start_after.startswith(key)
+                        and key < start_after
+                    ):
+                        continue
+                    if not walk(directory / name, key):
+                        return False
+                    continue
+                if not key.startswith(prefix):
+                    continue
+                if start_after is not None and key <= start_after:
+                    continue
+                try:
+                    size = (directory / name).stat().st_size - HEADER
+                except FileNotFoundError:
+                    continue
+                out.append(ObjectEntry(key, max(0, size)))
+                if limit is not None and len(out) >= limit:
+                    return False
+            return True
+
+        walk(top, f"{base}/" if base else "")
+        return out
+
+    async def list(
+        self, prefix: str, *, start_after: str | None = None, limit: int | None = None
+    ) -> list[ObjectEntry]:
+        entries = await self._io(self.root, lambda: self._list(prefix, start_after, limit))
+        self._counts.add("list", max(1, -(-len(entries) // LIST_PAGE_SIZE)))
+        return entries
+
+    async def close(self) -> None:
+        return None
