@@ -1,2 +1,552 @@
+"""The ``s3queue`` command line: worker, enqueue, stats, inspect, dead, redrive,
+purge, queues and demo.
+
+Invariant: a user's mistake or a store's refusal prints one line, ``error: what
+happened (what to do)``, and exits non-zero; tracebacks appear only with --debug.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import importlib
+import json
+import logging
+import os
+import sys
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import typer
+from rich.console import Console
+from rich.live import Live
+from rich.progress import Progress
+from rich.table import Table
+
+from s3queue import layout
+from s3queue.errors import ConfigurationError, QueueError
+from s3queue.info import MessageInfo, Stats
+from s3queue.queue import Queue
+from s3queue.storage import open_storage
+from s3queue.worker import Worker
+
+DEFAULT_URL = "file://.s3queue"
+T = TypeVar("T")
+
+app = typer.Typer(
+    help="s3queue: a job queue whose only infrastructure is object storage.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+out = Console()
+err = Console(stderr=True)
+
+
+class _Options:
+    url: str = DEFAULT_URL
+    debug: bool = False
+
+
+options = _Options()
+
+
+@app.callback()
+def main_options(
+    url: Annotated[
+        str,
+        typer.Option(
+            envvar="S3QUEUE_URL", help="Store URL: s3://bucket/prefix, file:///dir, memory://"
+        ),
+    ] = DEFAULT_URL,
+    log_level: Annotated[
+        str, typer.Option(envvar="S3QUEUE_LOG_LEVEL", help="debug, info, warning, error")
+    ] = "warning",
+    debug: Annotated[bool, typer.Option(help="Show tracebacks.")] = False,
+) -> None:
+    options.url = url
+    options.debug = debug
+    level = getattr(logging, log_level.upper(), None)
+    if not isinstance(level, int):
+        raise ConfigurationError(
+            f"unknown log level {log_level!r}", suggestion="use debug, info, warning or error"
+        )
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+def run(make: Callable[[], Awaitable[T]]) -> T:
+    return asyncio.run(make())  # type: ignore[arg-type]
+
+
+async def open_queue(name: str, **kwargs: Any) -> Queue:
+    return await Queue.open(options.url, name, **kwargs)
+
+
+def parse_json(text: str, where: str = "payload") -> Any:
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as error:
+        raise ConfigurationError(
+            f"invalid JSON {where}: {error}",
+            suggestion="""quote the payload for your shell, e.g. '{"to": "ada@example.com"}'""",
+        ) from error
+
+
+# --- worker --------------------------------------------------------------------------------
+
+
+def load_handler(spec: str) -> Callable[..., Any]:
+    module_name, _, attribute = spec.partition(":")
+    if not module_name or not attribute:
+        raise ConfigurationError(
+            f"invalid handler {spec!r}",
+            suggestion="write it as module:function, e.g. myapp.tasks:send",
+        )
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as error:
+        raise ConfigurationError(
+            f"cannot import module {module_name!r}: {error}",
+            suggestion="run from the directory that contains it, or fix PYTHONPATH",
+        ) from error
+    handler = getattr(module, attribute, None)
+    if handler is None:
+        raise ConfigurationError(
+            f"module {module_name!r} has no attribute {attribute!r}",
+            suggestion="check the name after ':'",
+        )
+    if not callable(handler):
+        raise ConfigurationError(
+            f"{spec} is not callable", suggestion="point at a function taking (payload, ctx)"
+        )
+    return handler  # type: ignore[no-any-return]
+
+
+@app.command()
+def worker(
+    queue: Annotated[str, typer.Argument(help="Queue name.")],
+    handler: Annotated[str, typer.Argument(help="module:function taking (payload, ctx).")],
+    concurrency: Annotated[int, typer.Option("--concurrency", "-c")] = 10,
+    visibility_timeout: Annotated[
+        float, typer.Option(help="Lease length in seconds (extended while running).")
+    ] = 30.0,
+    max_attempts: Annotated[
+        int | None, typer.Option(help="Cap on attempts (the message's own limit applies too).")
+    ] = None,
+    poll_interval: Annotated[float, typer.Option()] = 1.0,
+    max_poll_interval: Annotated[float, typer.Option()] = 10.0,
+    job_timeout: Annotated[
+        float | None, typer.Option(help="Cancel a job after this many seconds.")
+    ] = None,
+    shutdown_timeout: Annotated[
+        float, typer.Option(help="Seconds to finish running jobs on SIGTERM.")
+    ] = 30.0,
+    min_concurrency: Annotated[int | None, typer.Option()] = None,
+    max_concurrency: Annotated[int | None, typer.Option()] = None,
+    backoff_initial: Annotated[
+        float | None, typer.Option(help="First retry delay in seconds.")
+    ] = None,
+    backoff_max: Annotated[
+        float | None, typer.Option(help="Longest retry delay in seconds.")
+    ] = None,
+    burst: Annotated[bool, typer.Option(help="Drain the queue, then exit.")] = False,
+    report_counts: Annotated[Path | None, typer.Option(hidden=True)] = None,
+) -> None:
+    """Run a worker pool until SIGTERM/SIGINT (or, with --burst, until the queue is empty)."""
+    function = load_handler(handler)
+
+    async def main() -> None:
+        from s3queue.backoff import Backoff
+
+        q = await open_queue(queue)
+        backoff = None
+        if backoff_initial is not None or backoff_max is not None:
+            initial = backoff_initial if backoff_initial is not None else 1.0
+            backoff = Backoff(
+                initial=initial, max=backoff_max if backoff_max is not None else max(initial, 300.0)
+            )
+        pool = Worker(
+            q,
+            function,
+            concurrency=concurrency,
+            visibility_timeout=visibility_timeout,
+            max_attempts=max_attempts,
+            backoff=backoff,
+            poll_interval=poll_interval,
+            max_poll_interval=max_poll_interval,
+            job_timeout=job_timeout,
+            shutdown_timeout=shutdown_timeout,
+            min_concurrency=min_concurrency,
+            max_concurrency=max_concurrency,
+        )
+        log = logging.getLogger("s3queue.events")
+        for name in ("completed", "retry", "dead", "recovered", "lease_lost"):
+            pool.on(
+                name,
+                lambda e: log.info(
+                    "%s %s attempt=%s %s", e.name, e.message_id, e.attempt, e.error or ""
+                ),
+            )
+        print(f"worker {pool.worker_id} ready on {q.name}", flush=True)
+        watcher = asyncio.create_task(_burst_watch(q, pool, poll_interval)) if burst else None
+        try:
+            await pool.run(handle_signals=True)
+        finally:
+            if watcher is not None:
+                watcher.cancel()
+            if report_counts is not None:
+                report = {
+                    "processed": pool.processed,
+                    "failed": pool.failed,
+                    **q.storage.counts.snapshot(),
+                }
+                report_counts.write_text(json.dumps(report))
+            await q.close()
+
+    run(main)
+
+
+async def _burst_watch(q: Queue, pool: Worker, interval: float) -> None:
+    while True:
+        await asyncio.sleep(interval)  # polling shared storage: no event crosses processes
+        stats = await q.stats()
+        if stats.pending + stats.delayed + stats.processing == 0 and not pool._running:
+            await pool.stop()
+            return
+
+
+# --- producer side --------------------------------------------------------------------------
+
+
+@app.command()
+def enqueue(
+    queue: Annotated[str, typer.Argument(help="Queue name.")],
+    payload: Annotated[str | None, typer.Argument(help="JSON payload.")] = None,
+    file: Annotated[
+        Path | None, typer.Option("--file", "-f", help="A JSON-lines file: one payload per line.")
+    ] = None,
+    delay: Annotated[float, typer.Option(help="Seconds before it may run.")] = 0.0,
+    priority: Annotated[int, typer.Option(help="Higher runs first.")] = 0,
+    dedup_key: Annotated[str | None, typer.Option(help="Enqueue only once per key.")] = None,
+    max_attempts: Annotated[int | None, typer.Option()] = None,
+) -> None:
+    """Enqueue one JSON payload (prints its id) or every line of --file."""
+    if (payload is None) == (file is None):
+        raise ConfigurationError(
+            "give a JSON payload or --file, not both or neither",
+            suggestion="s3queue enqueue QUEUE '{\"x\": 1}'",
+        )
+    if file is not None:
+        if dedup_key is not None:
+            raise ConfigurationError(
+                "--dedup-key applies to a single payload", suggestion="drop --dedup-key with --file"
+            )
+        payloads = _read_jsonl(file)
+
+        async def many() -> int:
+            q = await open_queue(queue)
+            try:
+                with Progress(console=err, transient=True) as progress:
+                    task = progress.add_task("enqueue", total=len(payloads))
+                    for start in range(0, len(payloads), 500):
+                        batch = payloads[start : start + 500]
+                        await q.enqueue_many(
+                            batch, delay=delay, priority=priority, max_attempts=max_attempts
+                        )
+                        progress.advance(task, len(batch))
+            finally:
+                await q.close()
+            return len(payloads)
+
+        out.print(f"enqueued {run(many)} messages")
+        return
+    assert payload is not None
+    value = parse_json(payload)
+
+    async def one() -> str:
+        q = await open_queue(queue)
+        try:
+            return await q.enqueue(
+                value,
+                delay=delay,
+                priority=priority,
+                dedup_key=dedup_key,
+                max_attempts=max_attempts,
+            )
+        finally:
+            await q.close()
+
+    print(run(one))
+
+
+def _read_jsonl(path: Path) -> list[Any]:
+    try:
+        lines = path.read_text().splitlines()
+    except OSError as error:
+        raise ConfigurationError(
+            f"cannot read {path}: {error.strerror}", suggestion="check the path"
+        ) from error
+    return [
+        parse_json(line, f"payload on line {n} of {path}")
+        for n, line in enumerate(lines, 1)
+        if line.strip()
+    ]
+
+
+# --- looking ----------------------------------------------------------------------------------
+
+
+def stats_table(name: str, s: Stats, shards: bool) -> Table:
+    table = Table(title=f"queue {name}")
+    columns = ("pending", "delayed", "processing", "completed", "dead", "retried", "recovered")
+    if shards:
+        table.add_column("shard")
+    for column in columns:
+        table.add_column(column, justify="right")
+    if shards:
+        for shard in s.shards:
+            table.add_row(str(shard.shard), *(str(getattr(shard, c)) for c in columns))
+        table.add_section()
+        table.add_row("all", *(str(getattr(s, c)) for c in columns))
+    else:
+        table.add_row(*(str(getattr(s, c)) for c in columns))
+    return table
+
+
+@app.command()
+def stats(
+    queue: Annotated[str, typer.Argument(help="Queue name.")],
+    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+    watch: Annotated[bool, typer.Option(help="Refresh until Ctrl-C.")] = False,
+    interval: Annotated[float, typer.Option(help="Seconds between refreshes with --watch.")] = 2.0,
+    shards: Annotated[bool, typer.Option(help="One row per shard.")] = False,
+) -> None:
+    """Counts by status: pending, delayed, processing, completed, dead."""
+
+    async def main() -> None:
+        q = await open_queue(queue)
+        try:
+            if not watch:
+                s = await q.stats()
+                if as_json:
+                    print(json.dumps(s.to_json()))
+                else:
+                    out.print(stats_table(queue, s, shards))
+                return
+            with Live(console=out, auto_refresh=False) as live:
+                while True:
+                    live.update(stats_table(queue, await q.stats(), shards), refresh=True)
+                    await asyncio.sleep(interval)  # a display refresh period
+        finally:
+            await q.close()
+
+    with contextlib.suppress(KeyboardInterrupt):
+        run(main)
+
+
+def describe(info: MessageInfo) -> Table:
+    table = Table(show_header=False, title=f"message {info.id}")
+    table.add_column("field", style="bold")
+    table.add_column("value")
+    rows: list[tuple[str, Any]] = [
+        ("status", info.status),
+        ("attempts", f"{info.attempts} of {info.max_attempts}"),
+        ("priority", info.priority),
+        ("enqueued", _when(info.enqueued_at)),
+        ("payload", json.dumps(info.payload)),
+    ]
+    if info.status in ("pending", "delayed") and info.visible_at:
+        rows.append(("visible at", _when(info.visible_at)))
+    if info.owner:
+        rows.append(("owner", info.owner))
+        rows.append(("lease expires", _when(info.lease_expires_at)))
+    if info.progress is not None:
+        rows.append(("progress", json.dumps(info.progress)))
+    if info.result is not None:
+        rows.append(("result", json.dumps(info.result)))
+    if info.finished_at:
+        rows.append(("finished", _when(info.finished_at)))
+    for error in info.errors:
+        rows.append((f"error (attempt {error.attempt})", f"{error.type}: {error.message}"))
+    for field, value in rows:
+        table.add_row(field, str(value))
+    return table
+
+
+def _when(ts: float | None) -> str:
+    if ts is None:
+        return "-"
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ts)) + f" ({ts - time.time():+.1f} s)"
+
+
+@app.command()
+def inspect(
+    queue: Annotated[str, typer.Argument(help="Queue name.")],
+    message_id: Annotated[str, typer.Argument(help="Message id, as enqueue printed it.")],
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """Status, attempts, payload, result and errors of one message."""
+
+    async def main() -> MessageInfo | None:
+        q = await open_queue(queue)
+        try:
+            return await q.get(message_id)
+        finally:
+            await q.close()
+
+    info = run(main)
+    if info is None:
+        err.print(f"error: no message {message_id} in queue {queue}")
+        raise typer.Exit(1)
+    if as_json:
+        print(json.dumps(info.to_json()))
+    else:
+        out.print(describe(info))
+
+
+@app.command()
+def dead(
+    queue: Annotated[str, typer.Argument(help="Queue name.")],
+    limit: Annotated[int, typer.Option(help="Show at most this many.")] = 100,
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """List dead letters with their last error."""
+
+    async def main() -> list[MessageInfo]:
+        q = await open_queue(queue)
+        try:
+            return await q.dead_letters(limit)
+        finally:
+            await q.close()
+
+    letters = run(main)
+    if as_json:
+        print(json.dumps([info.to_json() for info in letters]))
+        return
+    table = Table(title=f"dead letters of {queue} ({len(letters)})")
+    for column in ("id", "attempts", "last error", "payload"):
+        table.add_column(column)
+    for info in letters:
+        last = info.errors[-1] if info.errors else None
+        table.add_row(
+            info.id,
+            str(info.attempts),
+            f"{last.type}: {last.message}" if last else "-",
+            json.dumps(info.payload)[:60],
+        )
+    out.print(table)
+    if letters:
+        out.print(f"redrive them with: s3queue --url '{options.url}' redrive {queue}")
+
+
+@app.command()
+def redrive(
+    queue: Annotated[str, typer.Argument(help="Queue name.")],
+    ids: Annotated[
+        list[str] | None, typer.Argument(help="Dead letter ids (all when none).")
+    ] = None,
+) -> None:
+    """Move dead letters back into the queue as new messages."""
+
+    async def main() -> int:
+        q = await open_queue(queue)
+        try:
+            return await q.redrive(ids or None)
+        finally:
+            await q.close()
+
+    out.print(f"redrove {run(main)} messages")
+
+
+@app.command()
+def purge(
+    queue: Annotated[str, typer.Argument(help="Queue name.")],
+    yes: Annotated[bool, typer.Option("--yes", help="Really drop everything.")] = False,
+) -> None:
+    """Drop every pending, delayed and running message, dead letter and result."""
+    if not yes:
+        raise ConfigurationError(
+            f"purge drops every message of queue {queue!r}", suggestion="add --yes to confirm"
+        )
+
+    async def main() -> None:
+        q = await open_queue(queue)
+        try:
+            await q.purge()
+        finally:
+            await q.close()
+
+    run(main)
+    out.print(f"purged {queue}")
+
+
+@app.command()
+def queues() -> None:
+    """List the queues under the URL."""
+
+    async def main() -> list[str]:
+        storage = open_storage(options.url)
+        try:
+            entries = await storage.list("")
+        finally:
+            await storage.close()
+        suffix = "/queue.json"
+        return [
+            e.key[: -len(suffix)]
+            for e in entries
+            if e.key.endswith(suffix) and e.key.count("/") == 1
+        ]
+
+    for name in run(main):
+        print(name)
+
+
+@app.command()
+def demo(
+    jobs: Annotated[int, typer.Option(help="How many jobs to enqueue.")] = 3000,
+    workers: Annotated[int, typer.Option(help="Worker processes.")] = 2,
+    concurrency: Annotated[int, typer.Option(help="Concurrent jobs per worker.")] = 32,
+    directory: Annotated[Path, typer.Option("--dir", help="Where the demo queue lives.")] = Path(
+        ".demo"
+    ),
+) -> None:
+    """Enqueue simulated webhook deliveries and process them with a worker pool."""
+    from s3queue.demo import run_demo
+
+    run_demo(jobs=jobs, workers=workers, concurrency=concurrency, directory=directory, console=out)
+
+
+def _report(error: BaseException) -> int:
+    if isinstance(error, QueueError):
+        err.print(f"error: {error}", markup=False, highlight=False)
+        return 2 if isinstance(error, ConfigurationError) else 1
+    err.print(f"error: {type(error).__name__}: {error}", markup=False, highlight=False)
+    return 1
+
+
 def main() -> None:
-    raise SystemExit("not yet")
+    try:
+        app(standalone_mode=False)
+    except (typer.Exit, SystemExit) as done:
+        code = getattr(done, "exit_code", None) if isinstance(done, typer.Exit) else done.code
+        raise SystemExit(code or 0) from None
+    except typer.Abort:
+        raise SystemExit(130) from None
+    except KeyboardInterrupt:
+        raise SystemExit(130) from None
+    except Exception as error:
+        if options.debug or "--debug" in sys.argv:
+            raise
+        import click
+
+        if isinstance(error, click.ClickException):
+            error.show()
+            raise SystemExit(error.exit_code) from None
+        raise SystemExit(_report(error)) from None
+
+
+__all__ = ["app", "layout", "main"]

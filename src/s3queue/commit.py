@@ -15,6 +15,7 @@ import contextlib
 import logging
 import random
 import secrets
+import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -64,6 +65,9 @@ TIMER_BUCKET = 60
 TIMER_THRESHOLD = 120.0
 TIMER_SEAL_MARGIN = 300.0
 MAX_CONFLICTS = 64
+#: After the log of a shard was found to hold nothing new, claims do not look again
+#: for this long (seconds). Idle workers poll more slowly than this anyway.
+EMPTY_LOG_COOLDOWN = 0.1
 
 Clock = Callable[[], float]
 
@@ -155,7 +159,7 @@ class ShardCommitter:
         self._background: set[asyncio.Task[None]] = set()
         self._finalizing: set[str] = set()
         self._empty_polls = 0
-        self._log_miss: tuple[int, int] = (-1, 0)
+        self._log_miss: tuple[int, float] = (-1, 0.0)
         self.commits = 0
         self.conflicts = 0
 
@@ -325,8 +329,13 @@ class ShardCommitter:
         full = len(cursor.open) >= self.context.rules.max_open_segments
         if not probe or full or available >= demand + LOOKAHEAD:
             return prepared
-        if available >= demand and self._log_miss == (cursor.next_seq, int(now)):
-            # The log had nothing new a moment ago and this batch is served anyway.
+        missed_recently = (
+            self._log_miss[0] == cursor.next_seq
+            and time.monotonic() - self._log_miss[1] < EMPTY_LOG_COOLDOWN
+        )
+        if missed_recently:
+            # The log had nothing new a moment ago: while other shards keep a busy
+            # worker fed, do not pay a request per claim to look again.
             return prepared
         prepared.extend(await self._probe_log(cursor, demand + LOOKAHEAD - available))
         prepared.extend(await self._probe_timers(cursor, now))
@@ -344,7 +353,7 @@ class ShardCommitter:
             )
             for ref, segment in zip(refs, fetched, strict=True):
                 if segment is None:
-                    self._log_miss = (ref.seq, int(self.context.clock()))
+                    self._log_miss = (ref.seq, time.monotonic())
                     return found
                 found.append(Ingest(ref, len(segment.messages)))
                 wanted -= len(segment.messages)

@@ -335,7 +335,10 @@ class Worker:
             while not self._stopping.is_set():
                 self._start_buffered(jobs)
                 want = self.concurrency + self.prefetch - len(self._running) - len(self._buffer)
-                if want <= 0 or (self._buffer and len(self._running) >= self.concurrency):
+                # With work in hand, claim in batches rather than one slot at a time:
+                # each claim is a cursor write.
+                batch = max(1, (self.concurrency + self.prefetch) // 4)
+                if want <= 0 or (self._buffer and want < batch):
                     self._slot_free.clear()
                     await self._slot_free.wait()
                     continue
