@@ -400,7 +400,7 @@ def inspect(
 
     info = run(main)
     if info is None:
-        err.print(f"error: no message {message_id} in queue {queue}")
+        print(f"error: no message {message_id} in queue {queue}", file=sys.stderr)
         raise typer.Exit(1)
     if as_json:
         print(json.dumps(info.to_json()))
@@ -521,16 +521,18 @@ def demo(
 
 
 def _report(error: BaseException) -> int:
+    # Plain print: one line however narrow the terminal (rich would wrap it).
     if isinstance(error, QueueError):
-        err.print(f"error: {error}", markup=False, highlight=False)
+        print(f"error: {error}", file=sys.stderr)
         return 2 if isinstance(error, ConfigurationError) else 1
-    err.print(f"error: {type(error).__name__}: {error}", markup=False, highlight=False)
+    print(f"error: {type(error).__name__}: {error}", file=sys.stderr)
     return 1
 
 
 def main() -> None:
     try:
-        app(standalone_mode=False)
+        code = app(standalone_mode=False)
+        raise SystemExit(code if isinstance(code, int) else 0)
     except (typer.Exit, SystemExit) as done:
         code = getattr(done, "exit_code", None) if isinstance(done, typer.Exit) else done.code
         raise SystemExit(code or 0) from None

@@ -1,0 +1,194 @@
+"""The command line, end to end in subprocesses, as a user runs it."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import BUCKET
+from tests.s3server import S3Server
+
+TIMEOUT = 120
+
+
+def cli(url: str, *args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "s3queue", "--url", url, *args],
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT,
+        cwd=cwd,
+        env={**os.environ, "PYTHONPATH": str(cwd or Path.cwd())},
+    )
+
+
+@pytest.fixture
+def url(tmp_path: Path) -> str:
+    return f"file://{tmp_path / 'store'}"
+
+
+def one_line_error(result: subprocess.CompletedProcess[str]) -> str:
+    assert result.returncode != 0
+    assert "Traceback" not in result.stderr
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("error: ")
+    return lines[0]
+
+
+def test_enqueue_prints_an_id_that_inspect_shows_pending(url: str) -> None:
+    enqueued = cli(url, "enqueue", "emails", '{"to": "ada@example.com"}', "--priority", "3")
+    assert enqueued.returncode == 0, enqueued.stderr
+    message_id = enqueued.stdout.strip()
+    shown = cli(url, "inspect", "emails", message_id, "--json")
+    info = json.loads(shown.stdout)
+    assert info["status"] == "pending" and info["payload"] == {"to": "ada@example.com"}
+    assert info["priority"] == 3
+
+
+def test_enqueue_file_reports_count_and_stats_json_agrees(url: str, tmp_path: Path) -> None:
+    lines = tmp_path / "jobs.jsonl"
+    lines.write_text("\n".join(json.dumps({"n": n}) for n in range(1200)) + "\n\n")
+    result = cli(url, "enqueue", "bulk", "--file", str(lines))
+    assert result.returncode == 0, result.stderr
+    assert "enqueued 1200 messages" in result.stdout
+    stats = json.loads(cli(url, "stats", "bulk", "--json").stdout)
+    assert stats["pending"] == 1200 and stats["completed"] == 0
+
+
+def test_a_bad_line_in_the_file_enqueues_nothing(url: str, tmp_path: Path) -> None:
+    lines = tmp_path / "jobs.jsonl"
+    lines.write_text('{"n": 1}\n{"n": \n')
+    line = one_line_error(cli(url, "enqueue", "bulk", "--file", str(lines)))
+    assert "line 2" in line
+    stats = json.loads(cli(url, "stats", "bulk", "--json").stdout)
+    assert stats["pending"] == 0
+
+
+def test_bad_json_payload_is_one_line(url: str) -> None:
+    assert "invalid JSON" in one_line_error(cli(url, "enqueue", "q", "{not json"))
+
+
+def test_bad_url_is_one_line() -> None:
+    assert "unknown storage scheme" in one_line_error(cli("nope://x", "stats", "q"))
+
+
+def test_invalid_queue_name_is_one_line(url: str) -> None:
+    assert "invalid queue name" in one_line_error(cli(url, "stats", "no/slashes"))
+
+
+def test_missing_handler_module_is_one_line(url: str) -> None:
+    line = one_line_error(cli(url, "worker", "q", "nowhere_to_be_found:handler"))
+    assert "nowhere_to_be_found" in line
+
+
+def test_unknown_message_is_exit_1(url: str) -> None:
+    cli(url, "enqueue", "q", "1")
+    result = cli(url, "inspect", "q", "0-L99-0")
+    assert result.returncode == 1 and "no message 0-L99-0" in result.stderr
+
+
+HANDLERS = textwrap.dedent(
+    """
+    import pathlib, time
+    from s3queue import QueueError
+
+    def gone(payload, ctx):
+        raise QueueError("410 Gone", retriable=False)
+
+    def slow(payload, ctx):
+        out = pathlib.Path(payload["dir"])
+        (out / f"started-{payload['n']}").write_text("")
+        time.sleep(1.0)  # the job: long enough to be in flight at SIGTERM
+        (out / f"done-{payload['n']}").write_text("")
+    """
+)
+
+
+def test_dead_letters_can_be_listed_redriven_and_purged(url: str, tmp_path: Path) -> None:
+    (tmp_path / "handlers.py").write_text(HANDLERS)
+    message_id = cli(url, "enqueue", "q", '{"x": 1}').stdout.strip()
+    burst = cli(
+        url, "worker", "q", "handlers:gone", "--burst", "--poll-interval", "0.05", cwd=tmp_path
+    )
+    assert burst.returncode == 0, burst.stderr
+    listed = json.loads(cli(url, "dead", "q", "--json").stdout)
+    assert [d["id"] for d in listed] == [message_id]
+    assert listed[0]["errors"][0]["message"] == "410 Gone"
+    assert "redrove 1 messages" in cli(url, "redrive", "q").stdout
+    stats = json.loads(cli(url, "stats", "q", "--json").stdout)
+    assert stats["dead"] == 0 and stats["pending"] == 1
+    refused = cli(url, "purge", "q")
+    assert "--yes" in one_line_error(refused)
+    assert cli(url, "purge", "q", "--yes").returncode == 0
+    stats = json.loads(cli(url, "stats", "q", "--json").stdout)
+    assert stats["pending"] == 0
+    assert cli(url, "queues").stdout.split() == ["q"]
+
+
+def test_sigterm_lets_running_jobs_finish_and_exits_zero(url: str, tmp_path: Path) -> None:
+    (tmp_path / "handlers.py").write_text(HANDLERS)
+    marks = tmp_path / "marks"
+    marks.mkdir()
+    for n in range(2):
+        cli(url, "enqueue", "q", json.dumps({"dir": str(marks), "n": n}))
+    worker = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "s3queue",
+            "--url",
+            url,
+            "worker",
+            "q",
+            "handlers:slow",
+            "-c",
+            "2",
+            "--poll-interval",
+            "0.05",
+        ],
+        cwd=tmp_path,
+        env={**os.environ, "PYTHONPATH": str(tmp_path)},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while len(list(marks.glob("started-*"))) < 2:
+            assert time.monotonic() < deadline and worker.poll() is None
+            time.sleep(0.02)  # watching another process's files: no event to await
+        worker.send_signal(signal.SIGTERM)
+        assert worker.wait(timeout=60) == 0
+    finally:
+        worker.kill()
+    assert len(list(marks.glob("done-*"))) == 2
+    stats = json.loads(cli(url, "stats", "q", "--json").stdout)
+    assert stats["completed"] == 2 and stats["processing"] == 0
+
+
+def test_demo_runs_and_summarises(tmp_path: Path) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "s3queue", "demo", "--jobs", "300", "--dir", str(tmp_path / "demo")],
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "summary" in result.stdout and "dead" in result.stdout
+
+
+def test_enqueue_and_stats_against_s3(s3_server: S3Server) -> None:
+    url = s3_server.url(BUCKET, "cli")
+    message_id = cli(url, "enqueue", "q", '{"x": 1}').stdout.strip()
+    assert message_id
+    stats = json.loads(cli(url, "stats", "q", "--json").stdout)
+    assert stats["pending"] == 1
