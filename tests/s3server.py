@@ -77,8 +77,10 @@ def start_s3_server(log_path: Path, extra_env: dict[str, str] | None = None) -> 
         try:
             urllib.request.urlopen(f"{endpoint}/moto-api/", timeout=2).close()
             return S3Server(endpoint, process)
-        except (urllib.error.URLError, ConnectionError, TimeoutError):
+        except (urllib.error.URLError, ConnectionError, TimeoutError) as error:
             if time.monotonic() > deadline:
                 process.kill()
-                raise RuntimeError(f"moto_server did not answer within 60 s; see {log_path}")
+                raise RuntimeError(
+                    f"moto_server did not answer within 60 s; see {log_path}"
+                ) from error
             time.sleep(0.1)  # waiting for a child process to bind: no event to await
