@@ -179,6 +179,11 @@ class ShardCommitter:
         stored = await self.context.storage.get(self.key)
         return Cursor(shard=self.shard) if stored is None else decode_cursor(stored.data)
 
+    def log_grew(self) -> None:
+        """This process wrote a segment to the shard: look at the log on the next claim."""
+        self._log_miss = (-1, 0.0)
+        self._empty_polls = 0
+
     @property
     def cached(self) -> Cursor | None:
         return self._cursor
@@ -327,18 +332,19 @@ class ShardCommitter:
         segments = await self.context.segments.require(self.shard, open_refs)
         available = len(candidates(cursor, segments, now))
         full = len(cursor.open) >= self.context.rules.max_open_segments
-        if not probe or full or available >= demand + LOOKAHEAD:
+        if full or available >= demand + LOOKAHEAD:
             return prepared
+        # Due timer buckets are known from the cursor: reading them costs a request
+        # only when one is due, so it does not wait for the idle alternation.
+        prepared.extend(await self._probe_timers(cursor, now))
         missed_recently = (
             self._log_miss[0] == cursor.next_seq
             and time.monotonic() - self._log_miss[1] < EMPTY_LOG_COOLDOWN
         )
-        if missed_recently:
-            # The log had nothing new a moment ago: while other shards keep a busy
-            # worker fed, do not pay a request per claim to look again.
-            return prepared
-        prepared.extend(await self._probe_log(cursor, demand + LOOKAHEAD - available))
-        prepared.extend(await self._probe_timers(cursor, now))
+        # After the log had nothing new a moment ago, do not pay a request per claim
+        # to look again while other shards keep a busy worker fed.
+        if probe and not missed_recently:
+            prepared.extend(await self._probe_log(cursor, demand + LOOKAHEAD - available))
         return prepared
 
     async def _probe_log(self, cursor: Cursor, wanted: int) -> list[Operation]:

@@ -33,6 +33,7 @@ from s3queue.segment import (
 from s3queue.storage import Storage
 
 RegisterTimerFn = Callable[[int, RegisterTimer], Awaitable[object]]
+WrittenFn = Callable[[int], None]
 
 
 @dataclass
@@ -66,12 +67,14 @@ class Producer:
         clock: Clock,
         segments: SegmentCache,
         register_timer: RegisterTimerFn,
+        written: WrittenFn = lambda shard: None,
     ) -> None:
         self.storage = storage
         self.settings = settings
         self.clock = clock
         self.segments = segments
         self.register_timer = register_timer
+        self.written = written
         self.writer = secrets.token_hex(8)
         self._nonce = itertools.count()
         self._shards = itertools.cycle(random.sample(range(settings.shards), settings.shards))
@@ -157,6 +160,7 @@ class Producer:
         seq = await self._create(shard, -1, data)
         ref = SegmentRef.log(seq)
         self.segments.put(shard, ref, segment)
+        self.written(shard)
         return [layout.message_id(shard, ref, i) for i in range(len(messages))]
 
     async def _write_timer(self, shard: int, bucket: int, messages: list[Message]) -> list[str]:

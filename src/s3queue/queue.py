@@ -177,7 +177,14 @@ class Queue:
             finish=self._finish,
         )
         self.committers = [ShardCommitter(self.context, k) for k in range(settings.shards)]
-        self.producer = Producer(storage, settings, clock, self.segments, self._register_timer)
+        self.producer = Producer(
+            storage,
+            settings,
+            clock,
+            self.segments,
+            self._register_timer,
+            written=lambda shard: self.committers[shard].log_grew(),
+        )
         self._claim_order = itertools.cycle(range(settings.shards))
 
     # --- opening and closing ----------------------------------------------------------
