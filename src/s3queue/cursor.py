@@ -24,15 +24,12 @@ from typing import Literal
 import msgspec
 
 from s3queue.layout import SegmentRef, message_id, parse_message_id
-from s3queue.records import FORMAT, ErrorRecord, decode, encode
+from s3queue.records import FORMAT, NO_RAW, ErrorRecord, decode, encode
 from s3queue.segment import Message, Segment
 
 #: How many commit tokens a cursor remembers, so that a writer whose request timed
 #: out can tell whether its commit landed even after others committed on top.
 RECENT_COMMITS = 32
-
-#: msgspec cannot decode ``Raw | None``; an empty Raw (omitted in JSON) means "none".
-NO_RAW = msgspec.Raw(b"")
 
 
 def raw_or_none(raw: msgspec.Raw | None) -> msgspec.Raw | None:

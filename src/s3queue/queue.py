@@ -54,6 +54,7 @@ from s3queue.producer import Producer
 from s3queue.records import (
     MAX_PAYLOAD_BYTES,
     MAX_RESULT_BYTES,
+    NO_RAW,
     DeadLetter,
     DedupMarker,
     ErrorRecord,
@@ -564,7 +565,7 @@ class Queue:
         elif raw_or_none(outcome.result) is not None or flight.errors:
             record = ResultRecord(
                 id=mid,
-                result=outcome.result,
+                result=raw_or_none(outcome.result) or NO_RAW,
                 completed_at=outcome.finished_at,
                 attempts=flight.attempt,
                 errors=flight.errors,

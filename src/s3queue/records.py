@@ -20,6 +20,10 @@ MAX_PAYLOAD_BYTES = 1024 * 1024
 #: A handler's JSON-encoded return value may be at most this large.
 MAX_RESULT_BYTES = 256 * 1024
 
+#: msgspec cannot decode ``Raw | None``; this empty Raw means "none". Fields default
+#: to this very object, which ``omit_defaults`` leaves out of the JSON.
+NO_RAW = msgspec.Raw(b"")
+
 
 class QueueSettings(msgspec.Struct, frozen=True, kw_only=True):
     """``queue.json``: fixed when the queue is created."""
@@ -64,7 +68,7 @@ class ResultRecord(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True
 
     format: int = FORMAT
     id: str
-    result: msgspec.Raw = msgspec.Raw(b"")
+    result: msgspec.Raw = NO_RAW
     completed_at: float
     attempts: int
     errors: list[ErrorRecord] = []
