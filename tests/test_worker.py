@@ -243,7 +243,9 @@ async def test_idle_poll_costs_one_request_per_shard(queue: Queue) -> None:
     polls = 6
     for _ in range(polls):
         assert await queue.claim(10, 30) == []
-    assert queue.storage.counts.total == polls * queue.settings.shards
+    # At most one request per shard per poll (fewer when polls come faster than
+    # the empty-log cooldown); and never zero: an idle worker still looks.
+    assert 0 < queue.storage.counts.total <= polls * queue.settings.shards
 
 
 async def test_poll_delay_backs_off_when_idle_and_resets_on_work(queue: Queue) -> None:
