@@ -10,7 +10,7 @@ was unknown, settled it by reading it back).
 from __future__ import annotations
 
 import asyncio
-import itertools
+import random
 import secrets
 import time
 import traceback
@@ -186,7 +186,10 @@ class Queue:
             self._register_timer,
             written=lambda shard: self.committers[shard].log_grew(),
         )
-        self._claim_order = itertools.cycle(range(settings.shards))
+        # Shards this process claims from, best first. A shard whose cursor another
+        # process just wrote (a CAS conflict) moves to the back, so processes drift
+        # apart onto different shards and each cursor mostly has one writer.
+        self._preference = random.sample(range(settings.shards), settings.shards)
 
     # --- opening and closing ----------------------------------------------------------
 
@@ -438,17 +441,18 @@ class Queue:
             )
         owner = owner or self.owner
         leases: list[Lease] = []
-        start = next(self._claim_order)
-        for offset in range(self.settings.shards):
+        for shard in list(self._preference):
             remaining = max_messages - len(leases)
             if remaining <= 0:
                 break
-            shard = (start + offset) % self.settings.shards
-            claimed = await self.committers[shard].submit(
-                Claim(owner, remaining, visibility_timeout)
-            )
+            committer = self.committers[shard]
+            conflicts = committer.conflicts
+            claimed = await committer.submit(Claim(owner, remaining, visibility_timeout))
             assert isinstance(claimed, list)
             leases.extend(self._lease(c, owner) for c in claimed)
+            if committer.conflicts != conflicts or not claimed:
+                self._preference.remove(shard)
+                self._preference.append(shard)
         return leases
 
     def _lease(self, claimed: Claimed, owner: str) -> Lease:
