@@ -392,7 +392,7 @@ async def latency_case(url: str, poll: float, seconds: float, rate: float) -> di
         if len(started) >= waiting_for:
             all_started.set()
 
-    worker.on("processing", check)
+    worker.on("completed", check)
     await asyncio.wait_for(all_started.wait(), 60)
     await worker.stop()
     await task

@@ -272,6 +272,12 @@ class ShardCommitter:
                 # Our write landed and others committed on top: results stand.
             except PreconditionFailed:
                 await self._refresh()
+                if all(isinstance(op, Claim) for op in ops):
+                    # Claims can go elsewhere: yield this shard to the process that
+                    # is writing it (its acks cannot move) and let the caller try
+                    # another shard. Nothing was claimed.
+                    self.conflicts += 1
+                    return [[] for _ in ops]
                 conflicts = await self._conflict(conflicts)
                 continue
             else:
