@@ -14,7 +14,7 @@ import random
 import secrets
 import time
 import traceback
-from collections.abc import Iterable
+from collections.abc import Awaitable, Iterable
 from typing import Any
 
 import msgspec
@@ -124,25 +124,22 @@ async def probe_conditional_writes(storage: Storage, queue: str) -> None:
         "this store ignores conditional writes (If-None-Match / If-Match), so two workers "
         "could hold one message; use AWS S3, MinIO, R2 or another store that supports them"
     )
+
+    async def must_fail(attempt: Awaitable[str], what: str) -> None:
+        try:
+            await attempt
+        except PreconditionFailed:
+            return
+        raise ConfigurationError(f"{storage.url} {what}", suggestion=suggestion)
+
     try:
         etag = await storage.put(key, b"probe-1", if_none_match=True)
-        try:
-            await storage.put(key, b"probe-2", if_none_match=True)
-        except PreconditionFailed:
-            pass
-        else:
-            raise ConfigurationError(
-                f"{storage.url} overwrote an object with If-None-Match: *", suggestion=suggestion
-            )
+        await must_fail(
+            storage.put(key, b"probe-2", if_none_match=True),
+            "overwrote an object with If-None-Match: *",
+        )
         await storage.put(key, b"probe-3", if_match=etag)
-        try:
-            await storage.put(key, b"probe-4", if_match=etag)
-        except PreconditionFailed:
-            pass
-        else:
-            raise ConfigurationError(
-                f"{storage.url} accepted a stale If-Match", suggestion=suggestion
-            )
+        await must_fail(storage.put(key, b"probe-4", if_match=etag), "accepted a stale If-Match")
     finally:
         await storage.delete(key)
 

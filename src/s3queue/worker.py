@@ -22,7 +22,7 @@ import time
 from collections.abc import Awaitable, Callable, Coroutine
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 from s3queue.backoff import Backoff
 from s3queue.cursor import Recovered
@@ -44,18 +44,7 @@ EventName = Literal[
     "workers_started",
     "workers_stopped",
 ]
-EVENTS: tuple[EventName, ...] = (
-    "enqueued",
-    "claimed",
-    "processing",
-    "completed",
-    "retry",
-    "dead",
-    "recovered",
-    "lease_lost",
-    "workers_started",
-    "workers_stopped",
-)
+EVENTS: tuple[EventName, ...] = get_args(EventName)
 
 
 @dataclass(frozen=True, slots=True)

@@ -72,6 +72,13 @@ class RequestCounts:
                     setattr(self, f.name, 0)
 
 
+def put_kind(if_match: str | None, if_none_match: bool) -> str:
+    """The request kind a put is billed as; rejects asking for both conditions."""
+    if if_match is not None and if_none_match:
+        raise ValueError("put takes if_match or if_none_match, not both")
+    return "conditional_put" if if_match is not None or if_none_match else "put"
+
+
 @runtime_checkable
 class Storage(Protocol):
     """What s3queue needs from an object store. Keys are ``/``-separated strings of

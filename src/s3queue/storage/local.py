@@ -29,7 +29,13 @@ from s3queue.errors import (
     StorageError,
     StorageUnavailable,
 )
-from s3queue.storage.base import LIST_PAGE_SIZE, ObjectEntry, RequestCounts, StoredObject
+from s3queue.storage.base import (
+    LIST_PAGE_SIZE,
+    ObjectEntry,
+    RequestCounts,
+    StoredObject,
+    put_kind,
+)
 from s3queue.storage.keys import check_key
 
 T = TypeVar("T")
@@ -193,11 +199,8 @@ class LocalStorage:
         if_match: str | None = None,
         if_none_match: bool = False,
     ) -> str:
-        if if_match is not None and if_none_match:
-            raise ValueError("put takes if_match or if_none_match, not both")
         path = self._path(key)
-        conditional = if_match is not None or if_none_match
-        self._counts.add("conditional_put" if conditional else "put")
+        self._counts.add(put_kind(if_match, if_none_match))
         return await self._io(path, lambda: self._write(key, data, if_match, if_none_match))
 
     def _delete(self, key: str) -> None:

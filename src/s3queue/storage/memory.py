@@ -12,7 +12,13 @@ import itertools
 import threading
 
 from s3queue.errors import PreconditionFailed
-from s3queue.storage.base import LIST_PAGE_SIZE, ObjectEntry, RequestCounts, StoredObject
+from s3queue.storage.base import (
+    LIST_PAGE_SIZE,
+    ObjectEntry,
+    RequestCounts,
+    StoredObject,
+    put_kind,
+)
 from s3queue.storage.keys import check_key
 
 _registry: dict[str, MemoryStorage] = {}
@@ -65,10 +71,7 @@ class MemoryStorage:
         if_none_match: bool = False,
     ) -> str:
         check_key(key)
-        if if_match is not None and if_none_match:
-            raise ValueError("put takes if_match or if_none_match, not both")
-        conditional = if_match is not None or if_none_match
-        self._counts.add("conditional_put" if conditional else "put")
+        self._counts.add(put_kind(if_match, if_none_match))
         with self._lock:
             current = self._objects.get(key)
             if if_none_match and current is not None:

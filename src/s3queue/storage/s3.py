@@ -26,7 +26,13 @@ from s3queue.errors import (
     StorageUnavailable,
     Throttled,
 )
-from s3queue.storage.base import LIST_PAGE_SIZE, ObjectEntry, RequestCounts, StoredObject
+from s3queue.storage.base import (
+    LIST_PAGE_SIZE,
+    ObjectEntry,
+    RequestCounts,
+    StoredObject,
+    put_kind,
+)
 from s3queue.storage.keys import check_key
 
 QUERY_OPTIONS = ("endpoint", "region", "virtual_hosted", "allow_http")
@@ -209,14 +215,12 @@ class S3Storage:
         if_none_match: bool = False,
     ) -> str:
         check_key(key)
-        if if_match is not None and if_none_match:
-            raise ValueError("put takes if_match or if_none_match, not both")
+        self._counts.add(put_kind(if_match, if_none_match))
         mode: Any = "overwrite"
         if if_none_match:
             mode = "create"
         elif if_match is not None:
             mode = {"e_tag": if_match}
-        self._counts.add("put" if mode == "overwrite" else "conditional_put")
         try:
             result = await obstore.put_async(self._store, key, data, mode=mode)
         except _NATIVE as error:
