@@ -214,7 +214,7 @@ async def _burst_watch(q: Queue, pool: Worker, interval: float) -> None:
     while True:
         await asyncio.sleep(interval)  # polling shared storage: no event crosses processes
         stats = await q.stats()
-        if stats.pending + stats.delayed + stats.processing == 0 and not pool._running:
+        if stats.pending + stats.delayed + stats.processing == 0 and not pool.busy:
             await pool.stop()
             return
 

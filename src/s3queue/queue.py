@@ -33,7 +33,6 @@ from s3queue.cursor import (
     Failed,
     Progress,
     Purge,
-    Recovered,
     RegisterTimer,
     Release,
     Rules,
@@ -46,7 +45,6 @@ from s3queue.errors import (
     LeaseLost,
     PayloadError,
     PreconditionFailed,
-    QueueError,
 )
 from s3queue.info import Failure, Lease, MessageInfo, ShardStats, Stats, Status
 from s3queue.layout import SegmentRef, check_queue_name
@@ -698,7 +696,8 @@ class Queue:
                 finished_at=record.completed_at,
                 errors=list(record.errors),
             )
-        return self._info(mid, message, "completed", max(1, 0))
+        # Done without a side record: it completed on its first attempt.
+        return self._info(mid, message, "completed", 1)
 
     def _dead_info(self, letter: DeadLetter) -> MessageInfo:
         return MessageInfo(
@@ -886,4 +885,4 @@ def _coverage(cursor: Cursor, mid: str) -> str:
     return "done" if ref.seq < cursor.next_seq else "future"
 
 
-__all__ = ["Queue", "QueueError", "Recovered"]
+__all__ = ["Queue"]

@@ -207,6 +207,11 @@ class Worker:
         self.exit_error: BaseException | None = None
         queue.on_recovered(self._recovered)
 
+    @property
+    def busy(self) -> int:
+        """Jobs running now plus leases claimed and waiting to start."""
+        return len(self._running) + len(self._buffer)
+
     # --- events ---------------------------------------------------------------------------
 
     def on(self, event: EventName, callback: Listener) -> None:
