@@ -67,6 +67,21 @@ async def test_wrong_credentials_are_an_auth_error(
     assert "\n" not in str(info.value)
 
 
+def test_wrong_credentials_are_one_line_from_the_cli(strict_s3: S3Server) -> None:
+    env = {**os.environ, "AWS_ACCESS_KEY_ID": "AKIAWRONGWRONGWRONG1", "AWS_SECRET_ACCESS_KEY": "x"}
+    result = subprocess.run(
+        [sys.executable, "-m", "s3queue", "--url", strict_s3.url(BUCKET, "p"), "stats", "q"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=env,
+    )
+    assert result.returncode == 1
+    assert "Traceback" not in result.stderr
+    [line] = result.stderr.strip().splitlines()
+    assert line.startswith("error: access denied") and "AWS_ACCESS_KEY_ID" in line
+
+
 def test_unknown_url_option_is_named() -> None:
     with pytest.raises(ConfigurationError, match="'regoin'") as info:
         open_storage("s3://bucket/p?regoin=x")

@@ -200,3 +200,36 @@ def test_requests_per_message_stay_under_the_bar(s3_server: S3Server, tmp_path: 
     (tmp_path / "requests.json").write_text(json.dumps({"per_message": per_message, **breakdown}))
     print(f"\nrequests per message: {per_message:.3f} {breakdown}")
     assert per_message <= 0.3
+
+
+def test_single_enqueues_from_fifty_tasks_stay_under_half_a_request(
+    s3_server: S3Server, tmp_path: Path
+) -> None:
+    """50 concurrent tasks each calling enqueue() one message at a time, then two
+    worker processes: at most 0.5 requests per message, enqueue and processing."""
+    url = s3_server.url(BUCKET, f"single-{uuid.uuid4().hex[:8]}")
+    total = 2000
+
+    async def produce() -> dict[str, int]:
+        q = await Queue.open(url, "single", shards=4)
+
+        async def task(t: int) -> None:
+            for n in range(total // 50):
+                await q.enqueue({"task": t, "n": n})
+
+        await asyncio.gather(*(task(t) for t in range(50)))
+        counts = q.storage.counts.snapshot()
+        await q.close()
+        return counts
+
+    producer = asyncio.run(produce())
+    procs = {f"w{i}": start(url, "single", tmp_path, f"w{i}") for i in range(2)}
+    try:
+        wait_for(lambda: stats(url, "single")["completed"] == total)
+    finally:
+        stop_all(list(procs.values()))
+    requests = producer["total"] + sum(
+        json.loads(proc.report.read_text())["total"] for proc in procs.values()
+    )
+    print(f"\nrequests per message: {requests / total:.3f} (producer {producer['total']})")
+    assert requests / total <= 0.5

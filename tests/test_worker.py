@@ -300,3 +300,19 @@ async def test_autoscaling_grows_under_backlog(queue: Queue) -> None:
     await run_until_idle(worker)
     assert worker.processed == 200
     assert max(levels) == 4
+
+
+async def test_work_enqueued_by_a_handler_is_announced(queue: Queue) -> None:
+    first = await queue.enqueue({"step": 1})
+    announced: list[str] = []
+
+    async def chain(payload: dict[str, int], ctx: JobContext) -> None:
+        if payload["step"] == 1:
+            await ctx.queue.enqueue({"step": 2})
+
+    worker = Worker(queue, chain, **FAST)
+    worker.on("enqueued", lambda e: announced.append(e.message_id or ""))
+    await run_until_idle(worker)
+    assert len(announced) == 1 and announced[0] != first
+    info = await queue.get(announced[0])
+    assert info is not None and info.status == "completed"

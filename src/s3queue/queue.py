@@ -10,11 +10,12 @@ was unknown, settled it by reading it back).
 from __future__ import annotations
 
 import asyncio
+import logging
 import random
 import secrets
 import time
 import traceback
-from collections.abc import Awaitable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
 import msgspec
@@ -184,6 +185,7 @@ class Queue:
         # Shards this process claims from, best first. A shard whose cursor another
         # process just wrote (a CAS conflict) moves to the back, so processes drift
         # apart onto different shards and each cursor mostly has one writer.
+        self._enqueued_listeners: list[Callable[[list[str]], None]] = []
         self._preference = random.sample(range(settings.shards), settings.shards)
 
     # --- opening and closing ----------------------------------------------------------
@@ -287,6 +289,18 @@ class Queue:
         """Call ``listener(Recovered)`` when this process takes back an expired lease."""
         self.context.on_recovered.append(listener)
 
+    def on_enqueued(self, listener: Callable[[list[str]], None]) -> None:
+        """Call ``listener(ids)`` after messages enqueued through this object are durable."""
+        self._enqueued_listeners.append(listener)
+
+    def _enqueued(self, ids: list[str]) -> list[str]:
+        for listener in self._enqueued_listeners:
+            try:
+                listener(ids)
+            except Exception:  # a listener's bug must not fail an enqueue that landed
+                logging.getLogger("s3queue.queue").exception("on_enqueued listener failed")
+        return ids
+
     # --- enqueue -----------------------------------------------------------------------
 
     def _message(
@@ -351,7 +365,7 @@ class Queue:
         )
         if dedup_key is not None:
             return await self._enqueue_unique(message, dedup_key)
-        return await self.producer.enqueue(message)
+        return self._enqueued([await self.producer.enqueue(message)])[0]
 
     async def enqueue_many(
         self,
@@ -377,7 +391,7 @@ class Queue:
         ]
         if not messages:
             return []
-        return await self.producer.write(messages)
+        return self._enqueued(await self.producer.write(messages))
 
     async def _enqueue_unique(self, message: Message, dedup_key: str) -> str:
         key = layout.dedup_key(self.name, dedup_key)
@@ -413,7 +427,7 @@ class Queue:
         mid = await self.producer.enqueue(message)
         owned = DedupMarker(key=dedup_key, id=mid, reserved_at=reservation.reserved_at, nonce=nonce)
         await self.storage.put(key, encode(owned), if_match=etag)
-        return mid
+        return self._enqueued([mid])[0]
 
     # --- consume -------------------------------------------------------------------------
 

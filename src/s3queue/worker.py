@@ -206,6 +206,8 @@ class Worker:
         self.failed = 0
         self.exit_error: BaseException | None = None
         queue.on_recovered(self._recovered)
+        # Handlers that enqueue follow-up work through ctx.queue show up as events.
+        queue.on_enqueued(self._announce_enqueued)
 
     @property
     def busy(self) -> int:
@@ -243,6 +245,10 @@ class Worker:
         self._callbacks.discard(task)
         if not task.cancelled() and task.exception() is not None:
             log.error("event listener failed", exc_info=task.exception())
+
+    def _announce_enqueued(self, ids: list[str]) -> None:
+        for mid in ids:
+            self._emit("enqueued", message_id=mid)
 
     def _recovered(self, event: Recovered) -> None:
         self._emit(
