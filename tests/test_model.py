@@ -73,7 +73,15 @@ class MessageLifeCycle(RuleBasedStateMachine):
         self.tmp: str | None = None
 
     def run(self, coroutine: Any) -> Any:
-        return self.loop.run_until_complete(coroutine)
+        result = self.loop.run_until_complete(coroutine)
+        # Side records of finished messages are written, and finalized by another
+        # commit, in the background; let that happen now, at this step's time, since
+        # any commit also recovers expired leases.
+        queue: Queue | None = getattr(self, "queue", None)
+        for committer in queue.committers if queue else []:
+            while committer._background:
+                self.loop.run_until_complete(asyncio.gather(*list(committer._background)))
+        return result
 
     @initialize()
     def open_queue(self) -> None:

@@ -68,6 +68,10 @@ MAX_CONFLICTS = 64
 #: After the log of a shard was found to hold nothing new, claims do not look again
 #: for this long (seconds). Idle workers poll more slowly than this anyway.
 EMPTY_LOG_COOLDOWN = 0.1
+#: A batch of acks (no claims) on a shard that committed less than ACK_LINGER_WINDOW
+#: seconds ago waits ACK_LINGER seconds for more to join it.
+ACK_LINGER_WINDOW = 0.02
+ACK_LINGER = 0.002
 
 Clock = Callable[[], float]
 
@@ -203,9 +207,16 @@ class ShardCommitter:
     # --- the loop ----------------------------------------------------------------------
 
     async def _run(self) -> None:
+        last_commit = 0.0
         while True:
             await self._wake.wait()
+            busy = time.monotonic() - last_commit < ACK_LINGER_WINDOW
+            if busy and not any(isinstance(p.op, Claim) for p in self._pending):
+                # Acks of a busy worker arrive a few at a time as jobs finish: wait a
+                # moment so that they share one write. Claims never wait.
+                await asyncio.sleep(ACK_LINGER)
             self._wake.clear()
+            last_commit = time.monotonic()
             batch, self._pending = self._pending, []
             if not batch:
                 continue
