@@ -192,6 +192,7 @@ class Worker:
         self._executor: ThreadPoolExecutor | None = None
         self._buffer: list[Lease] = []
         self._running: dict[str, _Job] = {}
+        self._settling: dict[str, Lease] = {}
         self._stopping = asyncio.Event()
         self._slot_free = asyncio.Event()
         self._stopped = asyncio.Event()
@@ -212,7 +213,7 @@ class Worker:
     @property
     def busy(self) -> int:
         """Jobs running now plus leases claimed and waiting to start."""
-        return len(self._running) + len(self._buffer)
+        return len(self._running) + len(self._settling) + len(self._buffer)
 
     # --- events ---------------------------------------------------------------------------
 
@@ -459,7 +460,11 @@ class Worker:
         now = self.queue.clock()
         due = [
             lease
-            for lease in [*(job.lease for job in self._running.values()), *self._buffer]
+            for lease in [
+                *(job.lease for job in self._running.values()),
+                *self._settling.values(),
+                *self._buffer,
+            ]
             if lease.expires_at - now < self.visibility_timeout / 2
         ]
         if not due:
@@ -512,8 +517,12 @@ class Worker:
                     await self._release([lease])
                 raise
             except Exception as error:
+                self._settle(lease)
                 await self._failed(lease, ctx, error, time.monotonic() - started)
                 return
+            # The handler is done: its slot goes to the next job while the ack is
+            # committed, so acks of consecutive rounds share cursor writes.
+            self._settle(lease)
             try:
                 await self.queue.ack(lease, result)
             except LeaseLost as error:
@@ -532,7 +541,15 @@ class Worker:
             )
         finally:
             self._running.pop(lease.id, None)
+            self._settling.pop(lease.id, None)
             self._slot_free.set()
+
+    def _settle(self, lease: Lease) -> None:
+        """Move a job whose handler returned from running to settling (ack or fail
+        pending): it no longer takes a slot, and the heartbeat still covers it."""
+        self._running.pop(lease.id, None)
+        self._settling[lease.id] = lease
+        self._slot_free.set()
 
     async def _call(self, lease: Lease, ctx: JobContext) -> Any:
         if self.is_async:
