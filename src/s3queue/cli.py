@@ -440,7 +440,9 @@ def dead(
         )
     out.print(table)
     if letters:
-        out.print(f"redrive them with: s3queue --url '{options.url}' redrive {queue}")
+        out.print(
+            f"redrive them with: s3queue --url '{options.url}' redrive {queue}", soft_wrap=True
+        )
 
 
 @app.command()

@@ -168,7 +168,9 @@ def run_demo(
     ):
         summary.add_row(label, str(value))
     console.print(summary)
-    console.print(f"inspect the dead letters with:  s3queue --url '{url}' dead {QUEUE}")
+    console.print(
+        f"inspect the dead letters with:  s3queue --url '{url}' dead {QUEUE}", soft_wrap=True
+    )
 
 
 async def _create(url: str) -> None:
