@@ -44,12 +44,13 @@ from s3queue.cursor import (
 from s3queue.errors import (
     ConfigurationError,
     LeaseLost,
-    PayloadError,
     PreconditionFailed,
 )
-from s3queue.info import Failure, Lease, MessageInfo, ShardStats, Stats, Status
-from s3queue.layout import SegmentRef, check_queue_name
+from s3queue.info import Failure, Lease, MessageInfo, Stats
+from s3queue.layout import check_queue_name
+from s3queue.payload import decode_json, encode_json
 from s3queue.producer import Producer
+from s3queue.reader import QueueReader
 from s3queue.records import (
     MAX_PAYLOAD_BYTES,
     MAX_RESULT_BYTES,
@@ -70,32 +71,6 @@ MAX_SHARDS = 1024
 #: A dedup reservation whose producer has not finished within this many seconds
 #: belongs to a producer that died mid-enqueue, and may be taken over.
 DEDUP_RESERVATION_TIMEOUT = 60.0
-
-_json = msgspec.json.Encoder()
-
-
-def encode_json(value: Any, *, limit: int, what: str) -> msgspec.Raw:
-    try:
-        data = _json.encode(value)
-    except (TypeError, msgspec.EncodeError, OverflowError) as error:
-        raise PayloadError(
-            f"{what} is not JSON-serialisable: {error}",
-            suggestion="pass dicts, lists, strings, numbers, booleans and None "
-            "(convert dates, sets and objects first)",
-        ) from error
-    if len(data) > limit:
-        raise PayloadError(
-            f"{what} is {len(data)} bytes encoded, over the limit of {limit} bytes",
-            suggestion="store large data as its own object and put its key in the payload",
-            metadata={"size": len(data), "limit": limit},
-        )
-    return msgspec.Raw(data)
-
-
-def decode_json(raw: msgspec.Raw | bytes | None) -> Any:
-    if raw is None or len(raw) == 0:
-        return None
-    return msgspec.json.decode(bytes(raw))
 
 
 def error_record(
@@ -185,6 +160,7 @@ class Queue:
         # Shards this process claims from, best first. A shard whose cursor another
         # process just wrote (a CAS conflict) moves to the back, so processes drift
         # apart onto different shards and each cursor mostly has one writer.
+        self._reader = QueueReader(storage, settings, self.committers, self.segments, clock)
         self._enqueued_listeners: list[Callable[[list[str]], None]] = []
         self._preference = random.sample(range(settings.shards), settings.shards)
 
@@ -606,211 +582,21 @@ class Queue:
             except PreconditionFailed:
                 continue
 
-    # --- look-ups --------------------------------------------------------------------------
+    # --- look-ups ----------------------------------------------------------------------------
 
     async def get(self, message_id: str) -> MessageInfo | None:
         """The status of one message, or None if there is no such message."""
-        address = layout.parse_message_id(message_id)
-        if address.shard >= self.settings.shards:
-            return None
-        cursor = await self.committers[address.shard].read()
-        ref = address.segment
-        segment = await self.segments.fetch(address.shard, ref)
-        message = None
-        if segment is not None and address.index < len(segment.messages):
-            message = segment.messages[address.index]
-        flight = cursor.flights.get(message_id)
-        now = self.clock()
-        if message is not None and flight is not None:
-            return self._flight_info(message_id, message, flight, now)
-        state = _coverage(cursor, message_id)
-        if state == "open" and message is not None:
-            return self._info(message_id, message, _waiting_status(message.visible_at, now), 0)
-        if state == "future":
-            if message is None:
-                return None
-            return self._info(message_id, message, _waiting_status(message.visible_at, now), 0)
-        return await self._finished_info(message_id, message, cursor)
-
-    def _info(
-        self, mid: str, message: Message, status: Status, attempts: int, **extra: Any
-    ) -> MessageInfo:
-        return MessageInfo(
-            id=mid,
-            status=status,
-            payload=decode_json(message.payload),
-            attempts=attempts,
-            max_attempts=message.max_attempts,
-            priority=message.priority,
-            enqueued_at=message.enqueued_at,
-            visible_at=extra.pop("visible_at", message.visible_at),
-            dedup_key=message.dedup_key,
-            **extra,
-        )
-
-    def _flight_info(self, mid: str, message: Message, flight: Any, now: float) -> MessageInfo:
-        progress = decode_json(flight.progress)
-        if flight.outcome is not None:
-            return self._info(
-                mid,
-                message,
-                flight.outcome.status,
-                flight.attempt,
-                result=decode_json(flight.outcome.result),
-                errors=list(flight.errors),
-                finished_at=flight.outcome.finished_at,
-                progress=progress,
-            )
-        if flight.lease is not None:
-            return self._info(
-                mid,
-                message,
-                "processing",
-                flight.attempt,
-                errors=list(flight.errors),
-                owner=flight.lease.owner,
-                lease_expires_at=flight.lease.expires_at,
-                progress=progress,
-            )
-        return self._info(
-            mid,
-            message,
-            _waiting_status(flight.visible_at, now),
-            flight.attempt,
-            errors=list(flight.errors),
-            visible_at=flight.visible_at,
-        )
-
-    async def _finished_info(
-        self, mid: str, message: Message | None, cursor: Cursor
-    ) -> MessageInfo | None:
-        dead, result = await asyncio.gather(
-            self.storage.get(layout.dead_key(self.name, mid)),
-            self.storage.get(layout.result_key(self.name, mid)),
-        )
-        if dead is not None:
-            return self._dead_info(decode(dead.data, DeadLetter, what="dead letter"))
-        address = layout.parse_message_id(mid)
-        if message is None:
-            return None
-        if (
-            not address.segment.is_timer
-            and address.segment.seq < cursor.purged_before
-            and result is None
-        ):
-            return None  # purged before it ran
-        if result is not None:
-            record = decode(result.data, ResultRecord, what="result")
-            return self._info(
-                mid,
-                message,
-                "completed",
-                record.attempts,
-                result=decode_json(record.result),
-                finished_at=record.completed_at,
-                errors=list(record.errors),
-            )
-        # Done without a side record: it completed on its first attempt.
-        return self._info(mid, message, "completed", 1)
-
-    def _dead_info(self, letter: DeadLetter) -> MessageInfo:
-        return MessageInfo(
-            id=letter.id,
-            status="dead",
-            payload=decode_json(letter.payload),
-            attempts=letter.attempts,
-            max_attempts=letter.max_attempts,
-            priority=letter.priority,
-            enqueued_at=letter.enqueued_at,
-            errors=list(letter.errors),
-            finished_at=letter.died_at,
-            dedup_key=letter.dedup_key,
-        )
+        return await self._reader.get(message_id)
 
     async def stats(self) -> Stats:
         """Counts by status across all shards (reads every cursor and the unread backlog)."""
-        shards = await asyncio.gather(*(self._shard_stats(k) for k in range(self.settings.shards)))
-        dead = len(await self.storage.list(layout.dead_prefix(self.name)))
-        return Stats(
-            pending=sum(s.pending for s in shards),
-            delayed=sum(s.delayed for s in shards),
-            processing=sum(s.processing for s in shards),
-            completed=sum(s.completed for s in shards),
-            dead=dead,
-            retried=sum(s.retried for s in shards),
-            recovered=sum(s.recovered for s in shards),
-            shards=list(shards),
-        )
-
-    async def _shard_stats(self, shard: int) -> ShardStats:
-        committer = self.committers[shard]
-        cursor = await committer.read()
-        now = self.clock()
-        counts = {"pending": 0, "delayed": 0, "processing": 0}
-        open_refs = [SegmentRef.parse(s.ref) for s in cursor.open]
-        segments = await self.segments.require(shard, open_refs)
-        for open_segment in cursor.open:
-            ref = SegmentRef.parse(open_segment.ref)
-            messages = segments[open_segment.ref].messages
-            for index in range(open_segment.count):
-                if open_segment.done[index >> 3] & (1 << (index & 7)):
-                    continue
-                mid = layout.message_id(shard, ref, index)
-                flight = cursor.flights.get(mid)
-                if flight is None:
-                    counts[_waiting_status(messages[index].visible_at, now)] += 1
-                elif flight.outcome is not None:
-                    continue
-                elif flight.lease is not None:
-                    counts["processing"] += 1
-                else:
-                    counts[_waiting_status(flight.visible_at, now)] += 1
-        for segment in await self._unread_segments(shard, cursor):
-            for message in segment.messages:
-                counts[_waiting_status(message.visible_at, now)] += 1
-        return ShardStats(
-            shard=shard,
-            pending=counts["pending"],
-            delayed=counts["delayed"],
-            processing=counts["processing"],
-            completed=cursor.counters.completed,
-            dead=cursor.counters.dead,
-            retried=cursor.counters.retried,
-            recovered=cursor.counters.recovered,
-            window_segments=len(cursor.open),
-            cursor_bytes=len(encode(cursor)),
-        )
-
-    async def _unread_segments(self, shard: int, cursor: Cursor) -> list[Segment]:
-        """Segments written but not yet taken into the cursor's window."""
-        start_after = (
-            layout.log_key(self.name, shard, cursor.next_seq - 1) if cursor.next_seq else None
-        )
-        entries = await self.storage.list(
-            layout.log_prefix(self.name, shard), start_after=start_after
-        )
-        refs = [SegmentRef.log(int(e.key.rsplit("/", 1)[1])) for e in entries]
-        timer_prefix = layout.shard_prefix(self.name, shard) + "/timers/"
-        for entry in await self.storage.list(timer_prefix):
-            bucket_text, seq_text = entry.key[len(timer_prefix) :].split("/")
-            bucket, seq = int(bucket_text), int(seq_text)
-            next_seq = cursor.timers.get(str(bucket))
-            if next_seq is not None and seq >= next_seq:
-                refs.append(SegmentRef.timer(bucket, seq))
-        fetched = await asyncio.gather(*(self.segments.fetch(shard, ref) for ref in refs))
-        return [segment for segment in fetched if segment is not None]
+        return await self._reader.stats()
 
     # --- dead letters ---------------------------------------------------------------------------
 
     async def dead_letters(self, limit: int | None = 100) -> list[MessageInfo]:
         """Dead messages with their error history, oldest id first."""
-        entries = await self.storage.list(layout.dead_prefix(self.name), limit=limit)
-        stored = await asyncio.gather(*(self.storage.get(e.key) for e in entries))
-        return [
-            self._dead_info(decode(s.data, DeadLetter, what="dead letter"))
-            for s in stored
-            if s is not None
-        ]
+        return await self._reader.dead_letters(limit)
 
     async def redrive(self, ids: Iterable[str] | None = None) -> int:
         """Move dead letters back to the queue as new messages (all when ``ids`` is
@@ -876,27 +662,6 @@ class Queue:
                 await asyncio.gather(
                     *(self.storage.delete(e.key) for e in entries[start : start + 256])
                 )
-
-
-def _waiting_status(visible_at: float, now: float) -> Status:
-    return "delayed" if visible_at > now else "pending"
-
-
-def _coverage(cursor: Cursor, mid: str) -> str:
-    """Where the cursor stands relative to a message: "open" (in the window, not
-    done), "future" (not ingested yet) or "done" (finished)."""
-    address = layout.parse_message_id(mid)
-    ref = address.segment
-    for segment in cursor.open:
-        if segment.ref == str(ref):
-            done = segment.done[address.index >> 3] & (1 << (address.index & 7))
-            return "done" if done else "open"
-    if ref.is_timer:
-        next_seq = cursor.timers.get(str(ref.bucket))
-        if next_seq is not None:
-            return "done" if ref.seq < next_seq else "future"
-        return "done" if ref.bucket < cursor.timers_sealed_before else "future"
-    return "done" if ref.seq < cursor.next_seq else "future"
 
 
 __all__ = ["Queue"]

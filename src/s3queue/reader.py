@@ -1,0 +1,259 @@
+"""Read-only views of a queue: one message's status, counts by status, dead letters.
+
+They read cursors fresh from storage (never the commit loops' caches) and change
+nothing, so any process may call them at any time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from s3queue import layout
+from s3queue.commit import SegmentCache, ShardCommitter
+from s3queue.cursor import Cursor
+from s3queue.info import MessageInfo, ShardStats, Stats, Status
+from s3queue.layout import SegmentRef
+from s3queue.payload import decode_json
+from s3queue.records import DeadLetter, QueueSettings, ResultRecord, decode, encode
+from s3queue.segment import Message, Segment
+from s3queue.storage import Storage
+
+
+class QueueReader:
+    def __init__(
+        self,
+        storage: Storage,
+        settings: QueueSettings,
+        committers: list[ShardCommitter],
+        segments: SegmentCache,
+        clock: Any,
+    ) -> None:
+        self.storage = storage
+        self.settings = settings
+        self.name = settings.name
+        self.committers = committers
+        self.segments = segments
+        self.clock = clock
+
+    async def get(self, message_id: str) -> MessageInfo | None:
+        address = layout.parse_message_id(message_id)
+        if address.shard >= self.settings.shards:
+            return None
+        cursor = await self.committers[address.shard].read()
+        ref = address.segment
+        segment = await self.segments.fetch(address.shard, ref)
+        message = None
+        if segment is not None and address.index < len(segment.messages):
+            message = segment.messages[address.index]
+        flight = cursor.flights.get(message_id)
+        now = self.clock()
+        if message is not None and flight is not None:
+            return self._flight_info(message_id, message, flight, now)
+        state = _coverage(cursor, message_id)
+        if state == "open" and message is not None:
+            return self._info(message_id, message, _waiting_status(message.visible_at, now), 0)
+        if state == "future":
+            if message is None:
+                return None
+            return self._info(message_id, message, _waiting_status(message.visible_at, now), 0)
+        return await self._finished_info(message_id, message, cursor)
+
+    def _info(
+        self, mid: str, message: Message, status: Status, attempts: int, **extra: Any
+    ) -> MessageInfo:
+        return MessageInfo(
+            id=mid,
+            status=status,
+            payload=decode_json(message.payload),
+            attempts=attempts,
+            max_attempts=message.max_attempts,
+            priority=message.priority,
+            enqueued_at=message.enqueued_at,
+            visible_at=extra.pop("visible_at", message.visible_at),
+            dedup_key=message.dedup_key,
+            **extra,
+        )
+
+    def _flight_info(self, mid: str, message: Message, flight: Any, now: float) -> MessageInfo:
+        progress = decode_json(flight.progress)
+        if flight.outcome is not None:
+            return self._info(
+                mid,
+                message,
+                flight.outcome.status,
+                flight.attempt,
+                result=decode_json(flight.outcome.result),
+                errors=list(flight.errors),
+                finished_at=flight.outcome.finished_at,
+                progress=progress,
+            )
+        if flight.lease is not None:
+            return self._info(
+                mid,
+                message,
+                "processing",
+                flight.attempt,
+                errors=list(flight.errors),
+                owner=flight.lease.owner,
+                lease_expires_at=flight.lease.expires_at,
+                progress=progress,
+            )
+        return self._info(
+            mid,
+            message,
+            _waiting_status(flight.visible_at, now),
+            flight.attempt,
+            errors=list(flight.errors),
+            visible_at=flight.visible_at,
+        )
+
+    async def _finished_info(
+        self, mid: str, message: Message | None, cursor: Cursor
+    ) -> MessageInfo | None:
+        dead, result = await asyncio.gather(
+            self.storage.get(layout.dead_key(self.name, mid)),
+            self.storage.get(layout.result_key(self.name, mid)),
+        )
+        if dead is not None:
+            return self._dead_info(decode(dead.data, DeadLetter, what="dead letter"))
+        address = layout.parse_message_id(mid)
+        if message is None:
+            return None
+        if (
+            not address.segment.is_timer
+            and address.segment.seq < cursor.purged_before
+            and result is None
+        ):
+            return None  # purged before it ran
+        if result is not None:
+            record = decode(result.data, ResultRecord, what="result")
+            return self._info(
+                mid,
+                message,
+                "completed",
+                record.attempts,
+                result=decode_json(record.result),
+                finished_at=record.completed_at,
+                errors=list(record.errors),
+            )
+        # Done without a side record: it completed on its first attempt.
+        return self._info(mid, message, "completed", 1)
+
+    def _dead_info(self, letter: DeadLetter) -> MessageInfo:
+        return MessageInfo(
+            id=letter.id,
+            status="dead",
+            payload=decode_json(letter.payload),
+            attempts=letter.attempts,
+            max_attempts=letter.max_attempts,
+            priority=letter.priority,
+            enqueued_at=letter.enqueued_at,
+            errors=list(letter.errors),
+            finished_at=letter.died_at,
+            dedup_key=letter.dedup_key,
+        )
+
+    async def stats(self) -> Stats:
+        """Counts by status across all shards (reads every cursor and the unread backlog)."""
+        shards = await asyncio.gather(*(self._shard_stats(k) for k in range(self.settings.shards)))
+        dead = len(await self.storage.list(layout.dead_prefix(self.name)))
+        return Stats(
+            pending=sum(s.pending for s in shards),
+            delayed=sum(s.delayed for s in shards),
+            processing=sum(s.processing for s in shards),
+            completed=sum(s.completed for s in shards),
+            dead=dead,
+            retried=sum(s.retried for s in shards),
+            recovered=sum(s.recovered for s in shards),
+            shards=list(shards),
+        )
+
+    async def _shard_stats(self, shard: int) -> ShardStats:
+        committer = self.committers[shard]
+        cursor = await committer.read()
+        now = self.clock()
+        counts = {"pending": 0, "delayed": 0, "processing": 0}
+        open_refs = [SegmentRef.parse(s.ref) for s in cursor.open]
+        segments = await self.segments.require(shard, open_refs)
+        for open_segment in cursor.open:
+            ref = SegmentRef.parse(open_segment.ref)
+            messages = segments[open_segment.ref].messages
+            for index in range(open_segment.count):
+                if open_segment.done[index >> 3] & (1 << (index & 7)):
+                    continue
+                mid = layout.message_id(shard, ref, index)
+                flight = cursor.flights.get(mid)
+                if flight is None:
+                    counts[_waiting_status(messages[index].visible_at, now)] += 1
+                elif flight.outcome is not None:
+                    continue
+                elif flight.lease is not None:
+                    counts["processing"] += 1
+                else:
+                    counts[_waiting_status(flight.visible_at, now)] += 1
+        for segment in await self._unread_segments(shard, cursor):
+            for message in segment.messages:
+                counts[_waiting_status(message.visible_at, now)] += 1
+        return ShardStats(
+            shard=shard,
+            pending=counts["pending"],
+            delayed=counts["delayed"],
+            processing=counts["processing"],
+            completed=cursor.counters.completed,
+            dead=cursor.counters.dead,
+            retried=cursor.counters.retried,
+            recovered=cursor.counters.recovered,
+            window_segments=len(cursor.open),
+            cursor_bytes=len(encode(cursor)),
+        )
+
+    async def _unread_segments(self, shard: int, cursor: Cursor) -> list[Segment]:
+        """Segments written but not yet taken into the cursor's window."""
+        start_after = (
+            layout.log_key(self.name, shard, cursor.next_seq - 1) if cursor.next_seq else None
+        )
+        entries = await self.storage.list(
+            layout.log_prefix(self.name, shard), start_after=start_after
+        )
+        refs = [SegmentRef.log(int(e.key.rsplit("/", 1)[1])) for e in entries]
+        timer_prefix = layout.shard_prefix(self.name, shard) + "/timers/"
+        for entry in await self.storage.list(timer_prefix):
+            bucket_text, seq_text = entry.key[len(timer_prefix) :].split("/")
+            bucket, seq = int(bucket_text), int(seq_text)
+            next_seq = cursor.timers.get(str(bucket))
+            if next_seq is not None and seq >= next_seq:
+                refs.append(SegmentRef.timer(bucket, seq))
+        fetched = await asyncio.gather(*(self.segments.fetch(shard, ref) for ref in refs))
+        return [segment for segment in fetched if segment is not None]
+
+    async def dead_letters(self, limit: int | None = 100) -> list[MessageInfo]:
+        """Dead messages with their error history, oldest id first."""
+        entries = await self.storage.list(layout.dead_prefix(self.name), limit=limit)
+        stored = await asyncio.gather(*(self.storage.get(e.key) for e in entries))
+        return [
+            self._dead_info(decode(s.data, DeadLetter, what="dead letter"))
+            for s in stored
+            if s is not None
+        ]
+
+
+def _waiting_status(visible_at: float, now: float) -> Status:
+    return "delayed" if visible_at > now else "pending"
+
+
+def _coverage(cursor: Cursor, mid: str) -> str:
+    """Where the cursor stands relative to a message: "open" (in the window, not
+    done), "future" (not ingested yet) or "done" (finished)."""
+    address = layout.parse_message_id(mid)
+    ref = address.segment
+    for segment in cursor.open:
+        if segment.ref == str(ref):
+            done = segment.done[address.index >> 3] & (1 << (address.index & 7))
+            return "done" if done else "open"
+    if ref.is_timer:
+        next_seq = cursor.timers.get(str(ref.bucket))
+        if next_seq is not None:
+            return "done" if ref.seq < next_seq else "future"
+        return "done" if ref.bucket < cursor.timers_sealed_before else "future"
+    return "done" if ref.seq < cursor.next_seq else "future"
