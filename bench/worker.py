@@ -1,24 +1,36 @@
-"""One benchmark worker process: a Worker with a no-op or 10 ms handler.
+"""One benchmark worker process: a Worker with a no-op or a 10 ms async handler.
 
-    python -m bench.worker URL QUEUE --concurrency C --handler noop|sleep10
-        --report FILE [--latency-ms MS --share F]
+    python -m bench.worker URL QUEUE --concurrency C --handler noop|sleep10 --report FILE
+        [--latency-ms MS --share F --limit-scale S] [--wait-for-go] [--profile FILE]
 
-Prints "ready" once the queue is open; on SIGTERM stops (draining) and writes its
-request counts, processed count and handler-visible errors to FILE as JSON.
+Opens the queue, prints ``ready``; with ``--wait-for-go`` it then waits for a line on
+standard input before it starts claiming (so that the driver starts every process's
+clock at once). Runs ``Worker(poll_interval=0.01, max_poll_interval=0.2)`` with the
+default prefetch until SIGTERM, lets running jobs finish, and writes JSON to FILE: its
+storage requests by kind, messages processed, and every error that got past the retry
+layer (handler failures, lost leases, warnings logged by s3queue).
+
+With ``--latency-ms`` the store is ``RetryingStorage(LatencyStore(raw))`` (see
+bench/latency_store.py): a Storage object cannot cross processes, so each worker
+builds its own wrapper.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
+import logging
 import signal
+import sys
 from pathlib import Path
 from typing import Any
 
 from s3queue import Queue, Worker
 from s3queue.storage import RetryingStorage, open_raw_storage
 from s3queue.storage.base import Storage
+from s3queue.worker import WorkerEvent
 
 
 async def noop(payload: Any, ctx: Any) -> None:
@@ -29,44 +41,108 @@ async def sleep10(payload: Any, ctx: Any) -> None:
     await asyncio.sleep(0.010)  # the simulated job
 
 
-def build_storage(url: str, latency_ms: float, share: float) -> Storage:
+HANDLERS = {"noop": noop, "sleep10": sleep10}
+
+
+def build_storage(
+    url: str, latency_ms: float = 0.0, share: float = 1.0, limit_scale: float = 1.0
+) -> Storage:
+    """The store as the queue sees it; with ``latency_ms`` > 0, simulated far-away S3."""
     raw = open_raw_storage(url)
     if latency_ms > 0:
         from bench.latency_store import LatencyStore
 
-        raw = LatencyStore(raw, latency_ms, share)
+        raw = LatencyStore(raw, latency_ms, share=share, limit_scale=limit_scale)
     return RetryingStorage(raw)
 
 
+class _CountWarnings(logging.Handler):
+    """Counts what s3queue logs at WARNING or above: storage errors that the retry
+    layer gave up on (claim, ack, extend or release failed) show up here."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.count = 0
+        self.samples: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.count += 1
+        if len(self.samples) < 5:
+            self.samples.append(record.getMessage()[:300])
+
+
 async def main(args: argparse.Namespace) -> None:
-    storage = build_storage(args.url, args.latency_ms, args.share)
+    warnings = _CountWarnings()
+    logging.getLogger("s3queue").addHandler(warnings)
+    storage = build_storage(args.url, args.latency_ms, args.share, args.limit_scale)
     q = await Queue.open(storage, args.queue, verify_store=False)
-    handler = {"noop": noop, "sleep10": sleep10}[args.handler]
     worker = Worker(
-        q, handler, concurrency=args.concurrency, poll_interval=0.01, max_poll_interval=0.2
+        q,
+        HANDLERS[args.handler],
+        concurrency=args.concurrency,
+        poll_interval=0.01,
+        max_poll_interval=0.2,
     )
+    lease_lost = 0
+    last_completed_at = 0.0
+
+    def on_lease_lost(event: WorkerEvent) -> None:
+        nonlocal lease_lost
+        lease_lost += 1
+
+    def on_completed(event: WorkerEvent) -> None:
+        nonlocal last_completed_at
+        last_completed_at = event.at  # wall clock, after the ack is durable
+
+    worker.on("lease_lost", on_lease_lost)
+    worker.on("completed", on_completed)
     loop = asyncio.get_running_loop()
     loop.add_signal_handler(signal.SIGTERM, lambda: loop.create_task(worker.stop()))
     print("ready", flush=True)
+    if args.wait_for_go:
+        await loop.run_in_executor(None, sys.stdin.readline)
+    profiler: Any = None
+    if args.profile:
+        from pyinstrument import Profiler
+
+        profiler = Profiler(async_mode="disabled")
+        profiler.start()
     await worker.run()
-    slowdowns = getattr(getattr(storage, "inner", None), "slowdowns", 0)
+    if profiler is not None:
+        profiler.stop()
+        Path(args.profile).write_text(profiler.output_text(unicode=False, color=False))  # noqa: ASYNC240
+    await q.close()
+    inner = getattr(storage, "inner", None)
     report = {
-        **q.storage.counts.snapshot(),
+        **storage.counts.snapshot(),
         "processed": worker.processed,
+        "last_completed_at": last_completed_at,
         "handler_errors": worker.failed,
-        "slowdowns": slowdowns,
+        "lease_lost": lease_lost,
+        "warnings": warnings.count,
+        "warning_samples": warnings.samples,
+        "slowdowns_answered": getattr(inner, "slowdowns", 0),
+        "commits": sum(c.commits for c in q.committers),
+        "conflicts": sum(c.conflicts for c in q.committers),
     }
     Path(args.report).write_text(json.dumps(report))  # noqa: ASYNC240 - once, at exit
-    await q.close()
 
 
-if __name__ == "__main__":
-    parser = argparse.ArgumentParser()
+def parse(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m bench.worker")
     parser.add_argument("url")
     parser.add_argument("queue")
     parser.add_argument("--concurrency", type=int, default=8)
-    parser.add_argument("--handler", choices=["noop", "sleep10"], default="noop")
+    parser.add_argument("--handler", choices=sorted(HANDLERS), default="noop")
     parser.add_argument("--report", required=True)
     parser.add_argument("--latency-ms", type=float, default=0.0)
     parser.add_argument("--share", type=float, default=1.0)
-    asyncio.run(main(parser.parse_args()))
+    parser.add_argument("--limit-scale", type=float, default=1.0)
+    parser.add_argument("--wait-for-go", action="store_true")
+    parser.add_argument("--profile", default="")
+    return parser.parse_args(argv)
+
+
+if __name__ == "__main__":
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(main(parse()))
