@@ -68,10 +68,6 @@ MAX_CONFLICTS = 64
 #: After the log of a shard was found to hold nothing new, claims do not look again
 #: for this long (seconds). Idle workers poll more slowly than this anyway.
 EMPTY_LOG_COOLDOWN = 0.1
-#: A batch of acks (no claims) on a shard that committed less than ACK_LINGER_WINDOW
-#: seconds ago waits ACK_LINGER seconds for more to join it.
-ACK_LINGER_WINDOW = 0.02
-ACK_LINGER = 0.002
 
 Clock = Callable[[], float]
 
@@ -146,6 +142,8 @@ class CommitContext:
 class _Pending:
     op: Operation
     future: asyncio.Future[Result]
+    #: time.monotonic() by which this operation must be on its way to storage.
+    deadline: float
 
 
 class ShardCommitter:
@@ -169,11 +167,17 @@ class ShardCommitter:
 
     # --- public --------------------------------------------------------------------
 
-    async def submit(self, op: Operation) -> Result:
+    async def submit(self, op: Operation, *, linger: float = 0.0) -> Result:
+        """Commit ``op`` and return its result once the cursor holding it is durable.
+
+        With ``linger`` > 0 the operation may wait that many seconds for others to
+        share its write: a worker's acks ride on its next claim instead of costing a
+        PUT of their own. Operations without linger go out in the next write.
+        """
         if self._task is None:
             self._task = asyncio.create_task(self._run(), name=f"s3queue-commit-{self.shard}")
         future: asyncio.Future[Result] = asyncio.get_running_loop().create_future()
-        self._pending.append(_Pending(op, future))
+        self._pending.append(_Pending(op, future, time.monotonic() + max(0.0, linger)))
         self._wake.set()
         return await future
 
@@ -207,16 +211,19 @@ class ShardCommitter:
     # --- the loop ----------------------------------------------------------------------
 
     async def _run(self) -> None:
-        last_commit = 0.0
         while True:
             await self._wake.wait()
-            busy = time.monotonic() - last_commit < ACK_LINGER_WINDOW
-            if busy and not any(isinstance(p.op, Claim) for p in self._pending):
-                # Acks of a busy worker arrive a few at a time as jobs finish: wait a
-                # moment so that they share one write. Claims never wait.
-                await asyncio.sleep(ACK_LINGER)
             self._wake.clear()
-            last_commit = time.monotonic()
+            if not self._pending:
+                continue
+            due = min(p.deadline for p in self._pending) - time.monotonic()
+            if due > 0:
+                # Everything pending may linger: wait for an urgent operation (the
+                # wake-up) or for the first deadline, whichever comes first.
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), due)
+                self._wake.set()
+                continue
             batch, self._pending = self._pending, []
             if not batch:
                 continue

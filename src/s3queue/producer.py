@@ -79,6 +79,7 @@ class Producer:
         self._nonce = itertools.count()
         self._shards = itertools.cycle(random.sample(range(settings.shards), settings.shards))
         self._next_seq: dict[tuple[int, int], int] = {}
+        self._locks: dict[tuple[int, int], asyncio.Lock] = {}
         self._registered: set[tuple[int, int]] = set()
         self._waiting: list[_Waiting] = []
         self._flushing = 0
@@ -193,6 +194,15 @@ class Producer:
 
     async def _create(self, shard: int, bucket: int, data: bytes) -> int:
         """Create the segment at the first free sequence number; return it."""
+        # This process's writes to one log go one at a time: concurrent ones would
+        # race each other for the same number, and every lost race costs a LIST.
+        # A number is never reserved ahead of its write, because a write that then
+        # failed would leave a gap that hides every later segment from consumers.
+        lock = self._locks.setdefault((shard, bucket), asyncio.Lock())
+        async with lock:
+            return await self._create_next(shard, bucket, data)
+
+    async def _create_next(self, shard: int, bucket: int, data: bytes) -> int:
         seq = self._next_seq.get((shard, bucket))
         if seq is None:
             seq = await self._find_end(shard, bucket, await self._first_candidate(shard, bucket))

@@ -469,14 +469,21 @@ class Queue:
                 metadata={"id": lease.id, "token": lease.token},
             )
 
-    async def ack(self, lease: Lease, result: Any = None) -> None:
-        """Complete the message; store ``result`` (if not None) for :meth:`get`."""
+    async def ack(self, lease: Lease, result: Any = None, *, linger: float = 0.0) -> None:
+        """Complete the message; store ``result`` (if not None) for :meth:`get`.
+
+        ``linger`` (seconds) lets the ack wait for other operations of this process
+        on the same shard, a claim above all, so that they share one cursor write.
+        The Worker acks with a linger: it costs nothing while the lease is covered.
+        """
         raw = (
             None
             if result is None
             else encode_json(result, limit=MAX_RESULT_BYTES, what="the result")
         )
-        outcome = await self._committer(lease).submit(Ack(lease.id, lease.token, raw))
+        outcome = await self._committer(lease).submit(
+            Ack(lease.id, lease.token, raw), linger=linger
+        )
         self._check(outcome, lease, "ack")
 
     async def fail(
@@ -485,16 +492,19 @@ class Queue:
         error: BaseException | str,
         retriable: bool = True,
         backoff: Backoff | float | None = None,
+        *,
+        linger: float = 0.0,
     ) -> Failure:
         """Record a failed attempt: retry after a backoff delay, or dead-letter the
-        message when it is not ``retriable`` or has used all its attempts."""
+        message when it is not ``retriable`` or has used all its attempts.
+        ``linger`` as for :meth:`ack`."""
         if isinstance(backoff, int | float):
             delay = float(backoff)
         else:
             delay = (backoff or self.backoff).delay(lease.attempt)
         record = error_record(error, lease.attempt, self.clock(), lease.owner)
         outcome = await self._committer(lease).submit(
-            Fail(lease.id, lease.token, record, retriable, delay)
+            Fail(lease.id, lease.token, record, retriable, delay), linger=linger
         )
         self._check(outcome, lease, "fail")
         assert isinstance(outcome, Failed)

@@ -14,11 +14,13 @@ import contextlib
 import functools
 import inspect
 import logging
+import math
 import os
 import secrets
 import signal
 import socket
 import time
+from collections import deque
 from collections.abc import Awaitable, Callable, Coroutine
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -31,6 +33,13 @@ from s3queue.info import Lease
 from s3queue.queue import Queue
 
 log = logging.getLogger("s3queue.worker")
+
+#: The adaptive prefetch grows to at most this many times the concurrency.
+MAX_PREFETCH_FACTOR = 4
+#: Seconds an ack or failure may wait for this worker's next claim on the same shard,
+#: to share its cursor write. A finished job's lease stays covered by the heartbeat,
+#: so waiting risks nothing; the next claim usually comes much sooner.
+ACK_LINGER = 0.1
 
 EventName = Literal[
     "enqueued",
@@ -180,7 +189,12 @@ class Worker:
         self.max_poll_interval = max_poll_interval
         self.job_timeout = job_timeout
         self.shutdown_timeout = shutdown_timeout
-        self.prefetch = concurrency if prefetch is None else prefetch
+        if prefetch is not None and prefetch < 0:
+            raise ConfigurationError(
+                f"prefetch={prefetch}", suggestion="use prefetch >= 0, or None to adapt it"
+            )
+        #: Leases claimed ahead of free slots; None adapts it (see :attr:`prefetch`).
+        self.fixed_prefetch = prefetch
         self.scale_cooldown = scale_cooldown
         self.worker_id = worker_id or f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(3)}"
         self._listeners: dict[str, list[Listener]] = {name: [] for name in EVENTS}
@@ -201,6 +215,10 @@ class Worker:
         self._forced = False
         self._loop: asyncio.AbstractEventLoop | None = None
         self._last_scale = 0.0
+        #: When the last jobs' handlers returned, and the smoothed claim round trip
+        #: (seconds): together they size the adaptive prefetch.
+        self._finish_times: deque[float] = deque(maxlen=64)
+        self._claim_rtt = 0.0
         self._idle_since: float | None = None
         self.poll_delay = poll_interval
         self.processed = 0
@@ -209,6 +227,26 @@ class Worker:
         queue.on_recovered(self._recovered)
         # Handlers that enqueue follow-up work through ctx.queue show up as events.
         queue.on_enqueued(self._announce_enqueued)
+
+    @property
+    def prefetch(self) -> int:
+        """How many leases to hold beyond the running jobs.
+
+        Fixed when given. Otherwise ``concurrency`` while jobs take longer than a
+        couple of claim round trips (so long jobs do not hoard messages that idle
+        workers could take), growing to ``4 x concurrency`` for jobs shorter than
+        that: enough leases in hand that no slot waits for a claim, and claims
+        large enough that one cursor write carries many messages.
+        """
+        if self.fixed_prefetch is not None:
+            return self.fixed_prefetch
+        finished = self._finish_times
+        if len(finished) < 2 or self._claim_rtt <= 0:
+            return self.concurrency
+        span = max(time.monotonic() - finished[0], 1e-3)
+        consumed_per_claim = len(finished) / span * self._claim_rtt
+        wanted = math.ceil(2 * consumed_per_claim)
+        return max(self.concurrency, min(MAX_PREFETCH_FACTOR * self.concurrency, wanted))
 
     @property
     def busy(self) -> int:
@@ -334,19 +372,32 @@ class Worker:
     async def _claim_loop(self) -> None:
         async with asyncio.TaskGroup() as jobs:
             while not self._stopping.is_set():
-                self._start_buffered(jobs)
-                want = self.concurrency + self.prefetch - len(self._running) - len(self._buffer)
-                # With work in hand, claim in batches rather than one slot at a time:
-                # each claim is a cursor write.
-                batch = max(1, (self.concurrency + self.prefetch) // 4)
-                if want <= 0 or (self._buffer and want < batch):
+                if self._start_buffered(jobs):
+                    # Let the jobs just started run up to their first await: a job
+                    # that is over by then frees its slot for the next buffered one,
+                    # and the claim below is sized by what is really free.
+                    await asyncio.sleep(0)
+                    continue
+                pipeline = self.concurrency + self.prefetch
+                want = pipeline - len(self._running) - len(self._buffer)
+                # A claim is a cursor write, and the acks that finished since the last
+                # claim ride on it. While every slot has a job, wait until half the
+                # pipeline is free so that each write carries many messages.
+                idle = len(self._running) < self.concurrency
+                if want <= 0 or (not idle and want < (pipeline + 1) // 2):
                     self._slot_free.clear()
                     await self._slot_free.wait()
                     continue
                 try:
+                    asked = time.monotonic()
                     leases = await self.queue.claim(
                         want, self.visibility_timeout, owner=self.worker_id
                     )
+                    if leases:
+                        rtt = time.monotonic() - asked
+                        self._claim_rtt = (
+                            rtt if not self._claim_rtt else (0.8 * self._claim_rtt + 0.2 * rtt)
+                        )
                 except QueueError as error:
                     if not error.retriable:
                         self.exit_error = error
@@ -380,12 +431,15 @@ class Worker:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._stopping.wait(), seconds)
 
-    def _start_buffered(self, jobs: asyncio.TaskGroup) -> None:
+    def _start_buffered(self, jobs: asyncio.TaskGroup) -> int:
+        started = 0
         while self._buffer and len(self._running) < self.concurrency:
             lease = self._buffer.pop(0)
             job = _Job(lease, started_at=time.monotonic())
             self._running[lease.id] = job
             job.task = jobs.create_task(self._execute(job), name=f"s3queue-job-{lease.id}")
+            started += 1
+        return started
 
     def _autoscale(self, *, busy: bool) -> None:
         if self.min_concurrency == self.max_concurrency:
@@ -524,7 +578,7 @@ class Worker:
             # committed, so acks of consecutive rounds share cursor writes.
             self._settle(lease)
             try:
-                await self.queue.ack(lease, result)
+                await self.queue.ack(lease, result, linger=ACK_LINGER)
             except LeaseLost as error:
                 self._lease_lost(lease, error)
                 return
@@ -549,6 +603,7 @@ class Worker:
         pending): it no longer takes a slot, and the heartbeat still covers it."""
         self._running.pop(lease.id, None)
         self._settling[lease.id] = lease
+        self._finish_times.append(time.monotonic())
         self._slot_free.set()
 
     async def _call(self, lease: Lease, ctx: JobContext) -> Any:
@@ -577,7 +632,9 @@ class Worker:
         if self.max_attempts is not None and lease.attempt >= self.max_attempts:
             retriable = False
         try:
-            failure = await self.queue.fail(lease, error, retriable=retriable, backoff=self.backoff)
+            failure = await self.queue.fail(
+                lease, error, retriable=retriable, backoff=self.backoff, linger=ACK_LINGER
+            )
         except LeaseLost as lost:
             self._lease_lost(lease, lost)
             return
