@@ -230,6 +230,36 @@ async def test_concurrent_enqueues_share_segment_writes(queue: Queue) -> None:
     assert queue.storage.counts.conditional_put < 10
 
 
+async def test_one_process_never_races_itself_for_a_segment_number(queue: Queue) -> None:
+    queue.storage.counts.reset()
+    batches = [[{"b": b, "n": n} for n in range(50)] for b in range(8)]
+    ids = await asyncio.gather(*(queue.enqueue_many(batch) for batch in batches))
+    assert len({mid for batch in ids for mid in batch}) == 400
+    # One LIST finds the end of the log; after that this process knows it.
+    assert queue.storage.counts.list <= 1
+    assert queue.storage.counts.precondition_failed == 0
+
+
+async def test_lingering_acks_share_the_write_of_the_next_claim(queue: Queue) -> None:
+    await queue.enqueue_many([{"n": n} for n in range(20)])
+    first = await queue.claim(10, 30)
+    queue.storage.counts.reset()
+    acks = [asyncio.create_task(queue.ack(lease, linger=3600)) for lease in first]
+    await asyncio.sleep(0)  # the acks are queued, waiting for company
+    second = await queue.claim(10, 30)
+    await asyncio.gather(*acks)
+    assert len(second) == 10
+    assert queue.storage.counts.conditional_put == 1
+    assert (await queue.stats()).completed == 10
+
+
+async def test_a_lingering_ack_alone_is_written_when_its_linger_ends(queue: Queue) -> None:
+    await queue.enqueue({"n": 1})
+    [lease] = await queue.claim(1, 30)
+    await queue.ack(lease, linger=0.01)
+    assert (await queue.stats()).completed == 1
+
+
 # --- bad input ------------------------------------------------------------------------------
 
 

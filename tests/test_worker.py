@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
+from collections import deque
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -316,3 +318,73 @@ async def test_work_enqueued_by_a_handler_is_announced(queue: Queue) -> None:
     assert len(announced) == 1 and announced[0] != first
     info = await queue.get(announced[0])
     assert info is not None and info.status == "completed"
+
+
+async def test_unstorable_result_dead_letters_with_the_reason(queue: Queue) -> None:
+    [mid] = await queue.enqueue_many([{"n": 1}])
+
+    async def returns_an_object(payload: Any, ctx: JobContext) -> Any:
+        return object()
+
+    worker = Worker(queue, returns_an_object, concurrency=1, **FAST)
+    await run_until_idle(worker)
+    info = await queue.get(mid)
+    assert info is not None and info.status == "dead"
+    assert "JSON" in info.errors[-1].message
+    assert info.attempts == 1  # retrying could not help: dead at once
+
+
+async def test_plain_function_returning_a_coroutine_is_awaited(queue: Queue) -> None:
+    [mid] = await queue.enqueue_many([{"n": 21}])
+
+    async def double(payload: dict[str, int]) -> int:
+        return payload["n"] * 2
+
+    worker = Worker(queue, lambda payload, ctx: double(payload), concurrency=1, **FAST)
+    await run_until_idle(worker)
+    info = await queue.get(mid)
+    assert info is not None and info.status == "completed" and info.result == 42
+
+
+async def test_fast_jobs_share_cursor_writes(queue: Queue) -> None:
+    await queue.enqueue_many([{"n": n} for n in range(400)])
+
+    async def noop(payload: Any, ctx: JobContext) -> None:
+        return None
+
+    queue.storage.counts.reset()
+    worker = Worker(queue, noop, concurrency=8, **FAST)
+    await run_until_idle(worker)
+    assert worker.processed == 400
+    # Each message needs a claim and an ack: a write per message without batching.
+    # Claims wait for half the pipeline (8 + a prefetch of 8 to 32), acks ride on
+    # them: 12 writes here. Claiming a few slots at a time took about 50.
+    assert queue.storage.counts.conditional_put <= 400 / 16
+
+
+def test_prefetch_adapts_to_how_fast_jobs_finish() -> None:
+    async def handler(payload: Any, ctx: JobContext) -> None:
+        return None
+
+    queue: Any = object()
+    fixed = Worker.__new__(Worker)  # only the sizing state matters here
+    fixed.fixed_prefetch, fixed.concurrency = 3, 8
+    assert fixed.prefetch == 3
+
+    worker = Worker.__new__(Worker)
+    worker.fixed_prefetch, worker.concurrency = None, 8
+    worker._finish_times, worker._claim_rtt = deque(maxlen=64), 0.0
+    assert worker.prefetch == 8  # nothing measured yet
+    now = time.monotonic()
+    worker._claim_rtt = 0.05
+    worker._finish_times.extend(now - 1.0 + i / 64 for i in range(64))  # 64 jobs/s
+    assert worker.prefetch == 8  # 3 jobs per claim round trip: no need to hold more
+    worker._finish_times.extend(now - 0.05 + i / 1280 for i in range(64))  # 1,280 jobs/s
+    assert worker.prefetch == 32  # 64 per round trip: capped at 4 x concurrency
+    worker._finish_times.clear()
+    worker._finish_times.extend(now - 0.1 + i / 640 for i in range(64))  # 640 jobs/s
+    worker._claim_rtt = 0.01
+    assert worker.prefetch == 13  # 6.4 per round trip, twice that in hand
+
+    with pytest.raises(QueueError, match="prefetch"):
+        Worker(queue, handler, prefetch=-1)

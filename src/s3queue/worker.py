@@ -28,7 +28,7 @@ from typing import Any, Literal, get_args
 
 from s3queue.backoff import Backoff
 from s3queue.cursor import Recovered
-from s3queue.errors import ConfigurationError, LeaseLost, QueueError
+from s3queue.errors import ConfigurationError, LeaseLost, PayloadError, QueueError
 from s3queue.info import Lease
 from s3queue.queue import Queue
 
@@ -162,6 +162,10 @@ class Worker:
                 "concurrency, visibility_timeout and poll_interval must be positive",
                 suggestion="e.g. concurrency=10, visibility_timeout=30, poll_interval=1",
             )
+        if prefetch is not None and prefetch < 0:
+            raise ConfigurationError(
+                f"prefetch={prefetch}", suggestion="use prefetch >= 0, or None to adapt it"
+            )
         if max_poll_interval < poll_interval:
             raise ConfigurationError(
                 f"max_poll_interval={max_poll_interval} < poll_interval={poll_interval}",
@@ -189,10 +193,6 @@ class Worker:
         self.max_poll_interval = max_poll_interval
         self.job_timeout = job_timeout
         self.shutdown_timeout = shutdown_timeout
-        if prefetch is not None and prefetch < 0:
-            raise ConfigurationError(
-                f"prefetch={prefetch}", suggestion="use prefetch >= 0, or None to adapt it"
-            )
         #: Leases claimed ahead of free slots; None adapts it (see :attr:`prefetch`).
         self.fixed_prefetch = prefetch
         self.scale_cooldown = scale_cooldown
@@ -582,6 +582,11 @@ class Worker:
             except LeaseLost as error:
                 self._lease_lost(lease, error)
                 return
+            except PayloadError as error:
+                # The result cannot be stored (not JSON, too large): every retry
+                # would end the same way, so the message is dead with that reason.
+                await self._failed(lease, ctx, error, time.monotonic() - started)
+                return
             except QueueError as error:
                 log.error("could not ack %s (it will be retried): %s", lease.id, error)
                 return
@@ -615,9 +620,9 @@ class Worker:
                 self._executor, functools.partial(self.handler, lease.payload, ctx)
             )
         if self.job_timeout is None:
-            return await call
+            return await _resolved(call)
         try:
-            return await asyncio.wait_for(call, self.job_timeout)
+            return await asyncio.wait_for(_resolved(call), self.job_timeout)
         except TimeoutError as error:
             raise JobTimeout(
                 f"job {lease.id} ran longer than job_timeout={self.job_timeout} s",
@@ -667,6 +672,15 @@ class Worker:
                 error=text,
                 next_visible_at=failure.visible_at,
             )
+
+
+async def _resolved(call: Awaitable[Any]) -> Any:
+    """The handler's return value; a plain function that returned an awaitable (a
+    lambda or wrapper around an async function) has it awaited here."""
+    result = await call
+    while inspect.isawaitable(result):
+        result = await result
+    return result
 
 
 class JobTimeout(QueueError):
