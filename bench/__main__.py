@@ -60,7 +60,7 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--shards-grid", type=ints, default="1,4,16")
     s.add_argument("--sim-procs", type=ints, default="1,4,8")
     s.add_argument("--sim-concurrency", type=int, default=8)
-    s.add_argument("--sim-messages", type=int, default=3000)
+    s.add_argument("--sim-messages", type=int, default=6000)
     s.add_argument("--latency-ms", type=float, default=25.0)
     s.add_argument(
         "--limit-scale",

@@ -39,7 +39,7 @@ from s3queue.cursor import (
     Rules,
     SealTimer,
     apply,
-    candidates,
+    count_candidates,
     decode_cursor,
     encode_cursor,
 )
@@ -354,7 +354,7 @@ class ShardCommitter:
             return prepared
         open_refs = [SegmentRef.parse(s.ref) for s in cursor.open]
         segments = await self.context.segments.require(self.shard, open_refs)
-        available = len(candidates(cursor, segments, now))
+        available = count_candidates(cursor, segments, now, demand + LOOKAHEAD)
         full = len(cursor.open) >= self.context.rules.max_open_segments
         if full or available >= demand + LOOKAHEAD:
             return prepared

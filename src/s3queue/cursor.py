@@ -17,13 +17,14 @@ Invariants kept here:
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+import math
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Literal
 
 import msgspec
 
-from s3queue.layout import SegmentRef, message_id, parse_message_id
+from s3queue.layout import SegmentRef, parse_message_id
 from s3queue.records import FORMAT, NO_RAW, ErrorRecord, decode, encode
 from s3queue.segment import Message, Segment
 
@@ -409,28 +410,55 @@ def candidates(cursor: Cursor, segments: Mapping[str, Segment], now: float) -> l
     return _candidates(_State(cursor), segments, now)
 
 
+def count_candidates(
+    cursor: Cursor, segments: Mapping[str, Segment], now: float, enough: int
+) -> int:
+    """How many messages of the window are claimable, counting no further than
+    ``enough`` (a claim only needs to know whether the window holds that many)."""
+    found = 0
+    for _order, _index, _mid, message, flight in _unfinished(_State(cursor), segments):
+        if _visible_at(message, flight) <= now:
+            found += 1
+            if found >= enough:
+                break
+    return found
+
+
 def _candidates(state: _State, segments: Mapping[str, Segment], now: float) -> list[str]:
-    ranked: list[tuple[int, float, int, str]] = []
-    for order, ref in enumerate(sorted(state.open, key=SegmentRef.parse)):
-        open_segment = state.open[ref]
-        address_segment = SegmentRef.parse(ref)
-        messages = segments[ref].messages
-        for index in range(open_segment.count):
-            if _bit(open_segment.done, index):
-                continue
-            mid = message_id(state.cursor.shard, address_segment, index)
-            flight = state.flights.get(mid)
-            message = messages[index]
-            if flight is None:
-                visible_at = message.visible_at
-            elif flight.lease is None and flight.outcome is None:
-                visible_at = flight.visible_at
-            else:
-                continue
-            if visible_at <= now:
-                ranked.append((-message.priority, float(order), index, mid))
+    ranked: list[tuple[int, int, int, str]] = []
+    for order, index, mid, message, flight in _unfinished(state, segments):
+        if _visible_at(message, flight) <= now:
+            ranked.append((-message.priority, order, index, mid))
     ranked.sort()
     return [mid for *_, mid in ranked]
+
+
+def _unfinished(
+    state: _State, segments: Mapping[str, Segment]
+) -> Iterator[tuple[int, int, str, Message, Flight | None]]:
+    """Every message of the window not yet done, in log order, with its flight."""
+    shard = state.cursor.shard
+    for order, ref in enumerate(sorted(state.open, key=SegmentRef.parse)):
+        open_segment = state.open[ref]
+        messages = segments[ref].messages
+        # Ids built by hand: this loop runs for every message of the window on
+        # every claim, and MessageAddress formatting was most of its time.
+        prefix = f"{shard}-{ref}-"
+        done = open_segment.done
+        for index in range(open_segment.count):
+            if done[index >> 3] & (1 << (index & 7)):
+                continue
+            mid = prefix + str(index)
+            yield order, index, mid, messages[index], state.flights.get(mid)
+
+
+def _visible_at(message: Message, flight: Flight | None) -> float:
+    """When the message can be claimed; infinity while leased or finishing."""
+    if flight is None:
+        return message.visible_at
+    if flight.lease is None and flight.outcome is None:
+        return flight.visible_at
+    return math.inf
 
 
 def apply(

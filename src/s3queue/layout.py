@@ -17,6 +17,7 @@ A queue named ``emails`` under a store keeps::
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import re
 from dataclasses import dataclass
@@ -153,10 +154,20 @@ def message_id(shard: int, segment: SegmentRef, index: int) -> str:
 
 
 def parse_message_id(text: str) -> MessageAddress:
-    match = _MESSAGE_ID.match(text) if isinstance(text, str) else None
-    if match is None:
+    address = _parse_message_id(text) if isinstance(text, str) else None
+    if address is None:
         raise ConfigurationError(
             f"invalid message id {text!r}",
             suggestion="message ids look like 3-L42-7 (shard, segment, index), as enqueue returned",
         )
+    return address
+
+
+@functools.lru_cache(maxsize=1 << 16)
+def _parse_message_id(text: str) -> MessageAddress | None:
+    # Cached: a busy worker parses each id on claim, ack, commit and finish;
+    # addresses are immutable, so sharing them is safe.
+    match = _MESSAGE_ID.match(text)
+    if match is None:
+        return None
     return MessageAddress(int(match[1]), SegmentRef.parse(match[2]), int(match[3]))
