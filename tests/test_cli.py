@@ -90,6 +90,12 @@ def test_missing_handler_module_is_one_line(url: str) -> None:
     assert "nowhere_to_be_found" in line
 
 
+def test_negative_prefetch_is_one_line(url: str) -> None:
+    result = cli(url, "worker", "q", "json:dumps", "--prefetch", "-1")
+    assert "prefetch" in one_line_error(result)
+    assert result.returncode == 2
+
+
 def test_unknown_message_is_exit_1(url: str) -> None:
     cli(url, "enqueue", "q", "1")
     result = cli(url, "inspect", "q", "0-L99-0")

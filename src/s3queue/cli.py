@@ -147,6 +147,13 @@ def worker(
     ] = 30.0,
     min_concurrency: Annotated[int | None, typer.Option()] = None,
     max_concurrency: Annotated[int | None, typer.Option()] = None,
+    prefetch: Annotated[
+        int | None,
+        typer.Option(
+            help="Leases held beyond the running jobs. Default: adaptive, from the "
+            "concurrency (long jobs) up to 4 x concurrency (jobs shorter than a claim)."
+        ),
+    ] = None,
     backoff_initial: Annotated[
         float | None, typer.Option(help="First retry delay in seconds.")
     ] = None,
@@ -182,6 +189,7 @@ def worker(
             shutdown_timeout=shutdown_timeout,
             min_concurrency=min_concurrency,
             max_concurrency=max_concurrency,
+            prefetch=prefetch,
         )
         log = logging.getLogger("s3queue.events")
         for name in ("completed", "retry", "dead", "recovered", "lease_lost"):
