@@ -5,10 +5,13 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import textwrap
 import time
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -179,6 +182,49 @@ def test_sigterm_lets_running_jobs_finish_and_exits_zero(url: str, tmp_path: Pat
     assert len(list(marks.glob("done-*"))) == 2
     stats = json.loads(cli(url, "stats", "q", "--json").stdout)
     assert stats["completed"] == 2 and stats["processing"] == 0
+
+
+def test_worker_serves_metrics_and_health(url: str) -> None:
+    worker = subprocess.Popen(
+        [
+            *(sys.executable, "-m", "s3queue", "--url", url, "worker", "q", "json:loads"),
+            *("--metrics-port", "0", "--poll-interval", "0.05"),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert worker.stdout is not None
+        first = worker.stdout.readline()
+        assert first.startswith("metrics on http://127.0.0.1:"), first
+        base = first.split()[-1].removesuffix("/metrics")
+        with urllib.request.urlopen(base + "/metrics", timeout=30) as answer:
+            assert b"s3queue_jobs_claimed_total" in answer.read()
+        worker.stdout.readline()  # "worker ... ready": the pool is about to run
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                with urllib.request.urlopen(base + "/healthz", timeout=30) as answer:
+                    assert json.loads(answer.read())["healthy"] is True
+                    break
+            except urllib.error.HTTPError as error:  # 503 until the pool has started
+                assert error.code == 503 and time.monotonic() < deadline
+                time.sleep(0.02)  # another process: no event to await
+        worker.send_signal(signal.SIGTERM)
+        assert worker.wait(timeout=60) == 0
+    finally:
+        worker.kill()
+
+
+def test_busy_metrics_port_is_one_line(url: str) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = cli(url, "worker", "q", "json:loads", "--metrics-port", str(port))
+    assert "cannot serve metrics" in one_line_error(result)
+    assert result.returncode == 2
 
 
 def test_demo_runs_and_summarises(tmp_path: Path) -> None:

@@ -161,6 +161,17 @@ def worker(
         float | None, typer.Option(help="Longest retry delay in seconds.")
     ] = None,
     burst: Annotated[bool, typer.Option(help="Drain the queue, then exit.")] = False,
+    metrics_port: Annotated[
+        int | None,
+        typer.Option(
+            help="Serve /metrics (Prometheus), /healthz and /livez on this port.",
+            envvar="S3QUEUE_METRICS_PORT",
+        ),
+    ] = None,
+    metrics_host: Annotated[
+        str,
+        typer.Option(help="Address for --metrics-port; 0.0.0.0 in a container."),
+    ] = "127.0.0.1",
     report_counts: Annotated[Path | None, typer.Option(hidden=True)] = None,
 ) -> None:
     """Run a worker pool until SIGTERM/SIGINT (or, with --burst, until the queue is empty)."""
@@ -199,6 +210,19 @@ def worker(
                     "%s %s attempt=%s %s", e.name, e.message_id, e.attempt, e.error or ""
                 ),
             )
+        server = None
+        if metrics_port is not None:
+            from s3queue.monitor import WorkerMonitor
+
+            try:
+                server = await WorkerMonitor(pool).serve(metrics_host, metrics_port)
+            except OSError as error:
+                raise ConfigurationError(
+                    f"cannot serve metrics on {metrics_host}:{metrics_port}: {error.strerror}",
+                    suggestion="pick a free port with --metrics-port, or leave it out",
+                ) from error
+            bound = server.sockets[0].getsockname()
+            print(f"metrics on http://{bound[0]}:{bound[1]}/metrics", flush=True)
         print(f"worker {pool.worker_id} ready on {q.name}", flush=True)
         watcher = asyncio.create_task(_burst_watch(q, pool, poll_interval)) if burst else None
         try:
@@ -206,6 +230,8 @@ def worker(
         finally:
             if watcher is not None:
                 watcher.cancel()
+            if server is not None:
+                server.close()
             if report_counts is not None:
                 report = {
                     "processed": pool.processed,

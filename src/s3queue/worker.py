@@ -223,6 +223,9 @@ class Worker:
         self.poll_delay = poll_interval
         self.processed = 0
         self.failed = 0
+        #: time.monotonic() of the first claim of the current run of failed claims
+        #: (storage unreachable or refusing), None while claims succeed.
+        self.claim_failing_since: float | None = None
         self.exit_error: BaseException | None = None
         queue.on_recovered(self._recovered)
         # Handlers that enqueue follow-up work through ctx.queue show up as events.
@@ -247,6 +250,25 @@ class Worker:
         consumed_per_claim = len(finished) / span * self._claim_rtt
         wanted = math.ceil(2 * consumed_per_claim)
         return max(self.concurrency, min(MAX_PREFETCH_FACTOR * self.concurrency, wanted))
+
+    @property
+    def is_running(self) -> bool:
+        """Between the start of :meth:`run` and the end of its shutdown."""
+        return self._loop is not None and not self._stopped.is_set()
+
+    @property
+    def is_stopping(self) -> bool:
+        return self._stopping.is_set()
+
+    @property
+    def running_jobs(self) -> int:
+        """Handlers running now."""
+        return len(self._running)
+
+    @property
+    def buffered(self) -> int:
+        """Leases claimed and waiting for a free slot."""
+        return len(self._buffer)
 
     @property
     def busy(self) -> int:
@@ -393,6 +415,7 @@ class Worker:
                     leases = await self.queue.claim(
                         want, self.visibility_timeout, owner=self.worker_id
                     )
+                    self.claim_failing_since = None
                     if leases:
                         rtt = time.monotonic() - asked
                         self._claim_rtt = (
@@ -404,6 +427,8 @@ class Worker:
                         self._stopping.set()
                         break
                     log.warning("claim failed, will retry: %s", error)
+                    if self.claim_failing_since is None:
+                        self.claim_failing_since = time.monotonic()
                     leases = []
                 if leases:
                     self.poll_delay = self.poll_interval

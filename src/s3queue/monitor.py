@@ -1,0 +1,229 @@
+"""Prometheus metrics and health checks of a Worker, served over HTTP.
+
+``WorkerMonitor(worker)`` keeps its metrics in a registry of its own (two workers in
+one process never collide) and ``await monitor.serve(host, port)`` answers:
+
+- ``GET /metrics``: the Prometheus text format;
+- ``GET /livez``: 200 while the event loop answers at all (a liveness probe);
+- ``GET /healthz`` (also ``/readyz``): 200 with a JSON body while the worker runs and
+  its claims reach storage; 503 with the reason when it is stopping, has stopped, or
+  every claim has failed for longer than ``unhealthy_after`` seconds.
+
+The server is a few lines of asyncio rather than a thread: it runs on the worker's
+own loop, so a loop blocked by a handler shows up as a probe timeout.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import time
+from collections.abc import Iterator
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+from prometheus_client.registry import Collector
+
+from s3queue.worker import Worker, WorkerEvent
+
+#: Job durations from a millisecond to ten minutes.
+DURATION_BUCKETS = (0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1, 5, 10, 30, 60, 300, 600)
+#: Requests with a line longer than this, or this many header lines, are refused.
+MAX_LINE = 8192
+MAX_HEADERS = 100
+
+
+class WorkerMonitor:
+    """Metrics and health of one :class:`Worker`."""
+
+    def __init__(
+        self,
+        worker: Worker,
+        *,
+        unhealthy_after: float | None = None,
+        registry: CollectorRegistry | None = None,
+    ) -> None:
+        self.worker = worker
+        self.unhealthy_after = (
+            unhealthy_after
+            if unhealthy_after is not None
+            else max(30.0, 3 * worker.max_poll_interval)
+        )
+        self.registry = registry or CollectorRegistry()
+        queue = worker.queue.name
+        labels = {"queue": queue}
+
+        self.claimed = Counter(
+            "s3queue_jobs_claimed",
+            "Leases claimed by this worker.",
+            ["queue"],
+            registry=self.registry,
+        ).labels(**labels)
+        finished = Counter(
+            "s3queue_jobs_finished",
+            "Attempts that ended, by outcome (completed, retry, dead).",
+            ["queue", "outcome"],
+            registry=self.registry,
+        )
+        self.finished = {o: finished.labels(queue, o) for o in ("completed", "retry", "dead")}
+        duration = Histogram(
+            "s3queue_job_duration_seconds",
+            "Handler run time of finished attempts, by outcome.",
+            ["queue", "outcome"],
+            buckets=DURATION_BUCKETS,
+            registry=self.registry,
+        )
+        self.duration = {o: duration.labels(queue, o) for o in ("completed", "retry", "dead")}
+        self.leases_lost = Counter(
+            "s3queue_leases_lost",
+            "Leases this worker lost before it could ack (another worker may run the job).",
+            ["queue"],
+            registry=self.registry,
+        ).labels(**labels)
+        self.recovered = Counter(
+            "s3queue_leases_recovered",
+            "Expired leases of other workers that this worker's commits recovered.",
+            ["queue"],
+            registry=self.registry,
+        ).labels(**labels)
+        for name, doc, read in (
+            (
+                "s3queue_jobs_running",
+                "Handlers running now.",
+                lambda: worker.busy - worker.buffered,
+            ),
+            ("s3queue_jobs_buffered", "Leases waiting for a free slot.", lambda: worker.buffered),
+            (
+                "s3queue_worker_concurrency",
+                "Slots (changes with autoscaling).",
+                lambda: worker.concurrency,
+            ),
+            (
+                "s3queue_worker_prefetch",
+                "Leases held beyond the running jobs.",
+                lambda: worker.prefetch,
+            ),
+        ):
+            Gauge(name, doc, ["queue"], registry=self.registry).labels(**labels).set_function(read)
+        self.registry.register(_StorageCollector(worker, queue))
+
+        worker.on("claimed", lambda e: self.claimed.inc())
+        worker.on("lease_lost", lambda e: self.leases_lost.inc())
+        worker.on("recovered", lambda e: self.recovered.inc())
+        for outcome in ("completed", "retry", "dead"):
+            worker.on(outcome, self._finished)
+
+    def _finished(self, event: WorkerEvent) -> None:
+        self.finished[event.name].inc()
+        if event.duration is not None:
+            self.duration[event.name].observe(event.duration)
+
+    # --- health ------------------------------------------------------------------------------
+
+    def health(self) -> tuple[bool, dict[str, Any]]:
+        """Whether the worker is healthy, and the facts behind the verdict."""
+        worker = self.worker
+        failing_since = worker.claim_failing_since
+        failing_for = None if failing_since is None else time.monotonic() - failing_since
+        facts: dict[str, Any] = {
+            "worker_id": worker.worker_id,
+            "queue": worker.queue.name,
+            "running": worker.is_running,
+            "stopping": worker.is_stopping,
+            "jobs_in_hand": worker.busy,
+            "processed": worker.processed,
+            "failed": worker.failed,
+            "claims_failing_for_seconds": None if failing_for is None else round(failing_for, 1),
+        }
+        problem = None
+        if worker.exit_error is not None:
+            problem = f"stopped on an error: {worker.exit_error}"
+        elif not worker.is_running:
+            problem = "not running"
+        elif worker.is_stopping:
+            problem = "stopping"
+        elif failing_for is not None and failing_for > self.unhealthy_after:
+            problem = f"every claim has failed for {failing_for:.0f} s (storage unreachable?)"
+        facts["healthy"] = problem is None
+        if problem is not None:
+            facts["problem"] = problem
+        return problem is None, facts
+
+    # --- HTTP ---------------------------------------------------------------------------------
+
+    async def serve(self, host: str = "127.0.0.1", port: int = 9191) -> asyncio.Server:
+        """Start answering on ``host:port`` (port 0 picks a free one: see
+        ``server.sockets[0].getsockname()``); close the returned server to stop."""
+        return await asyncio.start_server(self._answer, host, port)
+
+    def respond(self, path: str) -> tuple[int, str, bytes]:
+        """Status, content type and body for a GET of ``path``."""
+        path = path.split("?", 1)[0]
+        if path == "/metrics":
+            return 200, CONTENT_TYPE_LATEST, generate_latest(self.registry)
+        if path == "/livez":
+            return 200, "text/plain; charset=utf-8", b"ok\n"
+        if path in ("/healthz", "/readyz"):
+            healthy, facts = self.health()
+            body = json.dumps(facts, indent=2).encode() + b"\n"
+            return (200 if healthy else 503), "application/json", body
+        return 404, "text/plain; charset=utf-8", b"try /metrics, /healthz or /livez\n"
+
+    async def _answer(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            request = await reader.readline()
+            for _ in range(MAX_HEADERS):
+                line = await reader.readline()
+                if line in (b"\r\n", b"\n", b""):
+                    break
+            parts = request.decode("latin-1").split()
+            if len(request) > MAX_LINE or len(parts) < 2:
+                status, kind, body = 400, "text/plain; charset=utf-8", b"bad request\n"
+            elif parts[0] not in ("GET", "HEAD"):
+                status, kind, body = 405, "text/plain; charset=utf-8", b"only GET\n"
+            else:
+                status, kind, body = self.respond(parts[1])
+            reason = {200: "OK", 400: "Bad Request", 404: "Not Found", 405: "Method Not Allowed"}
+            head = (
+                f"HTTP/1.1 {status} {reason.get(status, 'Service Unavailable')}\r\n"
+                f"Content-Type: {kind}\r\nContent-Length: {len(body)}\r\n"
+                "Connection: close\r\n\r\n"
+            )
+            writer.write(head.encode() + (b"" if parts[:1] == ["HEAD"] else body))
+            await writer.drain()
+        except (ConnectionError, asyncio.IncompleteReadError, ValueError):
+            pass  # the client went away or sent garbage: nothing to answer
+        finally:
+            writer.close()
+            with contextlib.suppress(ConnectionError):
+                await writer.wait_closed()
+
+
+class _StorageCollector(Collector):
+    """Storage requests of the worker's queue by kind, read at scrape time."""
+
+    def __init__(self, worker: Worker, queue: str) -> None:
+        self.worker = worker
+        self.queue = queue
+
+    def collect(self) -> Iterator[CounterMetricFamily | GaugeMetricFamily]:
+        counts = self.worker.queue.storage.counts.snapshot()
+        requests = CounterMetricFamily(
+            "s3queue_storage_requests",
+            "Requests sent to storage by this process for this queue, by kind.",
+            labels=["queue", "kind"],
+        )
+        for kind in ("get", "put", "conditional_put", "delete", "list"):
+            requests.add_metric([self.queue, kind], counts.get(kind, 0))
+        yield requests
+        problems = CounterMetricFamily(
+            "s3queue_storage_retries",
+            "Storage answers that were retried: conflicts (412), throttling (503), others.",
+            labels=["queue", "reason"],
+        )
+        for reason in ("precondition_failed", "throttled", "retried"):
+            problems.add_metric([self.queue, reason], counts.get(reason, 0))
+        yield problems
