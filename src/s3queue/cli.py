@@ -13,6 +13,7 @@ import importlib
 import json
 import logging
 import os
+import signal
 import sys
 import time
 from collections.abc import Awaitable, Callable
@@ -26,6 +27,7 @@ from rich.progress import Progress
 from rich.table import Table
 
 from s3queue import layout
+from s3queue.catalog import list_queues
 from s3queue.errors import ConfigurationError, QueueError
 from s3queue.info import MessageInfo, Stats
 from s3queue.queue import Queue
@@ -527,18 +529,54 @@ def queues() -> None:
     async def main() -> list[str]:
         storage = open_storage(options.url)
         try:
-            entries = await storage.list("")
+            return await list_queues(storage)
         finally:
             await storage.close()
-        suffix = "/queue.json"
-        return [
-            e.key[: -len(suffix)]
-            for e in entries
-            if e.key.endswith(suffix) and e.key.count("/") == 1
-        ]
 
     for name in run(main):
         print(name)
+
+
+@app.command()
+def dashboard(
+    host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port to listen on.")] = 8321,
+    refresh: Annotated[
+        float, typer.Option(help="Seconds between reads of the bucket (each costs requests).")
+    ] = 5.0,
+) -> None:
+    """Serve a read-only web dashboard of every queue under the URL."""
+    if refresh <= 0:
+        raise ConfigurationError(
+            f"--refresh {refresh}", suggestion="use a positive number of seconds"
+        )
+
+    async def main() -> None:
+        from s3queue.dashboard import Dashboard
+
+        storage = open_storage(options.url)
+        board = Dashboard(storage, refresh=refresh)
+        try:
+            try:
+                server = await board.serve(host, port)
+            except OSError as error:
+                raise ConfigurationError(
+                    f"cannot serve the dashboard on {host}:{port}: {error.strerror}",
+                    suggestion="pick a free port with --port",
+                ) from error
+            bound = server.sockets[0].getsockname()
+            print(f"dashboard on http://{bound[0]}:{bound[1]}/ (Ctrl-C stops)", flush=True)
+            stop = asyncio.Event()
+            loop = asyncio.get_running_loop()
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                loop.add_signal_handler(sig, stop.set)
+            await stop.wait()
+            server.close()
+        finally:
+            await board.close()
+            await storage.close()
+
+    run(main)
 
 
 @app.command()

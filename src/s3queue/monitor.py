@@ -16,8 +16,6 @@ own loop, so a loop blocked by a handler shows up as a probe timeout.
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import json
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -27,13 +25,11 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from prometheus_client.registry import Collector
 
+from s3queue import webserver
 from s3queue.worker import Worker, WorkerEvent
 
 #: Job durations from a millisecond to ten minutes.
 DURATION_BUCKETS = (0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1, 5, 10, 30, 60, 300, 600)
-#: Requests with a line longer than this, or this many header lines, are refused.
-MAX_LINE = 8192
-MAX_HEADERS = 100
 
 
 class WorkerMonitor:
@@ -157,49 +153,17 @@ class WorkerMonitor:
     async def serve(self, host: str = "127.0.0.1", port: int = 9191) -> asyncio.Server:
         """Start answering on ``host:port`` (port 0 picks a free one: see
         ``server.sockets[0].getsockname()``); close the returned server to stop."""
-        return await asyncio.start_server(self._answer, host, port)
+        return await webserver.serve(self.answer, host, port)
 
-    def respond(self, path: str) -> tuple[int, str, bytes]:
-        """Status, content type and body for a GET of ``path``."""
-        path = path.split("?", 1)[0]
-        if path == "/metrics":
-            return 200, CONTENT_TYPE_LATEST, generate_latest(self.registry)
-        if path == "/livez":
-            return 200, "text/plain; charset=utf-8", b"ok\n"
-        if path in ("/healthz", "/readyz"):
+    async def answer(self, request: webserver.Request) -> webserver.Response:
+        if request.path == "/metrics":
+            return webserver.Response(200, CONTENT_TYPE_LATEST, generate_latest(self.registry))
+        if request.path == "/livez":
+            return webserver.Response.text(200, "ok\n")
+        if request.path in ("/healthz", "/readyz"):
             healthy, facts = self.health()
-            body = json.dumps(facts, indent=2).encode() + b"\n"
-            return (200 if healthy else 503), "application/json", body
-        return 404, "text/plain; charset=utf-8", b"try /metrics, /healthz or /livez\n"
-
-    async def _answer(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        try:
-            request = await reader.readline()
-            for _ in range(MAX_HEADERS):
-                line = await reader.readline()
-                if line in (b"\r\n", b"\n", b""):
-                    break
-            parts = request.decode("latin-1").split()
-            if len(request) > MAX_LINE or len(parts) < 2:
-                status, kind, body = 400, "text/plain; charset=utf-8", b"bad request\n"
-            elif parts[0] not in ("GET", "HEAD"):
-                status, kind, body = 405, "text/plain; charset=utf-8", b"only GET\n"
-            else:
-                status, kind, body = self.respond(parts[1])
-            reason = {200: "OK", 400: "Bad Request", 404: "Not Found", 405: "Method Not Allowed"}
-            head = (
-                f"HTTP/1.1 {status} {reason.get(status, 'Service Unavailable')}\r\n"
-                f"Content-Type: {kind}\r\nContent-Length: {len(body)}\r\n"
-                "Connection: close\r\n\r\n"
-            )
-            writer.write(head.encode() + (b"" if parts[:1] == ["HEAD"] else body))
-            await writer.drain()
-        except (ConnectionError, asyncio.IncompleteReadError, ValueError):
-            pass  # the client went away or sent garbage: nothing to answer
-        finally:
-            writer.close()
-            with contextlib.suppress(ConnectionError):
-                await writer.wait_closed()
+            return webserver.Response.json(facts, 200 if healthy else 503)
+        return webserver.Response.text(404, "try /metrics, /healthz or /livez\n")
 
 
 class _StorageCollector(Collector):

@@ -1,0 +1,142 @@
+"""A read-only web dashboard over every queue under a storage URL.
+
+Everything it shows is read from storage (the queues' cursors, logs and dead
+letters), so it knows the whole history the bucket keeps, whoever wrote it, and
+loses nothing when it restarts. It changes nothing: redrive and purge stay on the
+command line, where they need no authentication story.
+
+Routes: ``/`` (the page), ``/api/queues`` (every queue's counts, cached for
+``refresh`` seconds so that many browser tabs cost one read), and per queue
+``/api/queues/<name>/dead`` and ``/api/queues/<name>/messages/<id>``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from importlib import resources
+from typing import Any
+
+from s3queue import webserver
+from s3queue.catalog import list_queues
+from s3queue.errors import QueueError
+from s3queue.queue import Queue
+from s3queue.storage import Storage
+from s3queue.webserver import Request, Response
+
+MAX_DEAD = 500
+
+
+class Dashboard:
+    def __init__(self, storage: Storage, *, refresh: float = 5.0) -> None:
+        if refresh <= 0:
+            raise ValueError("refresh must be positive")
+        self.storage = storage
+        self.refresh = refresh
+        self._queues: dict[str, Queue] = {}
+        self._overview: dict[str, Any] | None = None
+        self._fetched = 0.0
+        self._previous: tuple[float, dict[str, int]] | None = None
+        self._lock = asyncio.Lock()
+
+    async def serve(self, host: str = "127.0.0.1", port: int = 8321) -> asyncio.Server:
+        return await webserver.serve(self.answer, host, port)
+
+    async def close(self) -> None:
+        for queue in self._queues.values():
+            await queue.close()
+        self._queues.clear()
+
+    # --- routes ---------------------------------------------------------------------------------
+
+    async def answer(self, request: Request) -> Response:
+        parts = [p for p in request.path.split("/") if p]
+        if not parts:
+            page = resources.files("s3queue").joinpath("dashboard.html").read_bytes()
+            return Response(200, "text/html; charset=utf-8", page)
+        if parts == ["api", "queues"]:
+            return Response.json(await self.overview())
+        if len(parts) >= 4 and parts[:2] == ["api", "queues"]:
+            queue = await self._queue(parts[2])
+            if queue is None:
+                return Response.json(
+                    {
+                        "error": f"no queue named {parts[2]!r} under {self.storage.url}",
+                        "fix": "pick a name that /api/queues lists",
+                    },
+                    404,
+                )
+            if parts[3:] == ["dead"]:
+                return await self._dead(queue, request.query.get("limit", "50"))
+            if parts[3] == "messages" and len(parts) == 5:
+                return await self._message(queue, parts[4])
+        return Response.json({"error": f"nothing at {request.path}", "fix": "see /"}, 404)
+
+    async def overview(self) -> dict[str, Any]:
+        """Every queue's counts, read at most once per ``refresh`` seconds."""
+        async with self._lock:
+            if self._overview is None or time.monotonic() - self._fetched >= self.refresh:
+                self._overview = await self._read_overview()
+                self._fetched = time.monotonic()
+            return self._overview
+
+    async def _read_overview(self) -> dict[str, Any]:
+        names = await list_queues(self.storage)
+        queues = [await self._open(name) for name in names]
+        stats = await asyncio.gather(*(q.stats() for q in queues))
+        now = time.time()
+        completed = {q.name: s.completed for q, s in zip(queues, stats, strict=True)}
+        rates: dict[str, float | None] = dict.fromkeys(completed)
+        if self._previous is not None:
+            then, before = self._previous
+            for name, count in completed.items():
+                if name in before and now > then:
+                    rates[name] = max(0.0, (count - before[name]) / (now - then))
+        self._previous = (now, completed)
+        return {
+            "url": self.storage.url,
+            "fetched_at": now,
+            "refresh": self.refresh,
+            "storage_requests": self.storage.counts.snapshot(),
+            "queues": [
+                {"name": q.name, "completed_per_s": rates[q.name], **s.to_json()}
+                for q, s in zip(queues, stats, strict=True)
+            ],
+        }
+
+    async def _dead(self, queue: Queue, limit_text: str) -> Response:
+        try:
+            limit = int(limit_text)
+        except ValueError:
+            limit = -1
+        if not 1 <= limit <= MAX_DEAD:
+            return Response.json(
+                {"error": f"limit={limit_text}", "fix": f"use 1 to {MAX_DEAD}"}, 400
+            )
+        letters = await queue.dead_letters(limit)
+        return Response.json({"queue": queue.name, "dead": [m.to_json() for m in letters]})
+
+    async def _message(self, queue: Queue, message_id: str) -> Response:
+        try:
+            info = await queue.get(message_id)
+        except QueueError as error:  # a malformed id
+            return Response.json({"error": error.message, "fix": error.suggestion}, 400)
+        if info is None:
+            return Response.json(
+                {"error": f"no message {message_id} in queue {queue.name!r}", "fix": None}, 404
+            )
+        return Response.json(info.to_json())
+
+    async def _queue(self, name: str) -> Queue | None:
+        """The queue called ``name``; None if there is no such queue (opening an
+        unknown name would create it, and a dashboard must not create queues)."""
+        if name not in self._queues and name not in await list_queues(self.storage):
+            return None
+        return await self._open(name)
+
+    async def _open(self, name: str) -> Queue:
+        queue = self._queues.get(name)
+        if queue is None:
+            queue = await Queue.open(self.storage, name, verify_store=False)
+            self._queues[name] = queue
+        return queue
