@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 import signal
@@ -11,26 +10,13 @@ import sys
 import urllib.request
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from s3queue import Queue
 from s3queue.dashboard import Dashboard
 from s3queue.storage import Storage, open_storage
-
-
-async def get(port: int, path: str) -> tuple[int, Any]:
-    reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    writer.write(f"GET {path} HTTP/1.1\r\nHost: test\r\n\r\n".encode())
-    await writer.drain()
-    raw = await reader.read()
-    writer.close()
-    head, _, body = raw.partition(b"\r\n\r\n")
-    status = int(head.split()[1])
-    if b"application/json" in head:
-        return status, json.loads(body)
-    return status, body.decode()
+from tests.httpget import get
 
 
 @pytest.fixture

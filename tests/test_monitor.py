@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import json
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -14,6 +13,7 @@ from s3queue import Backoff, JobContext, Queue, Worker
 from s3queue.monitor import WorkerMonitor
 from s3queue.storage import RetryingStorage, RetryPolicy, open_raw_storage
 from s3queue.storage.faults import Fault, FaultyStorage
+from tests.httpget import get
 
 FAST = {"poll_interval": 0.01, "max_poll_interval": 0.05}
 
@@ -23,16 +23,6 @@ async def queue(store_url: str) -> AsyncIterator[Queue]:
     q = await Queue.open(store_url, "watched", shards=2, backoff=Backoff(initial=0.01, max=0.02))
     yield q
     await q.close()
-
-
-async def get(port: int, path: str) -> tuple[int, str]:
-    reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    writer.write(f"GET {path} HTTP/1.1\r\nHost: test\r\n\r\n".encode())
-    await writer.drain()
-    raw = await reader.read()
-    writer.close()
-    head, _, body = raw.partition(b"\r\n\r\n")
-    return int(head.split()[1]), body.decode()
 
 
 def samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
@@ -95,7 +85,7 @@ async def test_health_follows_the_worker_lifecycle(queue: Queue) -> None:
     server, port = await serve(monitor)
 
     status, body = await get(port, "/healthz")
-    assert status == 503 and json.loads(body)["problem"] == "not running"
+    assert status == 503 and body["problem"] == "not running"
     assert (await get(port, "/livez"))[0] == 200
 
     started = asyncio.Event()
@@ -103,7 +93,7 @@ async def test_health_follows_the_worker_lifecycle(queue: Queue) -> None:
     task = asyncio.create_task(worker.run())
     await started.wait()
     status, body = await get(port, "/healthz")
-    assert status == 200 and json.loads(body)["healthy"] is True
+    assert status == 200 and body["healthy"] is True
 
     await worker.stop()
     await task

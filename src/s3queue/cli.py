@@ -86,6 +86,26 @@ async def open_queue(name: str, **kwargs: Any) -> Queue:
     return await Queue.open(options.url, name, **kwargs)
 
 
+async def listen(
+    serve: Callable[[str, int], Awaitable[asyncio.Server]],
+    host: str,
+    port: int,
+    what: str,
+    flag: str,
+) -> tuple[asyncio.Server, str]:
+    """Start an HTTP server; return it and its base URL. A busy port is a one-line
+    error naming the flag that picks another."""
+    try:
+        server = await serve(host, port)
+    except OSError as error:
+        raise ConfigurationError(
+            f"cannot serve {what} on {host}:{port}: {error.strerror}",
+            suggestion=f"pick a free port with {flag}",
+        ) from error
+    bound = server.sockets[0].getsockname()
+    return server, f"http://{bound[0]}:{bound[1]}/"
+
+
 def parse_json(text: str, where: str = "payload") -> Any:
     try:
         return json.loads(text)
@@ -216,15 +236,10 @@ def worker(
         if metrics_port is not None:
             from s3queue.monitor import WorkerMonitor
 
-            try:
-                server = await WorkerMonitor(pool).serve(metrics_host, metrics_port)
-            except OSError as error:
-                raise ConfigurationError(
-                    f"cannot serve metrics on {metrics_host}:{metrics_port}: {error.strerror}",
-                    suggestion="pick a free port with --metrics-port, or leave it out",
-                ) from error
-            bound = server.sockets[0].getsockname()
-            print(f"metrics on http://{bound[0]}:{bound[1]}/metrics", flush=True)
+            server, base = await listen(
+                WorkerMonitor(pool).serve, metrics_host, metrics_port, "metrics", "--metrics-port"
+            )
+            print(f"metrics on {base}metrics", flush=True)
         print(f"worker {pool.worker_id} ready on {q.name}", flush=True)
         watcher = asyncio.create_task(_burst_watch(q, pool, poll_interval)) if burst else None
         try:
@@ -557,15 +572,8 @@ def dashboard(
         storage = open_storage(options.url)
         board = Dashboard(storage, refresh=refresh)
         try:
-            try:
-                server = await board.serve(host, port)
-            except OSError as error:
-                raise ConfigurationError(
-                    f"cannot serve the dashboard on {host}:{port}: {error.strerror}",
-                    suggestion="pick a free port with --port",
-                ) from error
-            bound = server.sockets[0].getsockname()
-            print(f"dashboard on http://{bound[0]}:{bound[1]}/ (Ctrl-C stops)", flush=True)
+            server, base = await listen(board.serve, host, port, "the dashboard", "--port")
+            print(f"dashboard on {base} (Ctrl-C stops)", flush=True)
             stop = asyncio.Event()
             loop = asyncio.get_running_loop()
             for sig in (signal.SIGINT, signal.SIGTERM):
