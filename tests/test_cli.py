@@ -99,6 +99,12 @@ def test_negative_prefetch_is_one_line(url: str) -> None:
     assert result.returncode == 2
 
 
+def test_bad_cron_is_one_line(url: str) -> None:
+    result = cli(url, "worker", "q", "json:loads", "--cron", "every day at noon")
+    assert "--cron" in one_line_error(result)
+    assert result.returncode == 2
+
+
 def test_unknown_message_is_exit_1(url: str) -> None:
     cli(url, "enqueue", "q", "1")
     result = cli(url, "inspect", "q", "0-L99-0")

@@ -2,6 +2,7 @@
 
 from s3queue.backoff import Backoff
 from s3queue.client import BlockingQueue, connect
+from s3queue.cron import Cron
 from s3queue.errors import (
     AmbiguousWrite,
     ConfigurationError,
@@ -26,6 +27,7 @@ __all__ = [
     "Backoff",
     "BlockingQueue",
     "ConfigurationError",
+    "Cron",
     "Failure",
     "JobContext",
     "JobTimeout",

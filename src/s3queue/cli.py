@@ -28,6 +28,7 @@ from rich.table import Table
 
 from s3queue import layout
 from s3queue.catalog import list_queues
+from s3queue.cron import parse_cron
 from s3queue.errors import ConfigurationError, QueueError
 from s3queue.info import MessageInfo, Stats
 from s3queue.queue import Queue
@@ -183,6 +184,15 @@ def worker(
         float | None, typer.Option(help="Longest retry delay in seconds.")
     ] = None,
     burst: Annotated[bool, typer.Option(help="Drain the queue, then exit.")] = False,
+    cron: Annotated[
+        list[str] | None,
+        typer.Option(
+            metavar="TEXT",
+            help="Also enqueue a periodic job: '<schedule> <JSON payload>', UTC, e.g. "
+            '\'*/5 * * * * {"task": "report"}\'. Repeatable; every worker may run '
+            "the same schedules (each tick is enqueued once).",
+        ),
+    ] = None,
     metrics_port: Annotated[
         int | None,
         typer.Option(
@@ -198,6 +208,7 @@ def worker(
 ) -> None:
     """Run a worker pool until SIGTERM/SIGINT (or, with --burst, until the queue is empty)."""
     function = load_handler(handler)
+    crons = [parse_cron(text) for text in cron or []]
 
     async def main() -> None:
         from s3queue.backoff import Backoff
@@ -223,6 +234,7 @@ def worker(
             min_concurrency=min_concurrency,
             max_concurrency=max_concurrency,
             prefetch=prefetch,
+            cron=crons,
         )
         log = logging.getLogger("s3queue.events")
         for name in ("completed", "retry", "dead", "recovered", "lease_lost"):

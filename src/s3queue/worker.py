@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal, get_args
 
 from s3queue.backoff import Backoff
+from s3queue.cron import Cron, Scheduler
 from s3queue.cursor import Recovered
 from s3queue.errors import ConfigurationError, LeaseLost, PayloadError, QueueError
 from s3queue.info import Lease
@@ -152,6 +153,7 @@ class Worker:
         on_complete: Listener | None = None,
         on_error: Listener | None = None,
         worker_id: str | None = None,
+        cron: list[Cron] | None = None,
     ) -> None:
         if not callable(handler):
             raise ConfigurationError(
@@ -197,6 +199,9 @@ class Worker:
         self.fixed_prefetch = prefetch
         self.scale_cooldown = scale_cooldown
         self.worker_id = worker_id or f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(3)}"
+        #: Periodic jobs this worker enqueues (every worker may run the same ones:
+        #: each tick is enqueued once).
+        self.scheduler = Scheduler(queue, cron or [])
         self._listeners: dict[str, list[Listener]] = {name: [] for name in EVENTS}
         if on_complete is not None:
             self.on("completed", on_complete)
@@ -341,6 +346,7 @@ class Worker:
             async with asyncio.TaskGroup() as group:
                 group.create_task(self._claim_loop(), name="s3queue-claim")
                 group.create_task(self._heartbeat_loop(), name="s3queue-heartbeat")
+                group.create_task(self.scheduler.run(self._stopping), name="s3queue-cron")
         finally:
             if self._executor is not None:
                 self._executor.shutdown(wait=False, cancel_futures=True)
