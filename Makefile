@@ -35,7 +35,7 @@ $(VENV)/.bench: $(STAMP)
 	touch $(VENV)/.bench
 
 bench: $(VENV)/.bench
-	$(BIN)/python -m bench all
+	$(BIN)/python -m bench all --chart docs/bench-throughput.png
 
 clean:
 	rm -rf $(VENV) .demo .pytest_cache .mypy_cache .ruff_cache

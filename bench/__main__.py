@@ -25,7 +25,7 @@ from typing import Any
 
 from bench import e2e, enqueue, latency, simulate
 from bench.chart import throughput_chart
-from bench.common import ROOT, Backends, Row, ints, names, save
+from bench.common import RESULTS, Backends, Row, ints, names, save
 
 SCENARIOS: dict[str, Callable[[Any, Backends], list[Row]]] = {
     "e2e": e2e.run,
@@ -53,7 +53,12 @@ def parser() -> argparse.ArgumentParser:
     e.add_argument("--handler", type=names, default="noop,sleep10", help="noop, sleep10")
     e.add_argument("--shards", type=int, default=4)
     e.add_argument("--profile-dir", default="", help="pyinstrument profile of every worker")
-    e.add_argument("--chart", default=str(ROOT / "docs" / "bench-throughput.png"))
+    e.add_argument(
+        "--chart",
+        default="",
+        help="where to draw the chart (default bench/results/throughput-<time>.png; "
+        "make bench draws docs/bench-throughput.png)",
+    )
     lat = p.add_argument_group("latency")
     lat.add_argument("--seconds", type=float, default=20.0, help="at 10 messages per second")
     s = p.add_argument_group("simulate")
@@ -82,7 +87,8 @@ def main(argv: list[str]) -> None:
             rows = SCENARIOS[scenario](args, backends)
             print(f"saved {save(scenario, rows, argv)}")
             if scenario == "e2e" and len(rows) > 1:
-                throughput_chart(rows, Path(args.chart))
+                default = RESULTS / f"throughput-{time.strftime('%Y%m%d-%H%M%S')}.png"
+                throughput_chart(rows, Path(args.chart) if args.chart else default)
     finally:
         backends.close()
     print(f"done in {time.monotonic() - began:.0f} s")
