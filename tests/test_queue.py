@@ -195,6 +195,19 @@ async def test_long_delay_goes_through_a_timer_bucket(queue: Queue, clock: Clock
     assert cursor.timers == {}
 
 
+async def test_a_producer_forgets_timer_buckets_long_sealed(queue: Queue, clock: Clock) -> None:
+    first = await queue.enqueue({"x": 1}, delay=3600)
+    producer = queue.producer
+    remembered = set(producer._next_seq)
+    assert any(bucket >= 0 for _, bucket in remembered)
+    clock.advance(3600 + TIMER_SEAL_MARGIN + 600)
+    second = await queue.enqueue({"x": 2}, delay=3600)
+    assert first != second
+    assert not remembered & set(producer._next_seq)
+    assert not remembered & set(producer._locks)
+    assert not remembered & producer._registered
+
+
 async def test_higher_priority_runs_first(queue: Queue) -> None:
     await queue.enqueue_many([{"p": 0}] * 3)
     await queue.enqueue({"p": 9}, priority=9)

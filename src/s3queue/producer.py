@@ -18,7 +18,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from s3queue import layout
-from s3queue.commit import TIMER_BUCKET, TIMER_THRESHOLD, Clock, SegmentCache
+from s3queue.commit import TIMER_BUCKET, TIMER_SEAL_MARGIN, TIMER_THRESHOLD, Clock, SegmentCache
 from s3queue.cursor import RegisterTimer, decode_cursor
 from s3queue.errors import PreconditionFailed, QueueError
 from s3queue.layout import SegmentRef
@@ -169,6 +169,7 @@ class Producer:
         seq = await self._create(shard, bucket, data)
         ref = SegmentRef.timer(bucket, seq)
         self.segments.put(shard, ref, segment)
+        self._forget_past_buckets()
         if (shard, bucket) not in self._registered:
             registered = await self.register_timer(shard, RegisterTimer(bucket))
             if registered is not True:
@@ -180,6 +181,16 @@ class Producer:
                 )
             self._registered.add((shard, bucket))
         return [layout.message_id(shard, ref, i) for i in range(len(messages))]
+
+    def _forget_past_buckets(self) -> None:
+        """Drop what this producer remembers of timer buckets long sealed: nobody can
+        write to them any more, and a long-lived producer would otherwise keep an
+        entry per bucket (one a minute) forever."""
+        horizon = self.clock() - TIMER_BUCKET - TIMER_SEAL_MARGIN
+        for memory in (self._next_seq, self._locks):
+            for key in [k for k in memory if 0 <= k[1] < horizon]:
+                del memory[key]
+        self._registered = {k for k in self._registered if not 0 <= k[1] < horizon}
 
     # --- sequence allocation ----------------------------------------------------------------
 
