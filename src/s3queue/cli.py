@@ -573,27 +573,25 @@ def dashboard(
     ] = 5.0,
 ) -> None:
     """Serve a read-only web dashboard of every queue under the URL."""
-    if refresh <= 0:
-        raise ConfigurationError(
-            f"--refresh {refresh}", suggestion="use a positive number of seconds"
-        )
 
     async def main() -> None:
         from s3queue.dashboard import Dashboard
 
         storage = open_storage(options.url)
-        board = Dashboard(storage, refresh=refresh)
         try:
-            server, base = await listen(board.serve, host, port, "the dashboard", "--port")
-            print(f"dashboard on {base} (Ctrl-C stops)", flush=True)
-            stop = asyncio.Event()
-            loop = asyncio.get_running_loop()
-            for sig in (signal.SIGINT, signal.SIGTERM):
-                loop.add_signal_handler(sig, stop.set)
-            await stop.wait()
-            server.close()
+            board = Dashboard(storage, refresh=refresh)
+            try:
+                server, base = await listen(board.serve, host, port, "the dashboard", "--port")
+                print(f"dashboard on {base} (Ctrl-C stops)", flush=True)
+                stop = asyncio.Event()
+                loop = asyncio.get_running_loop()
+                for sig in (signal.SIGINT, signal.SIGTERM):
+                    loop.add_signal_handler(sig, stop.set)
+                await stop.wait()
+                server.close()
+            finally:
+                await board.close()
         finally:
-            await board.close()
             await storage.close()
 
     run(main)

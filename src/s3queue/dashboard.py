@@ -19,7 +19,7 @@ from typing import Any
 
 from s3queue import webserver
 from s3queue.catalog import list_queues
-from s3queue.errors import QueueError
+from s3queue.errors import ConfigurationError, QueueError
 from s3queue.queue import Queue
 from s3queue.storage import Storage
 from s3queue.webserver import Request, Response
@@ -30,7 +30,9 @@ MAX_DEAD = 500
 class Dashboard:
     def __init__(self, storage: Storage, *, refresh: float = 5.0) -> None:
         if refresh <= 0:
-            raise ValueError("refresh must be positive")
+            raise ConfigurationError(
+                f"refresh={refresh}", suggestion="read the bucket every few seconds, e.g. 5"
+            )
         self.storage = storage
         self.refresh = refresh
         self._queues: dict[str, Queue] = {}

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
@@ -50,60 +50,56 @@ class WorkerMonitor:
         )
         self.registry = registry or CollectorRegistry()
         queue = worker.queue.name
-        labels = {"queue": queue}
 
-        self.claimed = Counter(
-            "s3queue_jobs_claimed",
-            "Leases claimed by this worker.",
-            ["queue"],
-            registry=self.registry,
-        ).labels(**labels)
-        finished = Counter(
-            "s3queue_jobs_finished",
-            "Attempts that ended, by outcome (completed, retry, dead).",
-            ["queue", "outcome"],
-            registry=self.registry,
-        )
-        self.finished = {o: finished.labels(queue, o) for o in ("completed", "retry", "dead")}
-        duration = Histogram(
-            "s3queue_job_duration_seconds",
-            "Handler run time of finished attempts, by outcome.",
-            ["queue", "outcome"],
-            buckets=DURATION_BUCKETS,
-            registry=self.registry,
-        )
-        self.duration = {o: duration.labels(queue, o) for o in ("completed", "retry", "dead")}
-        self.leases_lost = Counter(
+        def counter(name: str, doc: str) -> Counter:
+            # The labelled child exists from the start, so the series shows 0.
+            return Counter(name, doc, ["queue"], registry=self.registry).labels(queue)
+
+        def by_outcome(metric: Counter | Histogram) -> dict[str, Any]:
+            return {o: metric.labels(queue, o) for o in ("completed", "retry", "dead")}
+
+        self.claimed = counter("s3queue_jobs_claimed", "Leases claimed by this worker.")
+        self.leases_lost = counter(
             "s3queue_leases_lost",
             "Leases this worker lost before it could ack (another worker may run the job).",
-            ["queue"],
-            registry=self.registry,
-        ).labels(**labels)
-        self.recovered = Counter(
+        )
+        self.recovered = counter(
             "s3queue_leases_recovered",
             "Expired leases of other workers that this worker's commits recovered.",
-            ["queue"],
-            registry=self.registry,
-        ).labels(**labels)
-        for name, doc, read in (
-            (
-                "s3queue_jobs_running",
-                "Handlers running now.",
-                lambda: worker.busy - worker.buffered,
-            ),
+        )
+        self.finished = by_outcome(
+            Counter(
+                "s3queue_jobs_finished",
+                "Attempts that ended, by outcome (completed, retry, dead).",
+                ["queue", "outcome"],
+                registry=self.registry,
+            )
+        )
+        self.duration = by_outcome(
+            Histogram(
+                "s3queue_job_duration_seconds",
+                "Handler run time of finished attempts, by outcome.",
+                ["queue", "outcome"],
+                buckets=DURATION_BUCKETS,
+                registry=self.registry,
+            )
+        )
+        gauges: list[tuple[str, str, Callable[[], float]]] = [
+            ("s3queue_jobs_running", "Handlers running now.", lambda: worker.running_jobs),
             ("s3queue_jobs_buffered", "Leases waiting for a free slot.", lambda: worker.buffered),
             (
                 "s3queue_worker_concurrency",
-                "Slots (changes with autoscaling).",
+                "Slots (autoscaling moves them).",
                 lambda: worker.concurrency,
             ),
             (
                 "s3queue_worker_prefetch",
-                "Leases held beyond the running jobs.",
+                "Leases held beyond running jobs.",
                 lambda: worker.prefetch,
             ),
-        ):
-            Gauge(name, doc, ["queue"], registry=self.registry).labels(**labels).set_function(read)
+        ]
+        for name, doc, read in gauges:
+            Gauge(name, doc, ["queue"], registry=self.registry).labels(queue).set_function(read)
         self.registry.register(_StorageCollector(worker, queue))
 
         worker.on("claimed", lambda e: self.claimed.inc())
