@@ -72,8 +72,7 @@ def test_a_bad_line_in_the_file_enqueues_nothing(url: str, tmp_path: Path) -> No
     lines.write_text('{"n": 1}\n{"n": \n')
     line = one_line_error(cli(url, "enqueue", "bulk", "--file", str(lines)))
     assert "line 2" in line
-    stats = json.loads(cli(url, "stats", "bulk", "--json").stdout)
-    assert stats["pending"] == 0
+    assert "no queue named 'bulk'" in one_line_error(cli(url, "stats", "bulk", "--json"))
 
 
 def test_bad_json_payload_is_one_line(url: str) -> None:
@@ -138,7 +137,12 @@ def test_dead_letters_can_be_listed_redriven_and_purged(url: str, tmp_path: Path
     listed = json.loads(cli(url, "dead", "q", "--json").stdout)
     assert [d["id"] for d in listed] == [message_id]
     assert listed[0]["errors"][0]["message"] == "410 Gone"
-    assert "redrove 1 messages" in cli(url, "redrive", "q").stdout
+    redriven = cli(url, "redrive", "q")
+    assert "redrove 1 messages" in redriven.stderr
+    old, arrow, new = redriven.stdout.split()
+    assert (old, arrow) == (message_id, "->")
+    shown = json.loads(cli(url, "inspect", "q", message_id, "--json").stdout)
+    assert shown["status"] == "redriven" and shown["redriven_to"] == new
     stats = json.loads(cli(url, "stats", "q", "--json").stdout)
     assert stats["dead"] == 0 and stats["pending"] == 1
     refused = cli(url, "purge", "q")
@@ -147,6 +151,44 @@ def test_dead_letters_can_be_listed_redriven_and_purged(url: str, tmp_path: Path
     stats = json.loads(cli(url, "stats", "q", "--json").stdout)
     assert stats["pending"] == 0
     assert cli(url, "queues").stdout.split() == ["q"]
+
+
+def test_redrive_of_an_id_that_is_not_dead_fails_and_redrives_nothing(
+    url: str, tmp_path: Path
+) -> None:
+    (tmp_path / "handlers.py").write_text(HANDLERS)
+    letter = cli(url, "enqueue", "q", '{"x": 1}').stdout.strip()
+    cli(url, "worker", "q", "handlers:gone", "--burst", "--poll-interval", "0.05", cwd=tmp_path)
+    refused = cli(url, "redrive", "q", letter, "0-L999-0")
+    assert refused.returncode == 1
+    assert "0-L999-0 is not a dead letter" in one_line_error(refused)
+    assert [d["id"] for d in json.loads(cli(url, "dead", "q", "--json").stdout)] == [letter]
+    moved = json.loads(cli(url, "redrive", "q", letter, "--json").stdout)
+    assert [m["id"] for m in moved] == [letter] and moved[0]["redriven_to"] != letter
+
+
+@pytest.mark.parametrize(
+    "command", [("stats",), ("inspect", "0-L0-0"), ("dead",), ("redrive",), ("purge", "--yes")]
+)
+def test_read_commands_on_a_missing_queue_fail_and_create_nothing(
+    url: str, command: tuple[str, ...]
+) -> None:
+    cli(url, "create", "emails", "--shards", "2")
+    cli(url, "create", "images")
+    result = cli(url, command[0], "emials", *command[1:])
+    assert result.returncode == 1
+    assert "no queue named 'emials' at " in one_line_error(result)
+    assert "(queues here: emails, images)" in result.stderr
+    assert cli(url, "queues").stdout.split() == ["emails", "images"]
+
+
+def test_create_makes_a_queue_once_with_its_shards(url: str) -> None:
+    assert "created queue jobs with 3 shards" in cli(url, "create", "jobs", "--shards", "3").stdout
+    again = cli(url, "create", "jobs", "--shards", "3")
+    assert again.returncode == 0 and "already exists" in again.stdout
+    assert "already exists with 3 shards" in one_line_error(cli(url, "create", "jobs"))
+    stats = json.loads(cli(url, "stats", "jobs", "--json").stdout)
+    assert len(stats["shards"]) == 3
 
 
 def test_sigterm_lets_running_jobs_finish_and_exits_zero(url: str, tmp_path: Path) -> None:

@@ -21,7 +21,7 @@ from s3queue.cursor import decode_cursor
 from s3queue.errors import StorageUnavailable
 from s3queue.layout import cursor_key
 from s3queue.records import MAX_PAYLOAD_BYTES
-from s3queue.storage import RetryingStorage, RetryPolicy, open_raw_storage
+from s3queue.storage import RetryingStorage, RetryPolicy, open_raw_storage, open_storage
 from s3queue.storage.base import ObjectEntry, StoredObject
 from s3queue.storage.faults import Fault, FaultyStorage
 
@@ -157,10 +157,95 @@ async def test_redrive_returns_dead_letters_to_the_queue(queue: Queue) -> None:
     [lease] = await queue.claim(1, 30)
     await queue.fail(lease, "nope", retriable=False)
     await settle(queue)
-    assert await queue.redrive() == 1
+    [new_id] = await queue.redrive()
     assert await queue.dead_letters() == []
     [again] = await queue.claim(1, 30)
-    assert again.payload == {"x": 1} and again.attempt == 1
+    assert again.payload == {"x": 1} and again.attempt == 1 and again.id == new_id
+
+
+async def dead(queue: Queue, payload: Any) -> str:
+    """Enqueue ``payload`` and make it a dead letter; its id."""
+    mid = await queue.enqueue(payload)
+    leases = await queue.claim(10, 30)
+    for lease in leases:
+        await queue.fail(lease, "nope", retriable=False)
+    await settle(queue)
+    return mid
+
+
+async def test_stats_count_what_purge_left_and_shards_sum_to_the_totals(store_url: str) -> None:
+    q = await Queue.open(store_url, "counts", shards=3)
+    try:
+        await q.enqueue_many([{"n": n} for n in range(9)])
+        leases = await q.claim(9, 30)
+        for lease in leases[:5]:
+            await q.ack(lease)
+        for lease in leases[5:]:
+            await q.fail(lease, "nope", retriable=False)
+        await settle(q)
+        s = await q.stats()
+        assert (s.completed, s.dead) == (5, 4)
+        for name in ("pending", "delayed", "processing", "completed", "dead", "retried"):
+            assert sum(getattr(shard, name) for shard in s.shards) == getattr(s, name), name
+        await q.redrive((await q.dead_letter_ids())[:1])
+        s = await q.stats()
+        assert (s.dead, sum(shard.dead for shard in s.shards)) == (3, 3)
+        await q.purge()
+        s = await q.stats()
+        assert (s.pending, s.completed, s.dead) == (0, 0, 0)
+        assert all(shard.completed == 0 and shard.dead == 0 for shard in s.shards)
+    finally:
+        await q.close()
+
+
+async def test_a_redriven_id_reports_redriven_and_names_its_copy(queue: Queue) -> None:
+    old = await dead(queue, {"x": 1})
+    [new] = await queue.redrive([old])
+    info = await queue.get(old)
+    assert info is not None and info.status == "redriven" and info.redriven_to == new
+    assert info.errors[0].message == "nope"  # the history of the dead letter stays readable
+    copy = await queue.get(new)
+    assert copy is not None and copy.status == "pending" and copy.payload == {"x": 1}
+
+
+async def test_redrive_returns_new_ids_in_the_order_given(queue: Queue) -> None:
+    first, second, third = [await dead(queue, {"n": n}) for n in range(3)]
+    new = await queue.redrive([third, first, second])
+    payloads = [(await queue.get(mid)).payload for mid in new]  # type: ignore[union-attr]
+    assert payloads == [{"n": 2}, {"n": 0}, {"n": 1}]
+
+
+async def test_redrive_of_an_id_that_is_not_dead_redrives_nothing(queue: Queue) -> None:
+    letter = await dead(queue, {"x": 1})
+    pending = await queue.enqueue({"y": 2})
+    with pytest.raises(s3queue.QueueError, match=f"{pending} is not a dead letter"):
+        await queue.redrive([letter, pending])
+    assert [d.id for d in await queue.dead_letters()] == [letter]
+    info = await queue.get(letter)
+    assert info is not None and info.status == "dead"
+
+
+async def test_redriving_twice_names_the_first_copy(queue: Queue) -> None:
+    letter = await dead(queue, {"x": 1})
+    [new] = await queue.redrive([letter])
+    with pytest.raises(s3queue.QueueError, match=f"already redriven to {new}"):
+        await queue.redrive([letter])
+
+
+async def test_a_redrive_that_died_after_copying_is_finished_without_a_second_copy(
+    queue: Queue,
+) -> None:
+    letter = await dead(queue, {"x": 1})
+    faulty = FaultyStorage(queue.storage)
+    queue.storage = faulty  # the next redrive dies when deleting the letter
+    faulty.inject(Fault("delete", when=lambda key: "/dead/" in key))
+    with pytest.raises(s3queue.StorageError):
+        await queue.redrive([letter])
+    queue.storage = faulty.inner
+    assert (await queue.get(letter)).status == "redriven"  # type: ignore[union-attr]
+    [new] = await queue.redrive()  # the letter is still listed: it is finished, not copied again
+    assert (await queue.get(letter)).redriven_to == new  # type: ignore[union-attr]
+    assert len(await queue.claim(10, 30)) == 1
 
 
 # --- enqueue options -------------------------------------------------------------------------
@@ -341,9 +426,23 @@ class IgnoresConditions:
         return None
 
 
-async def test_a_store_that_ignores_conditions_is_refused() -> None:
+async def test_a_store_that_ignores_conditions_is_refused_before_anything_is_written() -> None:
+    store = IgnoresConditions()
     with pytest.raises(ConfigurationError, match="If-None-Match"):
-        await Queue.open(IgnoresConditions(), "q")
+        await Queue.open(store, "q")
+    assert await store.list("") == []
+
+
+async def test_opening_a_missing_queue_read_only_creates_nothing(store_url: str) -> None:
+    q = await Queue.open(store_url, "emails", shards=1)
+    await q.close()
+    with pytest.raises(
+        s3queue.QueueNotFound, match=r"no queue named 'emials'.*queues here: emails"
+    ):
+        await Queue.open(store_url, "emials", create=False)
+    storage = open_storage(store_url)
+    assert {e.key.split("/")[0] for e in await storage.list("")} == {"emails"}
+    await storage.close()
 
 
 # --- crash points -----------------------------------------------------------------------------

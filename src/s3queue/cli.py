@@ -29,9 +29,9 @@ from rich.table import Table
 from s3queue import layout
 from s3queue.catalog import list_queues
 from s3queue.cron import parse_cron
-from s3queue.errors import ConfigurationError, QueueError
+from s3queue.errors import ConfigurationError, QueueError, QueueNotFound
 from s3queue.info import MessageInfo, Stats
-from s3queue.queue import Queue
+from s3queue.queue import DEFAULT_SHARDS, Queue
 from s3queue.storage import open_storage
 from s3queue.worker import Worker
 
@@ -360,6 +360,40 @@ def _read_jsonl(path: Path) -> list[Any]:
     ]
 
 
+@app.command()
+def create(
+    queue: Annotated[str, typer.Argument(help="Queue name.")],
+    shards: Annotated[
+        int, typer.Option(help="Shards: parallel cursors (fixed at creation).")
+    ] = DEFAULT_SHARDS,
+    max_attempts: Annotated[
+        int, typer.Option(help="Default attempts per message before it is dead.")
+    ] = 3,
+) -> None:
+    """Create a queue (producers and workers also create the queues they use)."""
+
+    async def main() -> tuple[bool, int]:
+        try:
+            q = await open_queue(queue, create=False)
+            created = False
+        except QueueNotFound:
+            q = await open_queue(queue, shards=shards, max_attempts=max_attempts)
+            created = True
+        await q.close()
+        return created, q.settings.shards
+
+    created, found = run(main)
+    if created:
+        out.print(f"created queue {queue} with {found} shards")
+        return
+    if found != shards:
+        raise ConfigurationError(
+            f"queue {queue!r} already exists with {found} shards",
+            suggestion="the shard count is fixed at creation; pick another name",
+        )
+    out.print(f"queue {queue} already exists with {found} shards")
+
+
 # --- looking ----------------------------------------------------------------------------------
 
 
@@ -388,10 +422,16 @@ def stats(
     interval: Annotated[float, typer.Option(help="Seconds between refreshes with --watch.")] = 2.0,
     shards: Annotated[bool, typer.Option(help="One row per shard.")] = False,
 ) -> None:
-    """Counts by status: pending, delayed, processing, completed, dead."""
+    """Counts by status; --shards rows sum to the totals.
+
+    pending, delayed, processing: messages in that state now.
+    dead: dead letters stored now (redrive and purge remove them).
+    completed, retried, recovered: since the queue was created or last purged
+    (completions, failed attempts to be retried, expired leases taken back).
+    """
 
     async def main() -> None:
-        q = await open_queue(queue)
+        q = await open_queue(queue, create=False)
         try:
             if not watch:
                 s = await q.stats()
@@ -455,7 +495,7 @@ def inspect(
     """Status, attempts, payload, result and errors of one message."""
 
     async def main() -> MessageInfo | None:
-        q = await open_queue(queue)
+        q = await open_queue(queue, create=False)
         try:
             return await q.get(message_id)
         finally:
@@ -480,7 +520,7 @@ def dead(
     """List dead letters with their last error."""
 
     async def main() -> list[MessageInfo]:
-        q = await open_queue(queue)
+        q = await open_queue(queue, create=False)
         try:
             return await q.dead_letters(limit)
         finally:
@@ -514,17 +554,30 @@ def redrive(
     ids: Annotated[
         list[str] | None, typer.Argument(help="Dead letter ids (all when none).")
     ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
 ) -> None:
-    """Move dead letters back into the queue as new messages."""
+    """Move dead letters back into the queue as new messages; print old and new ids.
 
-    async def main() -> int:
-        q = await open_queue(queue)
+    An id that is not a dead letter is an error, and then nothing is redriven.
+    """
+    wanted = list(ids) if ids else None
+
+    async def main() -> tuple[list[str], list[str]]:
+        q = await open_queue(queue, create=False)
         try:
-            return await q.redrive(ids or None)
+            old = wanted if wanted is not None else await q.dead_letter_ids()
+            return old, await q.redrive(old)
         finally:
             await q.close()
 
-    out.print(f"redrove {run(main)} messages")
+    old, new = run(main)
+    pairs = list(zip(old, new, strict=True))
+    if as_json:
+        print(json.dumps([{"id": o, "redriven_to": n} for o, n in pairs]))
+        return
+    for o, n in pairs:
+        print(f"{o} -> {n}")
+    print(f"redrove {len(pairs)} messages", file=sys.stderr)
 
 
 @app.command()
@@ -539,7 +592,7 @@ def purge(
         )
 
     async def main() -> None:
-        q = await open_queue(queue)
+        q = await open_queue(queue, create=False)
         try:
             await q.purge()
         finally:

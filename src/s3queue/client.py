@@ -110,7 +110,7 @@ class BlockingQueue:
     def dead_letters(self, limit: int | None = 100) -> list[MessageInfo]:
         return self._run(self.queue.dead_letters(limit))
 
-    def redrive(self, ids: Iterable[str] | None = None) -> int:
+    def redrive(self, ids: Iterable[str] | None = None) -> list[str]:
         return self._run(self.queue.redrive(None if ids is None else list(ids)))
 
     def purge(self) -> None:

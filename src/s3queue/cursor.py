@@ -553,6 +553,8 @@ def _apply_one(
     if isinstance(op, Purge):
         state.open.clear()
         state.flights.clear()
+        # Counts restart with the queue's contents: "completed since the last purge".
+        state.counters = msgspec.structs.asdict(Counters())
         state.next_seq = max(state.next_seq, op.log_end)
         state.purged_before = state.next_seq
         # Buckets stay registered (a producer may still be adding to them); only the

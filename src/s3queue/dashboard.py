@@ -139,6 +139,6 @@ class Dashboard:
     async def _open(self, name: str) -> Queue:
         queue = self._queues.get(name)
         if queue is None:
-            queue = await Queue.open(self.storage, name, verify_store=False)
+            queue = await Queue.open(self.storage, name, verify_store=False, create=False)
             self._queues[name] = queue
         return queue

@@ -64,6 +64,12 @@ class PayloadError(QueueError):
     default_retriable = False
 
 
+class QueueNotFound(QueueError):
+    """A read-only command named a queue that does not exist (nothing was created)."""
+
+    default_retriable = False
+
+
 class LeaseLost(QueueError):
     """The lease expired and the message may belong to another worker now (fencing).
 

@@ -7,10 +7,12 @@ from typing import Any, Literal
 
 from s3queue.records import ErrorRecord
 
-Status = Literal["pending", "delayed", "processing", "completed", "dead"]
-#: Statuses a message can still leave, and those it never leaves (unless redriven).
+Status = Literal["pending", "delayed", "processing", "completed", "dead", "redriven"]
+#: Statuses a message can still leave, and those it never leaves. A dead message
+#: leaves "dead" only by a redrive, which sends a copy under a new id
+#: (``redriven_to``) and leaves the old id "redriven".
 ACTIVE_STATUSES: frozenset[Status] = frozenset({"pending", "delayed", "processing"})
-TERMINAL_STATUSES: frozenset[Status] = frozenset({"completed", "dead"})
+TERMINAL_STATUSES: frozenset[Status] = frozenset({"completed", "dead", "redriven"})
 
 
 @dataclass(slots=True)
@@ -56,6 +58,8 @@ class MessageInfo:
     progress: Any = None
     finished_at: float | None = None
     dedup_key: str | None = None
+    #: For status "redriven": the id of the copy that went back to the queue.
+    redriven_to: str | None = None
 
     def to_json(self) -> dict[str, Any]:
         out = {name: getattr(self, name) for name in self.__slots__}
@@ -79,8 +83,14 @@ class ShardStats:
 
 @dataclass(frozen=True, slots=True)
 class Stats:
-    """Counts by status. ``completed`` counts since the queue was created; ``dead``
-    is the number of dead letters stored now."""
+    """Counts by status; each shard's numbers sum to the totals.
+
+    - ``pending``, ``delayed``, ``processing``: messages in that state now.
+    - ``dead``: dead letters stored now (redrive and purge remove them).
+    - ``completed``, ``retried``, ``recovered``: events since the queue was created or
+      last purged: completions, failed attempts that will be retried, and expired
+      leases taken back from workers that stopped answering.
+    """
 
     pending: int
     delayed: int

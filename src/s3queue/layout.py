@@ -11,6 +11,7 @@ A queue named ``emails`` under a store keeps::
     emails/shards/0003/cursor                 consumer state of shard 3 (CAS only)
     emails/dead/<message id>                  dead letter with its error history
     emails/results/<message id>               a handler's return value
+    emails/redriven/<message id>              where a redriven dead letter went
     emails/dedup/<sha256 of the key>          dedup marker
     emails/probe/<random>                     conditional-write probe, deleted after
 """
@@ -69,6 +70,14 @@ def dead_prefix(queue: str) -> str:
 
 def dead_key(queue: str, message_id: str) -> str:
     return f"{dead_prefix(queue)}{message_id}"
+
+
+def redriven_prefix(queue: str) -> str:
+    return f"{queue}/redriven/"
+
+
+def redriven_key(queue: str, message_id: str) -> str:
+    return f"{redriven_prefix(queue)}{message_id}"
 
 
 def result_key(queue: str, message_id: str) -> str:

@@ -22,6 +22,7 @@ import msgspec
 
 from s3queue import layout
 from s3queue.backoff import Backoff
+from s3queue.catalog import list_queues
 from s3queue.commit import CommitContext, SegmentCache, ShardCommitter
 from s3queue.cursor import (
     Ack,
@@ -45,6 +46,7 @@ from s3queue.errors import (
     ConfigurationError,
     LeaseLost,
     PreconditionFailed,
+    QueueNotFound,
 )
 from s3queue.info import Failure, Lease, MessageInfo, Stats
 from s3queue.layout import check_queue_name
@@ -63,6 +65,7 @@ from s3queue.records import (
     decode,
     encode,
 )
+from s3queue.redrive import Redrive
 from s3queue.segment import Message, Segment
 from s3queue.storage import Storage, open_storage
 
@@ -116,6 +119,57 @@ async def probe_conditional_writes(storage: Storage, queue: str) -> None:
         await must_fail(storage.put(key, b"probe-4", if_match=etag), "accepted a stale If-Match")
     finally:
         await storage.delete(key)
+
+
+async def _read_settings(storage: Storage, name: str) -> QueueSettings | None:
+    stored = await storage.get(layout.settings_key(name))
+    if stored is None:
+        return None
+    return decode(stored.data, QueueSettings, what="queue settings")
+
+
+async def _create_settings(
+    storage: Storage,
+    name: str,
+    shards: int | None,
+    max_attempts: int,
+    dedup_retention: float,
+    now: float,
+) -> QueueSettings:
+    fresh = QueueSettings(
+        name=name,
+        shards=shards or DEFAULT_SHARDS,
+        created_at=now,
+        max_attempts=max_attempts,
+        dedup_retention=dedup_retention,
+    )
+    try:
+        await storage.put(layout.settings_key(name), encode(fresh), if_none_match=True)
+        return fresh
+    except PreconditionFailed:  # someone created it first: use theirs
+        settings = await _read_settings(storage, name)
+        assert settings is not None
+        return settings
+
+
+def _check_shards(settings: QueueSettings, shards: int | None) -> None:
+    if shards is not None and shards != settings.shards:
+        raise ConfigurationError(
+            f"queue {settings.name!r} has {settings.shards} shards, not {shards}",
+            suggestion="omit shards when reopening a queue (it is fixed at creation)",
+        )
+
+
+async def _missing(storage: Storage, name: str) -> QueueNotFound:
+    """The error for a queue that does not exist, naming the ones that do."""
+    names = await list_queues(storage)
+    here = f"queues here: {', '.join(names)}" if names else "there are no queues here"
+    return QueueNotFound(
+        f"no queue named {name!r} at {storage.url} ({here})",
+        suggestion="check the name and --url; producers and workers create queues, "
+        "or run: s3queue create " + name,
+        metadata={"queue": name, "queues": names},
+    )
 
 
 class Queue:
@@ -179,11 +233,14 @@ class Queue:
         skew_margin: float = 2.0,
         backoff: Backoff | None = None,
         verify_store: bool = True,
+        create: bool = True,
     ) -> Queue:
         """Open the queue ``name`` in the store at ``url``, creating it on first use.
 
         ``shards``, ``max_attempts`` and ``dedup_retention`` are fixed when the queue
-        is created; reopening reads them (a different ``shards`` is an error).
+        is created; reopening reads them (a different ``shards`` is an error). With
+        ``create=False`` (read-only views) a missing queue raises
+        :class:`~s3queue.errors.QueueNotFound` and nothing is written.
         """
         check_queue_name(name)
         if shards is not None and not 1 <= shards <= MAX_SHARDS:
@@ -196,11 +253,18 @@ class Queue:
             )
         storage = open_storage(url) if isinstance(url, str) else url
         try:
-            settings = await cls._load_or_create(
-                storage, name, shards, max_attempts, dedup_retention, clock
-            )
-            if verify_store:
+            settings = await _read_settings(storage, name)
+            if settings is None and not create:
+                raise await _missing(storage, name)
+            if create and verify_store:
+                # Before anything is written: a store that ignores conditions must
+                # not be left holding a queue it cannot run.
                 await probe_conditional_writes(storage, name)
+            if settings is None:
+                settings = await _create_settings(
+                    storage, name, shards, max_attempts, dedup_retention, clock()
+                )
+            _check_shards(settings, shards)
         except BaseException:
             if isinstance(url, str):
                 await storage.close()
@@ -214,39 +278,6 @@ class Queue:
             backoff=backoff,
             owns_storage=isinstance(url, str),
         )
-
-    @staticmethod
-    async def _load_or_create(
-        storage: Storage,
-        name: str,
-        shards: int | None,
-        max_attempts: int,
-        dedup_retention: float,
-        clock: Any,
-    ) -> QueueSettings:
-        key = layout.settings_key(name)
-        stored = await storage.get(key)
-        if stored is None:
-            fresh = QueueSettings(
-                name=name,
-                shards=shards or DEFAULT_SHARDS,
-                created_at=clock(),
-                max_attempts=max_attempts,
-                dedup_retention=dedup_retention,
-            )
-            try:
-                await storage.put(key, encode(fresh), if_none_match=True)
-                return fresh
-            except PreconditionFailed:  # someone created it first: use theirs
-                stored = await storage.get(key)
-                assert stored is not None
-        settings = decode(stored.data, QueueSettings, what="queue settings")
-        if shards is not None and shards != settings.shards:
-            raise ConfigurationError(
-                f"queue {name!r} has {settings.shards} shards, not {shards}",
-                suggestion="omit shards when reopening a queue (it is fixed at creation)",
-            )
-        return settings
 
     async def close(self) -> None:
         await self.producer.close()
@@ -608,40 +639,18 @@ class Queue:
         """Dead messages with their error history, oldest id first."""
         return await self._reader.dead_letters(limit)
 
-    async def redrive(self, ids: Iterable[str] | None = None) -> int:
-        """Move dead letters back to the queue as new messages (all when ``ids`` is
-        None); return how many. Each gets a fresh id and a fresh attempt count."""
-        if ids is None:
-            keys = [e.key for e in await self.storage.list(layout.dead_prefix(self.name))]
-        else:
-            keys = [layout.dead_key(self.name, str(layout.parse_message_id(mid))) for mid in ids]
-        moved = 0
-        for start in range(0, len(keys), 500):
-            batch = keys[start : start + 500]
-            stored = await asyncio.gather(*(self.storage.get(key) for key in batch))
-            letters = [
-                decode(s.data, DeadLetter, what="dead letter") for s in stored if s is not None
-            ]
-            now = self.clock()
-            messages = [
-                Message(
-                    payload=letter.payload,
-                    enqueued_at=now,
-                    visible_at=now,
-                    priority=letter.priority,
-                    max_attempts=letter.max_attempts,
-                )
-                for letter in letters
-            ]
-            if messages:
-                await self.producer.write(messages)
-            # Deleted only after the copies are durable: a crash in between redrives
-            # a letter twice rather than losing it.
-            await asyncio.gather(
-                *(self.storage.delete(layout.dead_key(self.name, dl.id)) for dl in letters)
-            )
-            moved += len(letters)
-        return moved
+    async def dead_letter_ids(self, limit: int | None = None) -> list[str]:
+        """Ids of the dead letters, oldest id first, from one listing (no reads)."""
+        return await self._reader.dead_letter_ids(limit)
+
+    async def redrive(self, ids: Iterable[str] | None = None) -> list[str]:
+        """Send dead letters back to the queue as new messages (all of them when
+        ``ids`` is None); return the new ids, in the order of ``ids``. Each copy has a
+        fresh id and attempt count; ``get(old id)`` then reports status "redriven"
+        with ``redriven_to``. An id that is not a dead letter raises
+        :class:`~s3queue.redrive.NotDeadLetter` and nothing is redriven."""
+        chosen = None if ids is None else list(ids)
+        return await Redrive(self.storage, self.name, self.producer, self.clock).run(chosen)
 
     async def purge(self) -> None:
         """Drop every pending, delayed and in-flight message, every dead letter,
@@ -664,6 +673,7 @@ class Queue:
             await committer.submit(Purge(log_end, tuple(sorted(timer_ends.items()))))
         for prefix in (
             layout.dead_prefix(self.name),
+            layout.redriven_prefix(self.name),
             layout.results_prefix(self.name),
             layout.dedup_prefix(self.name),
         ):

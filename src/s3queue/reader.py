@@ -15,7 +15,14 @@ from s3queue.cursor import Cursor
 from s3queue.info import MessageInfo, ShardStats, Stats, Status
 from s3queue.layout import SegmentRef
 from s3queue.payload import decode_json
-from s3queue.records import DeadLetter, QueueSettings, ResultRecord, decode, encode
+from s3queue.records import (
+    DeadLetter,
+    QueueSettings,
+    RedriveRecord,
+    ResultRecord,
+    decode,
+    encode,
+)
 from s3queue.segment import Message, Segment
 from s3queue.storage import Storage
 
@@ -111,12 +118,19 @@ class QueueReader:
     async def _finished_info(
         self, mid: str, message: Message | None, cursor: Cursor
     ) -> MessageInfo | None:
-        dead, result = await asyncio.gather(
+        dead, result, redriven = await asyncio.gather(
             self.storage.get(layout.dead_key(self.name, mid)),
             self.storage.get(layout.result_key(self.name, mid)),
+            self.storage.get(layout.redriven_key(self.name, mid)),
         )
+        if redriven is not None:
+            key = layout.redriven_key(self.name, mid)
+            redrive = decode(redriven.data, RedriveRecord, what=f"redrive record {key}")
+            if redrive.redriven_to:
+                return self._dead_info(redrive.letter, redriven_to=redrive.redriven_to)
         if dead is not None:
-            return self._dead_info(decode(dead.data, DeadLetter, what="dead letter"))
+            key = layout.dead_key(self.name, mid)
+            return self._dead_info(decode(dead.data, DeadLetter, what=f"dead letter {key}"))
         address = layout.parse_message_id(mid)
         if message is None:
             return None
@@ -127,7 +141,8 @@ class QueueReader:
         ):
             return None  # purged before it ran
         if result is not None:
-            record = decode(result.data, ResultRecord, what="result")
+            key = layout.result_key(self.name, mid)
+            record = decode(result.data, ResultRecord, what=f"result {key}")
             return self._info(
                 mid,
                 message,
@@ -140,10 +155,10 @@ class QueueReader:
         # Done without a side record: it completed on its first attempt.
         return self._info(mid, message, "completed", 1)
 
-    def _dead_info(self, letter: DeadLetter) -> MessageInfo:
+    def _dead_info(self, letter: DeadLetter, redriven_to: str | None = None) -> MessageInfo:
         return MessageInfo(
             id=letter.id,
-            status="dead",
+            status="redriven" if redriven_to else "dead",
             payload=decode_json(letter.payload),
             attempts=letter.attempts,
             max_attempts=letter.max_attempts,
@@ -152,24 +167,31 @@ class QueueReader:
             errors=list(letter.errors),
             finished_at=letter.died_at,
             dedup_key=letter.dedup_key,
+            redriven_to=redriven_to,
         )
 
     async def stats(self) -> Stats:
-        """Counts by status across all shards (reads every cursor and the unread backlog)."""
-        shards = await asyncio.gather(*(self._shard_stats(k) for k in range(self.settings.shards)))
-        dead = len(await self.storage.list(layout.dead_prefix(self.name)))
+        """Counts by status across all shards (reads every cursor and the unread
+        backlog, and lists the dead letters). See :class:`~s3queue.info.Stats`."""
+        dead_by_shard: dict[int, int] = {}
+        for mid in await self.dead_letter_ids():
+            shard = layout.parse_message_id(mid).shard
+            dead_by_shard[shard] = dead_by_shard.get(shard, 0) + 1
+        shards = await asyncio.gather(
+            *(self._shard_stats(k, dead_by_shard.get(k, 0)) for k in range(self.settings.shards))
+        )
         return Stats(
             pending=sum(s.pending for s in shards),
             delayed=sum(s.delayed for s in shards),
             processing=sum(s.processing for s in shards),
             completed=sum(s.completed for s in shards),
-            dead=dead,
+            dead=sum(s.dead for s in shards),
             retried=sum(s.retried for s in shards),
             recovered=sum(s.recovered for s in shards),
             shards=list(shards),
         )
 
-    async def _shard_stats(self, shard: int) -> ShardStats:
+    async def _shard_stats(self, shard: int, dead: int) -> ShardStats:
         committer = self.committers[shard]
         cursor = await committer.read()
         now = self.clock()
@@ -201,7 +223,7 @@ class QueueReader:
             delayed=counts["delayed"],
             processing=counts["processing"],
             completed=cursor.counters.completed,
-            dead=cursor.counters.dead,
+            dead=dead,
             retried=cursor.counters.retried,
             recovered=cursor.counters.recovered,
             window_segments=len(cursor.open),
@@ -226,6 +248,10 @@ class QueueReader:
                 refs.append(SegmentRef.timer(bucket, seq))
         fetched = await asyncio.gather(*(self.segments.fetch(shard, ref) for ref in refs))
         return [segment for segment in fetched if segment is not None]
+
+    async def dead_letter_ids(self, limit: int | None = None) -> list[str]:
+        prefix = layout.dead_prefix(self.name)
+        return [e.key[len(prefix) :] for e in await self.storage.list(prefix, limit=limit)]
 
     async def dead_letters(self, limit: int | None = 100) -> list[MessageInfo]:
         """Dead messages with their error history, oldest id first."""

@@ -62,6 +62,22 @@ class DeadLetter(msgspec.Struct, frozen=True, kw_only=True):
     dedup_key: str | None = None
 
 
+class RedriveRecord(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
+    """``redriven/<id>``: a dead letter sent back to the queue, and its new id.
+
+    Written with create-if-absent before the copy is enqueued (``redriven_to`` empty:
+    a reservation, so two redrives of one letter cannot both enqueue it), then
+    completed with the new id before the dead letter is deleted.
+    """
+
+    format: int = FORMAT
+    letter: DeadLetter
+    nonce: str
+    reserved_at: float
+    redriven_to: str = ""
+    redriven_at: float = 0.0
+
+
 class ResultRecord(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
     """``results/<id>``: a completed message's return value (omitted when None) and
     the errors of the attempts before the one that succeeded."""
