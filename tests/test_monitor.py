@@ -74,6 +74,9 @@ async def test_metrics_count_every_outcome(queue: Queue) -> None:
     assert values[("s3queue_job_duration_seconds_count", (("outcome", "completed"), q))] == 20
     assert values[("s3queue_worker_concurrency", (q,))] == 4
     assert values[("s3queue_storage_requests_total", (("kind", "conditional_put"), q))] > 0
+    # Measured against the store when the queue opened: this machine's own clock.
+    assert abs(values[("s3queue_clock_skew_seconds", (q,))]) <= 1.0
+    assert 0 <= values[("s3queue_clock_skew_uncertainty_seconds", (q,))] <= 1.0
 
 
 async def test_health_follows_the_worker_lifecycle(queue: Queue) -> None:

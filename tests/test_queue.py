@@ -276,7 +276,7 @@ async def test_long_delay_goes_through_a_timer_bucket(queue: Queue, clock: Clock
     await queue.ack(lease)
     clock.advance(TIMER_SEAL_MARGIN + 120)
     await queue.claim(1, 30)  # seals the bucket
-    cursor = decode_cursor((await queue.storage.get(cursor_key("q", 0))).data)  # type: ignore[union-attr]
+    cursor = decode_cursor((await queue.storage.get(cursor_key("q", 0))).data, "")  # type: ignore[union-attr]
     assert cursor.timers == {}
 
 

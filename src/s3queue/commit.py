@@ -97,10 +97,12 @@ class SegmentCache:
         cached = self.get(shard, ref)
         if cached is not None:
             return cached
-        stored = await self._storage.get(ref.key(self._queue, shard))
-        if stored is None:
+        key = ref.key(self._queue, shard)
+        stored = await self._storage.get(key)
+        if stored is None or not stored.data:
+            # Nothing there yet, or the empty object that seals a timer bucket.
             return None
-        segment = decode_segment(stored.data)
+        segment = decode_segment(stored.data, key)
         self.put(shard, ref, segment)
         return segment
 
@@ -185,7 +187,7 @@ class ShardCommitter:
         """A fresh copy of the cursor from storage (the commit loop's cache is left
         alone: it is only ever replaced together with the ETag it was read with)."""
         stored = await self.context.storage.get(self.key)
-        return Cursor(shard=self.shard) if stored is None else decode_cursor(stored.data)
+        return Cursor(shard=self.shard) if stored is None else decode_cursor(stored.data, self.key)
 
     def log_grew(self) -> None:
         """This process wrote a segment to the shard: look at the log on the next claim."""
@@ -243,7 +245,7 @@ class ShardCommitter:
         if stored is None:
             self._cursor, self._etag = Cursor(shard=self.shard), None
         else:
-            self._cursor, self._etag = decode_cursor(stored.data), stored.etag
+            self._cursor, self._etag = decode_cursor(stored.data, self.key), stored.etag
 
     async def _commit(self, ops: list[Operation]) -> list[Result]:
         conflicts = 0
@@ -405,9 +407,29 @@ class ShardCommitter:
                     break
                 found.append(Ingest(ref, len(segment.messages)))
                 seq += 1
-            if seq == next_seq and bucket + TIMER_BUCKET + TIMER_SEAL_MARGIN < now:
+            expired = seq == next_seq and bucket + TIMER_BUCKET + TIMER_SEAL_MARGIN < now
+            if expired and await self._seal(bucket, seq):
                 found.append(SealTimer(bucket))
         return found
+
+    async def _seal(self, bucket: int, seq: int) -> bool:
+        """Close a timer bucket for good: an empty object at its next sequence number.
+
+        A producer whose clock is far behind may still try to write into the bucket;
+        every write goes through the next free number, so it meets this object, sees
+        the bucket sealed, and writes its (long due) messages to the log instead.
+        False when a producer took the number first: its segment is read next time.
+        """
+        storage = self.context.storage
+        key = layout.timer_key(self.context.settings.name, self.shard, bucket, seq)
+        try:
+            await storage.put(key, b"", if_none_match=True)
+        except PreconditionFailed:
+            # Sealed already (by us before a lost cursor write, or by another
+            # process), or a producer's segment got there first.
+            stored = await storage.get(key)
+            return stored is not None and not stored.data
+        return True
 
     # --- after a commit ---------------------------------------------------------------------
 

@@ -101,8 +101,8 @@ def encode_cursor(cursor: Cursor) -> bytes:
     return encode(cursor)
 
 
-def decode_cursor(data: bytes) -> Cursor:
-    return decode(data, Cursor, what="cursor")
+def decode_cursor(data: bytes, key: str) -> Cursor:
+    return decode(data, Cursor, what=f"cursor {key}")
 
 
 # --- operations ----------------------------------------------------------------

@@ -14,16 +14,20 @@ A queue named ``emails`` under a store keeps::
     emails/redriven/<message id>              where a redriven dead letter went
     emails/dedup/<sha256 of the key>          dedup marker
     emails/probe/<random>                     conditional-write probe, deleted after
+    emails/clock                              rewritten to read the store's time
 """
 
 from __future__ import annotations
 
 import functools
 import hashlib
+import logging
 import re
 from dataclasses import dataclass
 
 from s3queue.errors import ConfigurationError
+
+log = logging.getLogger("s3queue.layout")
 
 QUEUE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_\-]{0,79}$")
 QUEUE_NAME_RULE = (
@@ -56,12 +60,20 @@ def log_prefix(queue: str, shard: int) -> str:
     return f"{shard_prefix(queue, shard)}/log/"
 
 
+#: Widths of the zero-padded numbers in keys.
+LOG_DIGITS = 12
+TIMER_BUCKET_DIGITS = 13
+TIMER_SEQ_DIGITS = 6
+
+
 def log_key(queue: str, shard: int, seq: int) -> str:
-    return f"{log_prefix(queue, shard)}{seq:012d}"
+    return f"{log_prefix(queue, shard)}{seq:0{LOG_DIGITS}d}"
 
 
 def timer_key(queue: str, shard: int, bucket: int, seq: int) -> str:
-    return f"{shard_prefix(queue, shard)}/timers/{bucket:013d}/{seq:06d}"
+    return (
+        f"{timers_prefix(queue, shard)}{bucket:0{TIMER_BUCKET_DIGITS}d}/{seq:0{TIMER_SEQ_DIGITS}d}"
+    )
 
 
 def dead_prefix(queue: str) -> str:
@@ -97,8 +109,52 @@ def dedup_prefix(queue: str) -> str:
     return f"{queue}/dedup/"
 
 
+def clock_key(queue: str) -> str:
+    return f"{queue}/clock"
+
+
 def probe_key(queue: str, token: str) -> str:
     return f"{queue}/probe/{token}"
+
+
+# --- parsing keys back ------------------------------------------------------------
+#
+# Listings may hold keys this code did not write (a file dropped into the queue's
+# directory, a copy made by a tool). They are not segments: they are skipped, with
+# one warning per key, never parsed into a crash.
+
+_TIMER_TAIL = re.compile(r"^(\d{13})/(\d{6})$")
+_warned: set[str] = set()
+
+
+def foreign(key: str) -> None:
+    """Note a key that is not one of ours (warned once per key and process)."""
+    if key not in _warned and len(_warned) < 10_000:
+        _warned.add(key)
+        log.warning("ignoring %s: not an object s3queue wrote (move it out of the queue)", key)
+
+
+def seq_of(prefix: str, key: str, digits: int = LOG_DIGITS) -> int | None:
+    """The sequence number of a segment key listed under ``prefix`` (a log, or one
+    timer bucket with ``digits=TIMER_SEQ_DIGITS``)."""
+    name = key[len(prefix) :] if key.startswith(prefix) else ""
+    if len(name) == digits and name.isascii() and name.isdigit():
+        return int(name)
+    foreign(key)
+    return None
+
+
+def timer_ref(prefix: str, key: str) -> tuple[int, int] | None:
+    """(bucket, seq) of a timer segment key listed under ``prefix``."""
+    match = _TIMER_TAIL.match(key[len(prefix) :]) if key.startswith(prefix) else None
+    if match is not None:
+        return int(match[1]), int(match[2])
+    foreign(key)
+    return None
+
+
+def timers_prefix(queue: str, shard: int) -> str:
+    return f"{shard_prefix(queue, shard)}/timers/"
 
 
 # --- message ids -----------------------------------------------------------------

@@ -187,3 +187,21 @@ class _StorageCollector(Collector):
         for reason in ("precondition_failed", "throttled", "retried"):
             problems.add_metric([self.queue, reason], counts.get(reason, 0))
         yield problems
+        clock = self.worker.queue.store_clock
+        if clock is not None and clock.bounds is not None:
+            # Only once measured: an unmeasured offset of 0 would be a claim, not a fact.
+            skew = GaugeMetricFamily(
+                "s3queue_clock_skew_seconds",
+                "How far this machine's clock is ahead of the store's (negative: behind); "
+                "s3queue corrects for it.",
+                labels=["queue"],
+            )
+            skew.add_metric([self.queue], clock.offset)
+            yield skew
+            error = GaugeMetricFamily(
+                "s3queue_clock_skew_uncertainty_seconds",
+                "The most the skew estimate can be off by (S3 stamps whole seconds).",
+                labels=["queue"],
+            )
+            error.add_metric([self.queue], clock.uncertainty)
+            yield error

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import logging
 import random
 import secrets
 from collections.abc import Awaitable, Callable
@@ -20,7 +21,7 @@ from dataclasses import dataclass
 from s3queue import layout
 from s3queue.commit import TIMER_BUCKET, TIMER_SEAL_MARGIN, TIMER_THRESHOLD, Clock, SegmentCache
 from s3queue.cursor import RegisterTimer, decode_cursor
-from s3queue.errors import PreconditionFailed, QueueError
+from s3queue.errors import PreconditionFailed
 from s3queue.layout import SegmentRef
 from s3queue.records import QueueSettings
 from s3queue.segment import (
@@ -31,6 +32,8 @@ from s3queue.segment import (
     encode_segment,
 )
 from s3queue.storage import Storage
+
+log = logging.getLogger("s3queue.producer")
 
 RegisterTimerFn = Callable[[int, RegisterTimer], Awaitable[object]]
 WrittenFn = Callable[[int], None]
@@ -165,22 +168,32 @@ class Producer:
         return [layout.message_id(shard, ref, i) for i in range(len(messages))]
 
     async def _write_timer(self, shard: int, bucket: int, messages: list[Message]) -> list[str]:
+        # Registered before the write, so a consumer looks for the bucket's segments
+        # from the moment one can exist.
+        if (shard, bucket) not in self._registered:
+            if await self.register_timer(shard, RegisterTimer(bucket)) is not True:
+                return await self._write_late(shard, messages)
+            self._registered.add((shard, bucket))
         segment, data = self._encode(messages)
-        seq = await self._create(shard, bucket, data)
+        try:
+            seq = await self._create(shard, bucket, data)
+        except BucketSealed:
+            return await self._write_late(shard, messages)
         ref = SegmentRef.timer(bucket, seq)
         self.segments.put(shard, ref, segment)
         self._forget_past_buckets()
-        if (shard, bucket) not in self._registered:
-            registered = await self.register_timer(shard, RegisterTimer(bucket))
-            if registered is not True:
-                raise QueueError(
-                    f"timer bucket {bucket} of shard {shard} was already sealed: this "
-                    "machine's clock is far behind the workers'",
-                    retriable=False,
-                    suggestion="synchronise clocks with NTP; the delayed message was not enqueued",
-                )
-            self._registered.add((shard, bucket))
         return [layout.message_id(shard, ref, i) for i in range(len(messages))]
+
+    async def _write_late(self, shard: int, messages: list[Message]) -> list[str]:
+        """Consumers sealed the bucket: by their clock its messages are long due (this
+        machine's clock is far behind the store's). Into the log they go, keeping
+        their visible_at: never into a bucket nobody reads."""
+        log.warning(
+            "a timer bucket was already sealed (this machine's clock is behind the store's): "
+            "writing %d delayed messages to the log",
+            len(messages),
+        )
+        return await self._write_log(shard, messages)
 
     def _forget_past_buckets(self) -> None:
         """Drop what this producer remembers of timer buckets long sealed: nobody can
@@ -221,8 +234,9 @@ class Producer:
             try:
                 await self.storage.put(self._key(shard, bucket, seq), data, if_none_match=True)
             except PreconditionFailed:
-                # Another producer took this number: jump past everything written since.
-                seq = await self._find_end(shard, bucket, seq + 1)
+                # Another producer took this number (or consumers sealed the bucket
+                # there): list from it on, past everything written since.
+                seq = await self._find_end(shard, bucket, seq)
                 continue
             self._next_seq[(shard, bucket)] = seq + 1
             return seq
@@ -230,13 +244,28 @@ class Producer:
     async def _first_candidate(self, shard: int, bucket: int) -> int:
         if bucket >= 0:
             return 0
-        stored = await self.storage.get(layout.cursor_key(self.settings.name, shard))
-        return 0 if stored is None else decode_cursor(stored.data).next_seq
+        key = layout.cursor_key(self.settings.name, shard)
+        stored = await self.storage.get(key)
+        return 0 if stored is None else decode_cursor(stored.data, key).next_seq
 
     async def _find_end(self, shard: int, bucket: int, seq: int) -> int:
-        """The first sequence number >= ``seq`` after the last existing segment."""
+        """The first sequence number >= ``seq`` after the last existing segment.
+
+        Raises BucketSealed when the last object of a timer bucket is its seal."""
+        prefix = self._prefix(shard, bucket)
         start_after = self._key(shard, bucket, seq - 1) if seq > 0 else None
-        entries = await self.storage.list(self._prefix(shard, bucket), start_after=start_after)
-        if not entries:
-            return seq
-        return max(seq, int(entries[-1].key.rsplit("/", 1)[1]) + 1)
+        entries = await self.storage.list(prefix, start_after=start_after)
+        end = seq
+        for entry in entries:
+            digits = layout.TIMER_SEQ_DIGITS if bucket >= 0 else layout.LOG_DIGITS
+            found = layout.seq_of(prefix, entry.key, digits)
+            if found is None:
+                continue
+            if bucket >= 0 and entry.size == 0:
+                raise BucketSealed(f"timer bucket {bucket} of shard {shard} is sealed")
+            end = max(end, found + 1)
+        return end
+
+
+class BucketSealed(Exception):
+    """Internal: a timer bucket's consumers closed it; its messages belong in the log."""

@@ -13,7 +13,6 @@ import asyncio
 import logging
 import random
 import secrets
-import time
 import traceback
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
@@ -23,6 +22,7 @@ import msgspec
 from s3queue import layout
 from s3queue.backoff import Backoff
 from s3queue.catalog import list_queues
+from s3queue.clock import Clock, StoreClock
 from s3queue.commit import CommitContext, SegmentCache, ShardCommitter
 from s3queue.cursor import (
     Ack,
@@ -52,7 +52,7 @@ from s3queue.info import Failure, Lease, MessageInfo, Stats
 from s3queue.layout import check_queue_name
 from s3queue.payload import decode_json, encode_json
 from s3queue.producer import Producer
-from s3queue.reader import QueueReader
+from s3queue.reader import QueueReader, list_segments
 from s3queue.records import (
     MAX_PAYLOAD_BYTES,
     MAX_RESULT_BYTES,
@@ -181,7 +181,7 @@ class Queue:
         storage: Storage,
         settings: QueueSettings,
         *,
-        clock: Any = time.time,
+        clock: Clock | None = None,
         rules: Rules | None = None,
         backoff: Backoff | None = None,
         owns_storage: bool = True,
@@ -189,7 +189,12 @@ class Queue:
         self.storage = storage
         self.settings = settings
         self.name = settings.name
-        self.clock = clock
+        clock = StoreClock() if clock is None else clock
+        #: Store time (see :mod:`s3queue.clock`), or the clock the caller gave.
+        self.clock: Clock = clock
+        #: Set when the clock is measured against the store's.
+        self.store_clock = clock if isinstance(clock, StoreClock) else None
+        self._clock_lock = asyncio.Lock()
         self.backoff = backoff or Backoff()
         self.owner = f"client-{secrets.token_hex(4)}"
         self._owns_storage = owns_storage
@@ -229,7 +234,7 @@ class Queue:
         shards: int | None = None,
         max_attempts: int = 3,
         dedup_retention: float = 24 * 3600.0,
-        clock: Any = time.time,
+        clock: Clock | None = None,
         skew_margin: float = 2.0,
         backoff: Backoff | None = None,
         verify_store: bool = True,
@@ -241,6 +246,11 @@ class Queue:
         is created; reopening reads them (a different ``shards`` is an error). With
         ``create=False`` (read-only views) a missing queue raises
         :class:`~s3queue.errors.QueueNotFound` and nothing is written.
+
+        ``clock`` defaults to a :class:`~s3queue.clock.StoreClock`: this machine's
+        clock corrected by its measured offset to the store's, measured here (unless
+        read-only) and every few minutes. A plain function is trusted as is: pass one
+        only when every process shares it (tests, simulations).
         """
         check_queue_name(name)
         if shards is not None and not 1 <= shards <= MAX_SHARDS:
@@ -260,6 +270,9 @@ class Queue:
                 # Before anything is written: a store that ignores conditions must
                 # not be left holding a queue it cannot run.
                 await probe_conditional_writes(storage, name)
+            clock = StoreClock() if clock is None else clock
+            if create and isinstance(clock, StoreClock):
+                await clock.measure(storage, layout.clock_key(name))
             if settings is None:
                 settings = await _create_settings(
                     storage, name, shards, max_attempts, dedup_retention, clock()
@@ -307,6 +320,17 @@ class Queue:
             except Exception:  # a listener's bug must not fail an enqueue that landed
                 logging.getLogger("s3queue.queue").exception("on_enqueued listener failed")
         return ids
+
+    async def sync_clock(self, *, force: bool = False) -> None:
+        """Measure the clock's offset to the store again if the last measurement is
+        old (or ``force``). Writers call it before they use the time; a no-op for a
+        plain clock. Raises ClockSkewError when the skew is over the limit."""
+        clock = self.store_clock
+        if clock is None or not (force or clock.stale()):
+            return
+        async with self._clock_lock:
+            if force or clock.stale():
+                await clock.measure(self.storage, layout.clock_key(self.name))
 
     # --- enqueue -----------------------------------------------------------------------
 
@@ -362,6 +386,7 @@ class Queue:
         message's id and stores nothing, until the first message finished more than
         the queue's ``dedup_retention`` ago.
         """
+        await self.sync_clock()
         message = self._message(
             payload,
             delay=delay,
@@ -384,6 +409,7 @@ class Queue:
     ) -> list[str]:
         """Store many messages in as few writes as their size allows; ids in order.
         Every payload is checked before anything is written."""
+        await self.sync_clock()
         now = self.clock()
         messages = [
             self._message(
@@ -455,6 +481,7 @@ class Queue:
                 f"claim(max_messages={max_messages}, visibility_timeout={visibility_timeout})",
                 suggestion="use max_messages >= 0 and a visibility_timeout > 0 seconds",
             )
+        await self.sync_clock()
         owner = owner or self.owner
         leases: list[Lease] = []
         for shard in list(self._preference):
@@ -657,19 +684,11 @@ class Queue:
         stored result and dedup key. Messages enqueued during the purge may stay."""
         for shard, committer in enumerate(self.committers):
             cursor = await committer.read()
-            start_after = (
-                layout.log_key(self.name, shard, cursor.next_seq - 1) if cursor.next_seq else None
-            )
-            entries = await self.storage.list(
-                layout.log_prefix(self.name, shard), start_after=start_after
-            )
-            log_end = int(entries[-1].key.rsplit("/", 1)[1]) + 1 if entries else cursor.next_seq
-            timer_prefix = layout.shard_prefix(self.name, shard) + "/timers/"
+            written = await list_segments(self.storage, self.name, shard, cursor.next_seq)
+            log_end = max([cursor.next_seq, *(seq + 1 for seq in written.log)])
             timer_ends: dict[int, int] = {}
-            for entry in await self.storage.list(timer_prefix):
-                bucket_text, seq_text = entry.key[len(timer_prefix) :].split("/")
-                bucket = int(bucket_text)
-                timer_ends[bucket] = max(timer_ends.get(bucket, 0), int(seq_text) + 1)
+            for bucket, seq in written.timers:
+                timer_ends[bucket] = max(timer_ends.get(bucket, 0), seq + 1)
             await committer.submit(Purge(log_end, tuple(sorted(timer_ends.items()))))
         for prefix in (
             layout.dead_prefix(self.name),

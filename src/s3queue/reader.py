@@ -7,6 +7,8 @@ nothing, so any process may call them at any time.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+from dataclasses import dataclass
 from typing import Any
 
 from s3queue import layout
@@ -173,13 +175,13 @@ class QueueReader:
     async def stats(self) -> Stats:
         """Counts by status across all shards (reads every cursor and the unread
         backlog, and lists the dead letters). See :class:`~s3queue.info.Stats`."""
-        dead_by_shard: dict[int, int] = {}
+        # Cursors first, then the letters: a letter is written before its message
+        # leaves the cursor, so each dead message is seen in one place or both.
+        read = await asyncio.gather(*(self._shard_stats(k) for k in range(self.settings.shards)))
+        dead: dict[int, set[str]] = {k: dying for k, (_, dying) in enumerate(read)}
         for mid in await self.dead_letter_ids():
-            shard = layout.parse_message_id(mid).shard
-            dead_by_shard[shard] = dead_by_shard.get(shard, 0) + 1
-        shards = await asyncio.gather(
-            *(self._shard_stats(k, dead_by_shard.get(k, 0)) for k in range(self.settings.shards))
-        )
+            dead.setdefault(layout.parse_message_id(mid).shard, set()).add(mid)
+        shards = [dataclasses.replace(shard, dead=len(dead[shard.shard])) for shard, _ in read]
         return Stats(
             pending=sum(s.pending for s in shards),
             delayed=sum(s.delayed for s in shards),
@@ -191,11 +193,14 @@ class QueueReader:
             shards=list(shards),
         )
 
-    async def _shard_stats(self, shard: int, dead: int) -> ShardStats:
+    async def _shard_stats(self, shard: int) -> tuple[ShardStats, set[str]]:
+        """One shard's counts (``dead`` left 0), and the ids its cursor says died
+        whose dead letters may not be written yet."""
         committer = self.committers[shard]
         cursor = await committer.read()
         now = self.clock()
         counts = {"pending": 0, "delayed": 0, "processing": 0}
+        dying: set[str] = set()
         open_refs = [SegmentRef.parse(s.ref) for s in cursor.open]
         segments = await self.segments.require(shard, open_refs)
         for open_segment in cursor.open:
@@ -209,7 +214,8 @@ class QueueReader:
                 if flight is None:
                     counts[_waiting_status(messages[index].visible_at, now)] += 1
                 elif flight.outcome is not None:
-                    continue
+                    if flight.outcome.status == "dead":
+                        dying.add(mid)
                 elif flight.lease is not None:
                     counts["processing"] += 1
                 else:
@@ -217,32 +223,25 @@ class QueueReader:
         for segment in await self._unread_segments(shard, cursor):
             for message in segment.messages:
                 counts[_waiting_status(message.visible_at, now)] += 1
-        return ShardStats(
+        stats = ShardStats(
             shard=shard,
             pending=counts["pending"],
             delayed=counts["delayed"],
             processing=counts["processing"],
             completed=cursor.counters.completed,
-            dead=dead,
+            dead=0,
             retried=cursor.counters.retried,
             recovered=cursor.counters.recovered,
             window_segments=len(cursor.open),
             cursor_bytes=len(encode(cursor)),
         )
+        return stats, dying
 
     async def _unread_segments(self, shard: int, cursor: Cursor) -> list[Segment]:
         """Segments written but not yet taken into the cursor's window."""
-        start_after = (
-            layout.log_key(self.name, shard, cursor.next_seq - 1) if cursor.next_seq else None
-        )
-        entries = await self.storage.list(
-            layout.log_prefix(self.name, shard), start_after=start_after
-        )
-        refs = [SegmentRef.log(int(e.key.rsplit("/", 1)[1])) for e in entries]
-        timer_prefix = layout.shard_prefix(self.name, shard) + "/timers/"
-        for entry in await self.storage.list(timer_prefix):
-            bucket_text, seq_text = entry.key[len(timer_prefix) :].split("/")
-            bucket, seq = int(bucket_text), int(seq_text)
+        written = await list_segments(self.storage, self.name, shard, cursor.next_seq)
+        refs = [SegmentRef.log(seq) for seq in written.log]
+        for bucket, seq in written.timers:
             next_seq = cursor.timers.get(str(bucket))
             if next_seq is not None and seq >= next_seq:
                 refs.append(SegmentRef.timer(bucket, seq))
@@ -262,6 +261,34 @@ class QueueReader:
             for s in stored
             if s is not None
         ]
+
+
+@dataclass(frozen=True, slots=True)
+class WrittenSegments:
+    """What one listing of a shard found: log sequence numbers from a starting point,
+    and every timer segment as (bucket, seq), seals included."""
+
+    log: list[int]
+    timers: list[tuple[int, int]]
+
+
+async def list_segments(storage: Storage, queue: str, shard: int, from_seq: int) -> WrittenSegments:
+    """List a shard's log from ``from_seq`` on, and all its timer segments (foreign
+    keys are skipped with a warning)."""
+    log_prefix = layout.log_prefix(queue, shard)
+    start_after = layout.log_key(queue, shard, from_seq - 1) if from_seq > 0 else None
+    log = [
+        seq
+        for entry in await storage.list(log_prefix, start_after=start_after)
+        if (seq := layout.seq_of(log_prefix, entry.key)) is not None
+    ]
+    timer_prefix = layout.timers_prefix(queue, shard)
+    timers = [
+        ref
+        for entry in await storage.list(timer_prefix)
+        if (ref := layout.timer_ref(timer_prefix, entry.key)) is not None
+    ]
+    return WrittenSegments(log, timers)
 
 
 def _waiting_status(visible_at: float, now: float) -> Status:

@@ -37,5 +37,5 @@ def encode_segment(segment: Segment) -> bytes:
     return encode(segment)
 
 
-def decode_segment(data: bytes) -> Segment:
-    return decode(data, Segment, what="segment")
+def decode_segment(data: bytes, key: str) -> Segment:
+    return decode(data, Segment, what=f"segment {key}")

@@ -19,10 +19,18 @@ LIST_PAGE_SIZE = 1000
 
 @dataclass(frozen=True, slots=True)
 class StoredObject:
-    """An object's bytes and the version tag to pass as ``if_match``."""
+    """An object's bytes, the version tag to pass as ``if_match``, and when the store
+    wrote it by the store's own clock (unix seconds; None if the store cannot say).
+
+    ``modified`` may be truncated: the store's clock read ``modified`` plus less than
+    ``resolution`` seconds at the write (S3's Last-Modified has whole seconds). This is
+    what lets every process measure its clock against one shared clock.
+    """
 
     data: bytes
     etag: str
+    modified: float | None = None
+    resolution: float = 0.0
 
 
 @dataclass(frozen=True, slots=True)

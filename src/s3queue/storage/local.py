@@ -44,6 +44,8 @@ MAGIC = b"S3Q1 "
 ETAG_BYTES = 32  # hex characters of the random ETag
 HEADER = len(MAGIC) + ETAG_BYTES + 1  # magic, etag, newline
 LOCK_DIR = ".s3queue-locks"
+#: File times come from the kernel's coarse clock, which ticks every few milliseconds.
+MTIME_RESOLUTION = 0.01
 
 
 def _translate(error: OSError, path: Path) -> StorageError:
@@ -136,6 +138,7 @@ class LocalStorage:
         try:
             with path.open("rb") as handle:
                 blob = handle.read()
+                modified = os.fstat(handle.fileno()).st_mtime_ns / 1e9
         except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
             return None
         if not blob.startswith(MAGIC) or len(blob) < HEADER:
@@ -145,7 +148,7 @@ class LocalStorage:
                 suggestion="do not write files into the queue directory by hand",
             )
         etag = blob[len(MAGIC) : len(MAGIC) + ETAG_BYTES].decode("ascii")
-        return StoredObject(blob[HEADER:], f'"{etag}"')
+        return StoredObject(blob[HEADER:], f'"{etag}"', modified, MTIME_RESOLUTION)
 
     async def get(self, key: str) -> StoredObject | None:
         path = self._path(key)

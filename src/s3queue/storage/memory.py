@@ -10,6 +10,7 @@ from __future__ import annotations
 import bisect
 import itertools
 import threading
+import time
 
 from s3queue.errors import PreconditionFailed
 from s3queue.storage.base import (
@@ -30,7 +31,7 @@ class MemoryStorage:
 
     def __init__(self, name: str = "") -> None:
         self._name = name
-        self._objects: dict[str, tuple[bytes, str]] = {}
+        self._objects: dict[str, tuple[bytes, str, float]] = {}
         self._sorted_keys: list[str] = []
         self._lock = threading.Lock()
         self._etags = itertools.count(1)
@@ -60,7 +61,7 @@ class MemoryStorage:
         self._counts.add("get")
         with self._lock:
             found = self._objects.get(key)
-        return None if found is None else StoredObject(found[0], found[1])
+        return None if found is None else StoredObject(found[0], found[1], found[2])
 
     async def put(
         self,
@@ -83,7 +84,9 @@ class MemoryStorage:
             etag = f'"m{next(self._etags)}"'
             if current is None:
                 bisect.insort(self._sorted_keys, key)
-            self._objects[key] = (bytes(data), etag)
+            # The store's clock is this process's real clock, whatever clock the
+            # queue above it was given.
+            self._objects[key] = (bytes(data), etag, time.time())
             return etag
 
     async def delete(self, key: str) -> None:

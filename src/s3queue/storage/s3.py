@@ -204,7 +204,10 @@ class S3Storage:
         except _NATIVE as error:
             raise translate(error, endpoint=self._endpoint, key=key) from error
         etag = result.meta.get("e_tag") or ""
-        return StoredObject(bytes(data), etag)
+        modified = result.meta.get("last_modified")
+        stamp = modified.timestamp() if modified is not None else None
+        # Last-Modified is an HTTP date: whole seconds.
+        return StoredObject(bytes(data), etag, stamp, 1.0)
 
     async def put(
         self,

@@ -1,0 +1,170 @@
+"""Clock skew: every process tells time by the store's clock, so no skew between
+machines can make a lease look expired early, a delay end early, or a timer bucket
+swallow a message."""
+
+from __future__ import annotations
+
+import logging
+import time
+
+import pytest
+
+from s3queue import Queue
+from s3queue.clock import MAX_SKEW, ClockSkewError, StoreClock
+from s3queue.commit import TIMER_SEAL_MARGIN
+from s3queue.storage import open_storage
+
+
+def skewed(seconds: float) -> StoreClock:
+    """The clock of a machine ``seconds`` ahead (negative: behind) of the others."""
+    return StoreClock(lambda: time.time() + seconds)
+
+
+class Tick:
+    """A clock the test moves by hand (a plain function: trusted as is)."""
+
+    def __init__(self, now: float) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+# --- the estimate ----------------------------------------------------------------------------
+
+
+def test_one_sample_bounds_the_offset_by_the_stamp_resolution() -> None:
+    clock = StoreClock(lambda: 1000.0, monotonic=lambda: 0.0)
+    # Written between local 100.2 and 100.3; the store stamped 70 (whole seconds).
+    clock.observe(100.2, 100.3, 70.0, 1.0)
+    assert clock.bounds is not None
+    assert (clock.bounds.low, clock.bounds.high) == pytest.approx((29.2, 30.3))
+    assert clock() == pytest.approx(1000.0 - 29.75)
+
+
+def test_samples_at_other_phases_narrow_the_offset() -> None:
+    clock = StoreClock(monotonic=lambda: 0.0)
+    clock.observe(100.2, 100.3, 70.0, 1.0)  # true offset 30.0 (store read 70.2..70.3)
+    clock.observe(100.9, 101.0, 70.0, 1.0)  # store read 70.9..71.0: stamped 70
+    assert clock.bounds is not None
+    assert clock.bounds.low == pytest.approx(29.9) and clock.bounds.high == pytest.approx(30.3)
+    assert clock.uncertainty == pytest.approx(0.2)
+
+
+def test_a_clock_that_jumped_starts_over_from_the_new_sample() -> None:
+    clock = StoreClock(monotonic=lambda: 0.0)
+    clock.observe(100.0, 100.1, 70.0, 1.0)
+    clock.observe(200.0, 200.1, 100.0, 1.0)  # 70 s further ahead: disjoint from before
+    assert clock.offset == pytest.approx(99.55)
+
+
+def test_a_skew_beyond_the_limit_is_refused() -> None:
+    clock = StoreClock(monotonic=lambda: 0.0)
+    with pytest.raises(ClockSkewError, match="ahead of the store's, over the limit"):
+        clock.observe(5000.0, 5000.1, 5000.0 - MAX_SKEW - 60, 1.0)
+
+
+def test_a_skew_over_a_second_is_logged(caplog: pytest.LogCaptureFixture) -> None:
+    clock = StoreClock(monotonic=lambda: 0.0)
+    with caplog.at_level(logging.WARNING, "s3queue.clock"):
+        clock.observe(100.0, 100.1, 103.0, 1.0)
+    assert "2.9 s behind the store's" in caplog.text
+
+
+def test_an_offset_within_the_stamp_resolution_is_not_called_skew(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    clock = StoreClock(monotonic=lambda: 0.0)
+    with caplog.at_level(logging.WARNING, "s3queue.clock"):
+        clock.observe(100.5, 100.6, 100.0, 1.0)
+    assert caplog.text == ""
+
+
+# --- on every store --------------------------------------------------------------------------
+
+
+async def test_opening_measures_the_offset_to_the_store(store_url: str) -> None:
+    q = await Queue.open(store_url, "skew", shards=1, clock=skewed(30))
+    try:
+        assert q.store_clock is not None
+        assert q.store_clock.offset == pytest.approx(30, abs=1.1)
+        assert q.clock() == pytest.approx(time.time(), abs=1.1)
+    finally:
+        await q.close()
+
+
+async def test_a_machine_beyond_the_limit_is_refused(store_url: str) -> None:
+    with pytest.raises(ClockSkewError, match="synchronise the clock"):
+        await Queue.open(store_url, "far", shards=1, clock=skewed(-(MAX_SKEW + 120)))
+
+
+async def test_a_worker_ahead_cannot_take_a_lease_that_is_still_valid(store_url: str) -> None:
+    on_time = await Queue.open(store_url, "lease", shards=1, clock=skewed(0))
+    ahead = await Queue.open(store_url, "lease", clock=skewed(30))
+    try:
+        await on_time.enqueue({"x": 1})
+        [lease] = await on_time.claim(1, visibility_timeout=20)
+        assert await ahead.claim(1, visibility_timeout=20) == []  # 30 s ahead: still held
+        await on_time.ack(lease)
+        info = await ahead.get(lease.id)
+        assert info is not None and info.status == "completed" and info.attempts == 1
+    finally:
+        await on_time.close()
+        await ahead.close()
+
+
+@pytest.mark.parametrize("producer_offset", [-600.0, 600.0])
+async def test_a_skewed_producer_delays_by_the_store_clock(
+    store_url: str, producer_offset: float
+) -> None:
+    producer = await Queue.open(store_url, "late", shards=1, clock=skewed(producer_offset))
+    worker = await Queue.open(store_url, "late", clock=skewed(0))
+    try:
+        short = await producer.enqueue({"n": 1}, delay=60)  # in the log
+        long = await producer.enqueue({"n": 2}, delay=600)  # in a timer bucket
+        assert await worker.claim(10, 30) == []
+        for mid in (short, long):
+            info = await worker.get(mid)
+            assert info is not None and info.status == "delayed", mid
+            assert info.visible_at == pytest.approx(
+                time.time() + (60 if mid == short else 600), abs=5
+            )
+    finally:
+        await producer.close()
+        await worker.close()
+
+
+async def test_a_write_into_a_sealed_timer_bucket_goes_to_the_log(store_url: str) -> None:
+    """A producer whose clock is far behind (here: trusted although wrong) writes into
+    a timer bucket the consumers sealed long ago: the message must still run."""
+    worker_clock = Tick(1_800_000_000.0)
+    producer_clock = Tick(worker_clock.now - 3600)
+    worker = await Queue.open(store_url, "sealed", shards=1, clock=worker_clock)
+    producer = await Queue.open(store_url, "sealed", clock=producer_clock)
+    try:
+        first = await producer.enqueue({"n": 1}, delay=300)
+        [lease] = await worker.claim(10, 30)  # due long ago by the worker's clock
+        assert lease.id == first
+        await worker.ack(lease)
+        worker_clock.now += TIMER_SEAL_MARGIN  # the bucket seals on the next empty probe
+        assert await worker.claim(10, 30) == []
+        second = await producer.enqueue({"n": 2}, delay=300)  # the same bucket
+        assert "-L" in second
+        worker.committers[0].log_grew()  # look again although the log was empty just now
+        [late] = await worker.claim(10, 30)
+        assert late.id == second and late.payload == {"n": 2}
+    finally:
+        await producer.close()
+        await worker.close()
+
+
+async def test_read_only_views_write_no_clock_sample(store_url: str) -> None:
+    q = await Queue.open(store_url, "quiet", shards=1)
+    await q.close()
+    storage = open_storage(store_url)
+    await storage.delete("quiet/clock")
+    view = await Queue.open(storage, "quiet", create=False)
+    await view.stats()
+    assert await storage.get("quiet/clock") is None
+    await view.close()
+    await storage.close()
