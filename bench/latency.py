@@ -4,8 +4,7 @@ One process: a producer ``Queue`` enqueues 10 messages per second (on a fixed
 schedule) for ``--seconds`` and records, per message id, when ``enqueue`` returned; a
 ``Worker`` on a second ``Queue`` object over its own store connection (so the producer
 cannot wake it in memory: it finds work by polling, like a worker in another process)
-records when each handler starts. ``max_poll_interval`` equals ``poll_interval``: the
-adaptive back-off would otherwise decide the latency of an idle queue.
+records when each handler starts.
 """
 
 from __future__ import annotations
@@ -55,7 +54,7 @@ async def latency_case(url: str, poll: float, seconds: float) -> Row:
         if len(started) >= count:
             all_started.set()
 
-    worker = Worker(consumer, handler, concurrency=8, poll_interval=poll, max_poll_interval=poll)
+    worker = Worker(consumer, handler, concurrency=8, poll_interval=poll)
     task = asyncio.create_task(worker.run())
     await asyncio.sleep(2 * poll)  # let the worker reach its idle polling rhythm
     consumer.storage.counts.reset()
@@ -78,7 +77,6 @@ async def latency_case(url: str, poll: float, seconds: float) -> Row:
     waits = sorted(max(0.0, started[m] - returned[m]) * 1000 for m in returned)
     return {
         "poll_interval": poll,
-        "max_poll_interval": poll,
         "messages": count,
         "p50_ms": round(percentile(waits, 0.50), 1),
         "p90_ms": round(percentile(waits, 0.90), 1),

@@ -35,7 +35,7 @@ async def main() -> None:
         if stats.pending + stats.delayed + stats.processing == 0:
             finished.set()
 
-    worker = Worker(q, send_email, concurrency=4, poll_interval=0.2, max_poll_interval=1.0)
+    worker = Worker(q, send_email, concurrency=4, poll_interval=0.2)
     worker.on("completed", check)
     task = asyncio.create_task(worker.run())
     await finished.wait()

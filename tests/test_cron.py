@@ -10,7 +10,7 @@ import pytest
 from s3queue import ConfigurationError, JobContext, Queue, Worker, cron
 from s3queue.cron import Cron, parse_cron
 
-FAST = {"poll_interval": 0.01, "max_poll_interval": 0.05}
+FAST = {"poll_interval": 0.01}
 
 
 def test_schedules_and_payloads_are_checked() -> None:

@@ -15,7 +15,7 @@ from s3queue.storage import RetryingStorage, RetryPolicy, open_raw_storage
 from s3queue.storage.faults import Fault, FaultyStorage
 from tests.httpget import get
 
-FAST = {"poll_interval": 0.01, "max_poll_interval": 0.05}
+FAST = {"poll_interval": 0.01}
 
 
 @pytest.fixture

@@ -16,8 +16,8 @@ from s3queue import (
     PayloadError,
     Queue,
 )
-from s3queue.commit import FINALIZE_GRACE, TIMER_SEAL_MARGIN
-from s3queue.cursor import decode_cursor
+from s3queue.commit import TIMER_SEAL_MARGIN
+from s3queue.cursor import FINALIZE_GRACE, decode_cursor
 from s3queue.errors import StorageUnavailable
 from s3queue.layout import cursor_key
 from s3queue.records import MAX_PAYLOAD_BYTES

@@ -160,8 +160,13 @@ def worker(
     max_attempts: Annotated[
         int | None, typer.Option(help="Cap on attempts (the message's own limit applies too).")
     ] = None,
-    poll_interval: Annotated[float, typer.Option()] = 1.0,
-    max_poll_interval: Annotated[float, typer.Option()] = 10.0,
+    poll_interval: Annotated[
+        float,
+        typer.Option(
+            help="With nothing to claim, one storage request per this many seconds on "
+            "average (pickup after a quiet spell takes about half of it)."
+        ),
+    ] = 1.0,
     job_timeout: Annotated[
         float | None, typer.Option(help="Cancel a job after this many seconds.")
     ] = None,
@@ -228,7 +233,6 @@ def worker(
             max_attempts=max_attempts,
             backoff=backoff,
             poll_interval=poll_interval,
-            max_poll_interval=max_poll_interval,
             job_timeout=job_timeout,
             shutdown_timeout=shutdown_timeout,
             min_concurrency=min_concurrency,

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import random
 import secrets
 import time
@@ -24,6 +25,7 @@ import msgspec
 
 from s3queue import layout
 from s3queue.cursor import (
+    YIELDED,
     Ack,
     Claim,
     Cursor,
@@ -39,12 +41,14 @@ from s3queue.cursor import (
     Rules,
     SealTimer,
     apply,
+    best_waiting,
     count_candidates,
     decode_cursor,
     encode_cursor,
+    next_due,
 )
 from s3queue.errors import AmbiguousWrite, PreconditionFailed, QueueError, StorageUnavailable
-from s3queue.layout import SegmentRef
+from s3queue.layout import HIGH_LANE, SegmentRef
 from s3queue.records import QueueSettings
 from s3queue.segment import Segment, decode_segment
 from s3queue.storage import Storage
@@ -56,9 +60,6 @@ log = logging.getLogger("s3queue.commit")
 LOOKAHEAD = 256
 #: Log segments fetched in parallel once one new segment is found.
 PROBE_FANOUT = 4
-#: A finished message whose side records nobody finalized within this many seconds
-#: (its worker died between commit and write) is finalized by whoever sees it.
-FINALIZE_GRACE = 30.0
 #: Timer buckets: delays longer than TIMER_THRESHOLD go into buckets this wide, sealed
 #: TIMER_SEAL_MARGIN after they end (the tolerance for producers' clock skew).
 TIMER_BUCKET = 60
@@ -66,8 +67,13 @@ TIMER_THRESHOLD = 120.0
 TIMER_SEAL_MARGIN = 300.0
 MAX_CONFLICTS = 64
 #: After the log of a shard was found to hold nothing new, claims do not look again
-#: for this long (seconds). Idle workers poll more slowly than this anyway.
+#: for this long (seconds), and a due timer bucket found empty is not read again
+#: for this long either. Idle workers poll more slowly than this anyway.
 EMPTY_LOG_COOLDOWN = 0.1
+#: A claim that finds nothing re-reads the cursor when this process has neither read
+#: nor written it for this long (seconds): others' releases, retries and timer
+#: registrations change the cursor without this process knowing.
+CURSOR_MAX_AGE = 5.0
 
 Clock = Callable[[], float]
 
@@ -162,8 +168,15 @@ class ShardCommitter:
         self._task: asyncio.Task[None] | None = None
         self._background: set[asyncio.Task[None]] = set()
         self._finalizing: set[str] = set()
-        self._empty_polls = 0
-        self._log_miss: tuple[int, float] = (-1, 0.0)
+        #: (lane, next seq) -> time.monotonic() when that segment was found missing.
+        self._misses: dict[tuple[int, int], float] = {}
+        #: time.monotonic() when the cached cursor was last known to be current.
+        self._current_at = 0.0
+        #: The express lane may hold segments this process has not looked for;
+        #: generations tell a request to look made during a probe from an old one.
+        self.high_pending = True
+        self._high_generation = 0
+        self._high_probed = -1
         self.commits = 0
         self.conflicts = 0
 
@@ -189,14 +202,64 @@ class ShardCommitter:
         stored = await self.context.storage.get(self.key)
         return Cursor(shard=self.shard) if stored is None else decode_cursor(stored.data, self.key)
 
-    def log_grew(self) -> None:
-        """This process wrote a segment to the shard: look at the log on the next claim."""
-        self._log_miss = (-1, 0.0)
-        self._empty_polls = 0
+    def forget_misses(self) -> None:
+        """Someone announced new work (segments, or a release or retry in the
+        cursor): the next claim that finds nothing re-reads the cursor, and looks at
+        the logs however recently it found them empty."""
+        self._misses.clear()
+        self._current_at = -math.inf
+
+    def log_grew(self, lane: int) -> None:
+        """This process wrote a segment to a log lane of the shard: look at that lane
+        on the next claim, although it was found empty a moment ago."""
+        self._misses = {k: v for k, v in self._misses.items() if k[0] != lane}
+        if lane == HIGH_LANE:
+            self.expect_high()
 
     @property
     def cached(self) -> Cursor | None:
         return self._cursor
+
+    async def log_has_more(self) -> bool:
+        """Whether the log holds a segment the cached cursor has not taken in (one
+        GET, or none when it was read already)."""
+        cursor = self._cursor or await self.refresh()
+        ref = SegmentRef.log(cursor.next_seq)
+        return await self.context.segments.fetch(self.shard, ref) is not None
+
+    async def refresh(self) -> Cursor:
+        """Re-read the cursor into the cache (what others committed becomes known)."""
+        await self._refresh()
+        assert self._cursor is not None
+        return self._cursor
+
+    def _window(self) -> dict[str, Segment] | None:
+        """The cached cursor's open segments from the cache, None if any is missing."""
+        cursor = self._cursor
+        if cursor is None:
+            return None
+        out: dict[str, Segment] = {}
+        for open_segment in cursor.open:
+            segment = self.context.segments.get(self.shard, SegmentRef.parse(open_segment.ref))
+            if segment is None:
+                return None
+            out[open_segment.ref] = segment
+        return out
+
+    def best_waiting(self, now: float) -> int | None:
+        """The best priority claimable now as far as the cached cursor knows (no I/O);
+        None when it knows of nothing, or has no cursor yet."""
+        segments = self._window()
+        if segments is None or self._cursor is None:
+            return None
+        return best_waiting(self._cursor, segments, now)
+
+    def next_due(self, now: float) -> float | None:
+        """When the cached cursor next has work (see :func:`cursor.next_due`); no I/O."""
+        segments = self._window()
+        if segments is None or self._cursor is None:
+            return None
+        return next_due(self._cursor, segments, now, self.context.rules)
 
     async def close(self) -> None:
         while self._background:
@@ -246,20 +309,17 @@ class ShardCommitter:
             self._cursor, self._etag = Cursor(shard=self.shard), None
         else:
             self._cursor, self._etag = decode_cursor(stored.data, self.key), stored.etag
+        self._current_at = time.monotonic()
 
     async def _commit(self, ops: list[Operation]) -> list[Result]:
         conflicts = 0
         while True:
-            # An idle poll alternates between looking for new segments and re-reading
-            # the cursor (to see leases that other processes let expire): one request
-            # per poll either way.
-            idle_refresh = self._empty_polls % 2 == 1 and all(isinstance(op, Claim) for op in ops)
-            if self._cursor is None or idle_refresh:
+            if self._cursor is None:
                 await self._refresh()
             cursor, etag = self._cursor, self._etag
             assert cursor is not None
             now = self.context.clock()
-            prepared = await self._prepare(cursor, ops, now, probe=not idle_refresh)
+            prepared = await self._prepare(cursor, ops, now)
             segments = await self.context.segments.require(
                 self.shard, self._needed_segments(cursor, prepared + ops)
             )
@@ -274,8 +334,13 @@ class ShardCommitter:
                 rules=self.context.rules,
             )
             results = transition.results[len(prepared) :]
-            self._note_poll(ops, results)
             if not _changed(cursor, transition.cursor):
+                if self._stale_and_idle(ops, results):
+                    # Nothing to claim here as far as this copy knows, and it is old:
+                    # others may have released or retried messages since.
+                    await self._refresh()
+                    continue
+                self._settled()
                 return results
             data = encode_cursor(transition.cursor)
             try:
@@ -297,14 +362,22 @@ class ShardCommitter:
                     # is writing it (its acks cannot move) and let the caller try
                     # another shard. Nothing was claimed.
                     self.conflicts += 1
-                    return [[] for _ in ops]
+                    return [YIELDED for _ in ops]
                 conflicts = await self._conflict(conflicts)
                 continue
             else:
                 self._cursor, self._etag = transition.cursor, new_etag
+                self._current_at = time.monotonic()
             self.commits += 1
+            self._settled()
             self._after_commit(transition.cursor, transition.finishing, transition.recovered)
             return results
+
+    def _stale_and_idle(self, ops: list[Operation], results: list[Result]) -> bool:
+        claims = [r for op, r in zip(ops, results, strict=True) if isinstance(op, Claim)]
+        if not claims or len(claims) != len(ops) or any(r != [] for r in claims):
+            return False
+        return time.monotonic() - self._current_at > CURSOR_MAX_AGE
 
     async def _conflict(self, conflicts: int) -> int:
         self.conflicts += 1
@@ -319,12 +392,6 @@ class ShardCommitter:
             await asyncio.sleep(random.uniform(0, 0.005 * 2 ** min(conflicts, 6)))
         return conflicts
 
-    def _note_poll(self, ops: list[Operation], results: list[Result]) -> None:
-        claims = [r for op, r in zip(ops, results, strict=True) if isinstance(op, Claim)]
-        if claims:
-            found = any(isinstance(r, list) and r for r in claims)
-            self._empty_polls = 0 if found else self._empty_polls + 1
-
     def _needed_segments(self, cursor: Cursor, ops: list[Operation]) -> list[SegmentRef]:
         refs = {SegmentRef.parse(s.ref) for s in cursor.open}
         refs.update(op.ref for op in ops if isinstance(op, Ingest))
@@ -337,55 +404,81 @@ class ShardCommitter:
 
     # --- what a batch needs before it is applied -----------------------------------------
 
-    async def _prepare(
-        self, cursor: Cursor, ops: list[Operation], now: float, *, probe: bool
-    ) -> list[Operation]:
+    async def _prepare(self, cursor: Cursor, ops: list[Operation], now: float) -> list[Operation]:
         prepared: list[Operation] = []
         orphans = [
             mid
             for mid, flight in cursor.flights.items()
             if flight.outcome is not None
-            and flight.outcome.finished_at + FINALIZE_GRACE < now
+            and flight.outcome.finished_at + self.context.rules.finalize_grace < now
             and mid not in self._finalizing
         ]
         if orphans:
             await self.context.finish(self.shard, cursor, orphans)
             prepared.append(Finalize(tuple(orphans)))
-        demand = sum(op.max_messages for op in ops if isinstance(op, Claim))
+        claims = [op for op in ops if isinstance(op, Claim)]
+        if not claims:
+            return prepared
+        room = self.context.rules.max_open_segments - len(cursor.open)
+        # Due timer buckets are known from the cursor: reading them costs a request
+        # only when one is due.
+        prepared.extend(await self._probe_timers(cursor, now))
+        if self.high_pending:
+            # The express lane is always read to its end: its messages go before
+            # everything in the log, however deep the log's backlog is.
+            self._high_probed = self._high_generation
+            found = await self._probe_lane(SegmentRef.high, cursor.next_high, math.inf, room)
+            prepared.extend(found)
+            room -= len(found)
+        demand = sum(op.max_messages for op in claims)
         if demand <= 0:
+            # A look around before claiming (see Queue.claim): only the express lane
+            # and due timers matter for the order; the log waits for a real claim.
             return prepared
         open_refs = [SegmentRef.parse(s.ref) for s in cursor.open]
         segments = await self.context.segments.require(self.shard, open_refs)
         available = count_candidates(cursor, segments, now, demand + LOOKAHEAD)
-        full = len(cursor.open) >= self.context.rules.max_open_segments
-        if full or available >= demand + LOOKAHEAD:
-            return prepared
-        # Due timer buckets are known from the cursor: reading them costs a request
-        # only when one is due, so it does not wait for the idle alternation.
-        prepared.extend(await self._probe_timers(cursor, now))
-        missed_recently = (
-            self._log_miss[0] == cursor.next_seq
-            and time.monotonic() - self._log_miss[1] < EMPTY_LOG_COOLDOWN
-        )
-        # After the log had nothing new a moment ago, do not pay a request per claim
-        # to look again while other shards keep a busy worker fed.
-        if probe and not missed_recently:
-            prepared.extend(await self._probe_log(cursor, demand + LOOKAHEAD - available))
+        if available < demand + LOOKAHEAD:
+            wanted = demand + LOOKAHEAD - available
+            prepared.extend(await self._probe_lane(SegmentRef.log, cursor.next_seq, wanted, room))
         return prepared
 
-    async def _probe_log(self, cursor: Cursor, wanted: int) -> list[Operation]:
+    def expect_high(self) -> None:
+        """Someone wrote to an express lane: read this shard's on its next claim."""
+        self._high_generation += 1
+        self.high_pending = True
+
+    def _settled(self) -> None:
+        """A commit (or a batch that changed nothing) went through after its
+        prepare read the express lane to its end: that lane is known."""
+        if self._high_probed == self._high_generation:
+            self.high_pending = False
+
+    def _missed(self, lane: int, seq: int) -> bool:
+        """Whether ``seq`` of ``lane`` was found missing a moment ago: after a log
+        had nothing new, do not pay a request per claim to look again while other
+        shards keep a busy worker fed."""
+        at = self._misses.get((lane, seq))
+        return at is not None and time.monotonic() - at < EMPTY_LOG_COOLDOWN
+
+    async def _probe_lane(
+        self, make: Callable[[int], SegmentRef], seq: int, wanted: float, room: int
+    ) -> list[Operation]:
+        """Ingest ops for the segments of one log lane from ``seq`` on, until
+        ``wanted`` messages, ``room`` segments or the lane's end."""
         found: list[Operation] = []
-        seq = cursor.next_seq
+        lane = make(0).bucket
+        if self._missed(lane, seq):
+            return found
         fanout = 1
-        room = self.context.rules.max_open_segments - len(cursor.open)
         while wanted > 0 and len(found) < room:
-            refs = [SegmentRef.log(seq + i) for i in range(fanout)]
+            refs = [make(seq + i) for i in range(fanout)]
             fetched = await asyncio.gather(
                 *(self.context.segments.fetch(self.shard, ref) for ref in refs)
             )
             for ref, segment in zip(refs, fetched, strict=True):
                 if segment is None:
-                    self._log_miss = (ref.seq, time.monotonic())
+                    self._misses[(lane, ref.seq)] = time.monotonic()
                     return found
                 found.append(Ingest(ref, len(segment.messages)))
                 wanted -= len(segment.messages)
@@ -399,16 +492,19 @@ class ShardCommitter:
             bucket = int(bucket_text)
             if bucket > now:
                 break
+            sealable = bucket + TIMER_BUCKET + TIMER_SEAL_MARGIN < now
+            if self._missed(bucket, next_seq) and not sealable:
+                continue
             seq = next_seq
             while True:
                 ref = SegmentRef.timer(bucket, seq)
                 segment = await self.context.segments.fetch(self.shard, ref)
                 if segment is None:
+                    self._misses[(bucket, seq)] = time.monotonic()
                     break
                 found.append(Ingest(ref, len(segment.messages)))
                 seq += 1
-            expired = seq == next_seq and bucket + TIMER_BUCKET + TIMER_SEAL_MARGIN < now
-            if expired and await self._seal(bucket, seq):
+            if sealable and seq == next_seq and await self._seal(bucket, seq):
                 found.append(SealTimer(bucket))
         return found
 

@@ -17,8 +17,9 @@ Invariants kept here:
 
 from __future__ import annotations
 
+import itertools
 import math
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -28,6 +29,9 @@ from s3queue.layout import SegmentRef, parse_message_id
 from s3queue.records import FORMAT, NO_RAW, ErrorRecord, decode, encode
 from s3queue.segment import Message, Segment
 
+#: A finished message whose side records nobody finalized within this many seconds
+#: (its worker died between commit and write) is finalized by whoever sees it.
+FINALIZE_GRACE = 30.0
 #: How many commit tokens a cursor remembers, so that a writer whose request timed
 #: out can tell whether its commit landed even after others committed on top.
 RECENT_COMMITS = 32
@@ -88,12 +92,15 @@ class Cursor(msgspec.Struct, frozen=True, kw_only=True):
     version: int = 0
     commit: str = ""
     recent_commits: list[str] = []
+    #: The next segment to take into the window, in the log and in the express lane.
     next_seq: int = 0
+    next_high: int = 0
     open: list[OpenSegment] = []
     flights: dict[str, Flight] = {}
     timers: dict[str, int] = {}
     timers_sealed_before: int = 0
     purged_before: int = 0
+    purged_high_before: int = 0
     counters: Counters = Counters()
 
 
@@ -118,9 +125,13 @@ class Ingest:
 
 @dataclass(frozen=True, slots=True)
 class Claim:
+    """Lease up to ``max_messages``, best first; none below ``min_priority`` (another
+    shard holds better ones). ``max_messages=0`` only looks for new segments."""
+
     owner: str
     max_messages: int
     visibility_timeout: float
+    min_priority: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -180,11 +191,13 @@ class SealTimer:
 
 @dataclass(frozen=True, slots=True)
 class Purge:
-    """Drop everything pending, delayed and in flight: the log up to ``log_end`` and
-    each timer bucket up to its end in ``timer_ends`` ((bucket, end) pairs)."""
+    """Drop everything pending, delayed and in flight: the log up to ``log_end``, the
+    express lane up to ``high_end`` and each timer bucket up to its end in
+    ``timer_ends`` ((bucket, end) pairs)."""
 
     log_end: int
     timer_ends: tuple[tuple[int, int], ...] = ()
+    high_end: int = 0
 
 
 Operation = (
@@ -234,7 +247,15 @@ class Extended:
     expires_at: float
 
 
-Result = list[Claimed] | Stale | Failed | Extended | bool | None
+@dataclass(frozen=True, slots=True)
+class Yielded:
+    """A claim that gave the shard way to another process writing its cursor right
+    now: nothing was claimed, but the shard may well hold work."""
+
+
+YIELDED = Yielded()
+
+Result = list[Claimed] | Yielded | Stale | Failed | Extended | bool | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -262,6 +283,7 @@ class Rules:
 
     skew_margin: float = 2.0
     max_open_segments: int = 1024
+    finalize_grace: float = FINALIZE_GRACE
 
 
 # --- helpers -------------------------------------------------------------------------
@@ -299,7 +321,9 @@ class _State:
         self.timers = dict(cursor.timers)
         self.timers_sealed_before = cursor.timers_sealed_before
         self.next_seq = cursor.next_seq
+        self.next_high = cursor.next_high
         self.purged_before = cursor.purged_before
+        self.purged_high_before = cursor.purged_high_before
         self.counters = msgspec.structs.asdict(cursor.counters)
 
     def count(self, name: str, n: int = 1) -> None:
@@ -371,11 +395,13 @@ class _State:
             commit=commit,
             recent_commits=recent,
             next_seq=self.next_seq,
+            next_high=self.next_high,
             open=ordered,
             flights=self.flights,
             timers=self.timers,
             timers_sealed_before=self.timers_sealed_before,
             purged_before=self.purged_before,
+            purged_high_before=self.purged_high_before,
             counters=Counters(**self.counters),
         )
 
@@ -407,7 +433,7 @@ def _recover_expired(
 
 def candidates(cursor: Cursor, segments: Mapping[str, Segment], now: float) -> list[str]:
     """Claimable message ids of the window, best first (priority, then order)."""
-    return _candidates(_State(cursor), segments, now)
+    return [mid for mid, _ in _ranked(_State(cursor), segments, now)]
 
 
 def count_candidates(
@@ -415,41 +441,103 @@ def count_candidates(
 ) -> int:
     """How many messages of the window are claimable, counting no further than
     ``enough`` (a claim only needs to know whether the window holds that many)."""
-    found = 0
-    for _order, _index, _mid, message, flight in _unfinished(_State(cursor), segments):
-        if _visible_at(message, flight) <= now:
-            found += 1
-            if found >= enough:
-                break
-    return found
+    return sum(1 for _ in itertools.islice(_ranked(_State(cursor), segments, now), enough))
 
 
-def _candidates(state: _State, segments: Mapping[str, Segment], now: float) -> list[str]:
-    ranked: list[tuple[int, int, int, str]] = []
-    for order, index, mid, message, flight in _unfinished(state, segments):
-        if _visible_at(message, flight) <= now:
-            ranked.append((-message.priority, order, index, mid))
-    ranked.sort()
-    return [mid for *_, mid in ranked]
+def best_waiting(cursor: Cursor, segments: Mapping[str, Segment], now: float) -> int | None:
+    """The priority of the best message claimable now, None when there is none."""
+    for _, message in _ranked(_State(cursor), segments, now):
+        return message.priority
+    return None
 
 
-def _unfinished(
-    state: _State, segments: Mapping[str, Segment]
-) -> Iterator[tuple[int, int, str, Message, Flight | None]]:
-    """Every message of the window not yet done, in log order, with its flight."""
+Levels = tuple[tuple[int, Sequence[int]], ...]
+#: Per-segment index of priorities, keyed by the segment object's id; the entry
+#: holds the segment itself, so an id cannot be reused while its entry exists.
+_LEVELS: dict[int, tuple[Segment, Levels]] = {}
+_LEVELS_MAX = 8192
+
+
+def levels(segment: Segment) -> Levels:
+    """The segment's priorities, highest first, each with its message indices in
+    order. Segments are immutable, so this is computed once per segment."""
+    entry = _LEVELS.get(id(segment))
+    if entry is not None and entry[0] is segment:
+        return entry[1]
+    messages = segment.messages
+    first = messages[0].priority if messages else 0
+    result: Levels
+    if all(m.priority == first for m in messages):
+        result = ((first, range(len(messages))),)
+    else:
+        by_priority: dict[int, list[int]] = {}
+        for index, message in enumerate(messages):
+            by_priority.setdefault(message.priority, []).append(index)
+        result = tuple(sorted(by_priority.items(), key=lambda kv: -kv[0]))
+    if len(_LEVELS) >= _LEVELS_MAX:
+        _LEVELS.clear()
+    _LEVELS[id(segment)] = (segment, result)
+    return result
+
+
+def _ranked(
+    state: _State,
+    segments: Mapping[str, Segment],
+    now: float,
+    min_priority: int | None = None,
+) -> Iterator[tuple[str, Message]]:
+    """Claimable messages of the window, lazily, best first: by priority, then
+    segment order, then position. A claim takes the first few; it must not pay for
+    sorting the whole window, which can hold the backlog of the express lane."""
     shard = state.cursor.shard
-    for order, ref in enumerate(sorted(state.open, key=SegmentRef.parse)):
-        open_segment = state.open[ref]
-        messages = segments[ref].messages
-        # Ids built by hand: this loop runs for every message of the window on
-        # every claim, and MessageAddress formatting was most of its time.
-        prefix = f"{shard}-{ref}-"
-        done = open_segment.done
-        for index in range(open_segment.count):
-            if done[index >> 3] & (1 << (index & 7)):
-                continue
-            mid = prefix + str(index)
-            yield order, index, mid, messages[index], state.flights.get(mid)
+    by_level: dict[int, list[tuple[str, Sequence[int]]]] = {}
+    for ref in sorted(state.open, key=SegmentRef.parse):
+        for priority, indices in levels(segments[ref]):
+            by_level.setdefault(priority, []).append((ref, indices))
+    for priority in sorted(by_level, reverse=True):
+        if min_priority is not None and priority < min_priority:
+            return
+        for ref, indices in by_level[priority]:
+            messages = segments[ref].messages
+            done = state.open[ref].done
+            # Ids built by hand: this loop runs for many messages on every claim,
+            # and MessageAddress formatting was most of its time.
+            prefix = f"{shard}-{ref}-"
+            for index in indices:
+                if done[index >> 3] & (1 << (index & 7)):
+                    continue
+                mid = prefix + str(index)
+                message = messages[index]
+                if _visible_at(message, state.flights.get(mid)) <= now:
+                    yield mid, message
+
+
+def next_due(
+    cursor: Cursor, segments: Mapping[str, Segment], now: float, rules: Rules
+) -> float | None:
+    """The earliest time after ``now`` at which this cursor, as it stands, has work:
+    a delayed or retried message becomes visible, a lease can be recovered, a timer
+    bucket falls due, or a finished message's records are overdue. None if never."""
+    due = math.inf
+    for flight in cursor.flights.values():
+        if flight.outcome is not None:
+            due = min(due, flight.outcome.finished_at + rules.finalize_grace)
+        elif flight.lease is not None:
+            due = min(due, flight.lease.expires_at + rules.skew_margin)
+        elif flight.visible_at > now:
+            due = min(due, flight.visible_at)
+    for open_segment in cursor.open:
+        segment = segments.get(open_segment.ref)
+        if segment is None:
+            continue
+        prefix = f"{cursor.shard}-{open_segment.ref}-"
+        for index, message in enumerate(segment.messages):
+            if message.visible_at > now and (prefix + str(index)) not in cursor.flights:
+                due = min(due, message.visible_at)
+    for bucket in cursor.timers:
+        if int(bucket) > now:
+            due = min(due, float(bucket))
+    return None if due == math.inf else max(due, now)
 
 
 def _visible_at(message: Message, flight: Flight | None) -> float:
@@ -557,6 +645,8 @@ def _apply_one(
         state.counters = msgspec.structs.asdict(Counters())
         state.next_seq = max(state.next_seq, op.log_end)
         state.purged_before = state.next_seq
+        state.next_high = max(state.next_high, op.high_end)
+        state.purged_high_before = state.next_high
         # Buckets stay registered (a producer may still be adding to them); only the
         # segments that exist now are skipped.
         for bucket, end in op.timer_ends:
@@ -573,6 +663,10 @@ def _ingest(state: _State, op: Ingest) -> bool:
         if expected is None or expected != ref.seq:
             return False
         state.timers[str(ref.bucket)] = ref.seq + 1
+    elif ref.is_high:
+        if ref.seq != state.next_high:
+            return False
+        state.next_high = ref.seq + 1
     else:
         if ref.seq != state.next_seq:
             return False
@@ -595,7 +689,8 @@ def _claim(
     claimed: list[Claimed] = []
     if op.max_messages <= 0:
         return claimed
-    for mid in _candidates(state, segments, now)[: op.max_messages]:
+    ranked = _ranked(state, segments, now, op.min_priority)
+    for mid, message in list(itertools.islice(ranked, op.max_messages)):
         previous = state.flights.get(mid)
         attempt = (previous.attempt if previous else 0) + 1
         errors = previous.errors if previous else []
@@ -614,7 +709,7 @@ def _claim(
                 attempt=attempt,
                 claimed_at=now,
                 expires_at=lease.expires_at,
-                message=message_of(segments, mid),
+                message=message,
                 errors=tuple(errors),
             )
         )

@@ -7,6 +7,8 @@ A queue named ``emails`` under a store keeps::
 
     emails/queue.json                         settings, created once
     emails/shards/0003/log/000000000042       immutable segment 42 of shard 3
+    emails/shards/0003/high/000000000007      segment 7 of the shard's express lane
+                                              (messages with priority > 0)
     emails/shards/0003/timers/0001732480020/000007   delayed segment, due bucket
     emails/shards/0003/cursor                 consumer state of shard 3 (CAS only)
     emails/dead/<message id>                  dead letter with its error history
@@ -15,6 +17,7 @@ A queue named ``emails`` under a store keeps::
     emails/dedup/<sha256 of the key>          dedup marker
     emails/probe/<random>                     conditional-write probe, deleted after
     emails/clock                              rewritten to read the store's time
+    emails/wake/any, emails/wake/high         rewritten to wake idle workers (wake.py)
 """
 
 from __future__ import annotations
@@ -70,6 +73,14 @@ def log_key(queue: str, shard: int, seq: int) -> str:
     return f"{log_prefix(queue, shard)}{seq:0{LOG_DIGITS}d}"
 
 
+def high_prefix(queue: str, shard: int) -> str:
+    return f"{shard_prefix(queue, shard)}/high/"
+
+
+def high_key(queue: str, shard: int, seq: int) -> str:
+    return f"{high_prefix(queue, shard)}{seq:0{LOG_DIGITS}d}"
+
+
 def timer_key(queue: str, shard: int, bucket: int, seq: int) -> str:
     return (
         f"{timers_prefix(queue, shard)}{bucket:0{TIMER_BUCKET_DIGITS}d}/{seq:0{TIMER_SEQ_DIGITS}d}"
@@ -111,6 +122,10 @@ def dedup_prefix(queue: str) -> str:
 
 def clock_key(queue: str) -> str:
     return f"{queue}/clock"
+
+
+def wake_key(queue: str, *, high: bool = False) -> str:
+    return f"{queue}/wake/{'high' if high else 'any'}"
 
 
 def probe_key(queue: str, token: str) -> str:
@@ -160,32 +175,51 @@ def timers_prefix(queue: str, shard: int) -> str:
 # --- message ids -----------------------------------------------------------------
 #
 # A message id names where the message was written: shard, segment, index. Then
-# ``get(id)`` costs one cursor read, never a search. A segment is either a log
-# segment ("L<seq>") or a timer segment ("T<bucket>.<seq>").
+# ``get(id)`` costs one cursor read, never a search. A segment is a log segment
+# ("L<seq>"), an express-lane segment ("H<seq>") or a timer segment ("T<bucket>.<seq>").
+
+
+#: SegmentRef.bucket of the two log lanes; timer buckets are unix seconds (>= 0).
+#: The express lane sorts first: at equal priority its segments come first.
+HIGH_LANE = -2
+LOG_LANE = -1
 
 
 @dataclass(frozen=True, slots=True, order=True)
 class SegmentRef:
-    """Which immutable segment: a log sequence number, or a timer bucket and seq."""
+    """Which immutable segment: a sequence number in one of a shard's two logs (the
+    normal lane, or the express lane of priority > 0), or a timer bucket and seq."""
 
-    bucket: int  # -1 for the log, else the timer bucket (unix seconds)
+    bucket: int  # HIGH_LANE, LOG_LANE, or the timer bucket (unix seconds)
     seq: int
 
     @property
     def is_timer(self) -> bool:
         return self.bucket >= 0
 
+    @property
+    def is_high(self) -> bool:
+        return self.bucket == HIGH_LANE
+
     def __str__(self) -> str:
-        return f"T{self.bucket}.{self.seq}" if self.is_timer else f"L{self.seq}"
+        if self.is_timer:
+            return f"T{self.bucket}.{self.seq}"
+        return f"H{self.seq}" if self.is_high else f"L{self.seq}"
 
     def key(self, queue: str, shard: int) -> str:
         if self.is_timer:
             return timer_key(queue, shard, self.bucket, self.seq)
+        if self.is_high:
+            return high_key(queue, shard, self.seq)
         return log_key(queue, shard, self.seq)
 
     @classmethod
     def log(cls, seq: int) -> SegmentRef:
-        return cls(-1, seq)
+        return cls(LOG_LANE, seq)
+
+    @classmethod
+    def high(cls, seq: int) -> SegmentRef:
+        return cls(HIGH_LANE, seq)
 
     @classmethod
     def timer(cls, bucket: int, seq: int) -> SegmentRef:
@@ -193,15 +227,24 @@ class SegmentRef:
 
     @classmethod
     def parse(cls, text: str) -> SegmentRef:
-        if text.startswith("L"):
-            return cls.log(int(text[1:]))
-        if text.startswith("T"):
-            bucket, seq = text[1:].split(".", 1)
-            return cls.timer(int(bucket), int(seq))
-        raise ValueError(text)
+        return _parse_ref(text)
 
 
-_MESSAGE_ID = re.compile(r"^(\d{1,4})-(L\d{1,12}|T\d{1,13}\.\d{1,6})-(\d{1,6})$")
+@functools.lru_cache(maxsize=1 << 14)
+def _parse_ref(text: str) -> SegmentRef:
+    # Cached: refs are parsed on every claim for every segment of the window.
+    kind = text[:1]
+    if kind == "L":
+        return SegmentRef.log(int(text[1:]))
+    if kind == "H":
+        return SegmentRef.high(int(text[1:]))
+    if kind == "T":
+        bucket, seq = text[1:].split(".", 1)
+        return SegmentRef.timer(int(bucket), int(seq))
+    raise ValueError(text)
+
+
+_MESSAGE_ID = re.compile(r"^(\d{1,4})-([LH]\d{1,12}|T\d{1,13}\.\d{1,6})-(\d{1,6})$")
 
 
 @dataclass(frozen=True, slots=True)

@@ -44,9 +44,7 @@ class WorkerMonitor:
     ) -> None:
         self.worker = worker
         self.unhealthy_after = (
-            unhealthy_after
-            if unhealthy_after is not None
-            else max(30.0, 3 * worker.max_poll_interval)
+            unhealthy_after if unhealthy_after is not None else max(30.0, 10 * worker.poll_interval)
         )
         self.registry = registry or CollectorRegistry()
         queue = worker.queue.name

@@ -22,7 +22,7 @@ from s3queue import layout
 from s3queue.commit import TIMER_BUCKET, TIMER_SEAL_MARGIN, TIMER_THRESHOLD, Clock, SegmentCache
 from s3queue.cursor import RegisterTimer, decode_cursor
 from s3queue.errors import PreconditionFailed
-from s3queue.layout import SegmentRef
+from s3queue.layout import HIGH_LANE, LOG_LANE, SegmentRef
 from s3queue.records import QueueSettings
 from s3queue.segment import (
     MAX_SEGMENT_BYTES,
@@ -32,11 +32,15 @@ from s3queue.segment import (
     encode_segment,
 )
 from s3queue.storage import Storage
+from s3queue.wake import Wake
 
 log = logging.getLogger("s3queue.producer")
 
+#: A batch is spread over the shards in parts of at least this many messages.
+SPREAD_MIN = 250
+
 RegisterTimerFn = Callable[[int, RegisterTimer], Awaitable[object]]
-WrittenFn = Callable[[int], None]
+WrittenFn = Callable[[int, int], None]
 
 
 @dataclass
@@ -62,6 +66,32 @@ def chunk(messages: list[Message]) -> list[list[Message]]:
     return out
 
 
+def lanes(messages: list[Message]) -> list[tuple[int, list[Message]]]:
+    """The messages of each log lane, in order: priority > 0 goes to the express lane."""
+    high = [m for m in messages if m.priority > 0]
+    low = [m for m in messages if m.priority <= 0]
+    return [(lane, part) for lane, part in ((HIGH_LANE, high), (LOG_LANE, low)) if part]
+
+
+def batch_order(messages: list[Message]) -> list[Message]:
+    """The messages in the order :func:`lanes` writes them."""
+    return [m for _, part in lanes(messages) for m in part]
+
+
+def _spread(messages: list[Message], shards: int) -> list[list[Message]]:
+    """Consecutive parts of about equal size, one per shard, none smaller than
+    SPREAD_MIN messages: each part is a PUT of its own, and a worker takes a part
+    this size in a claim or two."""
+    parts = max(1, min(shards, len(messages) // SPREAD_MIN))
+    size, extra = divmod(len(messages), parts) if parts else (0, 0)
+    out, start = [], 0
+    for part in range(parts):
+        end = start + size + (1 if part < extra else 0)
+        out.append(messages[start:end])
+        start = end
+    return out
+
+
 class Producer:
     def __init__(
         self,
@@ -70,7 +100,7 @@ class Producer:
         clock: Clock,
         segments: SegmentCache,
         register_timer: RegisterTimerFn,
-        written: WrittenFn = lambda shard: None,
+        written: WrittenFn = lambda shard, lane: None,
     ) -> None:
         self.storage = storage
         self.settings = settings
@@ -87,6 +117,7 @@ class Producer:
         self._waiting: list[_Waiting] = []
         self._flushing = 0
         self._tasks: set[asyncio.Task[None]] = set()
+        self.wake = Wake(storage, settings.name, self.writer)
 
     # --- batching of single enqueues ----------------------------------------------------
 
@@ -108,48 +139,63 @@ class Producer:
                 batch = chunk([w.message for w in self._waiting])[0]
                 waiting, self._waiting = self._waiting[: len(batch)], self._waiting[len(batch) :]
                 try:
-                    ids = await self._write_log(next(self._shards), batch)
+                    # Concurrent single enqueues share a segment (one per lane): the
+                    # flushes themselves go to different shards.
+                    shard = next(self._shards)
+                    ids = await self._write_all(
+                        [(shard, lane, part) for lane, part in lanes(batch)]
+                    )
                 except Exception as error:  # each caller learns why its message is not in
                     for w in waiting:
                         if not w.future.done():
                             w.future.set_exception(error)
                     continue
-                for w, mid in zip(waiting, ids, strict=True):
+                by_message = dict(zip(map(id, batch_order(batch)), ids, strict=True))
+                for w in waiting:
                     if not w.future.done():
-                        w.future.set_result(mid)
+                        w.future.set_result(by_message[id(w.message)])
         finally:
             self._flushing -= 1
 
     async def close(self) -> None:
         while self._tasks:
             await asyncio.gather(*list(self._tasks), return_exceptions=True)
+        await self.wake.close()
 
     # --- direct writes --------------------------------------------------------------------
 
     async def write(self, messages: list[Message]) -> list[str]:
-        """Write ``messages`` as few segments as their size allows; their ids in order."""
+        """Write ``messages`` in as few segments as their size allows, a large batch
+        spread over the shards so that workers share it without contending for one
+        cursor; their ids in order."""
         now = self.clock()
-        later = [m for m in messages if m.visible_at - now > TIMER_THRESHOLD]
         soon = [m for m in messages if m.visible_at - now <= TIMER_THRESHOLD]
-        ids: dict[int, str] = {}
-        jobs: list[Awaitable[list[str]]] = []
-        groups: list[list[int]] = []
-        positions = {id(m): i for i, m in enumerate(messages)}
-        for batch in chunk(soon):
-            jobs.append(self._write_log(next(self._shards), batch))
-            groups.append([positions[id(m)] for m in batch])
+        plan: list[tuple[int, int, list[Message]]] = []
+        for lane, part in lanes(soon):
+            for spread in _spread(part, self.settings.shards):
+                plan.extend((next(self._shards), lane, batch) for batch in chunk(spread))
         by_bucket: dict[int, list[Message]] = {}
-        for message in later:
-            bucket = int(message.visible_at // TIMER_BUCKET) * TIMER_BUCKET
-            by_bucket.setdefault(bucket, []).append(message)
+        for message in messages:
+            if message.visible_at - now > TIMER_THRESHOLD:
+                bucket = int(message.visible_at // TIMER_BUCKET) * TIMER_BUCKET
+                by_bucket.setdefault(bucket, []).append(message)
         for bucket, bucket_messages in sorted(by_bucket.items()):
-            for batch in chunk(bucket_messages):
-                jobs.append(self._write_timer(next(self._shards), bucket, batch))
-                groups.append([positions[id(m)] for m in batch])
-        for group, written in zip(groups, await asyncio.gather(*jobs), strict=True):
-            for position, mid in zip(group, written, strict=True):
-                ids[position] = mid
-        return [ids[i] for i in range(len(messages))]
+            plan.extend((next(self._shards), bucket, batch) for batch in chunk(bucket_messages))
+        written = dict(
+            zip(map(id, (m for *_, b in plan for m in b)), await self._write_all(plan), strict=True)
+        )
+        return [written[id(m)] for m in messages]
+
+    async def _write_all(self, plan: list[tuple[int, int, list[Message]]]) -> list[str]:
+        """Write each (shard, lane or timer bucket, messages) of ``plan`` at once; the
+        ids, in the plan's order."""
+        jobs = [
+            self._write_timer(shard, where, batch)
+            if where >= 0
+            else self._write_lane(shard, where, batch)
+            for shard, where, batch in plan
+        ]
+        return [mid for ids in await asyncio.gather(*jobs) for mid in ids]
 
     def _encode(self, messages: list[Message]) -> tuple[Segment, bytes]:
         segment = Segment(
@@ -159,12 +205,13 @@ class Producer:
         )
         return segment, encode_segment(segment)
 
-    async def _write_log(self, shard: int, messages: list[Message]) -> list[str]:
+    async def _write_lane(self, shard: int, lane: int, messages: list[Message]) -> list[str]:
         segment, data = self._encode(messages)
-        seq = await self._create(shard, -1, data)
-        ref = SegmentRef.log(seq)
+        seq = await self._create(shard, lane, data)
+        ref = SegmentRef(lane, seq)
         self.segments.put(shard, ref, segment)
-        self.written(shard)
+        self.written(shard, lane)
+        self.wake.ring(high=lane == HIGH_LANE)
         return [layout.message_id(shard, ref, i) for i in range(len(messages))]
 
     async def _write_timer(self, shard: int, bucket: int, messages: list[Message]) -> list[str]:
@@ -182,6 +229,7 @@ class Producer:
         ref = SegmentRef.timer(bucket, seq)
         self.segments.put(shard, ref, segment)
         self._forget_past_buckets()
+        self.wake.ring(high=any(m.priority > 0 for m in messages))
         return [layout.message_id(shard, ref, i) for i in range(len(messages))]
 
     async def _write_late(self, shard: int, messages: list[Message]) -> list[str]:
@@ -193,7 +241,7 @@ class Producer:
             "writing %d delayed messages to the log",
             len(messages),
         )
-        return await self._write_log(shard, messages)
+        return await self._write_all([(shard, lane, part) for lane, part in lanes(messages)])
 
     def _forget_past_buckets(self) -> None:
         """Drop what this producer remembers of timer buckets long sealed: nobody can
@@ -208,9 +256,7 @@ class Producer:
     # --- sequence allocation ----------------------------------------------------------------
 
     def _key(self, shard: int, bucket: int, seq: int) -> str:
-        if bucket < 0:
-            return layout.log_key(self.settings.name, shard, seq)
-        return layout.timer_key(self.settings.name, shard, bucket, seq)
+        return SegmentRef(bucket, seq).key(self.settings.name, shard)
 
     def _prefix(self, shard: int, bucket: int) -> str:
         key = self._key(shard, bucket, 0)
@@ -246,7 +292,10 @@ class Producer:
             return 0
         key = layout.cursor_key(self.settings.name, shard)
         stored = await self.storage.get(key)
-        return 0 if stored is None else decode_cursor(stored.data, key).next_seq
+        if stored is None:
+            return 0
+        cursor = decode_cursor(stored.data, key)
+        return cursor.next_high if bucket == HIGH_LANE else cursor.next_seq
 
     async def _find_end(self, shard: int, bucket: int, seq: int) -> int:
         """The first sequence number >= ``seq`` after the last existing segment.

@@ -11,10 +11,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import random
 import secrets
+import time
 import traceback
 from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass
 from typing import Any
 
 import msgspec
@@ -39,6 +42,7 @@ from s3queue.cursor import (
     Release,
     Rules,
     Stale,
+    Yielded,
     message_of,
     raw_or_none,
 )
@@ -70,6 +74,9 @@ from s3queue.segment import Message, Segment
 from s3queue.storage import Storage, open_storage
 
 DEFAULT_SHARDS = 4
+#: Seconds between two reads of the high wake object by a claiming process: how soon
+#: a busy worker sees a priority message written to a shard it is not claiming from.
+HIGH_CHECK_INTERVAL = 1.0
 MAX_SHARDS = 1024
 #: A dedup reservation whose producer has not finished within this many seconds
 #: belongs to a producer that died mid-enqueue, and may be taken over.
@@ -172,6 +179,16 @@ async def _missing(storage: Storage, name: str) -> QueueNotFound:
     )
 
 
+@dataclass
+class ClaimRound:
+    """What one :meth:`Queue.claim_round` took."""
+
+    leases: list[Lease]
+    #: A shard was given way to another process writing it: an empty claim does
+    #: not mean there is nothing to claim.
+    contended: bool
+
+
 class Queue:
     """A named queue in a store. Open with :meth:`open`; close with :meth:`close`
     (or ``async with``)."""
@@ -214,7 +231,7 @@ class Queue:
             clock,
             self.segments,
             self._register_timer,
-            written=lambda shard: self.committers[shard].log_grew(),
+            written=lambda shard, lane: self.committers[shard].log_grew(lane),
         )
         # Shards this process claims from, best first. A shard whose cursor another
         # process just wrote (a CAS conflict) moves to the back, so processes drift
@@ -222,6 +239,9 @@ class Queue:
         self._reader = QueueReader(storage, settings, self.committers, self.segments, clock)
         self._enqueued_listeners: list[Callable[[list[str]], None]] = []
         self._preference = random.sample(range(settings.shards), settings.shards)
+        #: Rung after changes that make work appear; watched by idle workers (wake.py).
+        self.wake = self.producer.wake
+        self._high_checked_at = -math.inf
 
     # --- opening and closing ----------------------------------------------------------
 
@@ -473,9 +493,21 @@ class Queue:
     ) -> list[Lease]:
         """Lease up to ``max_messages`` messages for ``visibility_timeout`` seconds.
 
-        Higher priority first, then roughly in enqueue order. Returns an empty list
-        when nothing is claimable now.
+        Higher priority first across every shard (a message with priority > 0 goes
+        before the whole backlog of lower ones), then roughly in enqueue order.
+        Returns an empty list when nothing is claimable now.
         """
+        return (await self.claim_round(max_messages, visibility_timeout, owner=owner)).leases
+
+    async def claim_round(
+        self,
+        max_messages: int = 10,
+        visibility_timeout: float = 30.0,
+        *,
+        owner: str | None = None,
+    ) -> ClaimRound:
+        """:meth:`claim`, and whether a shard was given way to another process
+        writing it (then an empty claim does not mean there is no work)."""
         if max_messages < 0 or visibility_timeout <= 0:
             raise ConfigurationError(
                 f"claim(max_messages={max_messages}, visibility_timeout={visibility_timeout})",
@@ -483,20 +515,58 @@ class Queue:
             )
         await self.sync_clock()
         owner = owner or self.owner
-        leases: list[Lease] = []
+        await self._look_around(owner)
+        round_ = ClaimRound([], contended=False)
+        now = self.clock()
+        best = {k: self.committers[k].best_waiting(now) for k in self._preference}
+        # Best first across shards: take from the shard holding the best message, no
+        # lower than the best any other shard holds, then look again.
+        for _ in range(2 * len(best)):
+            known = [k for k in self._preference if best[k] is not None]
+            remaining = max_messages - len(round_.leases)
+            if not known or remaining <= 0:
+                break
+            shard = max(known, key=lambda k: best[k] or 0)
+            others = [b for k in known if k != shard and (b := best[k]) is not None]
+            claim = Claim(owner, remaining, visibility_timeout, max(others) if others else None)
+            taken = await self._claim_from(shard, claim, round_)
+            # Nothing taken (the shard was given way): move on to the others.
+            best[shard] = self.committers[shard].best_waiting(now) if taken else None
+        # Then shards with nothing known to claim: their logs may hold new segments.
         for shard in list(self._preference):
-            remaining = max_messages - len(leases)
+            remaining = max_messages - len(round_.leases)
             if remaining <= 0:
                 break
-            committer = self.committers[shard]
-            conflicts = committer.conflicts
-            claimed = await committer.submit(Claim(owner, remaining, visibility_timeout))
-            assert isinstance(claimed, list)
-            leases.extend(self._lease(c, owner) for c in claimed)
-            if committer.conflicts != conflicts or not claimed:
-                self._preference.remove(shard)
-                self._preference.append(shard)
-        return leases
+            if best.get(shard) is None:
+                claim = Claim(owner, remaining, visibility_timeout)
+                await self._claim_from(shard, claim, round_)
+        return round_
+
+    async def _claim_from(self, shard: int, claim: Claim, round_: ClaimRound) -> int:
+        result = await self.committers[shard].submit(claim)
+        taken = [] if isinstance(result, Yielded) else result
+        assert isinstance(taken, list)
+        if not taken:
+            # Another process writes this shard (a conflict) or it had nothing: try
+            # it last next time, so processes drift onto different shards.
+            self._preference.remove(shard)
+            self._preference.append(shard)
+        round_.contended = round_.contended or isinstance(result, Yielded)
+        round_.leases.extend(self._lease(c, claim.owner) for c in taken)
+        return len(taken)
+
+    async def _look_around(self, owner: str) -> None:
+        """Before claiming: learn of express-lane messages written to any shard (one
+        GET of the high wake object a second at most), and read every shard this
+        process knows nothing of yet, so the claim can take the best first."""
+        if time.monotonic() - self._high_checked_at >= HIGH_CHECK_INTERVAL:
+            self._high_checked_at = time.monotonic()
+            if await self.wake.changed(high=True):
+                for committer in self.committers:
+                    committer.expect_high()
+        blind = [c for c in self.committers if c.cached is None or c.high_pending]
+        if blind:
+            await asyncio.gather(*(c.submit(Claim(owner, 0, 1.0)) for c in blind))
 
     def _lease(self, claimed: Claimed, owner: str) -> Lease:
         message = claimed.message
@@ -566,6 +636,9 @@ class Queue:
         )
         self._check(outcome, lease, "fail")
         assert isinstance(outcome, Failed)
+        if outcome.status == "retry":
+            # Another worker may be idle when the retry falls due (this one may stop).
+            self.wake.ring()
         return Failure(outcome.status, outcome.visible_at)
 
     async def extend(self, lease: Lease, seconds: float) -> float:
@@ -584,12 +657,51 @@ class Queue:
         """Give the message back unprocessed: claimable at once, the attempt not counted."""
         outcome = await self._committer(lease).submit(Release(lease.id, lease.token))
         self._check(outcome, lease, "release")
+        self.wake.ring()  # claimable again now: idle workers should look
 
     async def progress(self, lease: Lease, value: Any) -> None:
         """Record progress (any JSON value, e.g. 0.0 to 1.0) visible through :meth:`get`."""
         raw = encode_json(value, limit=16 * 1024, what="the progress value")
         outcome = await self._committer(lease).submit(Progress(lease.id, lease.token, raw))
         self._check(outcome, lease, "record progress of")
+
+    # --- what an idle worker polls --------------------------------------------------------
+
+    async def arm_wake(self) -> None:
+        """Before going idle: ask whoever adds work next to announce it (one GET, and
+        a PUT unless another worker listens already). Claim once more after this."""
+        await self.wake.arm()
+
+    async def wake_changed(self) -> bool:
+        """One GET: whether anyone announced new work since the last call (True on the
+        first call). See :mod:`s3queue.wake`."""
+        if not await self.wake.changed():
+            return False
+        # New segments may be anywhere: the next claim looks at every log, however
+        # recently it found one empty, and at the express lanes' wake object.
+        for committer in self.committers:
+            committer.forget_misses()
+        self._high_checked_at = -math.inf
+        return True
+
+    def next_due(self) -> float | None:
+        """When, by the store's clock, something this process knows of becomes
+        claimable (a delay or retry ends, a lease can be recovered, a timer bucket
+        falls due); None if nothing. No I/O: it reads the cached cursors."""
+        now = self.clock()
+        dues = [due for c in self.committers if (due := c.next_due(now)) is not None]
+        return min(dues) if dues else None
+
+    async def sweep(self, shard: int) -> bool:
+        """Re-read one shard (its cursor, and its logs for segments nobody announced)
+        and recover expired leases; whether it has something claimable now."""
+        committer = self.committers[shard]
+        committer.expect_high()
+        await committer.refresh()
+        await committer.submit(Claim(self.owner, 0, 1.0))
+        if committer.best_waiting(self.clock()) is not None:
+            return True
+        return await committer.log_has_more()
 
     # --- side records of finished messages ----------------------------------------------
 
@@ -684,12 +796,14 @@ class Queue:
         stored result and dedup key. Messages enqueued during the purge may stay."""
         for shard, committer in enumerate(self.committers):
             cursor = await committer.read()
-            written = await list_segments(self.storage, self.name, shard, cursor.next_seq)
+            written = await list_segments(self.storage, self.name, shard, cursor)
             log_end = max([cursor.next_seq, *(seq + 1 for seq in written.log)])
+            high_end = max([cursor.next_high, *(seq + 1 for seq in written.high)])
             timer_ends: dict[int, int] = {}
             for bucket, seq in written.timers:
                 timer_ends[bucket] = max(timer_ends.get(bucket, 0), seq + 1)
-            await committer.submit(Purge(log_end, tuple(sorted(timer_ends.items()))))
+            timers = tuple(sorted(timer_ends.items()))
+            await committer.submit(Purge(log_end, timers, high_end))
         for prefix in (
             layout.dead_prefix(self.name),
             layout.redriven_prefix(self.name),

@@ -136,11 +136,9 @@ class QueueReader:
         address = layout.parse_message_id(mid)
         if message is None:
             return None
-        if (
-            not address.segment.is_timer
-            and address.segment.seq < cursor.purged_before
-            and result is None
-        ):
+        segment = address.segment
+        purged_before = cursor.purged_high_before if segment.is_high else cursor.purged_before
+        if not segment.is_timer and segment.seq < purged_before and result is None:
             return None  # purged before it ran
         if result is not None:
             key = layout.result_key(self.name, mid)
@@ -239,8 +237,9 @@ class QueueReader:
 
     async def _unread_segments(self, shard: int, cursor: Cursor) -> list[Segment]:
         """Segments written but not yet taken into the cursor's window."""
-        written = await list_segments(self.storage, self.name, shard, cursor.next_seq)
+        written = await list_segments(self.storage, self.name, shard, cursor)
         refs = [SegmentRef.log(seq) for seq in written.log]
+        refs.extend(SegmentRef.high(seq) for seq in written.high)
         for bucket, seq in written.timers:
             next_seq = cursor.timers.get(str(bucket))
             if next_seq is not None and seq >= next_seq:
@@ -265,30 +264,38 @@ class QueueReader:
 
 @dataclass(frozen=True, slots=True)
 class WrittenSegments:
-    """What one listing of a shard found: log sequence numbers from a starting point,
-    and every timer segment as (bucket, seq), seals included."""
+    """What one listing of a shard found: sequence numbers of the log and of the
+    express lane from the cursor's position on, and every timer segment as
+    (bucket, seq), seals included."""
 
     log: list[int]
+    high: list[int]
     timers: list[tuple[int, int]]
 
 
-async def list_segments(storage: Storage, queue: str, shard: int, from_seq: int) -> WrittenSegments:
-    """List a shard's log from ``from_seq`` on, and all its timer segments (foreign
-    keys are skipped with a warning)."""
-    log_prefix = layout.log_prefix(queue, shard)
-    start_after = layout.log_key(queue, shard, from_seq - 1) if from_seq > 0 else None
-    log = [
-        seq
-        for entry in await storage.list(log_prefix, start_after=start_after)
-        if (seq := layout.seq_of(log_prefix, entry.key)) is not None
-    ]
+async def list_segments(
+    storage: Storage, queue: str, shard: int, cursor: Cursor
+) -> WrittenSegments:
+    """List the segments of a shard's two logs that the cursor has not taken in yet,
+    and all its timer segments (foreign keys are skipped with a warning)."""
+    log = await _list_lane(storage, layout.log_prefix(queue, shard), cursor.next_seq)
+    high = await _list_lane(storage, layout.high_prefix(queue, shard), cursor.next_high)
     timer_prefix = layout.timers_prefix(queue, shard)
     timers = [
         ref
         for entry in await storage.list(timer_prefix)
         if (ref := layout.timer_ref(timer_prefix, entry.key)) is not None
     ]
-    return WrittenSegments(log, timers)
+    return WrittenSegments(log, high, timers)
+
+
+async def _list_lane(storage: Storage, prefix: str, from_seq: int) -> list[int]:
+    start_after = f"{prefix}{from_seq - 1:0{layout.LOG_DIGITS}d}" if from_seq > 0 else None
+    return [
+        seq
+        for entry in await storage.list(prefix, start_after=start_after)
+        if (seq := layout.seq_of(prefix, entry.key)) is not None
+    ]
 
 
 def _waiting_status(visible_at: float, now: float) -> Status:
@@ -309,4 +316,6 @@ def _coverage(cursor: Cursor, mid: str) -> str:
         if next_seq is not None:
             return "done" if ref.seq < next_seq else "future"
         return "done" if ref.bucket < cursor.timers_sealed_before else "future"
+    if ref.is_high:
+        return "done" if ref.seq < cursor.next_high else "future"
     return "done" if ref.seq < cursor.next_seq else "future"

@@ -10,12 +10,14 @@ message is never left held by a worker that is not working on it.
 from __future__ import annotations
 
 import asyncio
+import bisect
 import contextlib
 import functools
 import inspect
 import logging
 import math
 import os
+import random
 import secrets
 import signal
 import socket
@@ -37,6 +39,8 @@ log = logging.getLogger("s3queue.worker")
 
 #: The adaptive prefetch grows to at most this many times the concurrency.
 MAX_PREFETCH_FACTOR = 4
+#: Every this many idle checks, one shard is re-read instead of the wake object.
+SWEEP_EVERY = 16
 #: Seconds an ack or failure may wait for this worker's next claim on the same shard,
 #: to share its cursor write. A finished job's lease stays covered by the heartbeat,
 #: so waiting risks nothing; the next claim usually comes much sooner.
@@ -127,10 +131,11 @@ class Worker:
     """Runs ``handler(payload, ctx)`` for messages of ``queue``.
 
     ``concurrency`` handlers run at once (between ``min_concurrency`` and
-    ``max_concurrency`` when autoscaling). Leases last ``visibility_timeout`` and are
-    extended while the job runs. A handler that raises is retried with ``backoff``;
-    one that raises a non-retriable :class:`QueueError`, or fails its last attempt,
-    is dead-lettered.
+    ``max_concurrency`` when autoscaling), highest priority first. Leases last
+    ``visibility_timeout`` and are extended while the job runs. A handler that raises
+    is retried with ``backoff``; one that raises a non-retriable :class:`QueueError`,
+    or fails its last attempt, is dead-lettered. With nothing to claim, the worker
+    makes one storage request per ``poll_interval`` seconds on average.
     """
 
     def __init__(
@@ -143,7 +148,6 @@ class Worker:
         max_attempts: int | None = None,
         backoff: Backoff | None = None,
         poll_interval: float = 1.0,
-        max_poll_interval: float = 10.0,
         job_timeout: float | None = None,
         shutdown_timeout: float = 30.0,
         prefetch: int | None = None,
@@ -168,11 +172,6 @@ class Worker:
             raise ConfigurationError(
                 f"prefetch={prefetch}", suggestion="use prefetch >= 0, or None to adapt it"
             )
-        if max_poll_interval < poll_interval:
-            raise ConfigurationError(
-                f"max_poll_interval={max_poll_interval} < poll_interval={poll_interval}",
-                suggestion="max_poll_interval is the ceiling of the adaptive poll delay",
-            )
         self.queue = queue
         self.handler = handler
         # An object whose __call__ is async counts as an async handler too.
@@ -191,8 +190,9 @@ class Worker:
         self.visibility_timeout = visibility_timeout
         self.max_attempts = max_attempts
         self.backoff = backoff or queue.backoff
+        #: While there is nothing to claim, the worker makes one storage request per
+        #: ``poll_interval`` seconds on average (see :meth:`_idle`).
         self.poll_interval = poll_interval
-        self.max_poll_interval = max_poll_interval
         self.job_timeout = job_timeout
         self.shutdown_timeout = shutdown_timeout
         #: Leases claimed ahead of free slots; None adapts it (see :attr:`prefetch`).
@@ -224,8 +224,9 @@ class Worker:
         #: (seconds): together they size the adaptive prefetch.
         self._finish_times: deque[float] = deque(maxlen=64)
         self._claim_rtt = 0.0
-        self._idle_since: float | None = None
-        self.poll_delay = poll_interval
+        self._checks = 0
+        self._idle_debt = 0.0
+        self._armed = False
         self.processed = 0
         self.failed = 0
         #: time.monotonic() of the first claim of the current run of failed claims
@@ -240,21 +241,22 @@ class Worker:
     def prefetch(self) -> int:
         """How many leases to hold beyond the running jobs.
 
-        Fixed when given. Otherwise ``concurrency`` while jobs take longer than a
-        couple of claim round trips (so long jobs do not hoard messages that idle
-        workers could take), growing to ``4 x concurrency`` for jobs shorter than
-        that: enough leases in hand that no slot waits for a claim, and claims
-        large enough that one cursor write carries many messages.
+        Fixed when given. Otherwise twice the jobs that finish during one claim round
+        trip, up to ``4 x concurrency``: enough leases in hand that no slot waits for
+        a claim, and claims large enough that one cursor write carries many messages.
+        None before jobs have finished (a worker that just started or was idle takes
+        only what it can run, so a small batch is shared by every idle worker) and
+        few for long jobs (they would hoard messages that idle workers could take).
         """
         if self.fixed_prefetch is not None:
             return self.fixed_prefetch
         finished = self._finish_times
         if len(finished) < 2 or self._claim_rtt <= 0:
-            return self.concurrency
+            return 0
         span = max(time.monotonic() - finished[0], 1e-3)
         consumed_per_claim = len(finished) / span * self._claim_rtt
         wanted = math.ceil(2 * consumed_per_claim)
-        return max(self.concurrency, min(MAX_PREFETCH_FACTOR * self.concurrency, wanted))
+        return min(MAX_PREFETCH_FACTOR * self.concurrency, wanted)
 
     @property
     def is_running(self) -> bool:
@@ -416,56 +418,125 @@ class Worker:
                     self._slot_free.clear()
                     await self._slot_free.wait()
                     continue
-                try:
-                    asked = time.monotonic()
-                    leases = await self.queue.claim(
-                        want, self.visibility_timeout, owner=self.worker_id
-                    )
-                    self.claim_failing_since = None
-                    if leases:
-                        rtt = time.monotonic() - asked
-                        self._claim_rtt = (
-                            rtt if not self._claim_rtt else (0.8 * self._claim_rtt + 0.2 * rtt)
-                        )
-                except QueueError as error:
-                    if not error.retriable:
-                        self.exit_error = error
-                        self._stopping.set()
-                        break
-                    log.warning("claim failed, will retry: %s", error)
-                    if self.claim_failing_since is None:
-                        self.claim_failing_since = time.monotonic()
-                    leases = []
+                leases, contended = await self._claim(want)
+                if contended and not leases:
+                    # Another process was writing the shards that hold work: give it
+                    # a moment, then claim again (idling would leave the work there).
+                    await self._wait_stopping(random.uniform(0.002, 0.02))
+                    continue
                 if leases:
-                    self.poll_delay = self.poll_interval
+                    self._armed = False
                     for lease in leases:
                         self._emit("claimed", message_id=lease.id, attempt=lease.attempt)
-                    self._buffer.extend(leases)
+                        bisect.insort(self._buffer, lease, key=_by_priority)
                     self._autoscale(busy=True)
                     continue
                 self._autoscale(busy=False)
-                if not self._running:
-                    await self._wait_stopping(self.poll_delay)
-                    self.poll_delay = min(self.max_poll_interval, self.poll_delay * 2)
-                else:
-                    # Jobs are running: look again when one finishes or after a poll.
-                    self._slot_free.clear()
-                    with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(self._slot_free.wait(), self.poll_delay)
-                    self.poll_delay = min(self.max_poll_interval, self.poll_delay * 2)
+                if not self._armed:
+                    # Ask producers to announce what they write next, then claim once
+                    # more: what they wrote before the arming is found by that claim.
+                    self._armed = await self._arm()
+                    continue
+                if await self._idle(until_slot_free=bool(self._running)):
+                    self._armed = False  # a ring disarms it: arm again before idling
             try:
                 await self._shutdown()
             finally:
                 self._jobs_done.set()
 
+    async def _claim(self, want: int) -> tuple[list[Lease], bool]:
+        """Leases claimed, and whether a busy shard was given way to another process."""
+        try:
+            asked = time.monotonic()
+            got = await self.queue.claim_round(want, self.visibility_timeout, owner=self.worker_id)
+        except QueueError as error:
+            self._storage_failed(error)
+            return [], False
+        self.claim_failing_since = None
+        if got.leases:
+            rtt = time.monotonic() - asked
+            self._claim_rtt = rtt if not self._claim_rtt else (0.8 * self._claim_rtt + 0.2 * rtt)
+        return got.leases, got.contended
+
     async def _wait_stopping(self, seconds: float) -> None:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._stopping.wait(), seconds)
 
+    def _storage_failed(self, error: QueueError) -> None:
+        if not error.retriable:
+            self.exit_error = error
+            self._stopping.set()
+            return
+        log.warning("storage request failed, will retry: %s", error)
+        if self.claim_failing_since is None:
+            self.claim_failing_since = time.monotonic()
+
+    # --- idle ---------------------------------------------------------------------------------
+
+    async def _arm(self) -> bool:
+        try:
+            await self.queue.arm_wake()
+        except QueueError as error:
+            self._storage_failed(error)
+            return False
+        return True
+
+    async def _idle(self, *, until_slot_free: bool) -> bool:
+        """Nothing to claim: wait until there may be something, spending one storage
+        request per ``poll_interval`` on average.
+
+        Each check reads the queue's wake object (one GET: producers rewrite it after
+        writing, workers after releasing or retrying), and every SWEEP_EVERY-th check
+        re-reads one shard instead (cursor and logs), which finds what no wake-up
+        announced: a producer that died before ringing, leases of dead workers. Known
+        due times (delays, retries, lease expiries, timer buckets) end the wait
+        without any request. With jobs running, a finished job ends it too. Returns
+        whether the wake object changed.
+        """
+        if until_slot_free:
+            self._slot_free.clear()
+        while not self._stopping.is_set():
+            if self._buffer and len(self._running) < self.concurrency:
+                # A job ended while the claim was in flight: a buffered one can start.
+                return False
+            due = self.queue.next_due()
+            wait = self._idle_debt
+            if due is not None:
+                wait = min(wait, max(0.0, due - self.queue.clock()))
+            stop = self._slot_free if until_slot_free else self._stopping
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), wait)
+                return False
+            if self._stopping.is_set() or (due is not None and self.queue.clock() >= due):
+                return False
+            if await self._check():
+                return True
+        return False
+
+    async def _check(self) -> bool:
+        """One idle check; whether there may be work. Sets the wait before the next
+        from the requests this one made."""
+        counts = self.queue.storage.counts
+        before = counts.total
+        self._checks += 1
+        try:
+            await self.queue.sync_clock()
+            if self._checks % SWEEP_EVERY == 0:
+                shard = self._checks // SWEEP_EVERY % self.queue.settings.shards
+                found = await self.queue.sweep(shard)
+            else:
+                found = await self.queue.wake_changed()
+            self.claim_failing_since = None
+        except QueueError as error:
+            self._storage_failed(error)
+            found = False
+        self._idle_debt = max(1, counts.total - before) * self.poll_interval
+        return found
+
     def _start_buffered(self, jobs: asyncio.TaskGroup) -> int:
         started = 0
         while self._buffer and len(self._running) < self.concurrency:
-            lease = self._buffer.pop(0)
+            lease = self._buffer.pop(0)  # the buffer is kept best first
             job = _Job(lease, started_at=time.monotonic())
             self._running[lease.id] = job
             job.task = jobs.create_task(self._execute(job), name=f"s3queue-job-{lease.id}")
@@ -712,6 +783,11 @@ async def _resolved(call: Awaitable[Any]) -> Any:
     while inspect.isawaitable(result):
         result = await result
     return result
+
+
+def _by_priority(lease: Lease) -> int:
+    """Buffer order: highest priority first, then in the order claimed."""
+    return -lease.priority
 
 
 class JobTimeout(QueueError):
