@@ -10,6 +10,7 @@ import subprocess
 import sys
 import urllib.request
 from collections.abc import AsyncIterator
+from html.parser import HTMLParser
 from pathlib import Path
 
 import pytest
@@ -17,7 +18,7 @@ import pytest
 from s3queue import Queue
 from s3queue.dashboard import AllowedHosts, Dashboard
 from s3queue.storage import Storage, open_storage
-from tests.httpget import fetch, get
+from tests.httpget import Answer, fetch, get
 
 
 @pytest.fixture
@@ -160,6 +161,89 @@ def test_binding_an_address_or_a_name_serves_what_was_bound() -> None:
     named = AllowedHosts.for_bind("queue-box", [])
     assert named.refusal("queue-box:8321") is None
     assert named.refusal("other-box:8321") is not None
+
+
+SECURITY_HEADERS = {
+    "x-frame-options": "DENY",
+    "x-content-type-options": "nosniff",
+    "referrer-policy": "no-referrer",
+}
+
+
+def assert_locked_down(answer: Answer, what: str) -> None:
+    for name, value in SECURITY_HEADERS.items():
+        assert answer.headers.get(name) == value, (what, name, answer.headers)
+    policy = [d.strip() for d in answer.headers["content-security-policy"].split(";")]
+    assert "default-src 'self'" in policy, what
+    assert "frame-ancestors 'none'" in policy, what
+    assert "unsafe-inline" not in answer.headers["content-security-policy"], what
+
+
+async def test_every_answer_carries_the_security_headers(storage: Storage, port: int) -> None:
+    q = await Queue.open(storage, "known", shards=1)
+    await q.close()
+    here = f"127.0.0.1:{port}"
+    answers = {
+        "page": await fetch(port, "/", host=here),
+        "api": await fetch(port, "/api/queues", host=here),
+        "not found": await fetch(port, "/nothing/here", host=here),
+        "bad limit": await fetch(port, "/api/queues/known/dead?limit=0", host=here),
+        "foreign host": await fetch(port, "/", host="evil.example"),
+        "no host": await fetch(port, "/", host=None),
+        "wrong method": await fetch(port, "/", host=here, method="POST"),
+    }
+    assert [a.status for a in answers.values()] == [200, 200, 404, 400, 421, 400, 405]
+    for what, answer in answers.items():
+        assert_locked_down(answer, what)
+
+
+class PageParts(HTMLParser):
+    """What a page loads, and any code or style written into it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.scripts: list[str] = []
+        self.stylesheets: list[str] = []
+        self.inline: list[str] = []
+        self._in_script = False
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        attributes = dict(attrs)
+        self.inline += [f"{tag} {name}=" for name in attributes if name.startswith("on")]
+        self.inline += [f"{tag} style=" for name in attributes if name == "style"]
+        if tag == "style":
+            self.inline.append("<style>")
+        if tag == "script":
+            self._in_script = attributes.get("src") is None
+            if attributes.get("src"):
+                self.scripts.append(str(attributes["src"]))
+        if tag == "link" and attributes.get("rel") == "stylesheet":
+            self.stylesheets.append(str(attributes["href"]))
+
+    def handle_data(self, data: str) -> None:
+        if self._in_script and data.strip():
+            self.inline.append("<script>" + data[:40])
+
+    def handle_endtag(self, tag: str) -> None:
+        self._in_script = False
+
+
+async def test_the_page_works_under_its_policy(port: int) -> None:
+    # The policy forbids inline code, so the page may only load files the dashboard serves.
+    status, page = await get(port, "/")
+    assert status == 200
+    parts = PageParts()
+    parts.feed(page)
+    assert parts.inline == []
+    assert parts.scripts and parts.stylesheets
+    for src, kind in [(s, "text/javascript") for s in parts.scripts] + [
+        (s, "text/css") for s in parts.stylesheets
+    ]:
+        assert not src.startswith(("http:", "https:", "//")), src
+        answer = await fetch(port, "/" + src, host=f"127.0.0.1:{port}")
+        assert answer.status == 200, src
+        assert answer.headers["content-type"].startswith(kind), src
+        assert_locked_down(answer, src)
 
 
 @pytest.mark.parametrize(

@@ -5,12 +5,13 @@ letters), so it knows the whole history the bucket keeps, whoever wrote it, and
 loses nothing when it restarts. It changes nothing: redrive and purge stay on the
 command line, where they need no authentication story.
 
-Routes: ``/`` (the page), ``/api/queues`` (every queue's counts, cached for
-``refresh`` seconds so that many browser tabs cost one read), and per queue
-``/api/queues/<name>/dead`` and ``/api/queues/<name>/messages/<id>``.
+Routes: ``/`` (the page, with ``/dashboard.js`` and ``/dashboard.css``),
+``/api/queues`` (every queue's counts, cached for ``refresh`` seconds so that many
+browser tabs cost one read), and per queue ``/api/queues/<name>/dead`` and
+``/api/queues/<name>/messages/<id>``.
 
 It answers only requests addressed to a name it was told is its own (see
-:class:`AllowedHosts`).
+:class:`AllowedHosts`), and every answer forbids framing, sniffing and inline code.
 """
 
 from __future__ import annotations
@@ -31,6 +32,25 @@ from s3queue.storage import Storage
 from s3queue.webserver import Request, Response
 
 MAX_DEAD = 500
+
+#: Sent with every answer. The page runs only the files the dashboard serves, so markup
+#: that slipped into a queue name or an error message could not run script; no other
+#: site may frame it (clickjacking); and it tells no site it links to where it was.
+HEADERS = {
+    "Content-Security-Policy": (
+        "default-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
+    ),
+    "X-Frame-Options": "DENY",  # frame-ancestors, for browsers that predate it
+    "Referrer-Policy": "no-referrer",
+}
+
+#: The page and the files it loads, by path: script and style are files of their own
+#: because the policy above refuses inline ones.
+FILES = {
+    "": ("dashboard.html", "text/html; charset=utf-8"),
+    "dashboard.js": ("dashboard.js", "text/javascript; charset=utf-8"),
+    "dashboard.css": ("dashboard.css", "text/css; charset=utf-8"),
+}
 
 
 @dataclass(frozen=True)
@@ -132,7 +152,7 @@ class Dashboard:
 
     async def serve(self, host: str = "127.0.0.1", port: int = 8321) -> asyncio.Server:
         self.hosts = AllowedHosts.for_bind(host, self.allowed_hosts)
-        return await webserver.serve(self.answer, host, port)
+        return await webserver.serve(self.answer, host, port, headers=HEADERS)
 
     async def close(self) -> None:
         for queue in self._queues.values():
@@ -146,9 +166,11 @@ class Dashboard:
         if refusal is not None:
             return refusal
         parts = [p for p in request.path.split("/") if p]
-        if not parts:
-            page = resources.files("s3queue").joinpath("dashboard.html").read_bytes()
-            return Response(200, "text/html; charset=utf-8", page)
+        if len(parts) <= 1 and "".join(parts) in FILES:
+            name, content_type = FILES["".join(parts)]
+            return Response(
+                200, content_type, resources.files("s3queue").joinpath(name).read_bytes()
+            )
         if parts == ["api", "queues"]:
             return Response.json(await self.overview())
         if len(parts) >= 4 and parts[:2] == ["api", "queues"]:
