@@ -13,7 +13,7 @@ from s3queue import Backoff, JobContext, Queue, Worker
 from s3queue.monitor import WorkerMonitor
 from s3queue.storage import RetryingStorage, RetryPolicy, open_raw_storage
 from s3queue.storage.faults import Fault, FaultyStorage
-from tests.httpget import get
+from tests.httpget import fetch, get
 
 FAST = {"poll_interval": 0.01}
 
@@ -103,6 +103,19 @@ async def test_health_follows_the_worker_lifecycle(queue: Queue) -> None:
     status, body = await get(port, "/readyz")
     assert status == 503
     assert (await get(port, "/nowhere"))[0] == 404
+    server.close()
+
+
+async def test_metrics_answer_any_host_name_and_forbid_sniffing(queue: Queue) -> None:
+    async def handler(payload: Any, ctx: JobContext) -> None:
+        return None
+
+    server, port = await serve(WorkerMonitor(Worker(queue, handler, concurrency=1, **FAST)))
+    # Prometheus scrapes by pod address or by a service name the worker cannot know.
+    for host in ("10.0.3.7:9191", "workers.jobs.svc.cluster.local:9191", None):
+        answer = await fetch(port, "/metrics", host=host)
+        assert answer.status == 200, host
+        assert answer.headers["x-content-type-options"] == "nosniff"
     server.close()
 
 

@@ -628,15 +628,28 @@ def dashboard(
     refresh: Annotated[
         float, typer.Option(help="Seconds between reads of the bucket (each costs requests).")
     ] = 5.0,
+    allowed_host: Annotated[
+        list[str] | None,
+        typer.Option(
+            metavar="NAME",
+            envvar="S3QUEUE_DASHBOARD_ALLOWED_HOSTS",
+            help="A host name browsers reach the dashboard by, besides its address and "
+            "localhost; other names are refused (DNS rebinding). Repeatable; the "
+            "variable takes a comma-separated list.",
+        ),
+    ] = None,
 ) -> None:
     """Serve a read-only web dashboard of every queue under the URL."""
+    # Host names hold no commas, so a list in one value (the variable's form) is safe to split.
+    names = [name.strip() for value in allowed_host or [] for name in value.split(",")]
+    names = [name for name in names if name]
 
     async def main() -> None:
         from s3queue.dashboard import Dashboard
 
         storage = open_storage(options.url)
         try:
-            board = Dashboard(storage, refresh=refresh)
+            board = Dashboard(storage, refresh=refresh, allowed_hosts=names)
             try:
                 server, base = await listen(board.serve, host, port, "the dashboard", "--port")
                 print(f"dashboard on {base} (Ctrl-C stops)", flush=True)

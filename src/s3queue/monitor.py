@@ -147,6 +147,9 @@ class WorkerMonitor:
     async def serve(self, host: str = "127.0.0.1", port: int = 9191) -> asyncio.Server:
         """Start answering on ``host:port`` (port 0 picks a free one: see
         ``server.sockets[0].getsockname()``); close the returned server to stop."""
+        # No Host check, unlike the dashboard: Prometheus scrapes by pod address or by a
+        # service name the worker cannot know, and a refused scrape is an outage. What a
+        # rebound page could read here is counts and health, never a job's payload.
         return await webserver.serve(self.answer, host, port)
 
     async def answer(self, request: webserver.Request) -> webserver.Response:

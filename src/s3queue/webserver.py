@@ -2,7 +2,9 @@
 
 Both serve a handful of GET routes to a scraper or a browser on the operator's
 network; a few dozen lines on the worker's own event loop beat a web framework as a
-dependency. One request per connection, no keep-alive, bounded request size.
+dependency. One request per connection, no keep-alive, bounded request size. The
+server hands each route the Host the client asked for, and deciding whether to
+answer to that name is the app's business.
 """
 
 from __future__ import annotations
@@ -11,8 +13,10 @@ import asyncio
 import contextlib
 import json
 import logging
-from collections.abc import Awaitable, Callable
+import re
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
+from types import MappingProxyType
 from typing import Any
 from urllib.parse import parse_qsl, unquote, urlsplit
 
@@ -27,9 +31,19 @@ REASONS = {
     400: "Bad Request",
     404: "Not Found",
     405: "Method Not Allowed",
+    421: "Misdirected Request",
     500: "Internal Server Error",
     503: "Service Unavailable",
 }
+
+
+#: Every answer declares its type, so a browser that guessed another could only be
+#: tricked into running a JSON or text body as script or style.
+NOSNIFF = {"X-Content-Type-Options": "nosniff"}
+
+#: A Host header: a name or an IPv4 address, or an IPv6 address in brackets, then an
+#: optional port. Browsers send nothing else; anything else is refused before routing.
+_HOST = re.compile(r"(?:\[(?P<v6>[0-9a-f:.]+)\]|(?P<name>[a-z0-9._-]+))(?::[0-9]{1,5})?")
 
 
 @dataclass(frozen=True)
@@ -37,6 +51,18 @@ class Request:
     method: str
     path: str
     query: dict[str, str] = field(default_factory=dict)
+    #: The authority the client asked for, as it sent it: the Host header, or the
+    #: target's own authority when it sent an absolute URL; None when it named none.
+    host: str | None = None
+
+
+def host_name(host: str) -> str | None:
+    """The name or address in a Host header, lower case, without port, brackets or a
+    final dot (``Queue.Example.:443`` is ``queue.example``); None if it is malformed."""
+    match = _HOST.fullmatch(host.strip().lower())
+    if match is None:
+        return None
+    return match["v6"] or match["name"].removesuffix(".") or None
 
 
 @dataclass(frozen=True)
@@ -57,9 +83,13 @@ class Response:
 App = Callable[[Request], Awaitable[Response]]
 
 
-async def serve(app: App, host: str, port: int) -> asyncio.Server:
+async def serve(
+    app: App, host: str, port: int, *, headers: Mapping[str, str] = MappingProxyType({})
+) -> asyncio.Server:
     """Answer GET and HEAD requests on ``host:port`` with ``app`` (port 0 picks a free
-    port: ``server.sockets[0].getsockname()``). Close the server to stop."""
+    port: ``server.sockets[0].getsockname()``). Close the server to stop. Every
+    answer, the server's own refusals included, carries ``headers``."""
+    extra = "".join(f"{name}: {value}\r\n" for name, value in {**NOSNIFF, **headers}.items())
 
     async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
@@ -68,7 +98,7 @@ async def serve(app: App, host: str, port: int) -> asyncio.Server:
             head = (
                 f"HTTP/1.1 {response.status} {reason}\r\n"
                 f"Content-Type: {response.content_type}\r\n"
-                f"Content-Length: {len(response.body)}\r\n"
+                f"Content-Length: {len(response.body)}\r\n{extra}"
                 "Cache-Control: no-store\r\nConnection: close\r\n\r\n"
             )
             writer.write(head.encode() + (b"" if head_only else response.body))
@@ -83,23 +113,44 @@ async def serve(app: App, host: str, port: int) -> asyncio.Server:
     return await asyncio.start_server(answer, host, port, limit=MAX_LINE)
 
 
-async def _respond(app: App, reader: asyncio.StreamReader) -> tuple[Response, bool]:
+async def _read_head(reader: asyncio.StreamReader) -> tuple[str, list[str]] | None:
+    """The request line and the Host header values; None if the head is too large."""
     try:
         line = await reader.readline()
-        for _ in range(MAX_HEADERS):
+        hosts = []
+        for _ in range(MAX_HEADERS + 1):  # the headers, then the blank line ending them
             header = await reader.readline()
             if header in (b"\r\n", b"\n", b""):
                 break
+            name, _, value = header.decode("latin-1").partition(":")
+            if name.strip().lower() == "host":
+                hosts.append(value.strip())
+        else:
+            return None
     except ValueError:  # a line over the limit
+        return None
+    return line.decode("latin-1"), hosts
+
+
+async def _respond(app: App, reader: asyncio.StreamReader) -> tuple[Response, bool]:
+    head = await _read_head(reader)
+    if head is None:
         return Response.text(400, "request too large\n"), False
-    parts = line.decode("latin-1").split()
-    if len(parts) < 2:
+    line, hosts = head
+    parts = line.split()
+    # Two Host headers could be read differently by a proxy in front and by us.
+    if len(parts) < 2 or len(hosts) > 1:
         return Response.text(400, "bad request\n"), False
     method, target = parts[0], parts[1]
     if method not in ("GET", "HEAD"):
         return Response.text(405, "only GET and HEAD\n"), False
     url = urlsplit(target)
-    request = Request(method, unquote(url.path), dict(parse_qsl(url.query)))
+    host: str | None
+    if url.scheme:  # an absolute URL: its authority wins over Host (RFC 9112, 3.2.2)
+        path, host = url.path, url.netloc
+    else:  # a path, where "//name/..." is still a path, not an authority
+        path, host = target.partition("?")[0], hosts[0] if hosts else None
+    request = Request(method, unquote(path), dict(parse_qsl(url.query)), host)
     try:
         return await app(request), method == "HEAD"
     except Exception as error:  # one bad request must not take the server down
