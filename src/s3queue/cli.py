@@ -443,6 +443,10 @@ def stats(
                     print(json.dumps(s.to_json()))
                 else:
                     out.print(stats_table(queue, s, shards))
+                for problem in s.problems:
+                    err.print(f"problem: {problem.key}: {problem.what}", soft_wrap=True)
+                if s.problems:
+                    err.print(f"the counts leave these out; see: s3queue doctor {queue}")
                 return
             with Live(console=out, auto_refresh=False) as live:
                 while True:
@@ -604,6 +608,71 @@ def purge(
 
     run(main)
     out.print(f"purged {queue}")
+
+
+@app.command()
+def doctor(
+    queue: Annotated[str, typer.Argument(help="Queue name.")],
+    fix: Annotated[bool, typer.Option("--fix", help="Repair what can be repaired.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+) -> None:
+    """List what is wrong with a queue's objects and what --fix would do about it.
+
+    Reads every object under the queue's prefix; changes nothing without --fix.
+    Exits 1 while problems remain.
+    """
+    from s3queue import doctor as checks
+
+    async def main() -> tuple[list[checks.Finding], list[str]]:
+        storage = open_storage(options.url)
+        done: list[str] = []
+        try:
+            # A repair can uncover more (new settings make the shards readable):
+            # look again after each round that changed something.
+            for _ in range(3):
+                findings, fixed = await _examine(storage, queue, fix)
+                done.extend(fixed)
+                if not fixed:
+                    break
+            return findings, done
+        finally:
+            await storage.close()
+
+    findings, done = run(main)
+    for line in done:
+        err.print(f"fixed: {line}", soft_wrap=True)
+    if as_json:
+        rows = [{"key": f.key, "problem": f.problem, "fix": f.action} for f in findings]
+        print(json.dumps({"problems": rows, "fixed": done}))
+    elif not findings:
+        out.print(f"queue {queue}: no problems found")
+    else:
+        table = Table(title=f"problems of queue {queue} ({len(findings)})")
+        for column in ("object", "problem", "--fix does"):
+            table.add_column(column, overflow="fold")
+        for f in findings:
+            table.add_row(f.key, f.problem, f.action or "nothing: left to you")
+        out.print(table)
+    if findings:
+        raise typer.Exit(1)
+
+
+async def _examine(storage: Any, queue: str, fix: bool) -> tuple[list[Any], list[str]]:
+    from s3queue import doctor as checks
+    from s3queue.errors import CorruptData
+
+    try:
+        q = await Queue.open(storage, queue, create=False, verify_store=False)
+    except CorruptData as error:
+        if error.metadata.get("key") != layout.settings_key(queue):
+            raise
+        found = [await checks.settings_finding(storage, queue, error)]
+        return found, (await checks.repair(found) if fix else [])
+    try:
+        findings = await checks.Doctor(q).examine()
+        return findings, (await checks.repair(findings) if fix else [])
+    finally:
+        await q.close()
 
 
 @app.command()

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 
 import msgspec
 
-from s3queue import layout
+from s3queue import layout, quarantine
 from s3queue.cursor import (
     YIELDED,
     Ack,
@@ -35,6 +35,7 @@ from s3queue.cursor import (
     Ingest,
     Operation,
     Progress,
+    Quarantine,
     Recovered,
     Release,
     Result,
@@ -47,7 +48,13 @@ from s3queue.cursor import (
     encode_cursor,
     next_due,
 )
-from s3queue.errors import AmbiguousWrite, PreconditionFailed, QueueError, StorageUnavailable
+from s3queue.errors import (
+    AmbiguousWrite,
+    CorruptData,
+    PreconditionFailed,
+    QueueError,
+    StorageUnavailable,
+)
 from s3queue.layout import HIGH_LANE, SegmentRef
 from s3queue.records import QueueSettings
 from s3queue.segment import Segment, decode_segment
@@ -99,16 +106,24 @@ class SegmentCache:
             self._items.popitem(last=False)
 
     async def fetch(self, shard: int, ref: SegmentRef) -> Segment | None:
-        """The segment, from cache or storage; None if it does not exist (yet)."""
+        """The segment, from cache or storage; None if it does not exist (yet).
+
+        Raises CorruptData (``metadata``: key, shard, ref) when it cannot be read."""
         cached = self.get(shard, ref)
         if cached is not None:
             return cached
         key = ref.key(self._queue, shard)
         stored = await self._storage.get(key)
-        if stored is None or not stored.data:
+        if stored is None or (not stored.data and ref.is_timer):
             # Nothing there yet, or the empty object that seals a timer bucket.
             return None
-        segment = decode_segment(stored.data, key)
+        try:
+            if not stored.data:
+                raise CorruptData(f"empty segment at {key}", metadata={"key": key})
+            segment = decode_segment(stored.data, key)
+        except CorruptData as error:
+            error.metadata.update(shard=shard, ref=str(ref))
+            raise
         self.put(shard, ref, segment)
         return segment
 
@@ -117,12 +132,13 @@ class SegmentCache:
         fetched = await asyncio.gather(*(self.fetch(shard, ref) for ref in missing))
         for ref, segment in zip(missing, fetched, strict=True):
             if segment is None:
-                raise QueueError(
-                    f"segment {ref} of shard {shard} of queue {self._queue!r} is missing "
-                    "although the cursor still needs it",
-                    retriable=False,
+                key = ref.key(self._queue, shard)
+                raise CorruptData(
+                    f"segment {key} is missing although the cursor still needs it",
                     suggestion="segments must not be deleted by hand or by a lifecycle rule "
-                    "shorter than the longest time a message may wait",
+                    "shorter than the longest time a message may wait; its messages are "
+                    "set aside as lost",
+                    metadata={"key": key, "shard": shard, "ref": str(ref), "missing": True},
                 )
         out: dict[str, Segment] = {}
         for ref in refs:
@@ -168,6 +184,9 @@ class ShardCommitter:
         self._task: asyncio.Task[None] | None = None
         self._background: set[asyncio.Task[None]] = set()
         self._finalizing: set[str] = set()
+        #: Segments found unreadable and recorded under quarantine/, to leave the
+        #: window with the next commit.
+        self._aside: set[SegmentRef] = set()
         #: (lane, next seq) -> time.monotonic() when that segment was found missing.
         self._misses: dict[tuple[int, int], float] = {}
         #: time.monotonic() when the cached cursor was last known to be current.
@@ -319,10 +338,16 @@ class ShardCommitter:
             cursor, etag = self._cursor, self._etag
             assert cursor is not None
             now = self.context.clock()
-            prepared = await self._prepare(cursor, ops, now)
-            segments = await self.context.segments.require(
-                self.shard, self._needed_segments(cursor, prepared + ops)
-            )
+            try:
+                prepared = await self._prepare(cursor, ops, now)
+                segments = await self.context.segments.require(
+                    self.shard, self._needed_segments(cursor, prepared + ops)
+                )
+            except CorruptData as error:
+                if "ref" not in error.metadata:
+                    raise
+                await self._set_aside(error, cursor)
+                continue
             commit = secrets.token_hex(8)
             transition = apply(
                 cursor,
@@ -400,12 +425,41 @@ class ShardCommitter:
         for op in ops:
             if isinstance(op, Ack | Fail | Extend | Release | Progress):
                 refs.add(layout.parse_message_id(op.id).segment)
-        return sorted(refs)
+        return sorted(refs - self._aside)
+
+    async def _set_aside(self, error: CorruptData, cursor: Cursor) -> None:
+        """Quarantine a segment that cannot be read, so the rest of the shard keeps
+        working: a record under quarantine/, then the segment leaves the window (or
+        is stepped over in its lane) in the next commit."""
+        ref = SegmentRef.parse(str(error.metadata["ref"]))
+        window = next((s for s in cursor.open if s.ref == str(ref)), None)
+        await quarantine.record(
+            self.context.storage,
+            self.context.settings.name,
+            self.shard,
+            ref,
+            error.message,
+            self.context.clock(),
+            quarantine.unfinished(self.shard, window),
+        )
+        self._aside.add(ref)
+
+    async def set_aside(self, ref: SegmentRef, reason: str) -> None:
+        """Quarantine a segment of the window now (``s3queue doctor --fix``)."""
+        cursor = await self.refresh()
+        error = CorruptData(reason, metadata={"ref": str(ref)})
+        await self._set_aside(error, cursor)
+        await self.submit(Claim("doctor", 0, 1.0))
 
     # --- what a batch needs before it is applied -----------------------------------------
 
     async def _prepare(self, cursor: Cursor, ops: list[Operation], now: float) -> list[Operation]:
-        prepared: list[Operation] = []
+        # Segments of the window set aside; those ahead of it are skipped in their
+        # place by the probes below.
+        window = {s.ref for s in cursor.open}
+        prepared: list[Operation] = [
+            Quarantine(ref) for ref in sorted(self._aside) if str(ref) in window
+        ]
         orphans = [
             mid
             for mid, flight in cursor.flights.items()
@@ -449,10 +503,11 @@ class ShardCommitter:
         self.high_pending = True
 
     def _settled(self) -> None:
-        """A commit (or a batch that changed nothing) went through after its
-        prepare read the express lane to its end: that lane is known."""
+        """A commit (or a batch that changed nothing) went through: the express lane
+        is known if its prepare read it to the end, and segments set aside are out."""
         if self._high_probed == self._high_generation:
             self.high_pending = False
+        self._aside.clear()
 
     def _missed(self, lane: int, seq: int) -> bool:
         """Whether ``seq`` of ``lane`` was found missing a moment ago: after a log
@@ -473,10 +528,11 @@ class ShardCommitter:
         fanout = 1
         while wanted > 0 and len(found) < room:
             refs = [make(seq + i) for i in range(fanout)]
-            fetched = await asyncio.gather(
-                *(self.context.segments.fetch(self.shard, ref) for ref in refs)
-            )
+            fetched = await asyncio.gather(*(self._fetch(ref) for ref in refs))
             for ref, segment in zip(refs, fetched, strict=True):
+                if ref in self._aside:
+                    found.append(Quarantine(ref))  # set aside: stepped over
+                    continue
                 if segment is None:
                     self._misses[(lane, ref.seq)] = time.monotonic()
                     return found
@@ -485,6 +541,11 @@ class ShardCommitter:
             seq += fanout
             fanout = PROBE_FANOUT
         return found
+
+    async def _fetch(self, ref: SegmentRef) -> Segment | None:
+        if ref in self._aside:
+            return None
+        return await self.context.segments.fetch(self.shard, ref)
 
     async def _probe_timers(self, cursor: Cursor, now: float) -> list[Operation]:
         found: list[Operation] = []
@@ -498,7 +559,11 @@ class ShardCommitter:
             seq = next_seq
             while True:
                 ref = SegmentRef.timer(bucket, seq)
-                segment = await self.context.segments.fetch(self.shard, ref)
+                segment = await self._fetch(ref)
+                if ref in self._aside:
+                    found.append(Quarantine(ref))
+                    seq += 1
+                    continue
                 if segment is None:
                     self._misses[(bucket, seq)] = time.monotonic()
                     break

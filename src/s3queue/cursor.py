@@ -84,6 +84,7 @@ class Counters(msgspec.Struct, frozen=True, kw_only=True):
     recovered: int = 0
     released: int = 0
     stale_rejected: int = 0
+    quarantined: int = 0
 
 
 class Cursor(msgspec.Struct, frozen=True, kw_only=True):
@@ -109,7 +110,7 @@ def encode_cursor(cursor: Cursor) -> bytes:
 
 
 def decode_cursor(data: bytes, key: str) -> Cursor:
-    return decode(data, Cursor, what=f"cursor {key}")
+    return decode(data, Cursor, what="cursor", key=key)
 
 
 # --- operations ----------------------------------------------------------------
@@ -180,6 +181,15 @@ class Finalize:
 
 
 @dataclass(frozen=True, slots=True)
+class Quarantine:
+    """Set aside a segment that cannot be read: out of the window (its unfinished
+    messages with it), or skipped if it is the next of its lane. Applied before
+    anything else in a batch, so nothing else touches the segment."""
+
+    ref: SegmentRef
+
+
+@dataclass(frozen=True, slots=True)
 class RegisterTimer:
     bucket: int
 
@@ -212,6 +222,7 @@ Operation = (
     | RegisterTimer
     | SealTimer
     | Purge
+    | Quarantine
 )
 
 # --- results -----------------------------------------------------------------------
@@ -428,7 +439,8 @@ def _recover_expired(
         if dead:
             state.finish(mid, flight, "dead", now, None, t, message_of(segments, mid))
         else:
-            state.flights[mid] = msgspec.structs.replace(flight, lease=None, visible_at=now)
+            # Visible at once (0: to every process, whatever its clock estimate).
+            state.flights[mid] = msgspec.structs.replace(flight, lease=None, visible_at=0.0)
 
 
 def candidates(cursor: Cursor, segments: Mapping[str, Segment], now: float) -> list[str]:
@@ -567,6 +579,10 @@ def apply(
     """
     state = _State(cursor)
     t = Transition(cursor, [])
+    # Segments of the window set aside go first: nothing else may touch them.
+    for op in operations:
+        if isinstance(op, Quarantine) and str(op.ref) in state.open:
+            _quarantine(state, op.ref)
     _recover_expired(state, segments, now, rules, t)
     for op in operations:
         t.results.append(_apply_one(state, op, segments, now, new_token, t))
@@ -584,6 +600,12 @@ def _apply_one(
 ) -> Result:
     if isinstance(op, Ingest):
         return _ingest(state, op)
+    if isinstance(op, Quarantine):
+        # In the window: done before anything else. Not taken in yet: skipped in
+        # its place in its lane, as if it held no message.
+        if any(s.ref == str(op.ref) for s in state.cursor.open):
+            return None
+        return _ingest(state, Ingest(op.ref, 0))
     if isinstance(op, Claim):
         return _claim(state, op, segments, now, new_token)
     if isinstance(op, Ack):
@@ -613,7 +635,7 @@ def _apply_one(
             del state.flights[op.id]
         else:
             state.flights[op.id] = msgspec.structs.replace(
-                flight, attempt=flight.attempt - 1, lease=None, visible_at=now
+                flight, attempt=flight.attempt - 1, lease=None, visible_at=0.0
             )
         return None
     if isinstance(op, Progress):
@@ -654,6 +676,16 @@ def _apply_one(
                 state.timers[str(bucket)] = max(state.timers.get(str(bucket), 0), end)
         return None
     raise TypeError(f"unknown operation {op!r}")
+
+
+def _quarantine(state: _State, ref: SegmentRef) -> None:
+    """Drop a segment of the window, with the flights of its messages."""
+    name = str(ref)
+    del state.open[name]
+    prefix = f"{state.cursor.shard}-{name}-"
+    for mid in [m for m in state.flights if m.startswith(prefix)]:
+        del state.flights[mid]
+    state.count("quarantined")
 
 
 def _ingest(state: _State, op: Ingest) -> bool:

@@ -48,6 +48,23 @@ async function loadOverview() {
     count(row, q.recovered);
     if (q.name === chosen) showShards(q);
   }
+  showProblems(data.queues);
+}
+
+function showProblems(queues) {
+  const body = $("problems");
+  body.replaceChildren();
+  let found = 0;
+  for (const q of queues) {
+    for (const p of q.problems || []) {
+      const row = body.insertRow();
+      cell(row, q.name);
+      cell(row, p.key, "text");
+      cell(row, p.what, "text dead");
+      found += 1;
+    }
+  }
+  $("problems-box").hidden = found === 0;
 }
 
 function showShards(q) {

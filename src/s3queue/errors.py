@@ -70,6 +70,13 @@ class QueueNotFound(QueueError):
     default_retriable = False
 
 
+class CorruptData(QueueError):
+    """An object in the queue's prefix cannot be read as what it should be: damaged,
+    truncated, written by hand or by another program. ``metadata["key"]`` names it."""
+
+    default_retriable = False
+
+
 class LeaseLost(QueueError):
     """The lease expired and the message may belong to another worker now (fencing).
 

@@ -68,6 +68,15 @@ class MessageInfo:
 
 
 @dataclass(frozen=True, slots=True)
+class Problem:
+    """Something in the bucket that is not as it should be (``s3queue doctor`` says
+    what to do about it)."""
+
+    key: str
+    what: str
+
+
+@dataclass(frozen=True, slots=True)
 class ShardStats:
     shard: int
     pending: int
@@ -100,6 +109,9 @@ class Stats:
     retried: int = 0
     recovered: int = 0
     shards: list[ShardStats] = field(default_factory=list)
+    #: Objects that could not be read, and segments set aside (quarantined): the
+    #: counts above leave out what they held.
+    problems: list[Problem] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -111,4 +123,5 @@ class Stats:
             "retried": self.retried,
             "recovered": self.recovered,
             "shards": [{name: getattr(s, name) for name in s.__slots__} for s in self.shards],
+            "problems": [{"key": p.key, "what": p.what} for p in self.problems],
         }

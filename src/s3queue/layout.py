@@ -16,6 +16,9 @@ A queue named ``emails`` under a store keeps::
     emails/redriven/<message id>              where a redriven dead letter went
     emails/dedup/<sha256 of the key>          dedup marker
     emails/probe/<random>                     conditional-write probe, deleted after
+    emails/quarantine/0003-L42                why segment L42 of shard 3 was set aside
+    emails/quarantine/0003-L42.data           its bytes as they were found (also
+                                              0003-cursor.data, queue.json.data)
     emails/clock                              rewritten to read the store's time
     emails/wake/any, emails/wake/high         rewritten to wake idle workers (wake.py)
 """
@@ -120,6 +123,23 @@ def dedup_prefix(queue: str) -> str:
     return f"{queue}/dedup/"
 
 
+def quarantine_prefix(queue: str) -> str:
+    return f"{queue}/quarantine/"
+
+
+def quarantine_key(queue: str, shard: int, ref: SegmentRef) -> str:
+    return f"{quarantine_prefix(queue)}{shard:04d}-{ref}"
+
+
+def quarantined_cursor_key(queue: str, shard: int) -> str:
+    """Where ``s3queue doctor --fix`` keeps an unreadable cursor it replaced."""
+    return f"{quarantine_prefix(queue)}{shard:04d}-cursor.data"
+
+
+def quarantined_settings_key(queue: str) -> str:
+    return f"{quarantine_prefix(queue)}queue.json.data"
+
+
 def clock_key(queue: str) -> str:
     return f"{queue}/clock"
 
@@ -166,6 +186,40 @@ def timer_ref(prefix: str, key: str) -> tuple[int, int] | None:
         return int(match[1]), int(match[2])
     foreign(key)
     return None
+
+
+_ID = r"\d{1,4}-(?:[LH]\d{1,12}|T\d{1,13}\.\d{1,6})-\d{1,6}"
+_KINDS = [
+    ("settings", re.compile(r"^queue\.json$")),
+    ("cursor", re.compile(r"^shards/\d{4}/cursor$")),
+    ("log", re.compile(r"^shards/\d{4}/log/\d{12}$")),
+    ("high", re.compile(r"^shards/\d{4}/high/\d{12}$")),
+    ("timer", re.compile(r"^shards/\d{4}/timers/\d{13}/\d{6}$")),
+    ("dead", re.compile(rf"^dead/{_ID}$")),
+    ("result", re.compile(rf"^results/{_ID}$")),
+    ("redriven", re.compile(rf"^redriven/{_ID}$")),
+    ("dedup", re.compile(r"^dedup/[0-9a-f]{64}$")),
+    (
+        "quarantine",
+        re.compile(
+            r"^quarantine/(?:\d{4}-(?:[LH]\d+|T\d+\.\d+)(?:\.data)?"
+            r"|\d{4}-cursor\.data|queue\.json\.data)$"
+        ),
+    ),
+    ("probe", re.compile(r"^probe/[0-9a-f]+$")),
+    ("clock", re.compile(r"^clock$")),
+    ("wake", re.compile(r"^wake/(?:any|high)$")),
+]
+
+
+def classify(queue: str, key: str) -> str | None:
+    """What kind of object ``key`` is in ``queue`` ("cursor", "log", "dead"...), or
+    None when s3queue never writes such a key."""
+    prefix = f"{queue}/"
+    if not key.startswith(prefix):
+        return None
+    rest = key[len(prefix) :]
+    return next((kind for kind, pattern in _KINDS if pattern.match(rest)), None)
 
 
 def timers_prefix(queue: str, shard: int) -> str:

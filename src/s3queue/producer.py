@@ -310,10 +310,15 @@ class Producer:
             found = layout.seq_of(prefix, entry.key, digits)
             if found is None:
                 continue
-            if bucket >= 0 and entry.size == 0:
+            if bucket >= 0 and entry.size == 0 and await self._is_seal(entry.key):
                 raise BucketSealed(f"timer bucket {bucket} of shard {shard} is sealed")
             end = max(end, found + 1)
         return end
+
+    async def _is_seal(self, key: str) -> bool:
+        # A listing's size is a hint (a foreign file may look empty): read it.
+        stored = await self.storage.get(key)
+        return stored is not None and not stored.data
 
 
 class BucketSealed(Exception):

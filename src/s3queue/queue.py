@@ -48,6 +48,7 @@ from s3queue.cursor import (
 )
 from s3queue.errors import (
     ConfigurationError,
+    CorruptData,
     LeaseLost,
     PreconditionFailed,
     QueueNotFound,
@@ -73,7 +74,11 @@ from s3queue.redrive import Redrive
 from s3queue.segment import Message, Segment
 from s3queue.storage import Storage, open_storage
 
+log = logging.getLogger("s3queue.queue")
+
 DEFAULT_SHARDS = 4
+#: Seconds between two log lines about one shard whose cursor cannot be read.
+BROKEN_LOG_INTERVAL = 60.0
 #: Seconds between two reads of the high wake object by a claiming process: how soon
 #: a busy worker sees a priority message written to a shard it is not claiming from.
 HIGH_CHECK_INTERVAL = 1.0
@@ -129,10 +134,11 @@ async def probe_conditional_writes(storage: Storage, queue: str) -> None:
 
 
 async def _read_settings(storage: Storage, name: str) -> QueueSettings | None:
-    stored = await storage.get(layout.settings_key(name))
+    key = layout.settings_key(name)
+    stored = await storage.get(key)
     if stored is None:
         return None
-    return decode(stored.data, QueueSettings, what="queue settings")
+    return decode(stored.data, QueueSettings, what="queue settings", key=key)
 
 
 async def _create_settings(
@@ -242,6 +248,7 @@ class Queue:
         #: Rung after changes that make work appear; watched by idle workers (wake.py).
         self.wake = self.producer.wake
         self._high_checked_at = -math.inf
+        self._broken_logged: dict[int, float] = {}
 
     # --- opening and closing ----------------------------------------------------------
 
@@ -338,7 +345,7 @@ class Queue:
             try:
                 listener(ids)
             except Exception:  # a listener's bug must not fail an enqueue that landed
-                logging.getLogger("s3queue.queue").exception("on_enqueued listener failed")
+                log.exception("on_enqueued listener failed")
         return ids
 
     async def sync_clock(self, *, force: bool = False) -> None:
@@ -385,7 +392,9 @@ class Queue:
         return Message(
             payload=encode_json(payload, limit=MAX_PAYLOAD_BYTES, what="the payload"),
             enqueued_at=now,
-            visible_at=now + float(delay),
+            # Without a delay, claimable at once by every process, whatever the
+            # small differences between their estimates of the store's time.
+            visible_at=now + float(delay) if delay > 0 else 0.0,
             priority=priority,
             max_attempts=attempts,
             dedup_key=dedup_key,
@@ -459,7 +468,7 @@ class Queue:
                 stored = await self.storage.get(key)
                 if stored is None:
                     continue
-                marker = decode(stored.data, DedupMarker, what="dedup marker")
+                marker = decode(stored.data, DedupMarker, what="dedup marker", key=key)
                 now = self.clock()
                 if marker.id and (
                     marker.finished_at is None
@@ -543,7 +552,12 @@ class Queue:
         return round_
 
     async def _claim_from(self, shard: int, claim: Claim, round_: ClaimRound) -> int:
-        result = await self.committers[shard].submit(claim)
+        try:
+            result = await self.committers[shard].submit(claim)
+        except CorruptData as error:
+            # One unreadable cursor must not stop the other shards.
+            self._broken_shard(shard, error)
+            return 0
         taken = [] if isinstance(result, Yielded) else result
         assert isinstance(taken, list)
         if not taken:
@@ -565,8 +579,26 @@ class Queue:
                 for committer in self.committers:
                     committer.expect_high()
         blind = [c for c in self.committers if c.cached is None or c.high_pending]
-        if blind:
-            await asyncio.gather(*(c.submit(Claim(owner, 0, 1.0)) for c in blind))
+        looked = await asyncio.gather(
+            *(c.submit(Claim(owner, 0, 1.0)) for c in blind), return_exceptions=True
+        )
+        for committer, outcome in zip(blind, looked, strict=True):
+            if isinstance(outcome, CorruptData):
+                self._broken_shard(committer.shard, outcome)
+            elif isinstance(outcome, BaseException):
+                raise outcome
+
+    def _broken_shard(self, shard: int, error: CorruptData) -> None:
+        now = time.monotonic()
+        if now - self._broken_logged.get(shard, -math.inf) >= BROKEN_LOG_INTERVAL:
+            self._broken_logged[shard] = now
+            log.error(
+                "shard %d of queue %r is out of use: %s (run: s3queue doctor %s)",
+                shard,
+                self.name,
+                error,
+                self.name,
+            )
 
     def _lease(self, claimed: Claimed, owner: str) -> Lease:
         message = claimed.message
@@ -749,7 +781,7 @@ class Queue:
             stored = await self.storage.get(key)
             if stored is None:
                 return
-            marker = decode(stored.data, DedupMarker, what="dedup marker")
+            marker = decode(stored.data, DedupMarker, what="dedup marker", key=key)
             if marker.id != mid or marker.finished_at is not None:
                 return
             try:

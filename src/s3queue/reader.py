@@ -8,17 +8,20 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import time
 from dataclasses import dataclass
 from typing import Any
 
 from s3queue import layout
 from s3queue.commit import SegmentCache, ShardCommitter
-from s3queue.cursor import Cursor
-from s3queue.info import MessageInfo, ShardStats, Stats, Status
+from s3queue.cursor import Cursor, Flight
+from s3queue.errors import CorruptData
+from s3queue.info import MessageInfo, Problem, ShardStats, Stats, Status
 from s3queue.layout import SegmentRef
 from s3queue.payload import decode_json
 from s3queue.records import (
     DeadLetter,
+    QuarantineRecord,
     QueueSettings,
     RedriveRecord,
     ResultRecord,
@@ -51,7 +54,10 @@ class QueueReader:
             return None
         cursor = await self.committers[address.shard].read()
         ref = address.segment
-        segment = await self.segments.fetch(address.shard, ref)
+        try:
+            segment = await self.segments.fetch(address.shard, ref)
+        except CorruptData as error:
+            raise await self._unreadable(message_id, error) from error
         message = None
         if segment is not None and address.index < len(segment.messages):
             message = segment.messages[address.index]
@@ -67,6 +73,25 @@ class QueueReader:
                 return None
             return self._info(message_id, message, _waiting_status(message.visible_at, now), 0)
         return await self._finished_info(message_id, message, cursor)
+
+    async def _unreadable(self, mid: str, error: CorruptData) -> CorruptData:
+        """Why the status of ``mid`` cannot be told: its segment is unreadable, and
+        maybe already set aside (quarantined) with its unfinished messages."""
+        address = layout.parse_message_id(mid)
+        key = layout.quarantine_key(self.name, address.shard, address.segment)
+        stored = await self.storage.get(key)
+        if stored is None:
+            where = "not set aside yet (the next claim on its shard does it)"
+        else:
+            record = decode(stored.data, QuarantineRecord, what="quarantine record", key=key)
+            lost = "among the lost" if mid in record.lost else "finished before, or unknown"
+            where = f"set aside at {key}; this message is {lost}"
+        return CorruptData(
+            f"the status of {mid} cannot be told: its segment is unreadable ({error.message}); "
+            + where,
+            suggestion=f"see: s3queue doctor {self.name}",
+            metadata={**error.metadata, "id": mid},
+        )
 
     def _info(
         self, mid: str, message: Message, status: Status, attempts: int, **extra: Any
@@ -127,12 +152,12 @@ class QueueReader:
         )
         if redriven is not None:
             key = layout.redriven_key(self.name, mid)
-            redrive = decode(redriven.data, RedriveRecord, what=f"redrive record {key}")
+            redrive = decode(redriven.data, RedriveRecord, what="redrive record", key=key)
             if redrive.redriven_to:
                 return self._dead_info(redrive.letter, redriven_to=redrive.redriven_to)
         if dead is not None:
             key = layout.dead_key(self.name, mid)
-            return self._dead_info(decode(dead.data, DeadLetter, what=f"dead letter {key}"))
+            return self._dead_info(decode(dead.data, DeadLetter, what="dead letter", key=key))
         address = layout.parse_message_id(mid)
         if message is None:
             return None
@@ -142,7 +167,7 @@ class QueueReader:
             return None  # purged before it ran
         if result is not None:
             key = layout.result_key(self.name, mid)
-            record = decode(result.data, ResultRecord, what=f"result {key}")
+            record = decode(result.data, ResultRecord, what="result", key=key)
             return self._info(
                 mid,
                 message,
@@ -172,14 +197,17 @@ class QueueReader:
 
     async def stats(self) -> Stats:
         """Counts by status across all shards (reads every cursor and the unread
-        backlog, and lists the dead letters). See :class:`~s3queue.info.Stats`."""
+        backlog, and lists the dead letters). See :class:`~s3queue.info.Stats`.
+        Unreadable objects do not fail it: they are counted out and reported."""
         # Cursors first, then the letters: a letter is written before its message
         # leaves the cursor, so each dead message is seen in one place or both.
         read = await asyncio.gather(*(self._shard_stats(k) for k in range(self.settings.shards)))
-        dead: dict[int, set[str]] = {k: dying for k, (_, dying) in enumerate(read)}
+        dead: dict[int, set[str]] = {k: dying for k, (_, dying, _) in enumerate(read)}
         for mid in await self.dead_letter_ids():
             dead.setdefault(layout.parse_message_id(mid).shard, set()).add(mid)
-        shards = [dataclasses.replace(shard, dead=len(dead[shard.shard])) for shard, _ in read]
+        shards = [dataclasses.replace(shard, dead=len(dead[shard.shard])) for shard, _, _ in read]
+        problems = [problem for _, _, found in read for problem in found]
+        problems.extend(await self.quarantined())
         return Stats(
             pending=sum(s.pending for s in shards),
             delayed=sum(s.delayed for s in shards),
@@ -188,54 +216,93 @@ class QueueReader:
             dead=sum(s.dead for s in shards),
             retried=sum(s.retried for s in shards),
             recovered=sum(s.recovered for s in shards),
-            shards=list(shards),
+            shards=shards,
+            problems=problems,
         )
 
-    async def _shard_stats(self, shard: int) -> tuple[ShardStats, set[str]]:
-        """One shard's counts (``dead`` left 0), and the ids its cursor says died
-        whose dead letters may not be written yet."""
-        committer = self.committers[shard]
-        cursor = await committer.read()
+    async def quarantined(self) -> list[Problem]:
+        """The segments set aside as unreadable, from their records."""
+        prefix = layout.quarantine_prefix(self.name)
+        entries = [e for e in await self.storage.list(prefix) if not e.key.endswith(".data")]
+        stored = await asyncio.gather(*(self.storage.get(e.key) for e in entries))
+        out = []
+        for entry, found in zip(entries, stored, strict=True):
+            if found is None:
+                continue
+            try:
+                record = decode(
+                    found.data, QuarantineRecord, what="quarantine record", key=entry.key
+                )
+            except CorruptData as error:
+                out.append(Problem(entry.key, error.message))
+                continue
+            out.append(
+                Problem(
+                    record.key,
+                    f"set aside {time.strftime('%Y-%m-%d %H:%M:%S', time.gmtime(record.at))} UTC "
+                    f"({record.reason}): {len(record.lost)} unfinished messages lost",
+                )
+            )
+        return out
+
+    async def _shard_stats(self, shard: int) -> tuple[ShardStats, set[str], list[Problem]]:
+        """One shard's counts (``dead`` left 0), the ids its cursor says died whose
+        dead letters may not be written yet, and what could not be read."""
+        empty = ShardStats(shard, 0, 0, 0, 0, 0, 0, 0, 0, 0)
+        try:
+            cursor = await self.committers[shard].read()
+        except CorruptData as error:
+            return empty, set(), [Problem(str(error.metadata.get("key")), error.message)]
         now = self.clock()
         counts = {"pending": 0, "delayed": 0, "processing": 0}
         dying: set[str] = set()
-        open_refs = [SegmentRef.parse(s.ref) for s in cursor.open]
-        segments = await self.segments.require(shard, open_refs)
+        problems: list[Problem] = []
         for open_segment in cursor.open:
             ref = SegmentRef.parse(open_segment.ref)
-            messages = segments[open_segment.ref].messages
+            segment = await self._readable(shard, ref, problems)
+            if segment is None:
+                continue
             for index in range(open_segment.count):
                 if open_segment.done[index >> 3] & (1 << (index & 7)):
                     continue
                 mid = layout.message_id(shard, ref, index)
-                flight = cursor.flights.get(mid)
-                if flight is None:
-                    counts[_waiting_status(messages[index].visible_at, now)] += 1
-                elif flight.outcome is not None:
-                    if flight.outcome.status == "dead":
-                        dying.add(mid)
-                elif flight.lease is not None:
-                    counts["processing"] += 1
-                else:
-                    counts[_waiting_status(flight.visible_at, now)] += 1
-        for segment in await self._unread_segments(shard, cursor):
+                status = _status(cursor.flights.get(mid), segment.messages[index], now)
+                if status == "dead":
+                    dying.add(mid)
+                elif status is not None:
+                    counts[status] += 1
+        for segment in await self._unread_segments(shard, cursor, problems):
             for message in segment.messages:
                 counts[_waiting_status(message.visible_at, now)] += 1
-        stats = ShardStats(
-            shard=shard,
+        stats = dataclasses.replace(
+            empty,
             pending=counts["pending"],
             delayed=counts["delayed"],
             processing=counts["processing"],
             completed=cursor.counters.completed,
-            dead=0,
             retried=cursor.counters.retried,
             recovered=cursor.counters.recovered,
             window_segments=len(cursor.open),
             cursor_bytes=len(encode(cursor)),
         )
-        return stats, dying
+        return stats, dying, problems
 
-    async def _unread_segments(self, shard: int, cursor: Cursor) -> list[Segment]:
+    async def _readable(
+        self, shard: int, ref: SegmentRef, problems: list[Problem]
+    ) -> Segment | None:
+        try:
+            segment = await self.segments.fetch(shard, ref)
+        except CorruptData as error:
+            problems.append(Problem(str(error.metadata.get("key")), error.message))
+            return None
+        if segment is None:
+            key = ref.key(self.name, shard)
+            problems.append(Problem(key, "missing although the cursor still needs it"))
+        return segment
+
+    async def _unread_segments(
+        self, shard: int, cursor: Cursor, problems: list[Problem]
+    ) -> list[Segment]:
         """Segments written but not yet taken into the cursor's window."""
         written = await list_segments(self.storage, self.name, shard, cursor)
         refs = [SegmentRef.log(seq) for seq in written.log]
@@ -244,8 +311,16 @@ class QueueReader:
             next_seq = cursor.timers.get(str(bucket))
             if next_seq is not None and seq >= next_seq:
                 refs.append(SegmentRef.timer(bucket, seq))
-        fetched = await asyncio.gather(*(self.segments.fetch(shard, ref) for ref in refs))
-        return [segment for segment in fetched if segment is not None]
+        out = []
+        for ref in refs:
+            try:
+                segment = await self.segments.fetch(shard, ref)
+            except CorruptData as error:
+                problems.append(Problem(str(error.metadata.get("key")), error.message))
+                continue
+            if segment is not None:
+                out.append(segment)
+        return out
 
     async def dead_letter_ids(self, limit: int | None = None) -> list[str]:
         prefix = layout.dead_prefix(self.name)
@@ -256,8 +331,8 @@ class QueueReader:
         entries = await self.storage.list(layout.dead_prefix(self.name), limit=limit)
         stored = await asyncio.gather(*(self.storage.get(e.key) for e in entries))
         return [
-            self._dead_info(decode(s.data, DeadLetter, what="dead letter"))
-            for s in stored
+            self._dead_info(decode(s.data, DeadLetter, what="dead letter", key=e.key))
+            for e, s in zip(entries, stored, strict=True)
             if s is not None
         ]
 
@@ -296,6 +371,18 @@ async def _list_lane(storage: Storage, prefix: str, from_seq: int) -> list[int]:
         for entry in await storage.list(prefix, start_after=start_after)
         if (seq := layout.seq_of(prefix, entry.key)) is not None
     ]
+
+
+def _status(flight: Flight | None, message: Message, now: float) -> Status | None:
+    """The status of an unfinished message of the window; None while its records
+    are written after it completed."""
+    if flight is None:
+        return _waiting_status(message.visible_at, now)
+    if flight.outcome is not None:
+        return "dead" if flight.outcome.status == "dead" else None
+    if flight.lease is not None:
+        return "processing"
+    return _waiting_status(flight.visible_at, now)
 
 
 def _waiting_status(visible_at: float, now: float) -> Status:

@@ -10,7 +10,7 @@ from typing import Any, TypeVar
 
 import msgspec
 
-from s3queue.errors import QueueError
+from s3queue.errors import CorruptData, QueueError
 
 FORMAT = 1
 
@@ -78,6 +78,23 @@ class RedriveRecord(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=Tru
     redriven_at: float = 0.0
 
 
+class QuarantineRecord(msgspec.Struct, frozen=True, kw_only=True):
+    """``quarantine/<shard>-<ref>``: a segment that could not be read, set aside so
+    its shard keeps working. Its messages are lost to the queue (not silently: they
+    are listed here when the cursor knew them, and stats reports the record)."""
+
+    format: int = FORMAT
+    key: str
+    shard: int
+    ref: str
+    reason: str
+    at: float
+    #: Ids of the messages that had not finished, when the window held the segment.
+    lost: list[str] = []
+    #: Whether the segment's bytes were copied next to this record (key + ".data").
+    copied: bool = False
+
+
 class ResultRecord(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
     """``results/<id>``: a completed message's return value (omitted when None) and
     the errors of the attempts before the one that succeeded."""
@@ -113,13 +130,25 @@ def encode(record: Any) -> bytes:
     return _encoder.encode(record)
 
 
-def decode(data: bytes, kind: type[T], *, what: str) -> T:
+def decode(data: bytes, kind: type[T], *, what: str, key: str) -> T:
+    """``data`` (the object at ``key``) as a ``kind``, or CorruptData naming the key
+    and what was expected there."""
     try:
-        return msgspec.json.decode(data, type=kind)
+        record = msgspec.json.decode(data, type=kind)
     except (msgspec.DecodeError, msgspec.ValidationError) as error:
-        raise QueueError(
-            f"corrupt {what}: {error}",
-            retriable=False,
-            suggestion="the object was not written by this version of s3queue, "
-            "or was edited by hand",
+        fields = ", ".join(getattr(kind, "__struct_fields__", ()))
+        raise CorruptData(
+            f"corrupt {what} at {key}: {error}; expected a JSON object with {fields}",
+            suggestion="it was damaged, truncated or written by something else than "
+            "s3queue; run: s3queue doctor <queue>",
+            metadata={"key": key, "expected": kind.__name__},
         ) from error
+    version = getattr(record, "format", FORMAT)
+    if isinstance(version, int) and version > FORMAT:
+        raise QueueError(
+            f"{what} at {key} has format {version}, newer than this s3queue reads ({FORMAT})",
+            retriable=False,
+            suggestion="upgrade s3queue on this machine",
+            metadata={"key": key},
+        )
+    return record

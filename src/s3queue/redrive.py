@@ -86,7 +86,7 @@ class Redrive:
                     missing.append(mid)
                 else:
                     key = layout.dead_key(self.queue, mid)
-                    letters.append(decode(found.data, DeadLetter, what=f"dead letter {key}"))
+                    letters.append(decode(found.data, DeadLetter, what="dead letter", key=key))
         if missing:
             raise await self._not_dead(missing)
         return letters
@@ -111,7 +111,7 @@ class Redrive:
         stored = await self.storage.get(key)
         if stored is None:
             return None
-        return decode(stored.data, RedriveRecord, what=f"redrive record {key}")
+        return decode(stored.data, RedriveRecord, what="redrive record", key=key)
 
     async def _batch(self, letters: list[DeadLetter]) -> dict[str, str]:
         claims = await asyncio.gather(*(self._reserve(letter) for letter in letters))
@@ -121,7 +121,7 @@ class Redrive:
             Message(
                 payload=c.letter.payload,
                 enqueued_at=now,
-                visible_at=now,
+                visible_at=0.0,
                 priority=c.letter.priority,
                 max_attempts=c.letter.max_attempts,
             )
@@ -148,7 +148,7 @@ class Redrive:
         stored = await self.storage.get(key)
         if stored is None:  # deleted (a purge) since: try once more from scratch
             return await self._reserve(letter)
-        existing = decode(stored.data, RedriveRecord, what=f"redrive record {key}")
+        existing = decode(stored.data, RedriveRecord, what="redrive record", key=key)
         if existing.redriven_to:
             # An earlier redrive copied it and died before deleting the letter.
             return _Claim(letter, redriven_to=existing.redriven_to)

@@ -38,4 +38,4 @@ def encode_segment(segment: Segment) -> bytes:
 
 
 def decode_segment(data: bytes, key: str) -> Segment:
-    return decode(data, Segment, what=f"segment {key}")
+    return decode(data, Segment, what="segment", key=key)

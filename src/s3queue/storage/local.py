@@ -141,12 +141,12 @@ class LocalStorage:
                 modified = os.fstat(handle.fileno()).st_mtime_ns / 1e9
         except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
             return None
-        if not blob.startswith(MAGIC) or len(blob) < HEADER:
-            raise StorageError(
-                f"{path} is not an s3queue object (no header)",
-                retriable=False,
-                suggestion="do not write files into the queue directory by hand",
-            )
+        if not blob.startswith(MAGIC) or len(blob) < HEADER or blob[HEADER - 1 : HEADER] != b"\n":
+            # A file put there by hand or by another program: its bytes are the
+            # object (the reader then says what it expected there), its version a
+            # hash of them, so a conditional write can still replace it.
+            digest = hashlib.sha1(blob).hexdigest()[:ETAG_BYTES]
+            return StoredObject(blob, f'"raw-{digest}"', modified, MTIME_RESOLUTION)
         etag = blob[len(MAGIC) : len(MAGIC) + ETAG_BYTES].decode("ascii")
         return StoredObject(blob[HEADER:], f'"{etag}"', modified, MTIME_RESOLUTION)
 

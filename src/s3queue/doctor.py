@@ -1,0 +1,318 @@
+"""``s3queue doctor``: what is wrong with a queue's objects, and what would fix it.
+
+It lists everything under the queue's prefix once (a LIST per 1,000 keys) and reads
+each object it must check, changing nothing. Each :class:`Finding` names the object,
+the problem and what ``--fix`` does about it; a finding with no repair is reported
+for a person to decide (foreign objects are never deleted, records whose loss would
+make a status unknowable are kept).
+
+Repairs lose nothing that is not lost already: an unreadable segment's bytes are
+copied under ``quarantine/`` before it is replaced by an empty segment or set aside,
+and a rebuilt cursor re-reads every segment of its shard, so its messages run again
+(at-least-once) rather than never.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+import time
+from collections import defaultdict
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+
+from s3queue import layout, quarantine
+from s3queue.cursor import Cursor, decode_cursor, encode_cursor
+from s3queue.errors import CorruptData, QueueError
+from s3queue.layout import SegmentRef
+from s3queue.queue import DEFAULT_SHARDS, Queue, probe_conditional_writes
+from s3queue.records import (
+    DeadLetter,
+    DedupMarker,
+    QuarantineRecord,
+    QueueSettings,
+    RedriveRecord,
+    ResultRecord,
+    encode,
+)
+from s3queue.records import decode as decode_record
+from s3queue.segment import Segment, decode_segment, encode_segment
+from s3queue.storage import Storage
+
+Repair = Callable[[], Awaitable[str]]
+
+#: Side records checked by decoding them: (kind from layout.classify, type, what).
+_RECORDS: list[tuple[str, type, str]] = [
+    ("dead", DeadLetter, "dead letter"),
+    ("result", ResultRecord, "result"),
+    ("redriven", RedriveRecord, "redrive record"),
+    ("dedup", DedupMarker, "dedup marker"),
+    ("quarantine", QuarantineRecord, "quarantine record"),
+]
+
+
+@dataclass
+class Finding:
+    key: str
+    problem: str
+    #: What ``--fix`` does; empty when it is left to a person.
+    action: str = ""
+    repair: Repair | None = field(default=None, repr=False)
+
+
+@dataclass
+class _Listing:
+    """The queue's keys by kind, from one listing."""
+
+    foreign: list[str] = field(default_factory=list)
+    records: dict[str, list[str]] = field(default_factory=lambda: defaultdict(list))
+    lanes: dict[tuple[int, int], list[int]] = field(default_factory=lambda: defaultdict(list))
+    timers: dict[int, list[tuple[int, int]]] = field(default_factory=lambda: defaultdict(list))
+
+
+class Doctor:
+    """Examines one queue (opened read-only) and repairs what it found."""
+
+    def __init__(self, queue: Queue) -> None:
+        self.queue = queue
+        self.storage = queue.storage
+        self.name = queue.name
+
+    async def examine(self) -> list[Finding]:
+        listing = await self._list()
+        findings = [
+            Finding(key, "not an object s3queue writes: ignored (move it out of the queue)")
+            for key in listing.foreign
+        ]
+        findings.extend(await self._check_store())
+        for shard in range(self.queue.settings.shards):
+            findings.extend(await self._check_shard(shard, listing))
+        findings.extend(await self._check_records(listing))
+        return findings
+
+    async def _list(self) -> _Listing:
+        out = _Listing()
+        for entry in await self.storage.list(f"{self.name}/"):
+            kind = layout.classify(self.name, entry.key)
+            if kind is None:
+                out.foreign.append(entry.key)
+            elif kind in ("log", "high"):
+                shard, lane = _shard_of(entry.key), layout.LOG_LANE
+                if kind == "high":
+                    lane = layout.HIGH_LANE
+                out.lanes[(shard, lane)].append(int(entry.key.rsplit("/", 1)[1]))
+            elif kind == "timer":
+                bucket, seq = entry.key.rsplit("/", 2)[1:]
+                out.timers[_shard_of(entry.key)].append((int(bucket), int(seq)))
+            else:
+                out.records[kind].append(entry.key)
+        return out
+
+    async def _check_store(self) -> list[Finding]:
+        try:
+            await probe_conditional_writes(self.storage, self.name)
+        except QueueError as error:
+            return [Finding(self.storage.url, error.message)]
+        return []
+
+    # --- shards ----------------------------------------------------------------------
+
+    async def _check_shard(self, shard: int, listing: _Listing) -> list[Finding]:
+        key = layout.cursor_key(self.name, shard)
+        stored = await self.storage.get(key)
+        try:
+            cursor = Cursor(shard=shard) if stored is None else decode_cursor(stored.data, key)
+        except CorruptData as error:
+            return [self._rebuild(shard, key, error, listing)]
+        findings = []
+        for lane in (layout.LOG_LANE, layout.HIGH_LANE):
+            findings.extend(await self._check_lane(shard, lane, cursor, listing))
+        for open_segment in cursor.open:
+            ref = SegmentRef.parse(open_segment.ref)
+            problem = await self._unreadable(shard, ref)
+            if problem is not None:
+                lost = len(quarantine.unfinished(shard, open_segment))
+                findings.append(
+                    Finding(
+                        ref.key(self.name, shard),
+                        problem,
+                        f"set it aside (quarantine) with its {lost} unfinished messages",
+                        self._set_aside(shard, ref, problem),
+                    )
+                )
+        return findings
+
+    async def _check_lane(
+        self, shard: int, lane: int, cursor: Cursor, listing: _Listing
+    ) -> list[Finding]:
+        """Segments ahead of the cursor: readable, and without a gap (the shard's
+        consumers stop at a missing number and never read what follows it)."""
+        start = cursor.next_high if lane == layout.HIGH_LANE else cursor.next_seq
+        written = sorted(s for s in listing.lanes[(shard, lane)] if s >= start)
+        findings = []
+        for seq in range(start, written[-1] + 1 if written else start):
+            ref = SegmentRef(lane, seq)
+            problem = "missing, so the segments after it are never read"
+            if seq in written:
+                found = await self._unreadable(shard, ref)
+                if found is None:
+                    continue
+                problem = found
+            findings.append(
+                Finding(
+                    ref.key(self.name, shard),
+                    problem,
+                    "keep its bytes under quarantine/ and put an empty segment in its place",
+                    self._replace(shard, ref, problem),
+                )
+            )
+        return findings
+
+    async def _unreadable(self, shard: int, ref: SegmentRef) -> str | None:
+        """Why the segment cannot be read, or None when it can."""
+        key = ref.key(self.name, shard)
+        stored = await self.storage.get(key)
+        if stored is None:
+            return "missing although the cursor still needs it"
+        try:
+            decode_segment(stored.data, key)
+        except CorruptData as error:
+            return error.message
+        return None
+
+    def _rebuild(self, shard: int, key: str, error: CorruptData, listing: _Listing) -> Finding:
+        log = sorted(listing.lanes[(shard, layout.LOG_LANE)])
+        high = sorted(listing.lanes[(shard, layout.HIGH_LANE)])
+        segments = len(log) + len(high) + len(listing.timers[shard])
+        return Finding(
+            key,
+            error.message,
+            f"keep it under quarantine/ and rebuild it from the shard's {segments} segments: "
+            "their messages run again (at-least-once), those already done included",
+            lambda: self._write_rebuilt(shard, key, log, high, listing.timers[shard]),
+        )
+
+    async def _write_rebuilt(
+        self,
+        shard: int,
+        key: str,
+        log: list[int],
+        high: list[int],
+        timers: list[tuple[int, int]],
+    ) -> str:
+        stored = await self.storage.get(key)
+        if stored is not None:
+            await self.storage.put(layout.quarantined_cursor_key(self.name, shard), stored.data)
+        buckets: dict[str, int] = {}
+        for bucket, seq in sorted(timers):
+            buckets.setdefault(str(bucket), seq)
+        cursor = Cursor(
+            shard=shard,
+            commit=secrets.token_hex(8),
+            next_seq=log[0] if log else 0,
+            next_high=high[0] if high else 0,
+            purged_before=log[0] if log else 0,
+            purged_high_before=high[0] if high else 0,
+            timers=buckets,
+        )
+        await self.storage.put(key, encode_cursor(cursor))
+        return f"rebuilt {key}"
+
+    def _replace(self, shard: int, ref: SegmentRef, reason: str) -> Repair:
+        async def repair() -> str:
+            await quarantine.record(
+                self.storage, self.name, shard, ref, reason, self.queue.clock(), []
+            )
+            empty = Segment(
+                writer=f"doctor.{secrets.token_hex(4)}", created_at=self.queue.clock(), messages=[]
+            )
+            await self.storage.put(ref.key(self.name, shard), encode_segment(empty))
+            return f"replaced {ref.key(self.name, shard)} by an empty segment"
+
+        return repair
+
+    def _set_aside(self, shard: int, ref: SegmentRef, reason: str) -> Repair:
+        async def repair() -> str:
+            await self.queue.committers[shard].set_aside(ref, reason)
+            return f"set aside {ref.key(self.name, shard)}"
+
+        return repair
+
+    # --- side records -----------------------------------------------------------------
+
+    async def _check_records(self, listing: _Listing) -> list[Finding]:
+        findings = []
+        for kind, record_type, what in _RECORDS:
+            keys = [k for k in listing.records.get(kind, []) if not k.endswith(".data")]
+            for start in range(0, len(keys), 256):
+                batch = keys[start : start + 256]
+                stored = await asyncio.gather(*(self.storage.get(k) for k in batch))
+                for key, found in zip(batch, stored, strict=True):
+                    if found is None:
+                        continue
+                    try:
+                        decode_record(found.data, record_type, what=what, key=key)
+                    except CorruptData as error:
+                        findings.append(self._record_finding(kind, key, error))
+        return findings
+
+    def _record_finding(self, kind: str, key: str, error: CorruptData) -> Finding:
+        if kind != "dedup":
+            return Finding(
+                key,
+                f"{error.message} (left as it is: without it the message's status could not "
+                "be told; restore it, or remove it by hand)",
+            )
+
+        async def forget() -> str:
+            await self.storage.delete(key)
+            return f"deleted {key}"
+
+        return Finding(
+            key,
+            error.message,
+            "delete it: the next enqueue with its dedup key is not deduplicated against "
+            "earlier ones",
+            forget,
+        )
+
+
+async def settings_finding(storage: Storage, name: str, error: CorruptData) -> Finding:
+    """queue.json cannot be read: rewrite it, with the shard count its keys show."""
+    prefix = f"{name}/shards/"
+    shards = {
+        int(entry.key[len(prefix) :][:4])
+        for entry in await storage.list(prefix)
+        if entry.key[len(prefix) :][:4].isdigit()
+    }
+    count = max(shards) + 1 if shards else DEFAULT_SHARDS
+
+    async def rewrite() -> str:
+        key = layout.settings_key(name)
+        stored = await storage.get(key)
+        if stored is not None:
+            await storage.put(layout.quarantined_settings_key(name), stored.data)
+        fresh = QueueSettings(name=name, shards=count, created_at=time.time())
+        await storage.put(key, encode(fresh))
+        return f"rewrote {key} with {count} shards"
+
+    return Finding(
+        layout.settings_key(name),
+        error.message,
+        f"keep it under quarantine/ and write new settings: {count} shards (from the keys), "
+        "the other settings at their defaults",
+        rewrite,
+    )
+
+
+def _shard_of(key: str) -> int:
+    return int(key.split("/shards/", 1)[1][:4])
+
+
+async def repair(findings: list[Finding]) -> list[str]:
+    """Apply every finding's repair in order; what was done."""
+    done = []
+    for finding in findings:
+        if finding.repair is not None:
+            done.append(await finding.repair())
+    return done

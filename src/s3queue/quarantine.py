@@ -1,0 +1,59 @@
+"""Setting aside segments that cannot be read, so their shard keeps working.
+
+Invariant: before a segment leaves a cursor's window (or is stepped over in its
+lane), a record under ``quarantine/`` says which segment, why, when, and which
+unfinished messages went with it, and the bytes found are kept beside it. Lost
+messages are therefore never lost silently: stats and the dashboard list the
+records, and ``get`` of such a message says its status cannot be told.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from s3queue import layout
+from s3queue.cursor import OpenSegment
+from s3queue.layout import SegmentRef
+from s3queue.records import QuarantineRecord, encode
+from s3queue.storage import Storage
+
+log = logging.getLogger("s3queue.quarantine")
+
+
+def unfinished(shard: int, segment: OpenSegment | None) -> list[str]:
+    """Ids of the messages of a window segment that had not finished."""
+    if segment is None:
+        return []
+    done, prefix = segment.done, f"{shard}-{segment.ref}-"
+    return [prefix + str(i) for i in range(segment.count) if not done[i >> 3] & (1 << (i & 7))]
+
+
+async def record(
+    storage: Storage,
+    queue: str,
+    shard: int,
+    ref: SegmentRef,
+    reason: str,
+    at: float,
+    lost: list[str],
+) -> QuarantineRecord:
+    """Write the quarantine record of one segment (its bytes, if any, beside it).
+    Idempotent: setting a segment aside twice writes the same record again."""
+    segment_key = ref.key(queue, shard)
+    key = layout.quarantine_key(queue, shard, ref)
+    found = await storage.get(segment_key)
+    copied = found is not None and bool(found.data)
+    if found is not None and copied:
+        await storage.put(key + ".data", found.data)
+    entry = QuarantineRecord(
+        key=segment_key, shard=shard, ref=str(ref), reason=reason, at=at, lost=lost, copied=copied
+    )
+    await storage.put(key, encode(entry))
+    log.error(
+        "set aside %s (%s): %d unfinished messages in it are lost; see: s3queue doctor %s",
+        segment_key,
+        reason,
+        len(lost),
+        queue,
+    )
+    return entry
