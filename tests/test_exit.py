@@ -11,8 +11,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
+import subprocess
+import sys
+import textwrap
 import uuid
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import pytest
 
@@ -20,6 +25,94 @@ from s3queue.storage import open_raw_storage
 from s3queue.storage.s3 import S3Storage
 from tests.conftest import BUCKET
 from tests.s3server import S3Server
+
+ROOT = Path(__file__).resolve().parent.parent
+
+#: obstore's thread parks where asyncio's self-pipe ``socket.send`` releases the GIL,
+#: for up to 2 s instead of microseconds. The parking loop is a test device; the
+#: window is real, and this is the backtrace of every abort we caught.
+EXIT_WHILE_DELIVERING = textwrap.dedent(
+    """
+    import _thread
+    import asyncio
+    import sys
+    import types
+
+    from s3queue.storage import open_storage
+
+    MAIN = _thread.get_ident()
+
+
+    class Gates:
+        def __init__(self):
+            self.finalizing = _thread.allocate_lock()
+            self.finalizing.acquire()
+            self.left = _thread.allocate_lock()
+            self.left.acquire()
+            self.parked = False
+
+
+    class WideWindowLoop(asyncio.SelectorEventLoop):
+        gates = Gates()
+
+        def call_soon_threadsafe(self, callback, *args, context=None):
+            handle = super().call_soon_threadsafe(callback, *args, context=context)
+            gates = WideWindowLoop.gates
+            if _thread.get_ident() != MAIN and not gates.parked:
+                gates.parked = True
+                gates.finalizing.acquire(timeout=2)
+                gates.left.release()
+            return handle
+
+
+    class AtFinalization:
+        def __init__(self, gates):
+            self.gates = gates
+
+        def __del__(self):
+            self.gates.finalizing.release()
+            self.gates.left.acquire(timeout=10)
+
+
+    # Freed when the finalizing interpreter empties sys.modules. (Not a global of
+    # __main__: the parked thread's frame keeps __main__'s globals alive.)
+    holder = types.ModuleType("_exit_trigger")
+    holder.at_finalization = AtFinalization(WideWindowLoop.gates)
+    sys.modules["_exit_trigger"] = holder
+    del holder
+
+
+    async def main():
+        storage = open_storage(sys.argv[1])
+        await storage.put("exit/key", b"stored")
+        await storage.close()
+        print("stored", flush=True)
+
+
+    with asyncio.Runner(loop_factory=WideWindowLoop) as runner:
+        runner.run(main())
+    """
+)
+
+
+def run_script(tmp_path: Path, source: str, url: str) -> subprocess.CompletedProcess[str]:
+    script = tmp_path / "script.py"
+    script.write_text(source)
+    return subprocess.run(
+        [sys.executable, str(script), url],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "PYTHONPATH": str(ROOT / "src")},
+    )
+
+
+def test_process_exits_cleanly_while_obstore_is_still_delivering_a_result(
+    s3_server: S3Server, tmp_path: Path
+) -> None:
+    url = s3_server.url(BUCKET, f"exit-{uuid.uuid4().hex[:12]}")
+    done = run_script(tmp_path, EXIT_WHILE_DELIVERING, url)
+    assert (done.returncode, done.stdout) == (0, "stored\n"), done.stderr
 
 
 class HeldProxy:

@@ -5,16 +5,23 @@ that the retry layer above (``storage.retry``) sees every failure and can apply 
 ambiguous-write rule; every obstore exception is translated into an s3queue error
 in :func:`translate`, the only place that knows obstore's error types.
 
-Second invariant: every request a store starts is tracked until its result has been
-delivered, even when its caller was cancelled, and ``close()`` waits for them, so that
-no obstore thread calls into Python after the program is done with the store.
+Second invariant: no obstore thread calls into Python once the interpreter has begun
+to finalize. Every request a store starts is tracked until its result has been
+delivered, even when its caller was cancelled, and ``close()`` waits for them; an exit
+hook waits for obstore's threads to return from delivering results (see
+:func:`_wait_for_deliveries` for the upstream bug this works around).
 """
 
 from __future__ import annotations
 
 import asyncio
+import atexit
+import functools
 import logging
 import re
+import sys
+import threading
+import time
 from collections.abc import Awaitable
 from datetime import timedelta
 from typing import Any, TypeVar
@@ -55,6 +62,9 @@ _CREDENTIALS = "check AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (or the key in
 _CONNECT_TIMEOUT = 5.0
 _REQUEST_TIMEOUT = 30.0
 _CLOSE_TIMEOUT = _CONNECT_TIMEOUT + _REQUEST_TIMEOUT + 1.0
+#: A delivering thread needs only the GIL to finish, so this is ample; it bounds the
+#: exit of a process whose event loop died with requests still running.
+_EXIT_TIMEOUT = 5.0
 _log = logging.getLogger(__name__)
 T = TypeVar("T")
 
@@ -145,6 +155,68 @@ class InFlight:
         return len(self._futures)
 
 
+def _delivering_threads() -> int:
+    """Threads Python did not start (obstore's) that are inside an event loop's
+    ``call_soon_threadsafe``, delivering a result."""
+    python_threads = {
+        thread.ident
+        for thread in threading.enumerate()
+        if not isinstance(thread, threading._DummyThread)
+    }
+    count = 0
+    for ident, frame in sys._current_frames().items():
+        if ident in python_threads:
+            continue
+        while frame.f_back is not None:
+            frame = frame.f_back
+        if frame.f_code.co_name == "call_soon_threadsafe":
+            count += 1
+    return count
+
+
+def _wait_for_deliveries(timeout: float = _EXIT_TIMEOUT) -> None:
+    """At exit, before the interpreter finalizes: let obstore's threads finish
+    delivering results.
+
+    Upstream bug (obstore 0.12.1, which bundles pyo3-async-runtimes 0.30 and pyo3
+    0.30; CPython before 3.14). When a request completes, pyo3-async-runtimes'
+    ``future_into_py_with_locals`` attaches a tokio blocking-pool thread to Python and
+    calls ``loop.call_soon_threadsafe(...)``. asyncio's selector loop schedules the
+    callback, then wakes itself with ``socket.send`` on its self-pipe, which releases
+    the GIL. The loop may run the callback, and the program finish and start
+    finalizing, before that thread takes the GIL back; CPython then ends the thread
+    with ``pthread_exit`` from ``take_gil``, and the forced unwind through the Rust
+    frames aborts the process ("Fatal Python error: Aborted", status 134), after all
+    its work is done. pyo3 guards only ``PyGILState_Ensure`` against this (it parks
+    the thread), not a GIL release inside the Python code it calls. A gdb backtrace of
+    the aborting thread: ``take_gil`` < ``PyEval_RestoreThread`` < ``sock_send`` <
+    ``pyo3_async_runtimes::generic::set_result`` < tokio ``BlockingTask``.
+    Reproduce: a script that only does ``asyncio.run`` of one ``await
+    obstore.put_async(store, "k", b"v")`` against moto_server on loopback aborted 7
+    times in 100 runs on 2 cores. CPython 3.14 parks such threads instead of exiting
+    them (gh-87135); related: pyo3-async-runtimes#40 and #90.
+
+    A thread in that window is visible in ``sys._current_frames()``; all it needs to
+    leave is the GIL, which sleeping releases. There is no event to wait on, hence
+    the polling.
+    """
+    deadline = time.monotonic() + timeout
+    while _delivering_threads():
+        if time.monotonic() >= deadline:
+            _log.warning(
+                "an obstore thread is still delivering a result after %.0f s; the "
+                "interpreter may abort at exit (Fatal Python error: Aborted)",
+                timeout,
+            )
+            return
+        time.sleep(0.001)
+
+
+@functools.cache
+def _wait_for_deliveries_at_exit() -> None:
+    atexit.register(_wait_for_deliveries)
+
+
 class S3Storage:
     """``s3://bucket/prefix?endpoint=...&region=...``; keys are relative to the prefix."""
 
@@ -154,6 +226,7 @@ class S3Storage:
         self._endpoint = endpoint
         self._counts = RequestCounts()
         self._in_flight = InFlight()
+        _wait_for_deliveries_at_exit()
 
     @classmethod
     def from_url(cls, url: str) -> S3Storage:
