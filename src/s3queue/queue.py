@@ -320,11 +320,15 @@ class Queue:
         )
 
     async def close(self) -> None:
-        await self.producer.close()
-        for committer in self.committers:
-            await committer.close()
-        if self._owns_storage:
-            await self.storage.close()
+        try:
+            await self.producer.close()
+            for committer in self.committers:
+                await committer.close()
+        finally:
+            # Even when flushing failed or was interrupted: closing the store is what
+            # waits for its requests still running (see storage.s3).
+            if self._owns_storage:
+                await self.storage.close()
 
     async def __aenter__(self) -> Queue:
         return self

@@ -4,13 +4,27 @@ Invariant: one call is one HTTP attempt. obstore's own retries are switched off 
 that the retry layer above (``storage.retry``) sees every failure and can apply the
 ambiguous-write rule; every obstore exception is translated into an s3queue error
 in :func:`translate`, the only place that knows obstore's error types.
+
+Second invariant: no obstore thread calls into Python once the interpreter has begun
+to finalize. Every request a store starts is tracked until its result has been
+delivered, even when its caller was cancelled, and ``close()`` waits for them; an exit
+hook waits for obstore's threads to return from delivering results (see
+:func:`_wait_for_deliveries` for the upstream bug this works around).
 """
 
 from __future__ import annotations
 
+import asyncio
+import atexit
+import functools
+import logging
 import re
+import sys
+import threading
+import time
+from collections.abc import Awaitable
 from datetime import timedelta
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import parse_qsl, unquote, urlsplit
 
 import obstore
@@ -43,6 +57,16 @@ _MESSAGE = re.compile(r"<Message>([^<]+)</Message>")
 #: What obstore raises: its own errors, and OSError subclasses (FileNotFoundError...).
 _NATIVE = (oe.BaseError, OSError)
 _CREDENTIALS = "check AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (or the key in the URL)"
+#: obstore's own limits: every request ends, one way or another, within their sum, so
+#: that is how long ``close()`` may have to wait for one started just before it.
+_CONNECT_TIMEOUT = 5.0
+_REQUEST_TIMEOUT = 30.0
+_CLOSE_TIMEOUT = _CONNECT_TIMEOUT + _REQUEST_TIMEOUT + 1.0
+#: A delivering thread needs only the GIL to finish, so this is ample; it bounds the
+#: exit of a process whose event loop died with requests still running.
+_EXIT_TIMEOUT = 5.0
+_log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 def _flag(name: str, value: str) -> bool:
@@ -100,6 +124,99 @@ def translate(error: Exception, *, endpoint: str, key: str = "") -> StorageError
     )
 
 
+class InFlight:
+    """The obstore requests a store has started whose result has not been delivered yet.
+
+    A request is shielded from its caller's cancellation: cancelling obstore's future
+    does not stop its thread from calling back into Python later (to check the
+    cancellation), and nothing tells us when it has. Let run, every request ends with
+    a delivery to its event loop, which we can see and wait for.
+    """
+
+    def __init__(self) -> None:
+        self._futures: set[asyncio.Future[Any]] = set()
+
+    def __len__(self) -> int:
+        return len(self._futures)
+
+    async def run(self, call: Awaitable[T]) -> T:
+        future: asyncio.Future[T] = asyncio.ensure_future(call)
+        self._futures.add(future)
+        future.add_done_callback(self._futures.discard)
+        return await asyncio.shield(future)
+
+    async def drain(self, wait_at_most: float) -> int:
+        """Wait until every request started on this event loop has delivered its
+        result, or ``wait_at_most`` seconds; return how many are still running."""
+        loop = asyncio.get_running_loop()
+        mine = {future for future in self._futures if future.get_loop() is loop}
+        if mine:
+            await asyncio.wait(mine, timeout=wait_at_most)
+        return len(self._futures)
+
+
+def _delivering_threads() -> int:
+    """Threads Python did not start (obstore's) that are inside an event loop's
+    ``call_soon_threadsafe``, delivering a result."""
+    python_threads = {
+        thread.ident
+        for thread in threading.enumerate()
+        if not isinstance(thread, threading._DummyThread)
+    }
+    count = 0
+    for ident, frame in sys._current_frames().items():
+        if ident in python_threads:
+            continue
+        while frame.f_back is not None:
+            frame = frame.f_back
+        if frame.f_code.co_name == "call_soon_threadsafe":
+            count += 1
+    return count
+
+
+def _wait_for_deliveries(timeout: float = _EXIT_TIMEOUT) -> None:
+    """At exit, before the interpreter finalizes: let obstore's threads finish
+    delivering results.
+
+    Upstream bug (obstore 0.12.1, which bundles pyo3-async-runtimes 0.30 and pyo3
+    0.30; CPython before 3.14). When a request completes, pyo3-async-runtimes'
+    ``future_into_py_with_locals`` attaches a tokio blocking-pool thread to Python and
+    calls ``loop.call_soon_threadsafe(...)``. asyncio's selector loop schedules the
+    callback, then wakes itself with ``socket.send`` on its self-pipe, which releases
+    the GIL. The loop may run the callback, and the program finish and start
+    finalizing, before that thread takes the GIL back; CPython then ends the thread
+    with ``pthread_exit`` from ``take_gil``, and the forced unwind through the Rust
+    frames aborts the process ("Fatal Python error: Aborted", status 134), after all
+    its work is done. pyo3 guards only ``PyGILState_Ensure`` against this (it parks
+    the thread), not a GIL release inside the Python code it calls. A gdb backtrace of
+    the aborting thread: ``take_gil`` < ``PyEval_RestoreThread`` < ``sock_send`` <
+    ``pyo3_async_runtimes::generic::set_result`` < tokio ``BlockingTask``.
+    Reproduce: a script that only does ``asyncio.run`` of one ``await
+    obstore.put_async(store, "k", b"v")`` against moto_server on loopback aborted 7
+    times in 100 runs on 2 cores. CPython 3.14 parks such threads instead of exiting
+    them (gh-87135); related: pyo3-async-runtimes#40 and #90.
+
+    A thread in that window is visible in ``sys._current_frames()``; all it needs to
+    leave is the GIL, which sleeping releases. There is no event to wait on, hence
+    the polling.
+    """
+    deadline = time.monotonic() + timeout
+    while _delivering_threads():
+        if time.monotonic() >= deadline:
+            _log.warning(
+                "an obstore thread is still delivering a result after %.0f s; the "
+                "interpreter may abort at exit (Fatal Python error: Aborted)",
+                timeout,
+            )
+            return
+        time.sleep(0.001)
+
+
+@functools.cache
+def _wait_for_deliveries_at_exit() -> None:
+    atexit.register(_wait_for_deliveries)
+
+
 class S3Storage:
     """``s3://bucket/prefix?endpoint=...&region=...``; keys are relative to the prefix."""
 
@@ -108,6 +225,8 @@ class S3Storage:
         self._url = url
         self._endpoint = endpoint
         self._counts = RequestCounts()
+        self._in_flight = InFlight()
+        _wait_for_deliveries_at_exit()
 
     @classmethod
     def from_url(cls, url: str) -> S3Storage:
@@ -162,8 +281,8 @@ class S3Storage:
                 config=config,  # type: ignore[arg-type]
                 client_options={
                     "allow_http": allow_http,
-                    "connect_timeout": timedelta(seconds=5),
-                    "timeout": timedelta(seconds=30),
+                    "connect_timeout": timedelta(seconds=_CONNECT_TIMEOUT),
+                    "timeout": timedelta(seconds=_REQUEST_TIMEOUT),
                 },
                 retry_config={
                     "max_retries": 0,
@@ -191,12 +310,17 @@ class S3Storage:
     def counts(self) -> RequestCounts:
         return self._counts
 
+    @property
+    def in_flight(self) -> int:
+        """Requests started and not yet delivered (cancelled callers' included)."""
+        return len(self._in_flight)
+
     async def get(self, key: str) -> StoredObject | None:
         check_key(key)
         self._counts.add("get")
         try:
-            result = await obstore.get_async(self._store, key)
-            data = await result.bytes_async()
+            result = await self._in_flight.run(obstore.get_async(self._store, key))
+            data = await self._in_flight.run(result.bytes_async())
         except FileNotFoundError as error:
             if "NoSuchBucket" in str(error):
                 raise translate(error, endpoint=self._endpoint, key=key) from error
@@ -225,7 +349,7 @@ class S3Storage:
         elif if_match is not None:
             mode = {"e_tag": if_match}
         try:
-            result = await obstore.put_async(self._store, key, data, mode=mode)
+            result = await self._in_flight.run(obstore.put_async(self._store, key, data, mode=mode))
         except _NATIVE as error:
             translated = translate(error, endpoint=self._endpoint, key=key)
             if isinstance(translated, PreconditionFailed):
@@ -237,7 +361,7 @@ class S3Storage:
         check_key(key)
         self._counts.add("delete")
         try:
-            await obstore.delete_async(self._store, key)
+            await self._in_flight.run(obstore.delete_async(self._store, key))
         except FileNotFoundError:
             return
         except _NATIVE as error:
@@ -255,25 +379,34 @@ class S3Storage:
             stream = obstore.list(
                 self._store, directory or None, offset=start_after, chunk_size=LIST_PAGE_SIZE
             )
-            async for batch in stream:
+            # One tracked request per page. obstore fetches a page only when asked for
+            # the next chunk, so stopping at the limit leaves nothing running.
+            while limit is None or len(out) < limit:
+                try:
+                    batch = await self._in_flight.run(anext(stream))
+                except StopAsyncIteration:
+                    break
                 pages += 1
                 for meta in batch:
                     key = str(meta["path"])
-                    if not key.startswith(prefix):
-                        continue
-                    if start_after is not None and key <= start_after:
-                        continue
-                    out.append(ObjectEntry(key, int(meta["size"])))
-                    if limit is not None and len(out) >= limit:
-                        break
-                if limit is not None and len(out) >= limit:
-                    break
+                    if key.startswith(prefix) and (start_after is None or key > start_after):
+                        out.append(ObjectEntry(key, int(meta["size"])))
         except _NATIVE as error:
             raise translate(error, endpoint=self._endpoint, key=prefix) from error
         finally:
             self._counts.add("list", max(1, pages))
+        out = out[:limit]
         out.sort(key=lambda entry: entry.key)
         return out
 
     async def close(self) -> None:
-        return None
+        """Wait until every request this store started has ended (see :class:`InFlight`)."""
+        running = await self._in_flight.drain(_CLOSE_TIMEOUT)
+        if running:
+            _log.warning(
+                "closing %s with %d request(s) still running after %.0f s; the process "
+                "may abort at exit (Fatal Python error: Aborted)",
+                self._url,
+                running,
+                _CLOSE_TIMEOUT,
+            )
