@@ -67,7 +67,7 @@ from s3queue.records import (
 )
 from s3queue.redrive import Redrive
 from s3queue.segment import Message, Segment
-from s3queue.storage import Storage, open_storage
+from s3queue.storage import Storage, open_storage, redact_url
 
 DEFAULT_SHARDS = 4
 MAX_SHARDS = 1024
@@ -222,6 +222,9 @@ class Queue:
         self._reader = QueueReader(storage, settings, self.committers, self.segments, clock)
         self._enqueued_listeners: list[Callable[[list[str]], None]] = []
         self._preference = random.sample(range(settings.shards), settings.shards)
+
+    def __repr__(self) -> str:
+        return f"Queue({self.name!r}, url={redact_url(self.storage.url)!r})"
 
     # --- opening and closing ----------------------------------------------------------
 
