@@ -25,6 +25,17 @@ def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
     server.stop()
 
 
+@pytest.fixture(scope="session")
+def strict_s3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
+    """A moto server that checks credentials (only keys it issued are valid)."""
+    server = start_s3_server(
+        tmp_path_factory.mktemp("moto-auth") / "moto.log",
+        extra_env={"INITIAL_NO_AUTH_ACTION_COUNT": "0"},
+    )
+    yield server
+    server.stop()
+
+
 @pytest.fixture(params=["memory", "file", "s3"])
 def backend(request: pytest.FixtureRequest) -> str:
     return str(request.param)

@@ -8,7 +8,6 @@ import multiprocessing
 import os
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -23,20 +22,9 @@ from s3queue.errors import (
 from s3queue.storage import RetryPolicy, open_storage
 from s3queue.storage.local import LocalStorage
 from tests.conftest import BUCKET
-from tests.s3server import S3Server, free_port, start_s3_server
+from tests.s3server import S3Server, free_port
 
 # --- S3 -------------------------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def strict_s3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
-    """A moto server that checks credentials (only keys it issued are valid)."""
-    server = start_s3_server(
-        tmp_path_factory.mktemp("moto-auth") / "moto.log",
-        extra_env={"INITIAL_NO_AUTH_ACTION_COUNT": "0"},
-    )
-    yield server
-    server.stop()
 
 
 async def test_missing_bucket_is_not_found_with_a_fix(s3_server: S3Server) -> None:

@@ -3,6 +3,8 @@ purge, queues and demo.
 
 Invariant: a user's mistake or a store's refusal prints one line, ``error: what
 happened (what to do)``, and exits non-zero; tracebacks appear only with --debug.
+Nothing it prints holds the secret of the store URL: errors, tracebacks and log
+lines pass through :func:`scrub`, hints show the redacted URL.
 """
 
 from __future__ import annotations
@@ -10,12 +12,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import importlib
+import io
 import json
 import logging
 import os
+import shlex
 import signal
 import sys
 import time
+import traceback
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
@@ -32,7 +37,7 @@ from s3queue.cron import parse_cron
 from s3queue.errors import ConfigurationError, QueueError, QueueNotFound
 from s3queue.info import MessageInfo, Stats
 from s3queue.queue import DEFAULT_SHARDS, Queue
-from s3queue.storage import open_storage
+from s3queue.storage import open_storage, redact, redact_url, url_secrets
 from s3queue.worker import Worker
 
 DEFAULT_URL = "file://.s3queue"
@@ -56,6 +61,18 @@ class _Options:
 options = _Options()
 
 
+def scrub(text: str) -> str:
+    """``text`` without any secret of the store URL, wherever it came from (our own
+    messages, the argument parser's, a third party's exception in a traceback)."""
+    known = url_secrets(options.url) + url_secrets(os.environ.get("S3QUEUE_URL", ""))
+    return redact(text, known)
+
+
+class _ScrubbingFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        return scrub(super().format(record))
+
+
 @app.callback()
 def main_options(
     url: Annotated[
@@ -76,7 +93,9 @@ def main_options(
         raise ConfigurationError(
             f"unknown log level {log_level!r}", suggestion="use debug, info, warning or error"
         )
-    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    handler = logging.StreamHandler()
+    handler.setFormatter(_ScrubbingFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    logging.basicConfig(level=level, handlers=[handler])
 
 
 def run(make: Callable[[], Awaitable[T]]) -> T:
@@ -551,9 +570,22 @@ def dead(
         )
     out.print(table)
     if letters:
-        out.print(
-            f"redrive them with: s3queue --url '{options.url}' redrive {queue}", soft_wrap=True
-        )
+        out.print(f"redrive them with: {redrive_command(queue)}", soft_wrap=True)
+
+
+def redrive_command(queue: str) -> str:
+    """The command that redrives ``queue``, to print: never the URL's secret."""
+    command = f"s3queue redrive {shlex.quote(queue)}"
+    if options.url == os.environ.get("S3QUEUE_URL", DEFAULT_URL):
+        return command  # the same URL reaches it from the environment (or the default)
+    shown = redact_url(options.url)
+    command = f"s3queue --url {shlex.quote(shown)} redrive {shlex.quote(queue)}"
+    if shown == options.url:
+        return command
+    return (
+        f"{command}  (*** stands for the secret key, not printed; with the URL in "
+        f"S3QUEUE_URL, run: s3queue redrive {shlex.quote(queue)})"
+    )
 
 
 @app.command()
@@ -754,9 +786,9 @@ def demo(
 def _report(error: BaseException) -> int:
     # Plain print: one line however narrow the terminal (rich would wrap it).
     if isinstance(error, QueueError):
-        print(f"error: {error}", file=sys.stderr)
+        print(scrub(f"error: {error}"), file=sys.stderr)
         return 2 if isinstance(error, ConfigurationError) else 1
-    print(f"error: {type(error).__name__}: {error}", file=sys.stderr)
+    print(scrub(f"error: {type(error).__name__}: {error}"), file=sys.stderr)
     return 1
 
 
@@ -773,11 +805,15 @@ def main() -> None:
         raise SystemExit(130) from None
     except Exception as error:
         if options.debug or "--debug" in sys.argv:
-            raise
+            # Printed here rather than re-raised: the chain may quote the URL.
+            print(scrub("".join(traceback.format_exception(error))), file=sys.stderr, end="")
+            raise SystemExit(1) from None
         import click
 
         if isinstance(error, click.ClickException):
-            error.show()
+            shown = io.StringIO()  # the parser's message may echo a URL as typed
+            error.show(file=shown)
+            print(scrub(shown.getvalue()), file=sys.stderr, end="")
             raise SystemExit(error.exit_code) from None
         raise SystemExit(_report(error)) from None
 

@@ -72,7 +72,7 @@ from s3queue.records import (
 )
 from s3queue.redrive import Redrive
 from s3queue.segment import Message, Segment
-from s3queue.storage import Storage, open_storage
+from s3queue.storage import Storage, open_storage, redact_url
 
 log = logging.getLogger("s3queue.queue")
 
@@ -249,6 +249,9 @@ class Queue:
         self.wake = self.producer.wake
         self._high_checked_at = -math.inf
         self._broken_logged: dict[int, float] = {}
+
+    def __repr__(self) -> str:
+        return f"Queue({self.name!r}, url={redact_url(self.storage.url)!r})"
 
     # --- opening and closing ----------------------------------------------------------
 

@@ -3,11 +3,13 @@
 ``open_storage(url)`` is the only way the rest of s3queue obtains a store:
 ``s3://bucket/prefix?endpoint=...&region=...`` (obstore), ``file:///path`` (the
 embedded default) and ``memory://name`` (tests). Every store it returns retries
-transient failures and resolves ambiguous conditional writes (see ``retry``).
+transient failures and resolves ambiguous conditional writes (see ``retry``). A URL
+is printed only through ``redact_url`` (see ``redact``): it may hold a secret.
 """
 
 from __future__ import annotations
 
+import re
 from urllib.parse import urlsplit
 
 from s3queue.errors import ConfigurationError
@@ -19,19 +21,30 @@ from s3queue.storage.base import (
     StoredObject,
 )
 from s3queue.storage.memory import MemoryStorage
+from s3queue.storage.redact import redact, redact_url, url_secrets
 from s3queue.storage.retry import RetryingStorage, RetryPolicy
 
 SCHEMES = ("s3", "file", "memory")
+#: Anchored: an endpoint in the query (``?endpoint=http://...``) is not a scheme.
+_SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9+.\-]*://")
 
 
 def open_raw_storage(url: str) -> Storage:
     """The backend for ``url`` without the retry layer (tests and fault injection)."""
-    if not isinstance(url, str) or "://" not in url:
+    shown = redact_url(url) if isinstance(url, str) else url
+    if not isinstance(url, str) or not _SCHEME.match(url):
         raise ConfigurationError(
-            f"invalid storage URL {url!r}: it has no scheme",
+            f"invalid storage URL {shown!r}: it has no scheme",
             suggestion="use s3://bucket/prefix, file:///absolute/path or memory://name",
         )
-    scheme = urlsplit(url).scheme.lower()
+    try:
+        scheme = urlsplit(url).scheme.lower()
+    except ValueError:
+        # urllib's message (and so its traceback) may quote the secret: leave it out.
+        raise ConfigurationError(
+            f"invalid storage URL {shown!r}: its '[' or ']' do not enclose an IP address",
+            suggestion="percent-encode '[' and ']' in the key and secret (%5B, %5D)",
+        ) from None
     if scheme == "memory":
         return MemoryStorage.named(url.split("://", 1)[1].strip("/"))
     if scheme == "file":
@@ -43,7 +56,7 @@ def open_raw_storage(url: str) -> Storage:
 
         return S3Storage.from_url(url)
     raise ConfigurationError(
-        f"unknown storage scheme {scheme!r} in {url!r}",
+        f"unknown storage scheme {scheme!r} in {shown!r}",
         suggestion="use s3://bucket/prefix, file:///absolute/path or memory://name",
     )
 
@@ -64,4 +77,7 @@ __all__ = [
     "StoredObject",
     "open_raw_storage",
     "open_storage",
+    "redact",
+    "redact_url",
+    "url_secrets",
 ]

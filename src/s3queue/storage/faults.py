@@ -41,6 +41,9 @@ class FaultyStorage:
         self.faults: list[Fault] = []
         self.injected = 0
 
+    def __repr__(self) -> str:
+        return f"FaultyStorage({self.inner!r})"
+
     def inject(self, fault: Fault) -> None:
         self.faults.append(fault)
 

@@ -37,6 +37,7 @@ from s3queue.storage.base import (
     put_kind,
 )
 from s3queue.storage.keys import check_key
+from s3queue.storage.redact import redact_url
 
 T = TypeVar("T")
 
@@ -79,7 +80,7 @@ class LocalStorage:
         raw = unquote(parts.netloc + parts.path)
         if not raw:
             raise ConfigurationError(
-                f"invalid storage URL {url!r}: no directory",
+                f"invalid storage URL {redact_url(url)!r}: no directory",
                 suggestion="use file:///absolute/path or file://relative/path",
             )
         root = Path(raw).expanduser()
@@ -87,7 +88,7 @@ class LocalStorage:
             root = Path.cwd() / root
         if root.exists() and not root.is_dir():
             raise ConfigurationError(
-                f"invalid storage URL {url!r}: {root} is a file, not a directory",
+                f"invalid storage URL {redact_url(url)!r}: {root} is a file, not a directory",
                 suggestion="point file:// at a directory (it is created if missing)",
             )
         try:
@@ -103,6 +104,9 @@ class LocalStorage:
                 suggestion="fix its permissions or choose another directory",
             )
         return cls(root, f"file://{root}")
+
+    def __repr__(self) -> str:
+        return f"LocalStorage({redact_url(self._url)!r})"
 
     @property
     def url(self) -> str:

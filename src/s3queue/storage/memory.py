@@ -21,6 +21,7 @@ from s3queue.storage.base import (
     put_kind,
 )
 from s3queue.storage.keys import check_key
+from s3queue.storage.redact import redact_url
 
 _registry: dict[str, MemoryStorage] = {}
 _registry_lock = threading.Lock()
@@ -47,6 +48,9 @@ class MemoryStorage:
             if store is None:
                 store = _registry[name] = cls(name)
             return store
+
+    def __repr__(self) -> str:
+        return f"MemoryStorage({redact_url(self.url)!r})"
 
     @property
     def url(self) -> str:

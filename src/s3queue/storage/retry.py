@@ -51,6 +51,9 @@ class RetryingStorage:
         self.inner = inner
         self.policy = policy or RetryPolicy()
 
+    def __repr__(self) -> str:
+        return f"RetryingStorage({self.inner!r})"
+
     @property
     def url(self) -> str:
         return self.inner.url

@@ -25,7 +25,7 @@ import time
 from collections.abc import Awaitable
 from datetime import timedelta
 from typing import Any, TypeVar
-from urllib.parse import parse_qsl, unquote, urlsplit
+from urllib.parse import SplitResult, parse_qsl, unquote, urlsplit
 
 import obstore
 import obstore.exceptions as oe
@@ -48,6 +48,7 @@ from s3queue.storage.base import (
     put_kind,
 )
 from s3queue.storage.keys import check_key
+from s3queue.storage.redact import redact, redact_url, url_secrets
 
 QUERY_OPTIONS = ("endpoint", "region", "virtual_hosted", "allow_http")
 _BUCKET = re.compile(r"^[a-z0-9][a-z0-9.\-]{1,61}[a-z0-9]$")
@@ -69,14 +70,15 @@ _log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 
-def _flag(name: str, value: str) -> bool:
+def _flag(name: str, value: str, shown: str) -> bool:
     lowered = value.lower()
     if lowered in ("1", "true", "yes"):
         return True
     if lowered in ("0", "false", "no"):
         return False
     raise ConfigurationError(
-        f"invalid value {value!r} for {name}", suggestion=f"use {name}=true or {name}=false"
+        f"invalid value {value!r} for {name} in {shown!r}",
+        suggestion=f"use {name}=true or {name}=false",
     )
 
 
@@ -217,6 +219,33 @@ def _wait_for_deliveries_at_exit() -> None:
     atexit.register(_wait_for_deliveries)
 
 
+def _check_authority(parts: SplitResult, shown: str) -> None:
+    """Refuse credentials holding an unencoded '/', '?', '#' or '@': the parser
+    would end them early and take the rest of the secret for the bucket or prefix,
+    which are sent to S3 and printed as the store's URL."""
+    host = parts.netloc.rpartition("@")[2]
+    if ":" in host or (parts.password is not None and "@" in parts.path):
+        raise ConfigurationError(
+            f"invalid storage URL {shown!r}: cannot tell the credentials from the bucket",
+            suggestion="percent-encode '/', '?', '#' and '@' in the key and secret "
+            "(%2F, %3F, %23, %40); a bucket takes no port",
+        )
+
+
+def _check_endpoint(endpoint: str, shown: str) -> None:
+    try:
+        scheme, netloc = urlsplit(endpoint)[:2]
+    except ValueError:  # an unbalanced '[' or ']'
+        scheme = netloc = ""
+    # Credentials in the endpoint would be printed in every storage error.
+    if scheme not in ("http", "https") or not netloc or "@" in endpoint:
+        raise ConfigurationError(
+            f"invalid endpoint {redact_url(endpoint)!r} in {shown!r}",
+            suggestion="the endpoint is a URL such as http://127.0.0.1:9000, without "
+            "credentials (they go before the bucket name, or in AWS_* variables)",
+        )
+
+
 class S3Storage:
     """``s3://bucket/prefix?endpoint=...&region=...``; keys are relative to the prefix."""
 
@@ -230,40 +259,37 @@ class S3Storage:
 
     @classmethod
     def from_url(cls, url: str) -> S3Storage:
+        shown = redact_url(url)
         parts = urlsplit(url)
+        _check_authority(parts, shown)
         bucket = parts.hostname or ""
         if not bucket:
             raise ConfigurationError(
-                f"invalid storage URL {url!r}: no bucket name",
+                f"invalid storage URL {shown!r}: no bucket name",
                 suggestion="use s3://bucket/prefix?region=...",
             )
         if not _BUCKET.match(bucket):
             raise ConfigurationError(
-                f"invalid bucket name {bucket!r} in {url!r}",
+                f"invalid bucket name {bucket!r} in {shown!r}",
                 suggestion="bucket names are 3 to 63 lowercase letters, digits, '.' and '-'",
             )
         options = dict(parse_qsl(parts.query, keep_blank_values=True))
         unknown = sorted(set(options) - set(QUERY_OPTIONS))
         if unknown:
             raise ConfigurationError(
-                f"unknown option {unknown[0]!r} in {url!r}",
+                f"unknown option {unknown[0]!r} in {shown!r}",
                 suggestion=f"valid options are: {', '.join(QUERY_OPTIONS)}",
             )
         config: dict[str, Any] = {}
         endpoint = options.get("endpoint", "")
         if endpoint:
-            scheme = urlsplit(endpoint).scheme
-            if scheme not in ("http", "https") or not urlsplit(endpoint).netloc:
-                raise ConfigurationError(
-                    f"invalid endpoint {endpoint!r}",
-                    suggestion="the endpoint is a URL such as http://127.0.0.1:9000",
-                )
+            _check_endpoint(endpoint, shown)
             config["endpoint"] = endpoint
             # Local servers and most S3-compatible stores want path-style requests.
             config["virtual_hosted_style_request"] = False
         if "virtual_hosted" in options:
             config["virtual_hosted_style_request"] = _flag(
-                "virtual_hosted", options["virtual_hosted"]
+                "virtual_hosted", options["virtual_hosted"], shown
             )
         if "region" in options:
             config["region"] = options["region"]
@@ -272,7 +298,7 @@ class S3Storage:
             config["secret_access_key"] = unquote(parts.password or "")
         allow_http = endpoint.startswith("http://")
         if "allow_http" in options:
-            allow_http = _flag("allow_http", options["allow_http"])
+            allow_http = _flag("allow_http", options["allow_http"], shown)
         prefix = parts.path.strip("/")
         try:
             store = S3Store(
@@ -295,12 +321,18 @@ class S3Storage:
                 },
             )
         except Exception as error:
+            # obstore's message may quote the configuration, and a chained cause is
+            # printed whole in tracebacks: keep only its scrubbed first line.
+            detail = redact(str(error).splitlines()[0], url_secrets(url))
             raise ConfigurationError(
-                f"cannot configure S3 for {url!r}: {str(error).splitlines()[0]}",
+                f"cannot configure S3 for {shown!r}: {detail}",
                 suggestion="check the URL options and the AWS_* environment variables",
-            ) from error
+            ) from None
         clean = f"s3://{bucket}/{prefix}" + (f"?{parts.query}" if parts.query else "")
         return cls(store, clean, endpoint or f"s3://{bucket}")
+
+    def __repr__(self) -> str:
+        return f"S3Storage({redact_url(self._url)!r})"
 
     @property
     def url(self) -> str:
