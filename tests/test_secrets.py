@@ -76,8 +76,6 @@ def assert_no_secret(result: subprocess.CompletedProcess[str]) -> None:
     assert not pieces, f"{result.args[3:]} printed {pieces}:\n{result.stdout}\n{result.stderr}"
 
 
-
-
 def succeeds(*args: str, env: dict[str, str] | None = None, cwd: Path | None = None) -> str:
     """What the command printed on stdout; it must succeed and print no secret."""
     result = s3queue(*args, env=env, cwd=cwd)

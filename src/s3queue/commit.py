@@ -239,12 +239,19 @@ class ShardCommitter:
     def cached(self) -> Cursor | None:
         return self._cursor
 
-    async def log_has_more(self) -> bool:
-        """Whether the log holds a segment the cached cursor has not taken in (one
-        GET, or none when it was read already)."""
+    async def lane_has_more(self, *, high: bool = False) -> bool:
+        """Whether the log (or the express lane) holds a segment the cached cursor has
+        not taken in: one GET, or none when it was read already."""
         cursor = self._cursor or await self.refresh()
-        ref = SegmentRef.log(cursor.next_seq)
-        return await self.context.segments.fetch(self.shard, ref) is not None
+        seq = cursor.next_high if high else cursor.next_seq
+        ref = SegmentRef.high(seq) if high else SegmentRef.log(seq)
+        try:
+            found = await self.context.segments.fetch(self.shard, ref) is not None
+        except CorruptData:
+            found = True  # a claim sets it aside
+        if found and high:
+            self.expect_high()
+        return found
 
     async def refresh(self) -> Cursor:
         """Re-read the cursor into the cache (what others committed becomes known)."""
@@ -365,7 +372,7 @@ class ShardCommitter:
                     # others may have released or retried messages since.
                     await self._refresh()
                     continue
-                self._settled()
+                self._settled(cursor)
                 return results
             data = encode_cursor(transition.cursor)
             try:
@@ -394,7 +401,7 @@ class ShardCommitter:
                 self._cursor, self._etag = transition.cursor, new_etag
                 self._current_at = time.monotonic()
             self.commits += 1
-            self._settled()
+            self._settled(transition.cursor)
             self._after_commit(transition.cursor, transition.finishing, transition.recovered)
             return results
 
@@ -485,15 +492,17 @@ class ShardCommitter:
             prepared.extend(found)
             room -= len(found)
         demand = sum(op.max_messages for op in claims)
-        if demand <= 0:
-            # A look around before claiming (see Queue.claim): only the express lane
-            # and due timers matter for the order; the log waits for a real claim.
-            return prepared
-        open_refs = [SegmentRef.parse(s.ref) for s in cursor.open]
+        # The window as it will be: without the segments set aside.
+        readable = [s for s in cursor.open if SegmentRef.parse(s.ref) not in self._aside]
+        view = msgspec.structs.replace(cursor, open=readable)
+        open_refs = [SegmentRef.parse(s.ref) for s in readable]
         segments = await self.context.segments.require(self.shard, open_refs)
-        available = count_candidates(cursor, segments, now, demand + LOOKAHEAD)
-        if available < demand + LOOKAHEAD:
-            wanted = demand + LOOKAHEAD - available
+        # A look before claiming (demand 0, see Queue.claim) only needs to know
+        # whether the shard holds anything: one log segment at most.
+        enough = demand + LOOKAHEAD if demand > 0 else 1
+        available = count_candidates(view, segments, now, enough)
+        if available < enough:
+            wanted = enough - available
             prepared.extend(await self._probe_lane(SegmentRef.log, cursor.next_seq, wanted, room))
         return prepared
 
@@ -502,12 +511,13 @@ class ShardCommitter:
         self._high_generation += 1
         self.high_pending = True
 
-    def _settled(self) -> None:
+    def _settled(self, cursor: Cursor) -> None:
         """A commit (or a batch that changed nothing) went through: the express lane
-        is known if its prepare read it to the end, and segments set aside are out."""
+        is known if its prepare read it to the end, and segments set aside that the
+        cursor has left behind are forgotten."""
         if self._high_probed == self._high_generation:
             self.high_pending = False
-        self._aside.clear()
+        self._aside = {ref for ref in self._aside if _ahead_or_open(cursor, ref)}
 
     def _missed(self, lane: int, seq: int) -> bool:
         """Whether ``seq`` of ``lane`` was found missing a moment ago: after a log
@@ -619,6 +629,16 @@ class ShardCommitter:
             log.warning("could not finalize %d finished messages yet", len(ids), exc_info=True)
         finally:
             self._finalizing.difference_update(ids)
+
+
+def _ahead_or_open(cursor: Cursor, ref: SegmentRef) -> bool:
+    """Whether the cursor still has ``ref`` in its window or ahead of it in its lane."""
+    if any(s.ref == str(ref) for s in cursor.open):
+        return True
+    if ref.is_timer:
+        next_seq = cursor.timers.get(str(ref.bucket))
+        return next_seq is not None and ref.seq >= next_seq
+    return ref.seq >= (cursor.next_high if ref.is_high else cursor.next_seq)
 
 
 def _changed(before: Cursor, after: Cursor) -> bool:

@@ -249,6 +249,7 @@ class Queue:
         self.wake = self.producer.wake
         self._high_checked_at = -math.inf
         self._broken_logged: dict[int, float] = {}
+        self._look_everywhere = False
 
     def __repr__(self) -> str:
         return f"Queue({self.name!r}, url={redact_url(self.storage.url)!r})"
@@ -548,7 +549,8 @@ class Queue:
             taken = await self._claim_from(shard, claim, round_)
             # Nothing taken (the shard was given way): move on to the others.
             best[shard] = self.committers[shard].best_waiting(now) if taken else None
-        # Then shards with nothing known to claim: their logs may hold new segments.
+        # Then shards with nothing known to claim: their logs may hold more (a look
+        # just made costs nothing again: an empty log is not read twice in a row).
         for shard in list(self._preference):
             remaining = max_messages - len(round_.leases)
             if remaining <= 0:
@@ -579,13 +581,15 @@ class Queue:
     async def _look_around(self, owner: str) -> None:
         """Before claiming: learn of express-lane messages written to any shard (one
         GET of the high wake object a second at most), and read every shard this
-        process knows nothing of yet, so the claim can take the best first."""
+        process knows nothing of yet, all at once, so the claim can take the best
+        first."""
         if time.monotonic() - self._high_checked_at >= HIGH_CHECK_INTERVAL:
             self._high_checked_at = time.monotonic()
             if await self.wake.changed(high=True):
                 for committer in self.committers:
                     committer.expect_high()
-        blind = [c for c in self.committers if c.cached is None or c.high_pending]
+        everywhere, self._look_everywhere = self._look_everywhere, False
+        blind = [c for c in self.committers if everywhere or c.cached is None or c.high_pending]
         looked = await asyncio.gather(
             *(c.submit(Claim(owner, 0, 1.0)) for c in blind), return_exceptions=True
         )
@@ -716,11 +720,13 @@ class Queue:
         first call). See :mod:`s3queue.wake`."""
         if not await self.wake.changed():
             return False
-        # New segments may be anywhere: the next claim looks at every log, however
-        # recently it found one empty, and at the express lanes' wake object.
+        # New work may be anywhere: the next claim first looks at every shard at
+        # once (its logs however recently found empty, its cursor if old), and at
+        # the express lanes' wake object.
         for committer in self.committers:
             committer.forget_misses()
         self._high_checked_at = -math.inf
+        self._look_everywhere = True
         return True
 
     def next_due(self) -> float | None:
@@ -731,16 +737,19 @@ class Queue:
         dues = [due for c in self.committers if (due := c.next_due(now)) is not None]
         return min(dues) if dues else None
 
-    async def sweep(self, shard: int) -> bool:
-        """Re-read one shard (its cursor, and its logs for segments nobody announced)
-        and recover expired leases; whether it has something claimable now."""
+    #: The steps of a sweep of one shard, one request each.
+    SWEEP_STEPS = ("cursor", "log", "high")
+
+    async def sweep(self, shard: int, step: str) -> bool:
+        """One request of a sweep of ``shard`` (see SWEEP_STEPS): re-read its cursor
+        (then what others released, retried or let expire is known: ``next_due``
+        tells when), or look for a segment nobody announced in its log or express
+        lane. Whether there is something to claim now."""
         committer = self.committers[shard]
-        committer.expect_high()
-        await committer.refresh()
-        await committer.submit(Claim(self.owner, 0, 1.0))
-        if committer.best_waiting(self.clock()) is not None:
-            return True
-        return await committer.log_has_more()
+        if step == "cursor":
+            await committer.refresh()
+            return committer.best_waiting(self.clock()) is not None
+        return await committer.lane_has_more(high=step == "high")
 
     # --- side records of finished messages ----------------------------------------------
 

@@ -39,8 +39,10 @@ log = logging.getLogger("s3queue.worker")
 
 #: The adaptive prefetch grows to at most this many times the concurrency.
 MAX_PREFETCH_FACTOR = 4
-#: Every this many idle checks, one shard is re-read instead of the wake object.
-SWEEP_EVERY = 16
+#: Every this many idle checks, one request of a sweep (a shard's cursor, log or
+#: express lane) is made instead of reading the wake object; spread one request at
+#: a time so that the wake object is never left unread for long.
+SWEEP_EVERY = 5
 #: Seconds an ack or failure may wait for this worker's next claim on the same shard,
 #: to share its cursor write. A finished job's lease stays covered by the heartbeat,
 #: so waiting risks nothing; the next claim usually comes much sooner.
@@ -487,11 +489,12 @@ class Worker:
 
         Each check reads the queue's wake object (one GET: producers rewrite it after
         writing, workers after releasing or retrying), and every SWEEP_EVERY-th check
-        re-reads one shard instead (cursor and logs), which finds what no wake-up
-        announced: a producer that died before ringing, leases of dead workers. Known
-        due times (delays, retries, lease expiries, timer buckets) end the wait
-        without any request. With jobs running, a finished job ends it too. Returns
-        whether the wake object changed.
+        makes one request of a sweep of the shards instead (a cursor, a log, an
+        express lane in turn), which finds what no wake-up announced: a producer
+        that died before ringing, leases of dead workers. Known due times (delays,
+        retries, lease expiries, timer buckets) end the wait without any request.
+        With jobs running, a finished job ends it too. Returns whether there may be
+        new work.
         """
         if until_slot_free:
             self._slot_free.clear()
@@ -522,8 +525,10 @@ class Worker:
         try:
             await self.queue.sync_clock()
             if self._checks % SWEEP_EVERY == 0:
-                shard = self._checks // SWEEP_EVERY % self.queue.settings.shards
-                found = await self.queue.sweep(shard)
+                # One request of a sweep: the steps of one shard, then the next shard.
+                sweeps, steps = self._checks // SWEEP_EVERY, len(Queue.SWEEP_STEPS)
+                shard = sweeps // steps % self.queue.settings.shards
+                found = await self.queue.sweep(shard, Queue.SWEEP_STEPS[sweeps % steps])
             else:
                 found = await self.queue.wake_changed()
             self.claim_failing_since = None
