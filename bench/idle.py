@@ -30,12 +30,14 @@ from bench.common import ROOT, Backends, Row, ints, names, print_table, save
 from s3queue import Queue
 
 HANDLER = """
+import os
 import time
-import urllib.request
 from pathlib import Path
 
 def note(payload, ctx):
-    Path(payload["mark"]).write_text(repr(time.time()))
+    started = repr(time.time())
+    Path(payload["mark"] + ".tmp").write_text(started)
+    os.replace(payload["mark"] + ".tmp", payload["mark"])  # seen whole or not at all
 """
 
 

@@ -6,7 +6,7 @@ import asyncio
 import threading
 import time
 from collections import deque
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import pytest
@@ -288,9 +288,9 @@ async def test_an_idle_worker_costs_one_request_per_poll_interval_whatever_the_s
     assert q.storage.counts.get >= requests - 2  # reads: the cheapest kind
 
 
-async def test_an_idle_worker_wakes_when_another_process_enqueues(store_url: str) -> None:
-    consumer = await Queue.open(store_url, "bell", shards=16)
-    producer = await Queue.open(store_url, "bell")  # its own cursors: no in-process hint
+async def checks_until_done(consumer: Queue, act: Callable[[], Awaitable[Any]]) -> int:
+    """Idle checks an idle worker on ``consumer`` makes between ``act()`` (another
+    process making a message claimable) and that message's completion."""
     done = asyncio.Event()
     worker = Worker(consumer, noop, poll_interval=0.02)
     worker.on("completed", lambda e: done.set())
@@ -298,34 +298,29 @@ async def test_an_idle_worker_wakes_when_another_process_enqueues(store_url: str
     task = asyncio.create_task(worker.run())
     await checks.next(3)
     before = checks.count
-    await producer.enqueue({"x": 1})
+    await act()
     await asyncio.wait_for(done.wait(), 30)
-    # Found by a wake-up, not by sweeping shards one by one (16 shards would take
-    # up to 16 sweeps, one every 16 checks).
-    assert checks.count - before < 16
     await worker.stop()
     await task
+    return checks.count - before
+
+
+async def test_an_idle_worker_wakes_when_another_process_enqueues(store_url: str) -> None:
+    consumer = await Queue.open(store_url, "bell", shards=16)
+    producer = await Queue.open(store_url, "bell")  # its own cursors: no in-process hint
+    # Found by reading the wake object: a sweep (one request every 5 checks, 3 per
+    # shard) would take up to 240 checks to reach the right one of 16 shards.
+    assert await checks_until_done(consumer, lambda: producer.enqueue({"x": 1})) < 10
     await producer.close()
     await consumer.close()
 
 
 async def test_a_released_message_wakes_an_idle_worker(store_url: str) -> None:
-    first = await Queue.open(store_url, "handover", shards=4)
+    first = await Queue.open(store_url, "handover", shards=16)
     second = await Queue.open(store_url, "handover")
     await first.enqueue({"x": 1})
-    [lease] = await first.claim(1, 60)
-    done = asyncio.Event()
-    worker = Worker(second, noop, poll_interval=0.02)
-    worker.on("completed", lambda e: done.set())
-    checks = Checks(worker)
-    task = asyncio.create_task(worker.run())
-    await checks.next(3)
-    before = checks.count
-    await first.release(lease)  # e.g. a worker that shuts down
-    await asyncio.wait_for(done.wait(), 30)
-    assert checks.count - before < 16
-    await worker.stop()
-    await task
+    [lease] = await first.claim(1, 60)  # then released, e.g. by a worker shutting down
+    assert await checks_until_done(second, lambda: first.release(lease)) < 10
     await first.close()
     await second.close()
 
