@@ -9,6 +9,7 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass
 
+from s3queue import limits
 from s3queue.errors import ConfigurationError
 
 
@@ -24,14 +25,25 @@ class Backoff:
     jitter: bool = True
 
     def __post_init__(self) -> None:
-        if self.initial < 0 or self.factor < 1 or self.max < self.initial:
+        # Stored as checked floats: every delay this returns is a finite number in
+        # limits.RETRY_DELAY, which is what a Fail writes into a cursor.
+        initial = limits.RETRY_DELAY.check(self.initial, "Backoff.initial")
+        factor = limits.BACKOFF_FACTOR.check(self.factor, "Backoff.factor")
+        longest = limits.RETRY_DELAY.check(self.max, "Backoff.max")
+        if longest < initial:
             raise ConfigurationError(
-                f"invalid {self!r}",
-                suggestion="use initial >= 0, factor >= 1 and max >= initial",
+                f"Backoff.max={self.max!r} is below Backoff.initial={self.initial!r}",
+                suggestion="max is the longest delay; make it at least initial",
             )
+        object.__setattr__(self, "initial", initial)
+        object.__setattr__(self, "factor", factor)
+        object.__setattr__(self, "max", longest)
 
     def delay(self, attempt: int) -> float:
-        base = min(self.max, self.initial * self.factor ** max(0, attempt - 1))
+        try:
+            base = min(self.max, self.initial * self.factor ** max(0, attempt - 1))
+        except OverflowError:  # factor ** attempt beyond any float: long past max
+            base = self.max if self.initial > 0 else 0.0
         if self.jitter:
             return random.uniform(base / 2, base)
         return base

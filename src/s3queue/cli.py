@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import importlib
-import io
 import json
 import logging
 import os
@@ -31,7 +30,7 @@ from rich.live import Live
 from rich.progress import Progress
 from rich.table import Table
 
-from s3queue import layout
+from s3queue import layout, limits
 from s3queue.catalog import list_queues
 from s3queue.cron import parse_cron
 from s3queue.errors import ConfigurationError, QueueError, QueueNotFound
@@ -96,6 +95,18 @@ def main_options(
     handler = logging.StreamHandler()
     handler.setFormatter(_ScrubbingFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     logging.basicConfig(level=level, handlers=[handler])
+
+
+def checked(limit: limits.Real | limits.Integer, about: str = "", *names: str, **more: Any) -> Any:
+    """A ``typer.Option`` for a number in ``limit``: the range is shown in --help, and a
+    value outside it is refused before anything runs, naming the option as the user
+    typed it (``--visibility-timeout``, not ``visibility_timeout``)."""
+
+    def check(param: typer.CallbackParam, value: Any) -> Any:
+        return limit.optional(value, max(param.opts, key=len))  # the long form, not "-c"
+
+    about = f"{about} Range: {limit.describe()}.".strip()
+    return typer.Option(*names, help=about, callback=check, **more)
 
 
 def run(make: Callable[[], Awaitable[T]]) -> T:
@@ -172,40 +183,44 @@ def load_handler(spec: str) -> Callable[..., Any]:
 def worker(
     queue: Annotated[str, typer.Argument(help="Queue name.")],
     handler: Annotated[str, typer.Argument(help="module:function taking (payload, ctx).")],
-    concurrency: Annotated[int, typer.Option("--concurrency", "-c")] = 10,
+    concurrency: Annotated[int, checked(limits.CONCURRENCY, "", "--concurrency", "-c")] = 10,
     visibility_timeout: Annotated[
-        float, typer.Option(help="Lease length in seconds (extended while running).")
+        float,
+        checked(limits.VISIBILITY_TIMEOUT, "Lease length in seconds (extended while running)."),
     ] = 30.0,
     max_attempts: Annotated[
-        int | None, typer.Option(help="Cap on attempts (the message's own limit applies too).")
+        int | None,
+        checked(limits.MAX_ATTEMPTS, "Cap on attempts (the message's own limit applies too)."),
     ] = None,
     poll_interval: Annotated[
         float,
-        typer.Option(
-            help="With nothing to claim, one storage request per this many seconds on "
-            "average (pickup after a quiet spell takes about half of it)."
+        checked(
+            limits.POLL_INTERVAL,
+            "With nothing to claim, one storage request per this many seconds on "
+            "average (pickup after a quiet spell takes about half of it).",
         ),
     ] = 1.0,
     job_timeout: Annotated[
-        float | None, typer.Option(help="Cancel a job after this many seconds.")
+        float | None, checked(limits.JOB_TIMEOUT, "Cancel a job after this many seconds.")
     ] = None,
     shutdown_timeout: Annotated[
-        float, typer.Option(help="Seconds to finish running jobs on SIGTERM.")
+        float, checked(limits.SHUTDOWN_TIMEOUT, "Seconds to finish running jobs on SIGTERM.")
     ] = 30.0,
-    min_concurrency: Annotated[int | None, typer.Option()] = None,
-    max_concurrency: Annotated[int | None, typer.Option()] = None,
+    min_concurrency: Annotated[int | None, checked(limits.CONCURRENCY)] = None,
+    max_concurrency: Annotated[int | None, checked(limits.CONCURRENCY)] = None,
     prefetch: Annotated[
         int | None,
-        typer.Option(
-            help="Leases held beyond the running jobs. Default: adaptive, from the "
-            "concurrency (long jobs) up to 4 x concurrency (jobs shorter than a claim)."
+        checked(
+            limits.PREFETCH,
+            "Leases held beyond the running jobs. Default: adaptive, from the "
+            "concurrency (long jobs) up to 4 x concurrency (jobs shorter than a claim).",
         ),
     ] = None,
     backoff_initial: Annotated[
-        float | None, typer.Option(help="First retry delay in seconds.")
+        float | None, checked(limits.RETRY_DELAY, "First retry delay in seconds.")
     ] = None,
     backoff_max: Annotated[
-        float | None, typer.Option(help="Longest retry delay in seconds.")
+        float | None, checked(limits.RETRY_DELAY, "Longest retry delay in seconds.")
     ] = None,
     burst: Annotated[bool, typer.Option(help="Drain the queue, then exit.")] = False,
     cron: Annotated[
@@ -219,8 +234,9 @@ def worker(
     ] = None,
     metrics_port: Annotated[
         int | None,
-        typer.Option(
-            help="Serve /metrics (Prometheus), /healthz and /livez on this port.",
+        checked(
+            limits.PORT,
+            "Serve /metrics (Prometheus), /healthz and /livez on this port.",
             envvar="S3QUEUE_METRICS_PORT",
         ),
     ] = None,
@@ -315,10 +331,10 @@ def enqueue(
     file: Annotated[
         Path | None, typer.Option("--file", "-f", help="A JSON-lines file: one payload per line.")
     ] = None,
-    delay: Annotated[float, typer.Option(help="Seconds before it may run.")] = 0.0,
-    priority: Annotated[int, typer.Option(help="Higher runs first.")] = 0,
+    delay: Annotated[float, checked(limits.DELAY, "Seconds before it may run.")] = 0.0,
+    priority: Annotated[int, checked(limits.PRIORITY, "Higher runs first.")] = 0,
     dedup_key: Annotated[str | None, typer.Option(help="Enqueue only once per key.")] = None,
-    max_attempts: Annotated[int | None, typer.Option()] = None,
+    max_attempts: Annotated[int | None, checked(limits.MAX_ATTEMPTS)] = None,
 ) -> None:
     """Enqueue one JSON payload (prints its id) or every line of --file."""
     if (payload is None) == (file is None):
@@ -387,10 +403,10 @@ def _read_jsonl(path: Path) -> list[Any]:
 def create(
     queue: Annotated[str, typer.Argument(help="Queue name.")],
     shards: Annotated[
-        int, typer.Option(help="Shards: parallel cursors (fixed at creation).")
+        int, checked(limits.SHARDS, "Shards: parallel cursors (fixed at creation).")
     ] = DEFAULT_SHARDS,
     max_attempts: Annotated[
-        int, typer.Option(help="Default attempts per message before it is dead.")
+        int, checked(limits.MAX_ATTEMPTS, "Default attempts per message before it is dead.")
     ] = 3,
 ) -> None:
     """Create a queue (producers and workers also create the queues they use)."""
@@ -442,7 +458,9 @@ def stats(
     queue: Annotated[str, typer.Argument(help="Queue name.")],
     as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
     watch: Annotated[bool, typer.Option(help="Refresh until Ctrl-C.")] = False,
-    interval: Annotated[float, typer.Option(help="Seconds between refreshes with --watch.")] = 2.0,
+    interval: Annotated[
+        float, checked(limits.REFRESH, "Seconds between refreshes with --watch.")
+    ] = 2.0,
     shards: Annotated[bool, typer.Option(help="One row per shard.")] = False,
 ) -> None:
     """Counts by status; --shards rows sum to the totals.
@@ -541,7 +559,7 @@ def inspect(
 @app.command()
 def dead(
     queue: Annotated[str, typer.Argument(help="Queue name.")],
-    limit: Annotated[int, typer.Option(help="Show at most this many.")] = 100,
+    limit: Annotated[int, checked(limits.LIST_LIMIT, "Show at most this many.")] = 100,
     as_json: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
     """List dead letters with their last error."""
@@ -725,9 +743,9 @@ def queues() -> None:
 @app.command()
 def dashboard(
     host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
-    port: Annotated[int, typer.Option(help="Port to listen on.")] = 8321,
+    port: Annotated[int, checked(limits.PORT, "Port to listen on.")] = 8321,
     refresh: Annotated[
-        float, typer.Option(help="Seconds between reads of the bucket (each costs requests).")
+        float, checked(limits.REFRESH, "Seconds between reads of the bucket (each costs requests).")
     ] = 5.0,
     allowed_host: Annotated[
         list[str] | None,
@@ -770,9 +788,9 @@ def dashboard(
 
 @app.command()
 def demo(
-    jobs: Annotated[int, typer.Option(help="How many jobs to enqueue.")] = 3000,
-    workers: Annotated[int, typer.Option(help="Worker processes.")] = 2,
-    concurrency: Annotated[int, typer.Option(help="Concurrent jobs per worker.")] = 32,
+    jobs: Annotated[int, checked(limits.DEMO_JOBS, "How many jobs to enqueue.")] = 3000,
+    workers: Annotated[int, checked(limits.DEMO_WORKERS, "Worker processes.")] = 2,
+    concurrency: Annotated[int, checked(limits.CONCURRENCY, "Concurrent jobs per worker.")] = 32,
     directory: Annotated[Path, typer.Option("--dir", help="Where the demo queue lives.")] = Path(
         ".demo"
     ),
@@ -781,6 +799,24 @@ def demo(
     from s3queue.demo import run_demo
 
     run_demo(jobs=jobs, workers=workers, concurrency=concurrency, directory=directory, console=out)
+
+
+#: The exception root of typer's parser: click's, or the copy of click newer typers
+#: carry (whose classes are not click's, so ``click.ClickException`` misses them).
+_ClickException: type[Exception] = next(
+    c for c in typer.BadParameter.__mro__ if c.__name__ == "ClickException"
+)
+
+
+def _usage(error: Any) -> int:
+    """A parse error (an unknown option, a value that is not a number) as one line."""
+    message = " ".join(error.format_message().split())
+    if message:  # empty when typer has printed the help instead
+        context = getattr(error, "ctx", None)
+        hint = f" (see {context.command_path} --help)" if context is not None else ""
+        # scrub: the parser's message may echo a URL as typed.
+        print(scrub(f"error: {message}{hint}"), file=sys.stderr)
+    return int(error.exit_code)
 
 
 def _report(error: BaseException) -> int:
@@ -808,13 +844,8 @@ def main() -> None:
             # Printed here rather than re-raised: the chain may quote the URL.
             print(scrub("".join(traceback.format_exception(error))), file=sys.stderr, end="")
             raise SystemExit(1) from None
-        import click
-
-        if isinstance(error, click.ClickException):
-            shown = io.StringIO()  # the parser's message may echo a URL as typed
-            error.show(file=shown)
-            print(scrub(shown.getvalue()), file=sys.stderr, end="")
-            raise SystemExit(error.exit_code) from None
+        if isinstance(error, _ClickException):
+            raise SystemExit(_usage(error)) from None
         raise SystemExit(_report(error)) from None
 
 

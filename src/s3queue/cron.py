@@ -24,7 +24,7 @@ from typing import Any
 
 from croniter import croniter
 
-from s3queue import layout
+from s3queue import layout, limits
 from s3queue.errors import ConfigurationError, QueueError
 from s3queue.queue import Queue
 
@@ -59,6 +59,7 @@ class Cron:
                 f"the payload of cron {self.schedule!r} is not JSON: {error}",
                 suggestion="pass dicts, lists, strings, numbers, booleans and None",
             ) from error
+        object.__setattr__(self, "priority", limits.PRIORITY.check(self.priority, "priority"))
         if not self.name:
             object.__setattr__(self, "name", self.schedule.replace(" ", "_"))
 

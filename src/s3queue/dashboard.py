@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from importlib import resources
 from typing import Any
 
-from s3queue import webserver
+from s3queue import limits, webserver
 from s3queue.catalog import list_queues
 from s3queue.errors import ConfigurationError, QueueError
 from s3queue.queue import Queue
@@ -136,12 +136,8 @@ class Dashboard:
     ) -> None:
         """``allowed_hosts``: the names, besides the address :meth:`serve` listens on,
         that browsers reach the dashboard by, e.g. a DNS alias or a proxy's name."""
-        if refresh <= 0:
-            raise ConfigurationError(
-                f"refresh={refresh}", suggestion="read the bucket every few seconds, e.g. 5"
-            )
         self.storage = storage
-        self.refresh = refresh
+        self.refresh = limits.REFRESH.check(refresh, "refresh")
         self.allowed_hosts = tuple(allowed_hosts)
         self.hosts = AllowedHosts.for_bind("127.0.0.1", self.allowed_hosts)
         self._queues: dict[str, Queue] = {}
@@ -151,6 +147,7 @@ class Dashboard:
         self._lock = asyncio.Lock()
 
     async def serve(self, host: str = "127.0.0.1", port: int = 8321) -> asyncio.Server:
+        port = limits.PORT.check(port, "port")
         self.hosts = AllowedHosts.for_bind(host, self.allowed_hosts)
         return await webserver.serve(self.answer, host, port, headers=HEADERS)
 

@@ -25,7 +25,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from prometheus_client.registry import Collector
 
-from s3queue import webserver
+from s3queue import limits, webserver
 from s3queue.worker import Worker, WorkerEvent
 
 #: Job durations from a millisecond to ten minutes.
@@ -43,6 +43,7 @@ class WorkerMonitor:
         registry: CollectorRegistry | None = None,
     ) -> None:
         self.worker = worker
+        unhealthy_after = limits.UNHEALTHY_AFTER.optional(unhealthy_after, "unhealthy_after")
         self.unhealthy_after = (
             unhealthy_after if unhealthy_after is not None else max(30.0, 10 * worker.poll_interval)
         )
@@ -150,7 +151,7 @@ class WorkerMonitor:
         # No Host check, unlike the dashboard: Prometheus scrapes by pod address or by a
         # service name the worker cannot know, and a refused scrape is an outage. What a
         # rebound page could read here is counts and health, never a job's payload.
-        return await webserver.serve(self.answer, host, port)
+        return await webserver.serve(self.answer, host, limits.PORT.check(port, "port"))
 
     async def answer(self, request: webserver.Request) -> webserver.Response:
         if request.path == "/metrics":

@@ -22,7 +22,7 @@ from typing import Any
 
 import msgspec
 
-from s3queue import layout
+from s3queue import layout, limits
 from s3queue.backoff import Backoff
 from s3queue.catalog import list_queues
 from s3queue.clock import Clock, StoreClock
@@ -82,7 +82,7 @@ BROKEN_LOG_INTERVAL = 60.0
 #: Seconds between two reads of the high wake object by a claiming process: how soon
 #: a busy worker sees a priority message written to a shard it is not claiming from.
 HIGH_CHECK_INTERVAL = 1.0
-MAX_SHARDS = 1024
+MAX_SHARDS = limits.SHARDS.high
 #: A dedup reservation whose producer has not finished within this many seconds
 #: belongs to a producer that died mid-enqueue, and may be taken over.
 DEDUP_RESERVATION_TIMEOUT = 60.0
@@ -284,14 +284,10 @@ class Queue:
         only when every process shares it (tests, simulations).
         """
         check_queue_name(name)
-        if shards is not None and not 1 <= shards <= MAX_SHARDS:
-            raise ConfigurationError(
-                f"shards={shards} is out of range", suggestion=f"use 1 to {MAX_SHARDS} shards"
-            )
-        if max_attempts < 1:
-            raise ConfigurationError(
-                f"max_attempts={max_attempts}", suggestion="use max_attempts >= 1"
-            )
+        shards = limits.SHARDS.optional(shards, "shards")
+        max_attempts = limits.MAX_ATTEMPTS.check(max_attempts, "max_attempts")
+        dedup_retention = limits.DEDUP_RETENTION.check(dedup_retention, "dedup_retention")
+        skew_margin = limits.SKEW_MARGIN.check(skew_margin, "skew_margin")
         storage = open_storage(url) if isinstance(url, str) else url
         try:
             settings = await _read_settings(storage, name)
@@ -379,17 +375,11 @@ class Queue:
         dedup_key: str | None,
         now: float,
     ) -> Message:
-        if not isinstance(delay, int | float) or delay < 0:
-            raise ConfigurationError(f"delay={delay!r}", suggestion="delay is seconds >= 0")
-        if not isinstance(priority, int) or isinstance(priority, bool):
-            raise ConfigurationError(
-                f"priority={priority!r}", suggestion="priority is an int; higher runs first"
-            )
-        attempts = self.settings.max_attempts if max_attempts is None else max_attempts
-        if not isinstance(attempts, int) or attempts < 1:
-            raise ConfigurationError(
-                f"max_attempts={max_attempts!r}", suggestion="use max_attempts >= 1"
-            )
+        delay = limits.DELAY.check(delay, "delay")
+        priority = limits.PRIORITY.check(priority, "priority")
+        attempts = limits.MAX_ATTEMPTS.optional(max_attempts, "max_attempts")
+        if attempts is None:
+            attempts = self.settings.max_attempts
         if dedup_key is not None and (
             not isinstance(dedup_key, str) or not 0 < len(dedup_key) <= 1024
         ):
@@ -402,7 +392,7 @@ class Queue:
             enqueued_at=now,
             # Without a delay, claimable at once by every process, whatever the
             # small differences between their estimates of the store's time.
-            visible_at=now + float(delay) if delay > 0 else 0.0,
+            visible_at=now + delay if delay > 0 else 0.0,
             priority=priority,
             max_attempts=attempts,
             dedup_key=dedup_key,
@@ -525,11 +515,10 @@ class Queue:
     ) -> ClaimRound:
         """:meth:`claim`, and whether a shard was given way to another process
         writing it (then an empty claim does not mean there is no work)."""
-        if max_messages < 0 or visibility_timeout <= 0:
-            raise ConfigurationError(
-                f"claim(max_messages={max_messages}, visibility_timeout={visibility_timeout})",
-                suggestion="use max_messages >= 0 and a visibility_timeout > 0 seconds",
-            )
+        max_messages = limits.CLAIM_MESSAGES.check(max_messages, "max_messages")
+        visibility_timeout = limits.VISIBILITY_TIMEOUT.check(
+            visibility_timeout, "visibility_timeout"
+        )
         await self.sync_clock()
         owner = owner or self.owner
         await self._look_around(owner)
@@ -669,8 +658,8 @@ class Queue:
         """Record a failed attempt: retry after a backoff delay, or dead-letter the
         message when it is not ``retriable`` or has used all its attempts.
         ``linger`` as for :meth:`ack`."""
-        if isinstance(backoff, int | float):
-            delay = float(backoff)
+        if not isinstance(backoff, Backoff | None):
+            delay = limits.RETRY_DELAY.check(backoff, "backoff")
         else:
             delay = (backoff or self.backoff).delay(lease.attempt)
         record = error_record(error, lease.attempt, self.clock(), lease.owner)
@@ -686,10 +675,7 @@ class Queue:
 
     async def extend(self, lease: Lease, seconds: float) -> float:
         """Keep the lease for ``seconds`` more from now; return the new expiry."""
-        if seconds <= 0:
-            raise ConfigurationError(
-                f"extend by {seconds} s", suggestion="extend by a positive number of seconds"
-            )
+        seconds = limits.VISIBILITY_TIMEOUT.check(seconds, "seconds")
         outcome = await self._committer(lease).submit(Extend(lease.id, lease.token, seconds))
         self._check(outcome, lease, "extend")
         assert isinstance(outcome, Extended)
@@ -824,6 +810,7 @@ class Queue:
 
     async def dead_letters(self, limit: int | None = 100) -> list[MessageInfo]:
         """Dead messages with their error history, oldest id first."""
+        limit = limits.LIST_LIMIT.optional(limit, "limit")
         return await self._reader.dead_letters(limit)
 
     async def dead_letter_ids(self, limit: int | None = None) -> list[str]:

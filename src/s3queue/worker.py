@@ -28,6 +28,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Literal, get_args
 
+from s3queue import limits
 from s3queue.backoff import Backoff
 from s3queue.cron import Cron, Scheduler
 from s3queue.cursor import Recovered
@@ -165,15 +166,18 @@ class Worker:
             raise ConfigurationError(
                 f"handler {handler!r} is not callable", suggestion="pass a function"
             )
-        if concurrency < 1 or visibility_timeout <= 0 or poll_interval <= 0:
-            raise ConfigurationError(
-                "concurrency, visibility_timeout and poll_interval must be positive",
-                suggestion="e.g. concurrency=10, visibility_timeout=30, poll_interval=1",
-            )
-        if prefetch is not None and prefetch < 0:
-            raise ConfigurationError(
-                f"prefetch={prefetch}", suggestion="use prefetch >= 0, or None to adapt it"
-            )
+        concurrency = limits.CONCURRENCY.check(concurrency, "concurrency")
+        visibility_timeout = limits.VISIBILITY_TIMEOUT.check(
+            visibility_timeout, "visibility_timeout"
+        )
+        max_attempts = limits.MAX_ATTEMPTS.optional(max_attempts, "max_attempts")
+        poll_interval = limits.POLL_INTERVAL.check(poll_interval, "poll_interval")
+        job_timeout = limits.JOB_TIMEOUT.optional(job_timeout, "job_timeout")
+        shutdown_timeout = limits.SHUTDOWN_TIMEOUT.check(shutdown_timeout, "shutdown_timeout")
+        prefetch = limits.PREFETCH.optional(prefetch, "prefetch")
+        min_concurrency = limits.CONCURRENCY.optional(min_concurrency, "min_concurrency")
+        max_concurrency = limits.CONCURRENCY.optional(max_concurrency, "max_concurrency")
+        scale_cooldown = limits.SCALE_COOLDOWN.check(scale_cooldown, "scale_cooldown")
         self.queue = queue
         self.handler = handler
         # An object whose __call__ is async counts as an async handler too.
