@@ -17,7 +17,9 @@ def test_schedules_and_payloads_are_checked() -> None:
     with pytest.raises(ConfigurationError, match="invalid cron schedule"):
         Cron("61 * * * *")
     with pytest.raises(ConfigurationError, match="not JSON"):
-        Cron("* * * * *", payload={1, 2})
+        Cron("* * * * *", payload=object())
+    with pytest.raises(ConfigurationError, match="holds nan"):
+        Cron("* * * * *", payload={"ratio": float("nan")})
     assert Cron("*/5 * * * *").next_tick(1_800_000_001.0) == 1_800_000_300.0
     assert Cron("* * * * * */10").next_tick(1_800_000_001.0) == 1_800_000_010.0
     assert Cron("0 9 * * 1", name="weekly").dedup_key(1_800_000_000.0) == "cron:weekly:1800000000"

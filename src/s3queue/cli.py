@@ -33,8 +33,9 @@ from rich.table import Table
 from s3queue import layout, limits
 from s3queue.catalog import list_queues
 from s3queue.cron import parse_cron
-from s3queue.errors import ConfigurationError, QueueError, QueueNotFound
+from s3queue.errors import ConfigurationError, PayloadError, QueueError, QueueNotFound
 from s3queue.info import MessageInfo, Stats
+from s3queue.payload import MAX_DEPTH, check_value
 from s3queue.queue import DEFAULT_SHARDS, Queue
 from s3queue.storage import open_storage, redact, redact_url, url_secrets
 from s3queue.worker import Worker
@@ -138,13 +139,26 @@ async def listen(
 
 
 def parse_json(text: str, where: str = "payload") -> Any:
+    def refuse(constant: str) -> Any:  # Python's json reads NaN and Infinity; JSON has neither
+        raise ConfigurationError(
+            f"invalid JSON {where}: {constant} is not a JSON number",
+            suggestion="send null, or the number as a string",
+        )
+
     try:
-        return json.loads(text)
+        value = json.loads(text, parse_constant=refuse)
     except json.JSONDecodeError as error:
         raise ConfigurationError(
             f"invalid JSON {where}: {error}",
             suggestion="""quote the payload for your shell, e.g. '{"to": "ada@example.com"}'""",
         ) from error
+    except RecursionError:
+        raise ConfigurationError(
+            f"invalid JSON {where}: it nests lists and objects thousands of levels deep",
+            suggestion=f"flatten it: a payload may nest {MAX_DEPTH} levels",
+        ) from None
+    check_value(value, f"the {where}")  # refused here, where the line of a --file is known
+    return value
 
 
 # --- worker --------------------------------------------------------------------------------
@@ -823,7 +837,7 @@ def _report(error: BaseException) -> int:
     # Plain print: one line however narrow the terminal (rich would wrap it).
     if isinstance(error, QueueError):
         print(scrub(f"error: {error}"), file=sys.stderr)
-        return 2 if isinstance(error, ConfigurationError) else 1
+        return 2 if isinstance(error, ConfigurationError | PayloadError) else 1
     print(scrub(f"error: {type(error).__name__}: {error}"), file=sys.stderr)
     return 1
 

@@ -25,8 +25,10 @@ from typing import Any
 from croniter import croniter
 
 from s3queue import layout, limits
-from s3queue.errors import ConfigurationError, QueueError
+from s3queue.errors import ConfigurationError, PayloadError, QueueError
+from s3queue.payload import encode_json
 from s3queue.queue import Queue
+from s3queue.records import MAX_PAYLOAD_BYTES
 
 log = logging.getLogger("s3queue.cron")
 
@@ -52,13 +54,12 @@ class Cron:
                 suggestion="five fields, minute hour day month weekday (e.g. '*/5 * * * *'), "
                 "or six with seconds last (e.g. '* * * * * */10')",
             )
+        what = f"the payload of cron {self.schedule!r}"
         try:
-            json.dumps(self.payload)
-        except (TypeError, ValueError) as error:
-            raise ConfigurationError(
-                f"the payload of cron {self.schedule!r} is not JSON: {error}",
-                suggestion="pass dicts, lists, strings, numbers, booleans and None",
-            ) from error
+            encode_json(self.payload, limit=MAX_PAYLOAD_BYTES, what=what)
+        except PayloadError as error:
+            # Refused now, not at every tick: a tick's enqueue only logs its failure.
+            raise ConfigurationError(error.message, suggestion=error.suggestion) from error
         object.__setattr__(self, "priority", limits.PRIORITY.check(self.priority, "priority"))
         if not self.name:
             object.__setattr__(self, "name", self.schedule.replace(" ", "_"))
@@ -122,9 +123,14 @@ def parse_cron(text: str) -> Cron:
             continue
         try:
             payload = json.loads(rest)
-        except ValueError:
+        except (ValueError, RecursionError):
             continue
-        return Cron(schedule, payload)
+        try:
+            return Cron(schedule, payload)
+        except ConfigurationError as error:
+            raise ConfigurationError(
+                f"--cron {text!r}: {error.message}", suggestion=error.suggestion
+            ) from error
     raise ConfigurationError(
         f"--cron {text!r} is not '<schedule> <JSON payload>'",
         suggestion='e.g. --cron \'*/5 * * * * {"task": "report"}\' (UTC)',
