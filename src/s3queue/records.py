@@ -124,10 +124,38 @@ class DedupMarker(msgspec.Struct, frozen=True, kw_only=True):
 T = TypeVar("T")
 
 _encoder = msgspec.json.Encoder()
+_decoders: dict[type, msgspec.json.Decoder[Any]] = {}
 
 
 def encode(record: Any) -> bytes:
-    return _encoder.encode(record)
+    """``record`` as JSON; refused (QueueError, nothing written) if it would not decode.
+
+    msgspec writes a NaN or infinite float as ``null``, which the float field then
+    refuses to read, and one such cursor, segment or queue.json would stop every worker
+    of the queue. The arguments that lead here are checked first (``limits``); this is
+    the net below them, for a bad clock or a check that is missing.
+    """
+    data = _encoder.encode(record)
+    # A NaN hides only in a null, so a record without one decodes. The round trip
+    # costs about twice the encode; a cursor pays it only while it holds a null (an
+    # error without a traceback, a progress value's own), which is cheap beside the
+    # write that follows. (Telling a float field's null from the others by its key
+    # measured barely cheaper than the decode.)
+    if b"null" in data:
+        kind = type(record)
+        decoder = _decoders.get(kind)
+        if decoder is None:
+            decoder = _decoders[kind] = msgspec.json.Decoder(kind)
+        try:
+            decoder.decode(data)
+        except (msgspec.DecodeError, msgspec.ValidationError, RecursionError) as error:
+            raise QueueError(
+                f"refusing to write a {kind.__name__} that would not decode: {error}",
+                retriable=False,
+                suggestion="a number in it is NaN or infinite, from a clock or a value "
+                "that escaped validation; nothing was written: please report it",
+            ) from error
+    return data
 
 
 def decode(data: bytes, kind: type[T], *, what: str, key: str) -> T:
