@@ -34,10 +34,14 @@ class Real:
     unit: str = "seconds"
 
     def check(self, value: object, name: str) -> float:
-        # The common case first: a float inside the range costs two comparisons (NaN
-        # fails both); everything else, the bounds themselves included, takes _real.
-        if type(value) is float and self.low < value <= self.high:
-            return value
+        # The common case first, cheap because every enqueue passes here: a plain float
+        # or int in range (NaN fails the comparisons); everything else takes _real.
+        if (
+            (type(value) is float or type(value) is int)
+            and self.low <= value <= self.high
+            and (value != self.low or not self.above_low)
+        ):
+            return float(value)
         return _real(value, name, self)
 
     def optional(self, value: object, name: str) -> float | None:
