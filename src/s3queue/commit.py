@@ -191,6 +191,8 @@ class ShardCommitter:
         self._misses: dict[tuple[int, int], float] = {}
         #: time.monotonic() when the cached cursor was last known to be current.
         self._current_at = 0.0
+        #: What the last look before a claim found, not written (see _commit).
+        self._view: Cursor | None = None
         #: The express lane may hold segments this process has not looked for;
         #: generations tell a request to look made during a probe from an old one.
         self.high_pending = True
@@ -260,8 +262,9 @@ class ShardCommitter:
         return self._cursor
 
     def _window(self) -> dict[str, Segment] | None:
-        """The cached cursor's open segments from the cache, None if any is missing."""
-        cursor = self._cursor
+        """The open segments of the cursor as this process knows it (the last look's
+        view, else the cached cursor) from the cache, None if any is missing."""
+        cursor = self._known
         if cursor is None:
             return None
         out: dict[str, Segment] = {}
@@ -276,16 +279,20 @@ class ShardCommitter:
         """The best priority claimable now as far as the cached cursor knows (no I/O);
         None when it knows of nothing, or has no cursor yet."""
         segments = self._window()
-        if segments is None or self._cursor is None:
+        if segments is None or self._known is None:
             return None
-        return best_waiting(self._cursor, segments, now)
+        return best_waiting(self._known, segments, now)
 
     def next_due(self, now: float) -> float | None:
         """When the cached cursor next has work (see :func:`cursor.next_due`); no I/O."""
         segments = self._window()
-        if segments is None or self._cursor is None:
+        if segments is None or self._known is None:
             return None
-        return next_due(self._cursor, segments, now, self.context.rules)
+        return next_due(self._known, segments, now, self.context.rules)
+
+    @property
+    def _known(self) -> Cursor | None:
+        return self._view or self._cursor
 
     async def close(self) -> None:
         while self._background:
@@ -336,6 +343,7 @@ class ShardCommitter:
         else:
             self._cursor, self._etag = decode_cursor(stored.data, self.key), stored.etag
         self._current_at = time.monotonic()
+        self._view = None
 
     async def _commit(self, ops: list[Operation]) -> list[Result]:
         conflicts = 0
@@ -366,6 +374,17 @@ class ShardCommitter:
                 rules=self.context.rules,
             )
             results = transition.results[len(prepared) :]
+            if _is_look(ops) and not any(isinstance(op, Quarantine | Finalize) for op in prepared):
+                # A look before claiming writes nothing: what it found (segments to
+                # take in, leases to recover) is what the next claim finds again,
+                # from the segment cache, and writes in the same commit as its claim.
+                if self._stale_and_idle(ops, results):
+                    await self._refresh()
+                    continue
+                self._view = transition.cursor
+                if not any(isinstance(op, Ingest) and op.ref.is_high for op in prepared):
+                    self._settled(cursor)  # the express lane is known: nothing new
+                return results
             if not _changed(cursor, transition.cursor):
                 if self._stale_and_idle(ops, results):
                     # Nothing to claim here as far as this copy knows, and it is old:
@@ -400,6 +419,7 @@ class ShardCommitter:
             else:
                 self._cursor, self._etag = transition.cursor, new_etag
                 self._current_at = time.monotonic()
+            self._view = None
             self.commits += 1
             self._settled(transition.cursor)
             self._after_commit(transition.cursor, transition.finishing, transition.recovered)
@@ -629,6 +649,10 @@ class ShardCommitter:
             log.warning("could not finalize %d finished messages yet", len(ids), exc_info=True)
         finally:
             self._finalizing.difference_update(ids)
+
+
+def _is_look(ops: list[Operation]) -> bool:
+    return all(isinstance(op, Claim) and op.max_messages == 0 for op in ops)
 
 
 def _ahead_or_open(cursor: Cursor, ref: SegmentRef) -> bool:

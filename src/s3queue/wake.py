@@ -17,14 +17,15 @@ Why no write is missed: a ring reads the object after its change is durable; if 
 read comes before a worker armed it, that worker's claim after arming sees the
 change; if after, the ring rewrites the object and the worker sees the new ETag.
 
-Rings of one process never overlap: events during a ring get one more ring after
-it, so a ring costs at most one GET per segment written (a GET is priced at 8% of
-a PUT) and adds no delay. ``wake/high`` is rewritten unconditionally when a message
-with priority > 0 was written, at most once per :data:`HIGH_RING_INTERVAL` per
-process (an event inside the interval gets one deferred ring at its end, never
-none): busy workers read it once a second to look at the express lanes of shards
-they are not claiming from. A ring that fails is logged; idle workers' periodic
-sweeps find the work later.
+Rings of one process never overlap, and read ``wake/any`` at most once per
+:data:`RING_INTERVAL` (events in between get one more ring at its end, never none):
+a ring costs at most one GET per segment written (a GET is priced at 8% of a PUT),
+at most ten a second, and delays a wake-up by at most that interval. ``wake/high``
+is rewritten unconditionally when a message with priority > 0 was written, at most
+once per :data:`HIGH_RING_INTERVAL` per process (an event inside the interval gets
+one deferred ring at its end, never none): busy workers read it once a second to
+look at the express lanes of shards they are not claiming from. A ring that fails
+is logged; idle workers' periodic sweeps find the work later.
 """
 
 from __future__ import annotations
@@ -45,6 +46,10 @@ log = logging.getLogger("s3queue.wake")
 
 #: Seconds between two rewrites of ``wake/high`` by one process.
 HIGH_RING_INTERVAL = 1.0
+#: Seconds between two reads of ``wake/any`` by one ringing process: a busy producer
+#: pays at most ten GETs a second to know whether a worker waits, and a waiting
+#: worker hears of the first segment after a quiet spell at once.
+RING_INTERVAL = 0.1
 
 
 class WakeState(msgspec.Struct, frozen=True, kw_only=True):
@@ -119,7 +124,7 @@ class Wake:
         self.writer = writer
         self.key = layout.wake_key(queue)
         self.high_key = layout.wake_key(queue, high=True)
-        self._any = Bell(self._ring_any, self.key)
+        self._any = Bell(self._ring_any, self.key, interval=RING_INTERVAL)
         self._high = Bell(self._ring_high, self.high_key, interval=HIGH_RING_INTERVAL)
         self._seen: dict[str, str | None] = {self.key: None, self.high_key: None}
         #: PUTs that woke a listening worker (reads are counted by the store).

@@ -40,9 +40,9 @@ log = logging.getLogger("s3queue.worker")
 
 #: The adaptive prefetch grows to at most this many times the concurrency.
 MAX_PREFETCH_FACTOR = 4
-#: Every this many idle checks, one request of a sweep (a shard's cursor, log or
-#: express lane) is made instead of reading the wake object; spread one request at
-#: a time so that the wake object is never left unread for long.
+#: Every this many quiet idle checks, one request of a sweep (a shard's cursor, log
+#: or express lane) is made instead of reading the wake object; spread one request
+#: at a time so that the wake object is never left unread for long.
 SWEEP_EVERY = 5
 #: Seconds an ack or failure may wait for this worker's next claim on the same shard,
 #: to share its cursor write. A finished job's lease stays covered by the heartbeat,
@@ -231,6 +231,9 @@ class Worker:
         self._finish_times: deque[float] = deque(maxlen=64)
         self._claim_rtt = 0.0
         self._checks = 0
+        #: Idle checks since work was last found or announced, and sweep steps made.
+        self._quiet = 0
+        self._sweeps = -1
         self._idle_debt = 0.0
         self._armed = False
         self.processed = 0
@@ -526,13 +529,18 @@ class Worker:
         counts = self.queue.storage.counts
         before = counts.total
         self._checks += 1
+        self._quiet += 1
         try:
             await self.queue.sync_clock()
-            if self._checks % SWEEP_EVERY == 0:
+            if self._quiet >= SWEEP_EVERY:
                 # One request of a sweep: the steps of one shard, then the next shard.
-                sweeps, steps = self._checks // SWEEP_EVERY, len(Queue.SWEEP_STEPS)
-                shard = sweeps // steps % self.queue.settings.shards
-                found = await self.queue.sweep(shard, Queue.SWEEP_STEPS[sweeps % steps])
+                # Only after quiet checks: while work keeps coming, the wake object
+                # is read every time.
+                self._quiet = 0
+                self._sweeps += 1
+                shard = self._sweeps // len(Queue.SWEEP_STEPS) % self.queue.settings.shards
+                step = Queue.SWEEP_STEPS[self._sweeps % len(Queue.SWEEP_STEPS)]
+                found = await self.queue.sweep(shard, step)
             else:
                 found = await self.queue.wake_changed()
             self.claim_failing_since = None
@@ -540,6 +548,8 @@ class Worker:
             self._storage_failed(error)
             found = False
         self._idle_debt = max(1, counts.total - before) * self.poll_interval
+        if found:
+            self._quiet = 0
         return found
 
     def _start_buffered(self, jobs: asyncio.TaskGroup) -> int:
