@@ -481,3 +481,33 @@ def test_prefetch_adapts_to_how_fast_jobs_finish() -> None:
 
     with pytest.raises(QueueError, match="prefetch"):
         Worker(queue, handler, prefetch=-1)
+
+
+async def test_a_small_batch_is_shared_by_every_idle_worker(store_url: str) -> None:
+    """Four idle workers of 4 slots each, 40 messages in one enqueue_many: all 16
+    slots fill at once (each worker takes what it can run, not the whole batch)."""
+    first = await Queue.open(store_url, "shared", shards=4)
+    queues = [first, *[await Queue.open(store_url, "shared") for _ in range(3)]]
+    running, all_busy = 0, asyncio.Event()
+    ran_by: dict[str, int] = {}
+
+    async def job(payload: Any, ctx: JobContext) -> None:
+        nonlocal running
+        running += 1
+        ran_by[ctx.worker_id] = ran_by.get(ctx.worker_id, 0) + 1
+        if running >= 16:
+            all_busy.set()
+        await all_busy.wait()  # held until every slot of every worker is busy
+
+    workers = [Worker(q, job, concurrency=4, poll_interval=0.02) for q in queues]
+    checks = Checks(workers[0])
+    tasks = [asyncio.create_task(w.run()) for w in workers]
+    await checks.next(2)  # idle, listening
+    await first.enqueue_many([{"n": n} for n in range(40)])
+    await asyncio.wait_for(all_busy.wait(), 60)
+    for worker in workers:
+        await worker.stop()
+    await asyncio.gather(*tasks)
+    for q in queues:
+        await q.close()
+    assert len(ran_by) == 4

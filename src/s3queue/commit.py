@@ -41,6 +41,7 @@ from s3queue.cursor import (
     Result,
     Rules,
     SealTimer,
+    Transition,
     apply,
     best_waiting,
     count_candidates,
@@ -352,78 +353,101 @@ class ShardCommitter:
                 await self._refresh()
             cursor, etag = self._cursor, self._etag
             assert cursor is not None
-            now = self.context.clock()
-            try:
-                prepared = await self._prepare(cursor, ops, now)
-                segments = await self.context.segments.require(
-                    self.shard, self._needed_segments(cursor, prepared + ops)
-                )
-            except CorruptData as error:
-                if "ref" not in error.metadata:
-                    raise
-                await self._set_aside(error, cursor)
-                continue
-            commit = secrets.token_hex(8)
-            transition = apply(
-                cursor,
-                prepared + ops,
-                segments,
-                now=now,
-                commit=commit,
-                new_token=lambda: secrets.token_hex(8),
-                rules=self.context.rules,
-            )
+            step = await self._next_state(cursor, ops)
+            if step is None:
+                continue  # a segment was set aside: start again without it
+            prepared, transition = step
             results = transition.results[len(prepared) :]
-            if _is_look(ops) and not any(isinstance(op, Quarantine | Finalize) for op in prepared):
-                # A look before claiming writes nothing: what it found (segments to
-                # take in, leases to recover) is what the next claim finds again,
-                # from the segment cache, and writes in the same commit as its claim.
-                if self._stale_and_idle(ops, results):
-                    await self._refresh()
-                    continue
-                self._view = transition.cursor
-                if not any(isinstance(op, Ingest) and op.ref.is_high for op in prepared):
-                    self._settled(cursor)  # the express lane is known: nothing new
-                return results
-            if not _changed(cursor, transition.cursor):
+            look = _is_look(ops) and not any(
+                isinstance(op, Quarantine | Finalize) for op in prepared
+            )
+            if look or not _changed(cursor, transition.cursor):
                 if self._stale_and_idle(ops, results):
                     # Nothing to claim here as far as this copy knows, and it is old:
                     # others may have released or retried messages since.
                     await self._refresh()
                     continue
-                self._settled(cursor)
+                self._unwritten(cursor, prepared, transition if look else None)
                 return results
-            data = encode_cursor(transition.cursor)
-            try:
-                if etag is None:
-                    new_etag = await self.context.storage.put(self.key, data, if_none_match=True)
-                else:
-                    new_etag = await self.context.storage.put(self.key, data, if_match=etag)
-            except AmbiguousWrite:
-                await self._refresh()
-                assert self._cursor is not None
-                if commit not in self._cursor.recent_commits:
-                    conflicts = await self._conflict(conflicts)
-                    continue
-                # Our write landed and others committed on top: results stand.
-            except PreconditionFailed:
-                await self._refresh()
-                if all(isinstance(op, Claim) for op in ops):
-                    # Claims can go elsewhere: yield this shard to the process that
-                    # is writing it (its acks cannot move) and let the caller try
-                    # another shard. Nothing was claimed.
-                    self.conflicts += 1
-                    return [YIELDED for _ in ops]
+            outcome = await self._write(transition, etag, ops)
+            if outcome == "yield":
+                # Claims can go elsewhere: yield this shard to the process that is
+                # writing it (its acks cannot move); the caller tries another shard.
+                self.conflicts += 1
+                return [YIELDED for _ in ops]
+            if outcome == "retry":
                 conflicts = await self._conflict(conflicts)
                 continue
-            else:
-                self._cursor, self._etag = transition.cursor, new_etag
-                self._current_at = time.monotonic()
-            self._view = None
             self.commits += 1
             self._settled(transition.cursor)
             self._after_commit(transition.cursor, transition.finishing, transition.recovered)
             return results
+
+    async def _next_state(
+        self, cursor: Cursor, ops: list[Operation]
+    ) -> tuple[list[Operation], Transition] | None:
+        """What ``ops`` make of ``cursor`` (and the operations prepared before them);
+        None after an unreadable segment was set aside."""
+        now = self.context.clock()
+        try:
+            prepared = await self._prepare(cursor, ops, now)
+            segments = await self.context.segments.require(
+                self.shard, self._needed_segments(cursor, prepared + ops)
+            )
+        except CorruptData as error:
+            if "ref" not in error.metadata:
+                raise
+            await self._set_aside(error, cursor)
+            return None
+        transition = apply(
+            cursor,
+            prepared + ops,
+            segments,
+            now=now,
+            commit=secrets.token_hex(8),
+            new_token=lambda: secrets.token_hex(8),
+            rules=self.context.rules,
+        )
+        return prepared, transition
+
+    def _unwritten(
+        self, cursor: Cursor, prepared: list[Operation], look: Transition | None
+    ) -> None:
+        """A batch that is not written: one that changed nothing, or a look before
+        claiming. A look writes nothing: what it found (segments to take in, leases
+        to recover) is what the next claim finds again, from the segment cache, and
+        writes with its claim; meanwhile it is the view claims are ordered by."""
+        if look is None:
+            self._settled(cursor)
+            return
+        self._view = look.cursor
+        if not any(isinstance(op, Ingest) and op.ref.is_high for op in prepared):
+            self._settled(cursor)  # the express lane is known: nothing new there
+
+    async def _write(self, transition: Transition, etag: str | None, ops: list[Operation]) -> str:
+        """CAS-write the new cursor: "done", "yield" (a conflict on a batch of claims
+        only) or "retry" (re-read and apply the batch again)."""
+        data = encode_cursor(transition.cursor)
+        storage = self.context.storage
+        try:
+            if etag is None:
+                new_etag = await storage.put(self.key, data, if_none_match=True)
+            else:
+                new_etag = await storage.put(self.key, data, if_match=etag)
+        except AmbiguousWrite:
+            await self._refresh()
+            assert self._cursor is not None
+            if transition.cursor.commit not in self._cursor.recent_commits:
+                return "retry"
+            # Our write landed and others committed on top: results stand.
+        except PreconditionFailed:
+            await self._refresh()
+            return "yield" if all(isinstance(op, Claim) for op in ops) else "retry"
+        else:
+            self._cursor, self._etag = transition.cursor, new_etag
+            self._current_at = time.monotonic()
+        self._view = None
+        return "done"
 
     def _stale_and_idle(self, ops: list[Operation], results: list[Result]) -> bool:
         claims = [r for op, r in zip(ops, results, strict=True) if isinstance(op, Claim)]

@@ -598,6 +598,50 @@ def _apply_one(
     new_token: Callable[[], str],
     t: Transition,
 ) -> Result:
+    if isinstance(op, Claim):
+        return _claim(state, op, segments, now, new_token)
+    if isinstance(op, Ack | Fail | Extend | Release | Progress):
+        return _on_lease(state, op, segments, now, t)
+    return _on_window(state, op)
+
+
+def _on_lease(
+    state: _State,
+    op: Ack | Fail | Extend | Release | Progress,
+    segments: Mapping[str, Segment],
+    now: float,
+    t: Transition,
+) -> Result:
+    """An operation of a lease holder: applied only with the token that holds it."""
+    if isinstance(op, Fail):
+        return _fail(state, op, segments, now, t)
+    flight = state.holder(op.id, op.token, now)
+    if isinstance(flight, Stale):
+        return flight
+    if isinstance(op, Ack):
+        state.finish(op.id, flight, "completed", now, op.result, t, message_of(segments, op.id))
+        return None
+    if isinstance(op, Extend):
+        assert flight.lease is not None
+        expires_at = max(flight.lease.expires_at, now + op.seconds)
+        lease = msgspec.structs.replace(flight.lease, expires_at=expires_at)
+        state.flights[op.id] = msgspec.structs.replace(flight, lease=lease)
+        return Extended(expires_at)
+    if isinstance(op, Progress):
+        state.flights[op.id] = msgspec.structs.replace(flight, progress=op.value)
+        return None
+    state.count("released")
+    if flight.attempt <= 1 and not flight.errors:
+        del state.flights[op.id]
+    else:
+        state.flights[op.id] = msgspec.structs.replace(
+            flight, attempt=flight.attempt - 1, lease=None, visible_at=0.0
+        )
+    return None
+
+
+def _on_window(state: _State, op: Operation) -> Result:
+    """An operation on what the window holds: segments, timers, finished messages."""
     if isinstance(op, Ingest):
         return _ingest(state, op)
     if isinstance(op, Quarantine):
@@ -606,44 +650,6 @@ def _apply_one(
         if any(s.ref == str(op.ref) for s in state.cursor.open):
             return None
         return _ingest(state, Ingest(op.ref, 0))
-    if isinstance(op, Claim):
-        return _claim(state, op, segments, now, new_token)
-    if isinstance(op, Ack):
-        flight = state.holder(op.id, op.token, now)
-        if isinstance(flight, Stale):
-            return flight
-        message = message_of(segments, op.id)
-        state.finish(op.id, flight, "completed", now, op.result, t, message)
-        return None
-    if isinstance(op, Fail):
-        return _fail(state, op, segments, now, t)
-    if isinstance(op, Extend):
-        held = state.holder(op.id, op.token, now)
-        if isinstance(held, Stale):
-            return held
-        assert held.lease is not None
-        expires_at = max(held.lease.expires_at, now + op.seconds)
-        lease = msgspec.structs.replace(held.lease, expires_at=expires_at)
-        state.flights[op.id] = msgspec.structs.replace(held, lease=lease)
-        return Extended(expires_at)
-    if isinstance(op, Release):
-        flight = state.holder(op.id, op.token, now)
-        if isinstance(flight, Stale):
-            return flight
-        state.count("released")
-        if flight.attempt <= 1 and not flight.errors:
-            del state.flights[op.id]
-        else:
-            state.flights[op.id] = msgspec.structs.replace(
-                flight, attempt=flight.attempt - 1, lease=None, visible_at=0.0
-            )
-        return None
-    if isinstance(op, Progress):
-        flight = state.holder(op.id, op.token, now)
-        if isinstance(flight, Stale):
-            return flight
-        state.flights[op.id] = msgspec.structs.replace(flight, progress=op.value)
-        return None
     if isinstance(op, Finalize):
         for mid in op.ids:
             finished = state.flights.get(mid)
@@ -661,21 +667,25 @@ def _apply_one(
         state.timers_sealed_before = max(state.timers_sealed_before, op.bucket + 1)
         return None
     if isinstance(op, Purge):
-        state.open.clear()
-        state.flights.clear()
-        # Counts restart with the queue's contents: "completed since the last purge".
-        state.counters = msgspec.structs.asdict(Counters())
-        state.next_seq = max(state.next_seq, op.log_end)
-        state.purged_before = state.next_seq
-        state.next_high = max(state.next_high, op.high_end)
-        state.purged_high_before = state.next_high
-        # Buckets stay registered (a producer may still be adding to them); only the
-        # segments that exist now are skipped.
-        for bucket, end in op.timer_ends:
-            if bucket >= state.timers_sealed_before:
-                state.timers[str(bucket)] = max(state.timers.get(str(bucket), 0), end)
+        _purge(state, op)
         return None
     raise TypeError(f"unknown operation {op!r}")
+
+
+def _purge(state: _State, op: Purge) -> None:
+    state.open.clear()
+    state.flights.clear()
+    # Counts restart with the queue's contents: "completed since the last purge".
+    state.counters = msgspec.structs.asdict(Counters())
+    state.next_seq = max(state.next_seq, op.log_end)
+    state.purged_before = state.next_seq
+    state.next_high = max(state.next_high, op.high_end)
+    state.purged_high_before = state.next_high
+    # Buckets stay registered (a producer may still be adding to them); only the
+    # segments that exist now are skipped.
+    for bucket, end in op.timer_ends:
+        if bucket >= state.timers_sealed_before:
+            state.timers[str(bucket)] = max(state.timers.get(str(bucket), 0), end)
 
 
 def _quarantine(state: _State, ref: SegmentRef) -> None:
