@@ -33,50 +33,76 @@ class Tick:
 # --- the estimate ----------------------------------------------------------------------------
 
 
-def test_one_sample_bounds_the_offset_by_the_stamp_resolution() -> None:
-    clock = StoreClock(lambda: 1000.0, monotonic=lambda: 0.0)
-    # Written between local 100.2 and 100.3; the store stamped 70 (whole seconds).
+class Ticks:
+    """A monotonic clock the test moves."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_one_sample_bounds_the_store_time_by_the_stamp_resolution() -> None:
+    mono = Ticks()
+    clock = StoreClock(lambda: 75.0, monotonic=mono)
+    # Written between monotonic 100.2 and 100.3; the store stamped 70 (whole seconds):
+    # its time was in [70, 71) then, so store - monotonic is in [-30.3, -29.2].
     clock.observe(100.2, 100.3, 70.0, 1.0)
     assert clock.bounds is not None
-    assert (clock.bounds.low, clock.bounds.high) == pytest.approx((29.2, 30.3))
-    assert clock() == pytest.approx(1000.0 - 29.75)
+    assert (clock.bounds.low, clock.bounds.high) == pytest.approx((-30.3, -29.2))
+    mono.now = 110.0
+    assert clock() == pytest.approx(110.0 - 29.75)  # by the monotonic clock, not the wall
 
 
-def test_samples_at_other_phases_narrow_the_offset() -> None:
-    clock = StoreClock(monotonic=lambda: 0.0)
-    clock.observe(100.2, 100.3, 70.0, 1.0)  # true offset 30.0 (store read 70.2..70.3)
+def test_samples_at_other_phases_narrow_the_bounds() -> None:
+    mono = Ticks()
+    mono.now = 101.0
+    clock = StoreClock(lambda: 71.0, monotonic=mono)  # the wall clock agrees with the store
+    clock.observe(100.2, 100.3, 70.0, 1.0)  # store - monotonic is -30.0: read 70.2..70.3
     clock.observe(100.9, 101.0, 70.0, 1.0)  # store read 70.9..71.0: stamped 70
     assert clock.bounds is not None
-    assert clock.bounds.low == pytest.approx(29.9) and clock.bounds.high == pytest.approx(30.3)
-    assert clock.uncertainty == pytest.approx(0.2)
+    # (the first sample is widened by 0.7 s of drift allowance: 70 microseconds)
+    assert clock.bounds.low == pytest.approx(-30.3, abs=1e-4)
+    assert clock.bounds.high == pytest.approx(-29.9, abs=1e-4)
+    assert clock.uncertainty == pytest.approx(0.2, abs=1e-4)
 
 
-def test_a_clock_that_jumped_starts_over_from_the_new_sample() -> None:
-    clock = StoreClock(monotonic=lambda: 0.0)
-    clock.observe(100.0, 100.1, 70.0, 1.0)
-    clock.observe(200.0, 200.1, 100.0, 1.0)  # 70 s further ahead: disjoint from before
-    assert clock.offset == pytest.approx(99.55)
+def test_a_stepped_wall_clock_changes_nothing() -> None:
+    wall = [1000.0]
+    mono = Ticks()
+    clock = StoreClock(lambda: wall[0], monotonic=mono)
+    clock.observe(0.0, 0.0, 1000.0, 0.0)
+    wall[0] += 3600  # NTP steps the wall clock an hour
+    mono.now = 5.0
+    assert clock() == pytest.approx(1005.0)
 
 
-def test_a_skew_beyond_the_limit_is_refused() -> None:
-    clock = StoreClock(monotonic=lambda: 0.0)
+def test_a_skew_beyond_the_limit_is_refused_until_a_sample_is_good() -> None:
+    wall = [5000.0 + MAX_SKEW + 60]
+    clock = StoreClock(lambda: wall[0], monotonic=Ticks())
     with pytest.raises(ClockSkewError, match="ahead of the store's, over the limit"):
-        clock.observe(5000.0, 5000.1, 5000.0 - MAX_SKEW - 60, 1.0)
+        clock.observe(0.0, 0.0, 5000.0, 1.0)
+    assert clock.stale()  # every write measures again while refused
+    wall[0] = 5000.0
+    clock.observe(0.0, 0.0, 5000.0, 1.0)
+    assert clock.refused is None and not clock.stale()
 
 
 def test_a_skew_over_a_second_is_logged(caplog: pytest.LogCaptureFixture) -> None:
-    clock = StoreClock(monotonic=lambda: 0.0)
+    clock = StoreClock(lambda: 100.0, monotonic=Ticks())
     with caplog.at_level(logging.WARNING, "s3queue.clock"):
-        clock.observe(100.0, 100.1, 103.0, 1.0)
-    assert "2.9 s behind the store's" in caplog.text
+        clock.observe(0.0, 0.0, 103.0, 1.0)
+    assert "s behind the store's" in caplog.text
+    assert clock.offset == pytest.approx(-3.5)
 
 
 def test_an_offset_within_the_stamp_resolution_is_not_called_skew(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    clock = StoreClock(monotonic=lambda: 0.0)
+    clock = StoreClock(lambda: 100.5, monotonic=Ticks())
     with caplog.at_level(logging.WARNING, "s3queue.clock"):
-        clock.observe(100.5, 100.6, 100.0, 1.0)
+        clock.observe(0.0, 0.1, 100.0, 1.0)
     assert caplog.text == ""
 
 
@@ -88,7 +114,7 @@ async def test_opening_measures_the_offset_to_the_store(store_url: str) -> None:
     try:
         assert q.store_clock is not None
         assert q.store_clock.offset == pytest.approx(30, abs=1.1)
-        assert q.clock() == pytest.approx(time.time(), abs=1.1)
+        assert q.clock() == pytest.approx(time.time(), abs=1.1)  # the store's time
     finally:
         await q.close()
 

@@ -4,18 +4,19 @@ Leases, delays and timer buckets compare times written by different machines, an
 margin alone does not save that: a worker 30 s ahead would take every lease of the
 others. The store is a clock every process shares: it stamps each write with its own
 time (S3's Last-Modified). A :class:`StoreClock` writes a small object, reads its
-stamp back, and so bounds its machine's offset to the store; it then tells time as
-"local time minus offset", so every process judges expiry on one clock.
+stamp back, and so bounds the store's time against its machine's monotonic clock;
+it then tells the store's time, so every process judges expiry on one clock.
 
-Invariant: the offset interval always contains the true offset (given the store's
-stamp resolution and a drift bound), so the estimate is off by at most half its
-width (about half a second on S3, milliseconds on a local directory). A skew beyond
-:data:`MAX_SKEW` is refused: something is wrong with that machine's clock, and AWS
-itself refuses signed requests beyond it.
+Invariant: the bounds always contain the true difference (given the store's stamp
+resolution and a drift bound), so the time told is off by at most half their width
+(about half a second on S3, milliseconds on a local directory). A wall clock more
+than :data:`MAX_SKEW` off the store's is refused: something is wrong with that
+machine, and AWS itself refuses signed requests beyond it.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Callable
@@ -36,9 +37,9 @@ MAX_SKEW = 900.0
 WARN_SKEW = 1.0
 #: Seconds between measurements: clocks drift, and NTP may step them.
 RESAMPLE_INTERVAL = 300.0
-#: How fast two clocks may drift apart (seconds per second). 100 ppm is ten times
-#: what an undisciplined quartz oscillator does; it widens old samples before they
-#: are combined with new ones.
+#: How fast the monotonic clock and the store's may drift apart (seconds per second).
+#: 100 ppm is ten times what an undisciplined quartz oscillator does; it widens old
+#: samples before they are combined with new ones.
 MAX_DRIFT = 1e-4
 
 
@@ -50,7 +51,7 @@ class ClockSkewError(QueueError):
 
 @dataclass(frozen=True, slots=True)
 class OffsetBounds:
-    """The true offset (local minus store, seconds) lies in [low, high]."""
+    """The store's time minus this machine's monotonic clock lies in [low, high]."""
 
     low: float
     high: float
@@ -67,10 +68,17 @@ class OffsetBounds:
 
 
 class StoreClock:
-    """Local time corrected by the measured offset to the store's clock.
+    """The store's time, told by this machine's monotonic clock plus a measured
+    offset.
 
-    ``StoreClock()`` reads ``time.time``; tests pass a skewed ``local`` clock to play
-    a machine whose clock is off. Until its first measurement it tells local time.
+    A sample writes an object and reads the store's stamp of it back: the store
+    wrote it at a time in [stamp, stamp + resolution) while the monotonic clock read
+    between the request and its answer, which bounds the store's time against the
+    monotonic clock. The wall clock (``local``; tests pass a skewed one to play a
+    machine whose clock is off) is read only to say how far it is from the store,
+    for the warning, the metric and the refusal: a step of the wall clock between
+    samples (NTP, a resumed VM) changes nothing. Until its first sample it tells
+    wall-clock time.
     """
 
     def __init__(
@@ -84,69 +92,97 @@ class StoreClock:
         self.max_skew = max_skew
         self._monotonic = monotonic
         self.bounds: OffsetBounds | None = None
+        #: Seconds the wall clock was ahead of the store's at the last sample.
+        self.offset = 0.0
+        #: Set while the wall clock is over the limit: every write measures again.
+        self.refused: ClockSkewError | None = None
         self._sampled_at: float | None = None
+        self._lock = asyncio.Lock()
 
     def __call__(self) -> float:
-        return self.local() - self.offset
-
-    @property
-    def offset(self) -> float:
-        """Seconds this machine's clock is ahead of the store's (best estimate)."""
-        return 0.0 if self.bounds is None else self.bounds.middle
+        if self.bounds is None:
+            return self.local()
+        return self._monotonic() + self.bounds.middle
 
     @property
     def uncertainty(self) -> float:
-        """The most the offset estimate can be off by (seconds); inf before a sample."""
+        """The most the store's time told here can be off (seconds); inf before a
+        sample."""
         return float("inf") if self.bounds is None else (self.bounds.high - self.bounds.low) / 2
 
+    async def sync(self, storage: Storage, key: str) -> None:
+        """Measure unless a measurement is recent; one at a time. Raises
+        ClockSkewError while the wall clock is over the limit."""
+        if not self.stale():
+            return
+        async with self._lock:
+            if self.stale():
+                await self.measure(storage, key)
+        if self.refused is not None:
+            raise self.refused
+
     def stale(self) -> bool:
-        """No measurement yet, or the last one is older than RESAMPLE_INTERVAL."""
+        """No measurement yet, the last one is older than RESAMPLE_INTERVAL, or it
+        found the clock over the limit."""
         last = self._sampled_at
-        return last is None or self._monotonic() - last >= RESAMPLE_INTERVAL
+        return (
+            self.refused is not None
+            or last is None
+            or self._monotonic() - last >= RESAMPLE_INTERVAL
+        )
 
     async def measure(self, storage: Storage, key: str) -> None:
-        """Write ``key``, read its stamp back, and fold the sample into the offset.
+        """Write ``key``, read its stamp back, and fold the sample in.
 
         Another process may write ``key`` between our write and our read; its stamp
-        still falls between the two, which is all the bounds assume.
+        then falls before our read's answer, which bounds it instead of our write's.
         """
-        self._sampled_at = self._monotonic()
-        sent = self.local()
-        await storage.put(key, b"s3queue clock sample\n")
+        start = self._monotonic()
+        etag = await storage.put(key, b"s3queue clock sample\n")
+        written = self._monotonic()
         stored = await storage.get(key)
-        answered = self.local()
+        answered = self._monotonic()
         if stored is None or stored.modified is None:
             log.debug("the store gives no write times: clock skew is not measured")
+            self._sampled_at = answered
             return
-        self.observe(sent, answered, stored.modified, stored.resolution)
+        end = written if stored.etag == etag else answered
+        self.observe(start, end, stored.modified, stored.resolution)
 
-    def observe(self, sent: float, answered: float, modified: float, resolution: float) -> None:
-        """Fold in one sample: the store stamped ``modified`` (truncated to
-        ``resolution``) on a write made locally between ``sent`` and ``answered``."""
-        now = self._monotonic()
-        sample = OffsetBounds(sent - (modified + resolution), answered - modified, now)
+    def observe(self, start: float, end: float, stamp: float, resolution: float) -> None:
+        """Fold in one sample: the store stamped ``stamp`` (truncated to
+        ``resolution``) on a write made between monotonic times ``start`` and
+        ``end``. Raises ClockSkewError when the wall clock is over the limit."""
+        sample = OffsetBounds(stamp - end, stamp + resolution - start, end)
         previous = self.bounds
         if previous is not None:
-            aged = previous.aged(now)
+            aged = previous.aged(end)
             low, high = max(aged.low, sample.low), min(aged.high, sample.high)
             if low <= high:
-                sample = OffsetBounds(low, high, now)
+                sample = OffsetBounds(low, high, end)
             else:
-                log.info("the clock moved against the store's since the last sample")
+                log.info("the monotonic clock moved against the store's since the last sample")
         self.bounds = sample
+        self._sampled_at = end
         self._check(sample)
 
     def _check(self, bounds: OffsetBounds) -> None:
-        # Judged on the interval, so only a skew that is certain is reported.
-        certain = bounds.low if bounds.low > 0 else (-bounds.high if bounds.high < 0 else 0.0)
-        direction = "ahead of" if bounds.low > 0 else "behind"
+        # The wall clock against the store's time, as an interval: only a skew that
+        # is certain is reported.
+        wall, mono = self.local(), self._monotonic()
+        low, high = wall - (mono + bounds.high), wall - (mono + bounds.low)
+        self.offset = (low + high) / 2
+        certain = low if low > 0 else (-high if high < 0 else 0.0)
+        direction = "ahead of" if low > 0 else "behind"
+        self.refused = None
         if certain > self.max_skew:
-            raise ClockSkewError(
+            self.refused = ClockSkewError(
                 f"this machine's clock is {certain:,.0f} s {direction} the store's, over "
                 f"the limit of {self.max_skew:,.0f} s",
                 suggestion="synchronise the clock (NTP, chrony or systemd-timesyncd)",
-                metadata={"offset": bounds.middle, "limit": self.max_skew},
+                metadata={"offset": self.offset, "limit": self.max_skew},
             )
+            raise self.refused
         if certain > WARN_SKEW:
             log.warning(
                 "this machine's clock is %.1f s %s the store's; s3queue corrects for it, "

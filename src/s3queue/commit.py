@@ -24,20 +24,16 @@ from dataclasses import dataclass, field
 import msgspec
 
 from s3queue import layout, quarantine
+from s3queue.clock import StoreClock
 from s3queue.cursor import (
     YIELDED,
-    Ack,
     Claim,
     Cursor,
-    Extend,
-    Fail,
     Finalize,
     Ingest,
     Operation,
-    Progress,
     Quarantine,
     Recovered,
-    Release,
     Result,
     Rules,
     SealTimer,
@@ -194,6 +190,8 @@ class ShardCommitter:
         self._current_at = 0.0
         #: What the last look before a claim found, not written (see _commit).
         self._view: Cursor | None = None
+        #: time.monotonic() when writing an orphan's records last failed.
+        self._orphan_tried: dict[str, float] = {}
         #: The express lane may hold segments this process has not looked for;
         #: generations tell a request to look made during a probe from an old one.
         self.high_pending = True
@@ -264,17 +262,27 @@ class ShardCommitter:
 
     def _window(self) -> dict[str, Segment] | None:
         """The open segments of the cursor as this process knows it (the last look's
-        view, else the cached cursor) from the cache, None if any is missing."""
+        view, else the cached cursor) that are in the cache; None if any is not."""
+        segments = self._cached_window()
         cursor = self._known
-        if cursor is None:
+        if cursor is None or len(segments) < len(cursor.open):
             return None
-        out: dict[str, Segment] = {}
-        for open_segment in cursor.open:
+        return segments
+
+    def _cached_window(self) -> dict[str, Segment]:
+        cursor, out = self._known, {}
+        for open_segment in cursor.open if cursor is not None else []:
             segment = self.context.segments.get(self.shard, SegmentRef.parse(open_segment.ref))
-            if segment is None:
-                return None
-            out[open_segment.ref] = segment
+            if segment is not None:
+                out[open_segment.ref] = segment
         return out
+
+    async def load_window(self) -> None:
+        """Read the window's segments this process has not cached (a cursor re-read
+        by a sweep holds segments other processes took in)."""
+        if self._cursor is not None:
+            refs = [SegmentRef.parse(s.ref) for s in self._cursor.open]
+            await self.context.segments.require(self.shard, list(set(refs) - self._aside))
 
     def best_waiting(self, now: float) -> int | None:
         """The best priority claimable now as far as the cached cursor knows (no I/O);
@@ -284,12 +292,17 @@ class ShardCommitter:
             return None
         return best_waiting(self._known, segments, now)
 
-    def next_due(self, now: float) -> float | None:
-        """When the cached cursor next has work (see :func:`cursor.next_due`); no I/O."""
-        segments = self._window()
-        if segments is None or self._known is None:
+    def next_due(self, now: float, after: float = -math.inf) -> float | None:
+        """When the cursor as this process knows it next has work (see
+        :func:`cursor.next_due`); no I/O. Records this process is writing now are
+        not due: their commit follows."""
+        cursor = self._known
+        if cursor is None:
             return None
-        return next_due(self._known, segments, now, self.context.rules)
+        if self._finalizing:
+            flights = {m: f for m, f in cursor.flights.items() if m not in self._finalizing}
+            cursor = msgspec.structs.replace(cursor, flights=flights)
+        return next_due(cursor, self._cached_window(), now, self.context.rules, after=after)
 
     @property
     def _known(self) -> Cursor | None:
@@ -347,7 +360,13 @@ class ShardCommitter:
         self._view = None
 
     async def _commit(self, ops: list[Operation]) -> list[Result]:
-        conflicts = 0
+        # Time decides leases and delays: judged on the store's clock, measured (a
+        # process that opened the queue read-only has not yet).
+        store_clock = self.context.clock
+        if isinstance(store_clock, StoreClock):
+            name = self.context.settings.name
+            await store_clock.sync(self.context.storage, layout.clock_key(name))
+        conflicts = set_aside = 0
         while True:
             if self._cursor is None:
                 await self._refresh()
@@ -355,11 +374,20 @@ class ShardCommitter:
             assert cursor is not None
             step = await self._next_state(cursor, ops)
             if step is None:
-                continue  # a segment was set aside: start again without it
+                # A segment was set aside: start again without it (each one once).
+                set_aside += 1
+                if set_aside > MAX_CONFLICTS:
+                    raise CorruptData(
+                        f"shard {self.shard} found {set_aside} unreadable segments in one commit",
+                        suggestion=f"run: s3queue doctor {self.context.settings.name}",
+                    )
+                continue
             prepared, transition = step
             results = transition.results[len(prepared) :]
+            # A look writes nothing, unless it must: records it wrote (a seal, side
+            # records, a quarantine) need the cursor to say so.
             look = _is_look(ops) and not any(
-                isinstance(op, Quarantine | Finalize) for op in prepared
+                isinstance(op, Quarantine | Finalize | SealTimer) for op in prepared
             )
             if look or not _changed(cursor, transition.cursor):
                 if self._stale_and_idle(ops, results):
@@ -469,13 +497,14 @@ class ShardCommitter:
         return conflicts
 
     def _needed_segments(self, cursor: Cursor, ops: list[Operation]) -> list[SegmentRef]:
+        # An operation on a lease needs its message's segment only if the message
+        # is in flight, and then the flights below name it. Any other id (a lease of
+        # another queue, a made-up one) is refused as stale without reading
+        # anything: reading would take a segment not written yet for a missing one.
         refs = {SegmentRef.parse(s.ref) for s in cursor.open}
         refs.update(op.ref for op in ops if isinstance(op, Ingest))
         for mid in cursor.flights:
             refs.add(layout.parse_message_id(mid).segment)
-        for op in ops:
-            if isinstance(op, Ack | Fail | Extend | Release | Progress):
-                refs.add(layout.parse_message_id(op.id).segment)
         return sorted(refs - self._aside)
 
     async def _set_aside(self, error: CorruptData, cursor: Cursor) -> None:
@@ -511,28 +540,24 @@ class ShardCommitter:
         prepared: list[Operation] = [
             Quarantine(ref) for ref in sorted(self._aside) if str(ref) in window
         ]
-        orphans = [
-            mid
-            for mid, flight in cursor.flights.items()
-            if flight.outcome is not None
-            and flight.outcome.finished_at + self.context.rules.finalize_grace < now
-            and mid not in self._finalizing
-        ]
-        if orphans:
-            await self.context.finish(self.shard, cursor, orphans)
-            prepared.append(Finalize(tuple(orphans)))
+        prepared.extend(await self._finalize_orphans(cursor, now))
         claims = [op for op in ops if isinstance(op, Claim)]
         if not claims:
             return prepared
         room = self.context.rules.max_open_segments - len(cursor.open)
         # Due timer buckets are known from the cursor: reading them costs a request
         # only when one is due.
-        prepared.extend(await self._probe_timers(cursor, now))
+        found = await self._probe_timers(cursor, now, room)
+        prepared.extend(found)
+        room -= len(found)
         if self.high_pending:
             # The express lane is always read to its end: its messages go before
-            # everything in the log, however deep the log's backlog is.
-            self._high_probed = self._high_generation
-            found = await self._probe_lane(SegmentRef.high, cursor.next_high, math.inf, room)
+            # everything in the log, however deep the log's backlog is. It is known
+            # only once a probe reached its end (a full window stops it short).
+            generation = self._high_generation
+            found, ended = await self._probe_lane(SegmentRef.high, cursor.next_high, math.inf, room)
+            if ended:
+                self._high_probed = generation
             prepared.extend(found)
             room -= len(found)
         demand = sum(op.max_messages for op in claims)
@@ -547,13 +572,41 @@ class ShardCommitter:
         available = count_candidates(view, segments, now, enough)
         if available < enough:
             wanted = enough - available
-            prepared.extend(await self._probe_lane(SegmentRef.log, cursor.next_seq, wanted, room))
+            found, _ = await self._probe_lane(SegmentRef.log, cursor.next_seq, wanted, room)
+            prepared.extend(found)
         return prepared
 
+    async def _finalize_orphans(self, cursor: Cursor, now: float) -> list[Operation]:
+        """Write the records of messages that finished more than finalize_grace ago
+        whose own process never did (it died in between), and finalize them. One
+        whose records cannot be written now (an unreadable dedup marker, its
+        segment set aside) is tried again a grace later, never in a loop."""
+        grace = self.context.rules.finalize_grace
+        orphans = [
+            mid
+            for mid, flight in cursor.flights.items()
+            if flight.outcome is not None
+            and flight.outcome.finished_at + grace < now
+            and mid not in self._finalizing
+            and self._orphan_tried.get(mid, -math.inf) + grace < time.monotonic()
+            and layout.parse_message_id(mid).segment not in self._aside
+        ]
+        done: list[str] = []
+        for mid in orphans:
+            try:
+                await self.context.finish(self.shard, cursor, [mid])
+                done.append(mid)
+            except QueueError as error:
+                self._orphan_tried[mid] = time.monotonic()
+                log.warning("could not write the records of %s yet: %s", mid, error)
+        return [Finalize(tuple(done))] if done else []
+
     def expect_high(self) -> None:
-        """Someone wrote to an express lane: read this shard's on its next claim."""
+        """Someone wrote to an express lane: read this shard's on its next claim,
+        however recently it was found empty."""
         self._high_generation += 1
         self.high_pending = True
+        self._misses = {k: v for k, v in self._misses.items() if k[0] != HIGH_LANE}
 
     def _settled(self, cursor: Cursor) -> None:
         """A commit (or a batch that changed nothing) went through: the express lane
@@ -572,16 +625,17 @@ class ShardCommitter:
 
     async def _probe_lane(
         self, make: Callable[[int], SegmentRef], seq: int, wanted: float, room: int
-    ) -> list[Operation]:
+    ) -> tuple[list[Operation], bool]:
         """Ingest ops for the segments of one log lane from ``seq`` on, until
-        ``wanted`` messages, ``room`` segments or the lane's end."""
+        ``wanted`` messages, ``room`` segments or the lane's end; and whether the
+        lane's end was reached."""
         found: list[Operation] = []
         lane = make(0).bucket
         if self._missed(lane, seq):
-            return found
+            return found, False
         fanout = 1
         while wanted > 0 and len(found) < room:
-            refs = [make(seq + i) for i in range(fanout)]
+            refs = [make(seq + i) for i in range(min(fanout, room - len(found)))]
             fetched = await asyncio.gather(*(self._fetch(ref) for ref in refs))
             for ref, segment in zip(refs, fetched, strict=True):
                 if ref in self._aside:
@@ -589,29 +643,29 @@ class ShardCommitter:
                     continue
                 if segment is None:
                     self._misses[(lane, ref.seq)] = time.monotonic()
-                    return found
+                    return found, True
                 found.append(Ingest(ref, len(segment.messages)))
                 wanted -= len(segment.messages)
-            seq += fanout
+            seq += len(refs)
             fanout = PROBE_FANOUT
-        return found
+        return found, False
 
     async def _fetch(self, ref: SegmentRef) -> Segment | None:
         if ref in self._aside:
             return None
         return await self.context.segments.fetch(self.shard, ref)
 
-    async def _probe_timers(self, cursor: Cursor, now: float) -> list[Operation]:
+    async def _probe_timers(self, cursor: Cursor, now: float, room: int) -> list[Operation]:
         found: list[Operation] = []
         for bucket_text, next_seq in sorted(cursor.timers.items(), key=lambda kv: int(kv[0])):
             bucket = int(bucket_text)
-            if bucket > now:
+            if bucket > now or len(found) >= room:
                 break
             sealable = bucket + TIMER_BUCKET + TIMER_SEAL_MARGIN < now
             if self._missed(bucket, next_seq) and not sealable:
                 continue
             seq = next_seq
-            while True:
+            while len(found) < room:
                 ref = SegmentRef.timer(bucket, seq)
                 segment = await self._fetch(ref)
                 if ref in self._aside:

@@ -525,31 +525,39 @@ def _ranked(
 
 
 def next_due(
-    cursor: Cursor, segments: Mapping[str, Segment], now: float, rules: Rules
+    cursor: Cursor,
+    segments: Mapping[str, Segment],
+    now: float,
+    rules: Rules,
+    *,
+    after: float = -math.inf,
 ) -> float | None:
-    """The earliest time after ``now`` at which this cursor, as it stands, has work:
-    a delayed or retried message becomes visible, a lease can be recovered, a timer
-    bucket falls due, or a finished message's records are overdue. None if never."""
-    due = math.inf
-    for flight in cursor.flights.values():
-        if flight.outcome is not None:
-            due = min(due, flight.outcome.finished_at + rules.finalize_grace)
-        elif flight.lease is not None:
-            due = min(due, flight.lease.expires_at + rules.skew_margin)
-        elif flight.visible_at > now:
-            due = min(due, flight.visible_at)
+    """The earliest time at which this cursor, as it stands, has work: a delayed or
+    retried message becomes visible, a lease can be recovered, a timer bucket falls
+    due, or a finished message's records are overdue; None if never. Times up to
+    ``after`` are passed over (a claim made then found nothing to do with them), and
+    messages of segments not in ``segments`` are left out (flights are not)."""
+    dues = [
+        due for flight in cursor.flights.values() if (due := _flight_due(flight, rules)) > after
+    ]
     for open_segment in cursor.open:
         segment = segments.get(open_segment.ref)
         if segment is None:
             continue
         prefix = f"{cursor.shard}-{open_segment.ref}-"
         for index, message in enumerate(segment.messages):
-            if message.visible_at > now and (prefix + str(index)) not in cursor.flights:
-                due = min(due, message.visible_at)
-    for bucket in cursor.timers:
-        if int(bucket) > now:
-            due = min(due, float(bucket))
-    return None if due == math.inf else max(due, now)
+            if message.visible_at > after and (prefix + str(index)) not in cursor.flights:
+                dues.append(message.visible_at)
+    dues.extend(float(b) for b in cursor.timers if float(b) > after)
+    return max(min(dues), now) if dues else None
+
+
+def _flight_due(flight: Flight, rules: Rules) -> float:
+    if flight.outcome is not None:
+        return flight.outcome.finished_at + rules.finalize_grace
+    if flight.lease is not None:
+        return flight.lease.expires_at + rules.skew_margin
+    return flight.visible_at
 
 
 def _visible_at(message: Message, flight: Flight | None) -> float:

@@ -131,7 +131,7 @@ class Doctor:
             ref = SegmentRef.parse(open_segment.ref)
             problem = await self._unreadable(shard, ref)
             if problem is not None:
-                lost = len(quarantine.unfinished(shard, open_segment))
+                lost = len(quarantine.unfinished(shard, open_segment) or [])
                 findings.append(
                     Finding(
                         ref.key(self.name, shard),
@@ -221,7 +221,7 @@ class Doctor:
     def _replace(self, shard: int, ref: SegmentRef, reason: str) -> Repair:
         async def repair() -> str:
             await quarantine.record(
-                self.storage, self.name, shard, ref, reason, self.queue.clock(), []
+                self.storage, self.name, shard, ref, reason, self.queue.clock(), None
             )
             empty = Segment(
                 writer=f"doctor.{secrets.token_hex(4)}", created_at=self.queue.clock(), messages=[]

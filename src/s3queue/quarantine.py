@@ -13,6 +13,7 @@ import logging
 
 from s3queue import layout
 from s3queue.cursor import OpenSegment
+from s3queue.errors import PreconditionFailed
 from s3queue.layout import SegmentRef
 from s3queue.records import QuarantineRecord, encode
 from s3queue.storage import Storage
@@ -20,10 +21,11 @@ from s3queue.storage import Storage
 log = logging.getLogger("s3queue.quarantine")
 
 
-def unfinished(shard: int, segment: OpenSegment | None) -> list[str]:
-    """Ids of the messages of a window segment that had not finished."""
+def unfinished(shard: int, segment: OpenSegment | None) -> list[str] | None:
+    """Ids of the messages of a window segment that had not finished; None for a
+    segment outside the window (never read: nobody can tell)."""
     if segment is None:
-        return []
+        return None
     done, prefix = segment.done, f"{shard}-{segment.ref}-"
     return [prefix + str(i) for i in range(segment.count) if not done[i >> 3] & (1 << (i & 7))]
 
@@ -35,10 +37,12 @@ async def record(
     ref: SegmentRef,
     reason: str,
     at: float,
-    lost: list[str],
-) -> QuarantineRecord:
+    lost: list[str] | None,
+) -> None:
     """Write the quarantine record of one segment (its bytes, if any, beside it).
-    Idempotent: setting a segment aside twice writes the same record again."""
+    ``lost``: the unfinished messages it held, None when nobody can tell (it was
+    never read). The first record stays: whoever sets the segment aside again later
+    knows less (its window no longer holds the segment)."""
     segment_key = ref.key(queue, shard)
     key = layout.quarantine_key(queue, shard, ref)
     found = await storage.get(segment_key)
@@ -46,14 +50,24 @@ async def record(
     if found is not None and copied:
         await storage.put(key + ".data", found.data)
     entry = QuarantineRecord(
-        key=segment_key, shard=shard, ref=str(ref), reason=reason, at=at, lost=lost, copied=copied
+        key=segment_key,
+        shard=shard,
+        ref=str(ref),
+        reason=reason,
+        at=at,
+        lost=lost or [],
+        lost_unknown=lost is None,
+        copied=copied,
     )
-    await storage.put(key, encode(entry))
+    try:
+        await storage.put(key, encode(entry), if_none_match=True)
+    except PreconditionFailed:
+        return
+    count = "an unknown number of" if lost is None else str(len(lost))
     log.error(
-        "set aside %s (%s): %d unfinished messages in it are lost; see: s3queue doctor %s",
+        "set aside %s (%s): %s unfinished messages in it are lost; see: s3queue doctor %s",
         segment_key,
         reason,
-        len(lost),
+        count,
         queue,
     )
-    return entry

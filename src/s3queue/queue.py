@@ -165,6 +165,19 @@ async def _create_settings(
         return settings
 
 
+def _check_margin(clock: StoreClock, skew_margin: float) -> None:
+    # Two processes' store times differ by up to the sum of their uncertainties; a
+    # lease must outlive that by the margin, or both could hold it.
+    if 2 * clock.uncertainty > skew_margin:
+        log.warning(
+            "skew_margin=%.2f s is below twice this process's clock uncertainty (%.2f s): "
+            "two workers could both hold a lease near its expiry; use skew_margin >= %.1f",
+            skew_margin,
+            clock.uncertainty,
+            2 * clock.uncertainty,
+        )
+
+
 def _check_shards(settings: QueueSettings, shards: int | None) -> None:
     if shards is not None and shards != settings.shards:
         raise ConfigurationError(
@@ -217,7 +230,6 @@ class Queue:
         self.clock: Clock = clock
         #: Set when the clock is measured against the store's.
         self.store_clock = clock if isinstance(clock, StoreClock) else None
-        self._clock_lock = asyncio.Lock()
         self.backoff = backoff or Backoff()
         self.owner = f"client-{secrets.token_hex(4)}"
         self._owns_storage = owns_storage
@@ -299,7 +311,8 @@ class Queue:
                 await probe_conditional_writes(storage, name)
             clock = StoreClock() if clock is None else clock
             if create and isinstance(clock, StoreClock):
-                await clock.measure(storage, layout.clock_key(name))
+                await clock.sync(storage, layout.clock_key(name))
+                _check_margin(clock, skew_margin)
             if settings is None:
                 settings = await _create_settings(
                     storage, name, shards, max_attempts, dedup_retention, clock()
@@ -352,16 +365,13 @@ class Queue:
                 log.exception("on_enqueued listener failed")
         return ids
 
-    async def sync_clock(self, *, force: bool = False) -> None:
+    async def sync_clock(self) -> None:
         """Measure the clock's offset to the store again if the last measurement is
-        old (or ``force``). Writers call it before they use the time; a no-op for a
-        plain clock. Raises ClockSkewError when the skew is over the limit."""
-        clock = self.store_clock
-        if clock is None or not (force or clock.stale()):
-            return
-        async with self._clock_lock:
-            if force or clock.stale():
-                await clock.measure(self.storage, layout.clock_key(self.name))
+        old (or there is none). Every write calls it before it uses the time (the
+        commit loop too); a no-op for a plain clock. Raises ClockSkewError when the
+        skew is over the limit."""
+        if self.store_clock is not None:
+            await self.store_clock.sync(self.storage, layout.clock_key(self.name))
 
     # --- enqueue -----------------------------------------------------------------------
 
@@ -698,8 +708,12 @@ class Queue:
 
     async def arm_wake(self) -> None:
         """Before going idle: ask whoever adds work next to announce it (one GET, and
-        a PUT unless another worker listens already). Claim once more after this."""
+        a PUT unless another worker listens already). Claim once more after this:
+        that claim looks at every log and cursor afresh, for a ring that came just
+        before the arming found nobody listening and wrote nothing."""
         await self.wake.arm()
+        for committer in self.committers:
+            committer.forget_misses()
 
     async def wake_changed(self) -> bool:
         """One GET: whether anyone announced new work since the last call (True on the
@@ -715,12 +729,13 @@ class Queue:
         self._look_everywhere = True
         return True
 
-    def next_due(self) -> float | None:
-        """When, by the store's clock, something this process knows of becomes
-        claimable (a delay or retry ends, a lease can be recovered, a timer bucket
-        falls due); None if nothing. No I/O: it reads the cached cursors."""
+    def next_due(self, after: float = -math.inf) -> float | None:
+        """When, by the store's clock, something this process knows of needs a
+        claim (a delay or retry ends, a lease can be recovered, a timer bucket falls
+        due, a dead process's records are overdue); None if nothing. Times up to
+        ``after`` are passed over: pass when a claim last found nothing. No I/O."""
         now = self.clock()
-        dues = [due for c in self.committers if (due := c.next_due(now)) is not None]
+        dues = [due for c in self.committers if (due := c.next_due(now, after)) is not None]
         return min(dues) if dues else None
 
     #: The steps of a sweep of one shard, one request each.
@@ -732,10 +747,19 @@ class Queue:
         tells when), or look for a segment nobody announced in its log or express
         lane. Whether there is something to claim now."""
         committer = self.committers[shard]
-        if step == "cursor":
-            await committer.refresh()
-            return committer.best_waiting(self.clock()) is not None
-        return await committer.lane_has_more(high=step == "high")
+        try:
+            if step == "cursor":
+                await committer.refresh()
+                # Segments others took in: without them the leases and retries of
+                # the window are known, but not whether its messages are claimable.
+                await committer.load_window()
+                return committer.best_waiting(self.clock()) is not None
+            return await committer.lane_has_more(high=step == "high")
+        except CorruptData as error:
+            if "ref" in error.metadata:
+                return True  # an unreadable segment: a claim sets it aside
+            self._broken_shard(shard, error)  # one unreadable cursor stops no worker
+            return False
 
     # --- side records of finished messages ----------------------------------------------
 

@@ -145,10 +145,14 @@ class QueueReader:
     async def _finished_info(
         self, mid: str, message: Message | None, cursor: Cursor
     ) -> MessageInfo | None:
-        dead, result, redriven = await asyncio.gather(
-            self.storage.get(layout.dead_key(self.name, mid)),
-            self.storage.get(layout.result_key(self.name, mid)),
+        address = layout.parse_message_id(mid)
+        # The dead letter first, then the redrive record: a redrive completes its
+        # record before it deletes the letter, so one of the two is always seen.
+        dead = await self.storage.get(layout.dead_key(self.name, mid))
+        redriven, result, aside = await asyncio.gather(
             self.storage.get(layout.redriven_key(self.name, mid)),
+            self.storage.get(layout.result_key(self.name, mid)),
+            self.storage.get(layout.quarantine_key(self.name, address.shard, address.segment)),
         )
         if redriven is not None:
             key = layout.redriven_key(self.name, mid)
@@ -158,7 +162,8 @@ class QueueReader:
         if dead is not None:
             key = layout.dead_key(self.name, mid)
             return self._dead_info(decode(dead.data, DeadLetter, what="dead letter", key=key))
-        address = layout.parse_message_id(mid)
+        if result is None and aside is not None:
+            self._set_aside(mid, aside.data)
         if message is None:
             return None
         segment = address.segment
@@ -179,6 +184,22 @@ class QueueReader:
             )
         # Done without a side record: it completed on its first attempt.
         return self._info(mid, message, "completed", 1)
+
+    def _set_aside(self, mid: str, data: bytes) -> None:
+        """The cursor is past a message of a segment that was set aside: raise
+        unless the record shows it had finished before (then it completed)."""
+        address = layout.parse_message_id(mid)
+        key = layout.quarantine_key(self.name, address.shard, address.segment)
+        record = decode(data, QuarantineRecord, what="quarantine record", key=key)
+        if not record.lost_unknown and mid not in record.lost:
+            return  # it had finished when the segment was set aside
+        raise CorruptData(
+            f"the status of {mid} cannot be told: its segment {record.key} was set aside "
+            f"({record.reason}) and the message is "
+            + ("among the lost" if mid in record.lost else "possibly lost (it was never read)"),
+            suggestion=f"see: s3queue doctor {self.name}",
+            metadata={"key": record.key, "id": mid},
+        )
 
     def _dead_info(self, letter: DeadLetter, redriven_to: str | None = None) -> MessageInfo:
         return MessageInfo(
@@ -236,11 +257,12 @@ class QueueReader:
             except CorruptData as error:
                 out.append(Problem(entry.key, error.message))
                 continue
+            count = "an unknown number of" if record.lost_unknown else str(len(record.lost))
+            at = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(record.at))
             out.append(
                 Problem(
                     record.key,
-                    f"set aside {time.strftime('%Y-%m-%d %H:%M:%S', time.gmtime(record.at))} UTC "
-                    f"({record.reason}): {len(record.lost)} unfinished messages lost",
+                    f"set aside {at} UTC ({record.reason}): {count} unfinished messages lost",
                 )
             )
         return out

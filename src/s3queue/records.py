@@ -91,6 +91,9 @@ class QuarantineRecord(msgspec.Struct, frozen=True, kw_only=True):
     at: float
     #: Ids of the messages that had not finished, when the window held the segment.
     lost: list[str] = []
+    #: The segment was never read (it was ahead of the window): how many messages
+    #: it held cannot be told.
+    lost_unknown: bool = False
     #: Whether the segment's bytes were copied next to this record (key + ".data").
     copied: bool = False
 

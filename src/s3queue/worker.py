@@ -231,6 +231,8 @@ class Worker:
         self._finish_times: deque[float] = deque(maxlen=64)
         self._claim_rtt = 0.0
         self._checks = 0
+        #: When (store time) the last claim started.
+        self._claimed_at = -math.inf
         #: Idle checks since work was last found or announced, and sweep steps made.
         self._quiet = 0
         self._sweeps = -1
@@ -457,6 +459,7 @@ class Worker:
         """Leases claimed, and whether a busy shard was given way to another process."""
         try:
             asked = time.monotonic()
+            self._claimed_at = self.queue.clock()
             got = await self.queue.claim_round(want, self.visibility_timeout, owner=self.worker_id)
         except QueueError as error:
             self._storage_failed(error)
@@ -509,7 +512,9 @@ class Worker:
             if self._buffer and len(self._running) < self.concurrency:
                 # A job ended while the claim was in flight: a buffered one can start.
                 return False
-            due = self.queue.next_due()
+            # Due times the last empty claim had passed are not due again: that
+            # claim found nothing to do with them (a spin, otherwise).
+            due = self.queue.next_due(after=self._claimed_at)
             wait = self._idle_debt
             if due is not None:
                 wait = min(wait, max(0.0, due - self.queue.clock()))
@@ -547,7 +552,9 @@ class Worker:
         except QueueError as error:
             self._storage_failed(error)
             found = False
-        self._idle_debt = max(1, counts.total - before) * self.poll_interval
+        # Paced by the requests it made (a clock sample makes three), not by what the
+        # rest of the process sent meanwhile.
+        self._idle_debt = min(3, max(1, counts.total - before)) * self.poll_interval
         if found:
             self._quiet = 0
         return found
