@@ -1,7 +1,9 @@
 """``s3queue doctor``: what is wrong with a queue's objects, and what would fix it.
 
 It lists everything under the queue's prefix once (a LIST per 1,000 keys) and reads
-each object it must check, changing nothing. Each :class:`Finding` names the object,
+each object it must check, changing nothing of the queue's: the only write without
+``--fix`` is the store probe's own object (created and deleted, as on opening), which
+checks that the store honours conditional writes. Each :class:`Finding` names the object,
 the problem and what ``--fix`` does about it; a finding with no repair is reported
 for a person to decide (foreign objects are never deleted, records whose loss would
 make a status unknowable are kept).
