@@ -17,14 +17,13 @@ import math
 import random
 import secrets
 import time
-from collections import OrderedDict
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import msgspec
 
 from s3queue import layout, quarantine
-from s3queue.clock import StoreClock
+from s3queue.clock import Clock, StoreClock
 from s3queue.cursor import (
     YIELDED,
     Claim,
@@ -52,9 +51,10 @@ from s3queue.errors import (
     QueueError,
     StorageUnavailable,
 )
-from s3queue.layout import HIGH_LANE, SegmentRef
+from s3queue.layout import HIGH_LANE, TIMER_BUCKET, TIMER_SEAL_MARGIN, SegmentRef
+from s3queue.outcomes import OutcomeRecords
 from s3queue.records import QueueSettings
-from s3queue.segment import Segment, decode_segment
+from s3queue.segment import Segment, SegmentCache
 from s3queue.storage import Storage
 
 log = logging.getLogger("s3queue.commit")
@@ -64,11 +64,6 @@ log = logging.getLogger("s3queue.commit")
 LOOKAHEAD = 256
 #: Log segments fetched in parallel once one new segment is found.
 PROBE_FANOUT = 4
-#: Timer buckets: delays longer than TIMER_THRESHOLD go into buckets this wide, sealed
-#: TIMER_SEAL_MARGIN after they end (the tolerance for producers' clock skew).
-TIMER_BUCKET = 60
-TIMER_THRESHOLD = 120.0
-TIMER_SEAL_MARGIN = 300.0
 MAX_CONFLICTS = 64
 #: After the log of a shard was found to hold nothing new, claims do not look again
 #: for this long (seconds), and a due timer bucket found empty is not read again
@@ -78,71 +73,6 @@ EMPTY_LOG_COOLDOWN = 0.1
 #: nor written it for this long (seconds): others' releases, retries and timer
 #: registrations change the cursor without this process knowing.
 CURSOR_MAX_AGE = 5.0
-
-Clock = Callable[[], float]
-
-
-class SegmentCache:
-    """Segments are immutable, so a process can keep every one it has read."""
-
-    def __init__(self, storage: Storage, queue: str, capacity: int = 4096) -> None:
-        self._storage = storage
-        self._queue = queue
-        self._capacity = capacity
-        self._items: OrderedDict[tuple[int, str], Segment] = OrderedDict()
-
-    def get(self, shard: int, ref: SegmentRef) -> Segment | None:
-        item = self._items.get((shard, str(ref)))
-        if item is not None:
-            self._items.move_to_end((shard, str(ref)))
-        return item
-
-    def put(self, shard: int, ref: SegmentRef, segment: Segment) -> None:
-        self._items[(shard, str(ref))] = segment
-        while len(self._items) > self._capacity:
-            self._items.popitem(last=False)
-
-    async def fetch(self, shard: int, ref: SegmentRef) -> Segment | None:
-        """The segment, from cache or storage; None if it does not exist (yet).
-
-        Raises CorruptData (``metadata``: key, shard, ref) when it cannot be read."""
-        cached = self.get(shard, ref)
-        if cached is not None:
-            return cached
-        key = ref.key(self._queue, shard)
-        stored = await self._storage.get(key)
-        if stored is None or (not stored.data and ref.is_timer):
-            # Nothing there yet, or the empty object that seals a timer bucket.
-            return None
-        try:
-            if not stored.data:
-                raise CorruptData(f"empty segment at {key}", metadata={"key": key})
-            segment = decode_segment(stored.data, key)
-        except CorruptData as error:
-            error.metadata.update(shard=shard, ref=str(ref))
-            raise
-        self.put(shard, ref, segment)
-        return segment
-
-    async def require(self, shard: int, refs: list[SegmentRef]) -> dict[str, Segment]:
-        missing = [ref for ref in refs if self.get(shard, ref) is None]
-        fetched = await asyncio.gather(*(self.fetch(shard, ref) for ref in missing))
-        for ref, segment in zip(missing, fetched, strict=True):
-            if segment is None:
-                key = ref.key(self._queue, shard)
-                raise CorruptData(
-                    f"segment {key} is missing although the cursor still needs it",
-                    suggestion="segments must not be deleted by hand or by a lifecycle rule "
-                    "shorter than the longest time a message may wait; its messages are "
-                    "set aside as lost",
-                    metadata={"key": key, "shard": shard, "ref": str(ref), "missing": True},
-                )
-        out: dict[str, Segment] = {}
-        for ref in refs:
-            segment = self.get(shard, ref)
-            assert segment is not None
-            out[str(ref)] = segment
-        return out
 
 
 @dataclass
@@ -155,7 +85,7 @@ class CommitContext:
     clock: Clock
     rules: Rules
     #: Writes dead letters, results and dedup updates of finished messages.
-    finish: Callable[[int, Cursor, list[str]], Awaitable[None]]
+    outcomes: OutcomeRecords
     on_recovered: list[Callable[[Recovered], None]] = field(default_factory=list)
 
 
@@ -594,7 +524,7 @@ class ShardCommitter:
         done: list[str] = []
         for mid in orphans:
             try:
-                await self.context.finish(self.shard, cursor, [mid])
+                await self.context.outcomes.write(self.shard, cursor, [mid])
                 done.append(mid)
             except QueueError as error:
                 self._orphan_tried[mid] = time.monotonic()
@@ -719,7 +649,7 @@ class ShardCommitter:
 
     async def _finalize(self, cursor: Cursor, ids: list[str]) -> None:
         try:
-            await self.context.finish(self.shard, cursor, ids)
+            await self.context.outcomes.write(self.shard, cursor, ids)
             await self.submit(Finalize(tuple(ids)))
         except QueueError:
             # Left in the cursor with its outcome: whoever commits after

@@ -66,6 +66,13 @@ def log_prefix(queue: str, shard: int) -> str:
     return f"{shard_prefix(queue, shard)}/log/"
 
 
+#: Timer buckets: delays longer than TIMER_THRESHOLD seconds go into buckets this
+#: many seconds wide, sealed TIMER_SEAL_MARGIN seconds after they end (the tolerance
+#: for producers' clock skew).
+TIMER_BUCKET = 60
+TIMER_THRESHOLD = 120.0
+TIMER_SEAL_MARGIN = 300.0
+
 #: Widths of the zero-padded numbers in keys.
 LOG_DIGITS = 12
 TIMER_BUCKET_DIGITS = 13

@@ -15,20 +15,29 @@ import itertools
 import logging
 import random
 import secrets
-from collections.abc import Awaitable, Callable
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from s3queue import layout
-from s3queue.commit import TIMER_BUCKET, TIMER_SEAL_MARGIN, TIMER_THRESHOLD, Clock, SegmentCache
+from s3queue.clock import Clock
+from s3queue.commit import ShardCommitter
 from s3queue.cursor import RegisterTimer, decode_cursor
 from s3queue.errors import PreconditionFailed
-from s3queue.layout import HIGH_LANE, LOG_LANE, SegmentRef
+from s3queue.layout import (
+    HIGH_LANE,
+    LOG_LANE,
+    TIMER_BUCKET,
+    TIMER_SEAL_MARGIN,
+    TIMER_THRESHOLD,
+    SegmentRef,
+)
 from s3queue.records import QueueSettings
 from s3queue.segment import (
     MAX_SEGMENT_BYTES,
     MAX_SEGMENT_MESSAGES,
     Message,
     Segment,
+    SegmentCache,
     encode_segment,
 )
 from s3queue.storage import Storage
@@ -38,9 +47,6 @@ log = logging.getLogger("s3queue.producer")
 
 #: A batch is spread over the shards in parts of at least this many messages.
 SPREAD_MIN = 250
-
-RegisterTimerFn = Callable[[int, RegisterTimer], Awaitable[object]]
-WrittenFn = Callable[[int, int], None]
 
 
 @dataclass
@@ -99,15 +105,15 @@ class Producer:
         settings: QueueSettings,
         clock: Clock,
         segments: SegmentCache,
-        register_timer: RegisterTimerFn,
-        written: WrittenFn = lambda shard, lane: None,
+        committers: Sequence[ShardCommitter],
     ) -> None:
         self.storage = storage
         self.settings = settings
         self.clock = clock
         self.segments = segments
-        self.register_timer = register_timer
-        self.written = written
+        #: The shards' cursors: a timer bucket is registered in one before its first
+        #: segment is written, and each learns of new segments in its log.
+        self.committers = committers
         self.writer = secrets.token_hex(8)
         self._nonce = itertools.count()
         self._shards = itertools.cycle(random.sample(range(settings.shards), settings.shards))
@@ -210,7 +216,7 @@ class Producer:
         seq = await self._create(shard, lane, data)
         ref = SegmentRef(lane, seq)
         self.segments.put(shard, ref, segment)
-        self.written(shard, lane)
+        self.committers[shard].log_grew(lane)
         self.wake.ring(high=lane == HIGH_LANE)
         return [layout.message_id(shard, ref, i) for i in range(len(messages))]
 
@@ -218,7 +224,7 @@ class Producer:
         # Registered before the write, so a consumer looks for the bucket's segments
         # from the moment one can exist.
         if (shard, bucket) not in self._registered:
-            if await self.register_timer(shard, RegisterTimer(bucket)) is not True:
+            if await self.committers[shard].submit(RegisterTimer(bucket)) is not True:
                 return await self._write_late(shard, messages)
             self._registered.add((shard, bucket))
         segment, data = self._encode(messages)

@@ -20,31 +20,25 @@ from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
-import msgspec
-
 from s3queue import layout, limits
 from s3queue.backoff import Backoff
 from s3queue.catalog import list_queues
 from s3queue.clock import Clock, StoreClock
-from s3queue.commit import CommitContext, SegmentCache, ShardCommitter
+from s3queue.commit import CommitContext, ShardCommitter
 from s3queue.cursor import (
     Ack,
     Claim,
     Claimed,
-    Cursor,
     Extend,
     Extended,
     Fail,
     Failed,
     Progress,
     Purge,
-    RegisterTimer,
     Release,
     Rules,
     Stale,
     Yielded,
-    message_of,
-    raw_or_none,
 )
 from s3queue.errors import (
     ConfigurationError,
@@ -55,23 +49,21 @@ from s3queue.errors import (
 )
 from s3queue.info import Failure, Lease, MessageInfo, Stats
 from s3queue.layout import check_queue_name
+from s3queue.outcomes import OutcomeRecords
 from s3queue.payload import decode_json, encode_json
 from s3queue.producer import Producer
 from s3queue.reader import QueueReader, list_segments
 from s3queue.records import (
     MAX_PAYLOAD_BYTES,
     MAX_RESULT_BYTES,
-    NO_RAW,
-    DeadLetter,
     DedupMarker,
     ErrorRecord,
     QueueSettings,
-    ResultRecord,
     decode,
     encode,
 )
 from s3queue.redrive import Redrive
-from s3queue.segment import Message, Segment
+from s3queue.segment import Message, SegmentCache
 from s3queue.storage import Storage, open_storage, redact_url
 
 log = logging.getLogger("s3queue.queue")
@@ -240,7 +232,7 @@ class Queue:
             segments=self.segments,
             clock=clock,
             rules=rules or Rules(),
-            finish=self._finish,
+            outcomes=OutcomeRecords(storage, settings.name, self.segments),
         )
         self.committers = [ShardCommitter(self.context, k) for k in range(settings.shards)]
         self.producer = Producer(
@@ -248,8 +240,7 @@ class Queue:
             settings,
             clock,
             self.segments,
-            self._register_timer,
-            written=lambda shard, lane: self.committers[shard].log_grew(lane),
+            self.committers,
         )
         # Shards this process claims from, best first. A shard whose cursor another
         # process just wrote (a CAS conflict) moves to the back, so processes drift
@@ -760,65 +751,6 @@ class Queue:
                 return True  # an unreadable segment: a claim sets it aside
             self._broken_shard(shard, error)  # one unreadable cursor stops no worker
             return False
-
-    # --- side records of finished messages ----------------------------------------------
-
-    async def _register_timer(self, shard: int, op: RegisterTimer) -> object:
-        return await self.committers[shard].submit(op)
-
-    async def _finish(self, shard: int, cursor: Cursor, ids: list[str]) -> None:
-        refs = sorted({layout.parse_message_id(mid).segment for mid in ids})
-        segments = await self.segments.require(shard, refs)
-        await asyncio.gather(*(self._finish_one(cursor, segments, mid) for mid in ids))
-
-    async def _finish_one(self, cursor: Cursor, segments: dict[str, Segment], mid: str) -> None:
-        flight = cursor.flights[mid]
-        outcome = flight.outcome
-        assert outcome is not None
-        message = message_of(segments, mid)
-        if outcome.status == "dead":
-            letter = DeadLetter(
-                id=mid,
-                payload=message.payload,
-                attempts=flight.attempt,
-                errors=flight.errors,
-                enqueued_at=message.enqueued_at,
-                died_at=outcome.finished_at,
-                priority=message.priority,
-                max_attempts=message.max_attempts,
-                dedup_key=message.dedup_key,
-            )
-            await self.storage.put(layout.dead_key(self.name, mid), encode(letter))
-        elif raw_or_none(outcome.result) is not None or flight.errors:
-            record = ResultRecord(
-                id=mid,
-                result=raw_or_none(outcome.result) or NO_RAW,
-                completed_at=outcome.finished_at,
-                attempts=flight.attempt,
-                errors=flight.errors,
-            )
-            await self.storage.put(layout.result_key(self.name, mid), encode(record))
-        if message.dedup_key is not None:
-            await self._mark_dedup_finished(message.dedup_key, mid, outcome.finished_at)
-
-    async def _mark_dedup_finished(self, dedup_key: str, mid: str, finished_at: float) -> None:
-        key = layout.dedup_key(self.name, dedup_key)
-        for _ in range(8):
-            stored = await self.storage.get(key)
-            if stored is None:
-                return
-            marker = decode(stored.data, DedupMarker, what="dedup marker", key=key)
-            if marker.id != mid or marker.finished_at is not None:
-                return
-            try:
-                await self.storage.put(
-                    key,
-                    encode(msgspec.structs.replace(marker, finished_at=finished_at)),
-                    if_match=stored.etag,
-                )
-                return
-            except PreconditionFailed:
-                continue
 
     # --- look-ups ----------------------------------------------------------------------------
 

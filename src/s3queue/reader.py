@@ -13,7 +13,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from s3queue import layout
-from s3queue.commit import SegmentCache, ShardCommitter
+from s3queue.clock import Clock
+from s3queue.commit import ShardCommitter
 from s3queue.cursor import Cursor, Flight
 from s3queue.errors import CorruptData
 from s3queue.info import MessageInfo, Problem, ShardStats, Stats, Status
@@ -28,7 +29,7 @@ from s3queue.records import (
     decode,
     encode,
 )
-from s3queue.segment import Message, Segment
+from s3queue.segment import Message, Segment, SegmentCache
 from s3queue.storage import Storage
 
 
@@ -39,7 +40,7 @@ class QueueReader:
         settings: QueueSettings,
         committers: list[ShardCommitter],
         segments: SegmentCache,
-        clock: Any,
+        clock: Clock,
     ) -> None:
         self.storage = storage
         self.settings = settings

@@ -7,9 +7,15 @@ recognise itself (see ``storage.retry``).
 
 from __future__ import annotations
 
+import asyncio
+from collections import OrderedDict
+
 import msgspec
 
+from s3queue.errors import CorruptData
+from s3queue.layout import SegmentRef
 from s3queue.records import FORMAT, decode, encode
+from s3queue.storage import Storage
 
 #: A segment holds at most this many messages and about this many bytes, so that
 #: one GET stays fast and one PUT stays far below S3's 5 GB single-PUT limit.
@@ -39,3 +45,66 @@ def encode_segment(segment: Segment) -> bytes:
 
 def decode_segment(data: bytes, key: str) -> Segment:
     return decode(data, Segment, what="segment", key=key)
+
+
+class SegmentCache:
+    """Segments are immutable, so a process can keep every one it has read."""
+
+    def __init__(self, storage: Storage, queue: str, capacity: int = 4096) -> None:
+        self._storage = storage
+        self._queue = queue
+        self._capacity = capacity
+        self._items: OrderedDict[tuple[int, str], Segment] = OrderedDict()
+
+    def get(self, shard: int, ref: SegmentRef) -> Segment | None:
+        item = self._items.get((shard, str(ref)))
+        if item is not None:
+            self._items.move_to_end((shard, str(ref)))
+        return item
+
+    def put(self, shard: int, ref: SegmentRef, segment: Segment) -> None:
+        self._items[(shard, str(ref))] = segment
+        while len(self._items) > self._capacity:
+            self._items.popitem(last=False)
+
+    async def fetch(self, shard: int, ref: SegmentRef) -> Segment | None:
+        """The segment, from cache or storage; None if it does not exist (yet).
+
+        Raises CorruptData (``metadata``: key, shard, ref) when it cannot be read."""
+        cached = self.get(shard, ref)
+        if cached is not None:
+            return cached
+        key = ref.key(self._queue, shard)
+        stored = await self._storage.get(key)
+        if stored is None or (not stored.data and ref.is_timer):
+            # Nothing there yet, or the empty object that seals a timer bucket.
+            return None
+        try:
+            if not stored.data:
+                raise CorruptData(f"empty segment at {key}", metadata={"key": key})
+            segment = decode_segment(stored.data, key)
+        except CorruptData as error:
+            error.metadata.update(shard=shard, ref=str(ref))
+            raise
+        self.put(shard, ref, segment)
+        return segment
+
+    async def require(self, shard: int, refs: list[SegmentRef]) -> dict[str, Segment]:
+        missing = [ref for ref in refs if self.get(shard, ref) is None]
+        fetched = await asyncio.gather(*(self.fetch(shard, ref) for ref in missing))
+        for ref, segment in zip(missing, fetched, strict=True):
+            if segment is None:
+                key = ref.key(self._queue, shard)
+                raise CorruptData(
+                    f"segment {key} is missing although the cursor still needs it",
+                    suggestion="segments must not be deleted by hand or by a lifecycle rule "
+                    "shorter than the longest time a message may wait; its messages are "
+                    "set aside as lost",
+                    metadata={"key": key, "shard": shard, "ref": str(ref), "missing": True},
+                )
+        out: dict[str, Segment] = {}
+        for ref in refs:
+            segment = self.get(shard, ref)
+            assert segment is not None
+            out[str(ref)] = segment
+        return out

@@ -1,0 +1,91 @@
+"""The records of finished messages: dead letters, stored results, dedup markers.
+
+The commit loop writes them after a commit that finished a message, then commits
+``Finalize``; until then the outcome stays in the cursor, so a message's status is
+never wrong in between. Invariant: every write here is idempotent (a record is
+rewritten whole, a dedup marker is updated by compare-and-swap only while it still
+names the message), so a process that finds another's unfinished outcomes may
+write them again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+import msgspec
+
+from s3queue import layout
+from s3queue.cursor import Cursor, message_of, raw_or_none
+from s3queue.errors import PreconditionFailed
+from s3queue.records import NO_RAW, DeadLetter, DedupMarker, ResultRecord, decode, encode
+from s3queue.segment import Segment, SegmentCache
+from s3queue.storage import Storage
+
+#: Compare-and-swap attempts on a dedup marker before leaving it to the next finish
+#: (another producer renewing it is the only writer it can race).
+DEDUP_ATTEMPTS = 8
+
+
+class OutcomeRecords:
+    """Writes what finished messages leave behind in one queue."""
+
+    def __init__(self, storage: Storage, queue: str, segments: SegmentCache) -> None:
+        self.storage = storage
+        self.queue = queue
+        self.segments = segments
+
+    async def write(self, shard: int, cursor: Cursor, ids: list[str]) -> None:
+        """Write the records of the finished messages ``ids`` of ``shard``, whose
+        outcomes ``cursor`` holds."""
+        refs = sorted({layout.parse_message_id(mid).segment for mid in ids})
+        segments = await self.segments.require(shard, refs)
+        await asyncio.gather(*(self._write_one(cursor, segments, mid) for mid in ids))
+
+    async def _write_one(self, cursor: Cursor, segments: dict[str, Segment], mid: str) -> None:
+        flight = cursor.flights[mid]
+        outcome = flight.outcome
+        assert outcome is not None
+        message = message_of(segments, mid)
+        if outcome.status == "dead":
+            letter = DeadLetter(
+                id=mid,
+                payload=message.payload,
+                attempts=flight.attempt,
+                errors=flight.errors,
+                enqueued_at=message.enqueued_at,
+                died_at=outcome.finished_at,
+                priority=message.priority,
+                max_attempts=message.max_attempts,
+                dedup_key=message.dedup_key,
+            )
+            await self.storage.put(layout.dead_key(self.queue, mid), encode(letter))
+        elif raw_or_none(outcome.result) is not None or flight.errors:
+            record = ResultRecord(
+                id=mid,
+                result=raw_or_none(outcome.result) or NO_RAW,
+                completed_at=outcome.finished_at,
+                attempts=flight.attempt,
+                errors=flight.errors,
+            )
+            await self.storage.put(layout.result_key(self.queue, mid), encode(record))
+        if message.dedup_key is not None:
+            await self._mark_dedup_finished(message.dedup_key, mid, outcome.finished_at)
+
+    async def _mark_dedup_finished(self, dedup_key: str, mid: str, finished_at: float) -> None:
+        key = layout.dedup_key(self.queue, dedup_key)
+        for _ in range(DEDUP_ATTEMPTS):
+            stored = await self.storage.get(key)
+            if stored is None:
+                return
+            marker = decode(stored.data, DedupMarker, what="dedup marker", key=key)
+            if marker.id != mid or marker.finished_at is not None:
+                return
+            try:
+                await self.storage.put(
+                    key,
+                    encode(msgspec.structs.replace(marker, finished_at=finished_at)),
+                    if_match=stored.etag,
+                )
+                return
+            except PreconditionFailed:
+                continue
