@@ -28,7 +28,14 @@ import time
 from dataclasses import dataclass
 
 from s3queue.errors import Throttled
-from s3queue.storage.base import ObjectEntry, RequestCounts, Storage, StoredObject, put_kind
+from s3queue.storage.base import (
+    ObjectEntry,
+    PutMode,
+    RequestCounts,
+    Storage,
+    StoredObject,
+    put_kind,
+)
 
 WRITES_PER_SECOND = 3500.0
 READS_PER_SECOND = 5500.0
@@ -109,11 +116,9 @@ class LatencyStore:
         await self._round_trip(key, "get")
         return await self.inner.get(key)
 
-    async def put(
-        self, key: str, data: bytes, *, if_match: str | None = None, if_none_match: bool = False
-    ) -> str:
-        await self._round_trip(key, put_kind(if_match, if_none_match))
-        return await self.inner.put(key, data, if_match=if_match, if_none_match=if_none_match)
+    async def put(self, key: str, data: bytes, mode: PutMode = "overwrite") -> str:
+        await self._round_trip(key, put_kind(mode))
+        return await self.inner.put(key, data, mode)
 
     async def delete(self, key: str) -> None:
         await self._round_trip(key, "delete")

@@ -19,7 +19,7 @@ from s3queue.errors import (
     StorageAuthError,
     StorageUnavailable,
 )
-from s3queue.storage import RetryPolicy, open_storage
+from s3queue.storage import RetryPolicy, UpdateVersion, open_storage
 from s3queue.storage.local import LocalStorage
 from tests.conftest import BUCKET
 from tests.s3server import S3Server, free_port
@@ -88,12 +88,12 @@ def test_credentials_in_the_url_are_not_shown() -> None:
 
 async def test_s3_conditional_conflicts_are_counted(s3_server: S3Server) -> None:
     store = open_storage(s3_server.url(BUCKET, "counted"))
-    etag = await store.put("k", b"1", if_none_match=True)
+    etag = await store.put("k", b"1", mode="create")
     with pytest.raises(PreconditionFailed):
-        await store.put("k", b"2", if_none_match=True)
-    await store.put("k", b"2", if_match=etag)
+        await store.put("k", b"2", mode="create")
+    await store.put("k", b"2", mode=UpdateVersion(etag))
     with pytest.raises(PreconditionFailed):
-        await store.put("k", b"3", if_match=etag)
+        await store.put("k", b"3", mode=UpdateVersion(etag))
     assert store.counts.precondition_failed == 2
 
 
@@ -136,7 +136,7 @@ def _cas_increment(root: str, rounds: int) -> None:
             assert current is not None
             try:
                 await store.put(
-                    "counter", str(int(current.data) + 1).encode(), if_match=current.etag
+                    "counter", str(int(current.data) + 1).encode(), mode=UpdateVersion(current.etag)
                 )
                 done += 1
             except PreconditionFailed:
@@ -161,6 +161,7 @@ def test_four_processes_increment_a_counter_exactly(tmp_path: Path) -> None:
 RACE = """
 import asyncio, sys
 from s3queue.errors import PreconditionFailed
+from s3queue.storage import UpdateVersion
 from s3queue.storage.local import LocalStorage
 root, me, trials = sys.argv[1], sys.argv[2], int(sys.argv[3])
 async def main():
@@ -174,9 +175,9 @@ async def main():
         for kind in ("create", "cas"):
             try:
                 if kind == "create":
-                    await store.put(f"create/{t}", me.encode(), if_none_match=True)
+                    await store.put(f"create/{t}", me.encode(), mode="create")
                 else:
-                    await store.put(f"cas/{t}", me.encode(), if_match=base)
+                    await store.put(f"cas/{t}", me.encode(), mode=UpdateVersion(base))
                 results.append("win")
             except PreconditionFailed:
                 results.append("lose")

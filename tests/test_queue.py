@@ -21,7 +21,7 @@ from s3queue.errors import StorageUnavailable
 from s3queue.layout import TIMER_SEAL_MARGIN, cursor_key
 from s3queue.records import MAX_PAYLOAD_BYTES
 from s3queue.storage import RetryingStorage, RetryPolicy, open_raw_storage, open_storage
-from s3queue.storage.base import ObjectEntry, StoredObject
+from s3queue.storage.base import ObjectEntry, PutMode, StoredObject
 from s3queue.storage.faults import Fault, FaultyStorage
 
 
@@ -408,9 +408,7 @@ class IgnoresConditions:
     async def get(self, key: str) -> StoredObject | None:
         return await self.inner.get(key)
 
-    async def put(
-        self, key: str, data: bytes, *, if_match: str | None = None, if_none_match: bool = False
-    ) -> str:
+    async def put(self, key: str, data: bytes, mode: PutMode = "overwrite") -> str:
         return await self.inner.put(key, data)
 
     async def delete(self, key: str) -> None:

@@ -18,7 +18,14 @@ from s3queue.errors import (
     StorageUnavailable,
     Throttled,
 )
-from s3queue.storage import RetryingStorage, RetryPolicy, Storage, open_raw_storage, open_storage
+from s3queue.storage import (
+    RetryingStorage,
+    RetryPolicy,
+    Storage,
+    UpdateVersion,
+    open_raw_storage,
+    open_storage,
+)
 from s3queue.storage.faults import Fault, FaultyStorage, slow_down
 
 FAST_RETRY = RetryPolicy(attempts=4, initial=0.001, max_delay=0.005)
@@ -52,7 +59,7 @@ async def test_create_if_absent_race_has_exactly_one_winner(store: Storage) -> N
     for _ in range(TRIALS):
         k = key()
         outcomes = await asyncio.gather(
-            *(store.put(k, f"writer-{i}".encode(), if_none_match=True) for i in range(RACERS)),
+            *(store.put(k, f"writer-{i}".encode(), mode="create") for i in range(RACERS)),
             return_exceptions=True,
         )
         winners = [i for i, o in enumerate(outcomes) if isinstance(o, str)]
@@ -67,7 +74,7 @@ async def test_compare_and_swap_race_has_exactly_one_winner(store: Storage) -> N
         k = key()
         base = await store.put(k, b"v0")
         outcomes = await asyncio.gather(
-            *(store.put(k, f"v1-{i}".encode(), if_match=base) for i in range(RACERS)),
+            *(store.put(k, f"v1-{i}".encode(), mode=UpdateVersion(base)) for i in range(RACERS)),
             return_exceptions=True,
         )
         winners = [i for i, o in enumerate(outcomes) if isinstance(o, str)]
@@ -85,13 +92,13 @@ async def test_rewriting_equal_bytes_changes_the_etag(store: Storage, backend: s
     The backends we write ourselves give every write a fresh ETag."""
     k = key()
     first = await store.put(k, b"same")
-    second = await store.put(k, b"same", if_match=first)
+    second = await store.put(k, b"same", mode=UpdateVersion(first))
     if backend == "s3":
         assert second == first
         return
     assert second != first
     with pytest.raises(PreconditionFailed):
-        await store.put(k, b"stale", if_match=first)
+        await store.put(k, b"stale", mode=UpdateVersion(first))
 
 
 async def test_cursor_bodies_never_repeat(store_url: str) -> None:
@@ -115,7 +122,7 @@ async def test_cursor_bodies_never_repeat(store_url: str) -> None:
 
 async def test_if_match_on_a_missing_key_fails(store: Storage) -> None:
     with pytest.raises(PreconditionFailed):
-        await store.put(key(), b"x", if_match='"nope"')
+        await store.put(key(), b"x", mode=UpdateVersion('"nope"'))
 
 
 async def test_unconditional_put_overwrites(store: Storage) -> None:
@@ -169,9 +176,9 @@ async def test_requests_are_counted_by_kind(store: Storage) -> None:
     k = key()
     store.counts.reset()
     etag = await store.put(k, b"1")
-    await store.put(k, b"2", if_match=etag)
+    await store.put(k, b"2", mode=UpdateVersion(etag))
     with pytest.raises(PreconditionFailed):
-        await store.put(k, b"3", if_none_match=True)
+        await store.put(k, b"3", mode="create")
     await store.get(k)
     await store.list("k/")
     await store.delete(k)
@@ -204,7 +211,7 @@ async def test_ambiguous_write_that_landed_is_recognised(store_url: str) -> None
     k = key()
     base = await store.put(k, b"v0")
     faulty.inject(Fault("put", after=True))
-    etag = await store.put(k, b"v1-mine", if_match=base)
+    etag = await store.put(k, b"v1-mine", mode=UpdateVersion(base))
     got = await store.get(k)
     assert got is not None and got.data == b"v1-mine" and got.etag == etag
     await store.close()
@@ -226,17 +233,17 @@ async def test_ambiguous_write_overwritten_since_is_reported(store_url: str) -> 
     # Let the competing write land before the retry by slowing the retry a little.
     store.policy = RetryPolicy(attempts=4, initial=0.05, max_delay=0.05)
     with pytest.raises(AmbiguousWrite):
-        await store.put(k, b"v1-mine", if_match=base)
+        await store.put(k, b"v1-mine", mode=UpdateVersion(base))
     await store.close()
 
 
 async def test_large_objects_round_trip(store: Storage) -> None:
     k = key()
     blob = os.urandom(32 * 1024 * 1024)
-    etag = await store.put(k, blob, if_none_match=True)
+    etag = await store.put(k, blob, mode="create")
     got = await store.get(k)
     assert got is not None and hashlib.sha256(got.data).digest() == hashlib.sha256(blob).digest()
-    await store.put(k, blob[:1024], if_match=etag)
+    await store.put(k, blob[:1024], mode=UpdateVersion(etag))
     await store.delete(k)
 
 

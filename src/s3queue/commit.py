@@ -55,7 +55,7 @@ from s3queue.layout import HIGH_LANE, TIMER_BUCKET, TIMER_SEAL_MARGIN, SegmentRe
 from s3queue.outcomes import OutcomeRecords
 from s3queue.records import QueueSettings
 from s3queue.segment import Segment, SegmentCache
-from s3queue.storage import Storage
+from s3queue.storage import Storage, UpdateVersion
 
 log = logging.getLogger("s3queue.commit")
 
@@ -389,9 +389,9 @@ class ShardCommitter:
         storage = self.context.storage
         try:
             if etag is None:
-                new_etag = await storage.put(self.key, data, if_none_match=True)
+                new_etag = await storage.put(self.key, data, mode="create")
             else:
-                new_etag = await storage.put(self.key, data, if_match=etag)
+                new_etag = await storage.put(self.key, data, mode=UpdateVersion(etag))
         except AmbiguousWrite:
             await self._refresh()
             assert self._cursor is not None
@@ -622,7 +622,7 @@ class ShardCommitter:
         storage = self.context.storage
         key = layout.timer_key(self.context.settings.name, self.shard, bucket, seq)
         try:
-            await storage.put(key, b"", if_none_match=True)
+            await storage.put(key, b"", mode="create")
         except PreconditionFailed:
             # Sealed already (by us before a lost cursor write, or by another
             # process), or a producer's segment got there first.

@@ -19,7 +19,7 @@ from s3queue.cursor import Cursor, message_of, raw_or_none
 from s3queue.errors import PreconditionFailed
 from s3queue.records import NO_RAW, DeadLetter, DedupMarker, ResultRecord, decode, encode
 from s3queue.segment import Segment, SegmentCache
-from s3queue.storage import Storage
+from s3queue.storage import Storage, UpdateVersion
 
 #: Compare-and-swap attempts on a dedup marker before leaving it to the next finish
 #: (another producer renewing it is the only writer it can race).
@@ -84,7 +84,7 @@ class OutcomeRecords:
                 await self.storage.put(
                     key,
                     encode(msgspec.structs.replace(marker, finished_at=finished_at)),
-                    if_match=stored.etag,
+                    mode=UpdateVersion(stored.etag),
                 )
                 return
             except PreconditionFailed:

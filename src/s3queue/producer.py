@@ -284,7 +284,7 @@ class Producer:
             seq = await self._find_end(shard, bucket, await self._first_candidate(shard, bucket))
         while True:
             try:
-                await self.storage.put(self._key(shard, bucket, seq), data, if_none_match=True)
+                await self.storage.put(self._key(shard, bucket, seq), data, mode="create")
             except PreconditionFailed:
                 # Another producer took this number (or consumers sealed the bucket
                 # there): list from it on, past everything written since.

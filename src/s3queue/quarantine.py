@@ -60,7 +60,7 @@ async def record(
         copied=copied,
     )
     try:
-        await storage.put(key, encode(entry), if_none_match=True)
+        await storage.put(key, encode(entry), mode="create")
     except PreconditionFailed:
         return
     count = "an unknown number of" if lost is None else str(len(lost))

@@ -64,7 +64,7 @@ from s3queue.records import (
 )
 from s3queue.redrive import Redrive
 from s3queue.segment import Message, SegmentCache
-from s3queue.storage import Storage, open_storage, redact_url
+from s3queue.storage import Storage, UpdateVersion, open_storage, redact_url
 
 log = logging.getLogger("s3queue.queue")
 
@@ -114,13 +114,15 @@ async def probe_conditional_writes(storage: Storage, queue: str) -> None:
         raise ConfigurationError(f"{storage.url} {what}", suggestion=suggestion)
 
     try:
-        etag = await storage.put(key, b"probe-1", if_none_match=True)
+        etag = await storage.put(key, b"probe-1", mode="create")
         await must_fail(
-            storage.put(key, b"probe-2", if_none_match=True),
+            storage.put(key, b"probe-2", mode="create"),
             "overwrote an object with If-None-Match: *",
         )
-        await storage.put(key, b"probe-3", if_match=etag)
-        await must_fail(storage.put(key, b"probe-4", if_match=etag), "accepted a stale If-Match")
+        await storage.put(key, b"probe-3", mode=UpdateVersion(etag))
+        await must_fail(
+            storage.put(key, b"probe-4", mode=UpdateVersion(etag)), "accepted a stale If-Match"
+        )
     finally:
         await storage.delete(key)
 
@@ -149,7 +151,7 @@ async def _create_settings(
         dedup_retention=dedup_retention,
     )
     try:
-        await storage.put(layout.settings_key(name), encode(fresh), if_none_match=True)
+        await storage.put(layout.settings_key(name), encode(fresh), mode="create")
         return fresh
     except PreconditionFailed:  # someone created it first: use theirs
         settings = await _read_settings(storage, name)
@@ -461,7 +463,7 @@ class Queue:
         waited = 0
         while True:
             try:
-                etag = await self.storage.put(key, encode(reservation), if_none_match=True)
+                etag = await self.storage.put(key, encode(reservation), mode="create")
                 break
             except PreconditionFailed:
                 stored = await self.storage.get(key)
@@ -481,13 +483,15 @@ class Queue:
                     continue
                 try:
                     reservation = DedupMarker(key=dedup_key, reserved_at=now, nonce=nonce)
-                    etag = await self.storage.put(key, encode(reservation), if_match=stored.etag)
+                    etag = await self.storage.put(
+                        key, encode(reservation), mode=UpdateVersion(stored.etag)
+                    )
                     break
                 except PreconditionFailed:
                     continue
         mid = await self.producer.enqueue(message)
         owned = DedupMarker(key=dedup_key, id=mid, reserved_at=reservation.reserved_at, nonce=nonce)
-        await self.storage.put(key, encode(owned), if_match=etag)
+        await self.storage.put(key, encode(owned), mode=UpdateVersion(etag))
         return self._enqueued([mid])[0]
 
     # --- consume -------------------------------------------------------------------------

@@ -25,7 +25,7 @@ from s3queue.errors import PreconditionFailed, QueueError
 from s3queue.producer import Producer
 from s3queue.records import DeadLetter, RedriveRecord, decode, encode
 from s3queue.segment import Message
-from s3queue.storage import Storage
+from s3queue.storage import Storage, UpdateVersion
 
 #: A reservation older than this belongs to a redrive that died; it may be taken over.
 RESERVATION_TIMEOUT = 60.0
@@ -141,7 +141,7 @@ class Redrive:
         key = layout.redriven_key(self.queue, letter.id)
         record = RedriveRecord(letter=letter, nonce=secrets.token_hex(8), reserved_at=self.clock())
         try:
-            etag = await self.storage.put(key, encode(record), if_none_match=True)
+            etag = await self.storage.put(key, encode(record), mode="create")
             return _Claim(letter, etag, record)
         except PreconditionFailed:
             pass
@@ -158,13 +158,15 @@ class Redrive:
                 suggestion=f"try again in {RESERVATION_TIMEOUT:.0f} s, or list it with "
                 f"s3queue inspect {self.queue} {letter.id}",
             )
-        etag = await self.storage.put(key, encode(record), if_match=stored.etag)
+        etag = await self.storage.put(key, encode(record), mode=UpdateVersion(stored.etag))
         return _Claim(letter, etag, record)
 
     async def _complete(self, claim: _Claim, new_id: str, now: float) -> None:
         assert claim.record is not None and claim.etag is not None
         done = msgspec.structs.replace(claim.record, redriven_to=new_id, redriven_at=now)
         await self.storage.put(
-            layout.redriven_key(self.queue, claim.letter.id), encode(done), if_match=claim.etag
+            layout.redriven_key(self.queue, claim.letter.id),
+            encode(done),
+            mode=UpdateVersion(claim.etag),
         )
         claim.redriven_to = new_id

@@ -16,9 +16,11 @@ from s3queue.errors import ConfigurationError
 from s3queue.storage.base import (
     LIST_PAGE_SIZE,
     ObjectEntry,
+    PutMode,
     RequestCounts,
     Storage,
     StoredObject,
+    UpdateVersion,
 )
 from s3queue.storage.memory import MemoryStorage
 from s3queue.storage.redact import redact, redact_url, url_secrets
@@ -70,11 +72,13 @@ __all__ = [
     "LIST_PAGE_SIZE",
     "SCHEMES",
     "ObjectEntry",
+    "PutMode",
     "RequestCounts",
     "RetryPolicy",
     "RetryingStorage",
     "Storage",
     "StoredObject",
+    "UpdateVersion",
     "open_raw_storage",
     "open_storage",
     "redact",

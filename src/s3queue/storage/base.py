@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import threading
 from dataclasses import dataclass, field, fields
-from typing import Protocol, runtime_checkable
+from typing import Literal, Protocol, runtime_checkable
+
+from s3queue.errors import PreconditionFailed
 
 #: S3 returns at most this many keys per LIST request; every backend counts LIST
 #: requests per page of this size so that request accounting matches S3's bill.
@@ -19,7 +21,7 @@ LIST_PAGE_SIZE = 1000
 
 @dataclass(frozen=True, slots=True)
 class StoredObject:
-    """An object's bytes, the version tag to pass as ``if_match``, and when the store
+    """An object's bytes, its version tag (for :class:`UpdateVersion`), and when the store
     wrote it by the store's own clock (unix seconds; None if the store cannot say).
 
     ``modified`` may be truncated: the store's clock read ``modified`` plus less than
@@ -80,11 +82,34 @@ class RequestCounts:
                     setattr(self, f.name, 0)
 
 
-def put_kind(if_match: str | None, if_none_match: bool) -> str:
-    """The request kind a put is billed as; rejects asking for both conditions."""
-    if if_match is not None and if_none_match:
-        raise ValueError("put takes if_match or if_none_match, not both")
-    return "conditional_put" if if_match is not None or if_none_match else "put"
+@dataclass(frozen=True, slots=True)
+class UpdateVersion:
+    """Replace the object only while it is still the version with this ETag (S3's
+    If-Match)."""
+
+    etag: str
+
+
+#: What a put does to an object already at its key: ``"overwrite"`` replaces it,
+#: ``"create"`` writes only if there is none (If-None-Match: *), and
+#: :class:`UpdateVersion` only if it is still the version read. The two conditional
+#: modes raise PreconditionFailed when their condition does not hold.
+PutMode = Literal["overwrite", "create"] | UpdateVersion
+
+
+def put_kind(mode: PutMode) -> str:
+    """The request kind a put is billed as."""
+    return "put" if mode == "overwrite" else "conditional_put"
+
+
+def precondition_failure(mode: PutMode, key: str, current: str | None) -> PreconditionFailed | None:
+    """Why a put in ``mode`` must be refused when the object's ETag is ``current``
+    (None: no object), or None: for backends that check conditions themselves."""
+    if mode == "create" and current is not None:
+        return PreconditionFailed(f"{key} already exists", status_code=412)
+    if isinstance(mode, UpdateVersion) and current != mode.etag:
+        return PreconditionFailed(f"{key} changed since it was read", status_code=412)
+    return None
 
 
 @runtime_checkable
@@ -104,20 +129,8 @@ class Storage(Protocol):
         """The object at ``key``, or None if there is none."""
         ...
 
-    async def put(
-        self,
-        key: str,
-        data: bytes,
-        *,
-        if_match: str | None = None,
-        if_none_match: bool = False,
-    ) -> str:
-        """Write ``data`` at ``key`` and return its new ETag.
-
-        ``if_none_match=True`` creates only if absent; ``if_match=etag`` replaces
-        only the version with that ETag. Either raises PreconditionFailed when the
-        condition does not hold. Both at once is a programming error.
-        """
+    async def put(self, key: str, data: bytes, mode: PutMode = "overwrite") -> str:
+        """Write ``data`` at ``key`` as ``mode`` says and return its new ETag."""
         ...
 
     async def delete(self, key: str) -> None:

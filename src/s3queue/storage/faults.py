@@ -11,7 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from s3queue.errors import StorageError, StorageUnavailable, Throttled
-from s3queue.storage.base import ObjectEntry, RequestCounts, Storage, StoredObject
+from s3queue.storage.base import ObjectEntry, PutMode, RequestCounts, Storage, StoredObject
 
 
 @dataclass
@@ -72,17 +72,10 @@ class FaultyStorage:
             raise error
         return result
 
-    async def put(
-        self,
-        key: str,
-        data: bytes,
-        *,
-        if_match: str | None = None,
-        if_none_match: bool = False,
-    ) -> str:
+    async def put(self, key: str, data: bytes, mode: PutMode = "overwrite") -> str:
         if (error := self._take("put", key, after=False)) is not None:
             raise error
-        etag = await self.inner.put(key, data, if_match=if_match, if_none_match=if_none_match)
+        etag = await self.inner.put(key, data, mode)
         if (error := self._take("put", key, after=True)) is not None:
             raise error
         return etag

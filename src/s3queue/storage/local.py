@@ -24,7 +24,6 @@ from urllib.parse import unquote, urlsplit
 
 from s3queue.errors import (
     ConfigurationError,
-    PreconditionFailed,
     StorageAuthError,
     StorageError,
     StorageUnavailable,
@@ -32,8 +31,10 @@ from s3queue.errors import (
 from s3queue.storage.base import (
     LIST_PAGE_SIZE,
     ObjectEntry,
+    PutMode,
     RequestCounts,
     StoredObject,
+    precondition_failure,
     put_kind,
 )
 from s3queue.storage.keys import check_key
@@ -161,17 +162,15 @@ class LocalStorage:
 
     # --- writes ---------------------------------------------------------------------------
 
-    def _write(self, key: str, data: bytes, if_match: str | None, if_none_match: bool) -> str:
+    def _write(self, key: str, data: bytes, mode: PutMode) -> str:
         path = self._path(key)
         with self._locked(key):
-            if if_match is not None or if_none_match:
+            if mode != "overwrite":
                 current = self._read(path)
-                if if_none_match and current is not None:
+                refused = precondition_failure(mode, key, None if current is None else current.etag)
+                if refused is not None:
                     self._counts.add("precondition_failed")
-                    raise PreconditionFailed(f"{key} already exists", status_code=412)
-                if if_match is not None and (current is None or current.etag != if_match):
-                    self._counts.add("precondition_failed")
-                    raise PreconditionFailed(f"{key} changed since it was read", status_code=412)
+                    raise refused
             etag = secrets.token_hex(ETAG_BYTES // 2)
             path.parent.mkdir(parents=True, exist_ok=True)
             temp = path.parent / f".tmp-{path.name}-{secrets.token_hex(6)}"
@@ -198,17 +197,10 @@ class LocalStorage:
         finally:
             os.close(fd)
 
-    async def put(
-        self,
-        key: str,
-        data: bytes,
-        *,
-        if_match: str | None = None,
-        if_none_match: bool = False,
-    ) -> str:
+    async def put(self, key: str, data: bytes, mode: PutMode = "overwrite") -> str:
         path = self._path(key)
-        self._counts.add(put_kind(if_match, if_none_match))
-        return await self._io(path, lambda: self._write(key, data, if_match, if_none_match))
+        self._counts.add(put_kind(mode))
+        return await self._io(path, lambda: self._write(key, data, mode))
 
     def _delete(self, key: str) -> None:
         path = self._path(key)

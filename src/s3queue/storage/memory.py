@@ -12,12 +12,13 @@ import itertools
 import threading
 import time
 
-from s3queue.errors import PreconditionFailed
 from s3queue.storage.base import (
     LIST_PAGE_SIZE,
     ObjectEntry,
+    PutMode,
     RequestCounts,
     StoredObject,
+    precondition_failure,
     put_kind,
 )
 from s3queue.storage.keys import check_key
@@ -67,24 +68,15 @@ class MemoryStorage:
             found = self._objects.get(key)
         return None if found is None else StoredObject(found[0], found[1], found[2])
 
-    async def put(
-        self,
-        key: str,
-        data: bytes,
-        *,
-        if_match: str | None = None,
-        if_none_match: bool = False,
-    ) -> str:
+    async def put(self, key: str, data: bytes, mode: PutMode = "overwrite") -> str:
         check_key(key)
-        self._counts.add(put_kind(if_match, if_none_match))
+        self._counts.add(put_kind(mode))
         with self._lock:
             current = self._objects.get(key)
-            if if_none_match and current is not None:
+            refused = precondition_failure(mode, key, None if current is None else current[1])
+            if refused is not None:
                 self._counts.add("precondition_failed")
-                raise PreconditionFailed(f"{key} already exists", status_code=412)
-            if if_match is not None and (current is None or current[1] != if_match):
-                self._counts.add("precondition_failed")
-                raise PreconditionFailed(f"{key} changed since it was read", status_code=412)
+                raise refused
             etag = f'"m{next(self._etags)}"'
             if current is None:
                 bisect.insort(self._sorted_keys, key)

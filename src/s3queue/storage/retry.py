@@ -21,7 +21,7 @@ from s3queue.errors import (
     StorageUnavailable,
     Throttled,
 )
-from s3queue.storage.base import ObjectEntry, RequestCounts, Storage, StoredObject
+from s3queue.storage.base import ObjectEntry, PutMode, RequestCounts, Storage, StoredObject
 
 T = TypeVar("T")
 
@@ -89,23 +89,14 @@ class RetryingStorage:
             lambda: self.inner.list(prefix, start_after=start_after, limit=limit)
         )
 
-    async def put(
-        self,
-        key: str,
-        data: bytes,
-        *,
-        if_match: str | None = None,
-        if_none_match: bool = False,
-    ) -> str:
-        conditional = if_match is not None or if_none_match
+    async def put(self, key: str, data: bytes, mode: PutMode = "overwrite") -> str:
+        conditional = mode != "overwrite"
         outcome_unknown = False
         attempt = 0
         while True:
             attempt += 1
             try:
-                return await self.inner.put(
-                    key, data, if_match=if_match, if_none_match=if_none_match
-                )
+                return await self.inner.put(key, data, mode)
             except PreconditionFailed:
                 if not (conditional and outcome_unknown):
                     raise

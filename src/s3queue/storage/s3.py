@@ -43,8 +43,10 @@ from s3queue.errors import (
 from s3queue.storage.base import (
     LIST_PAGE_SIZE,
     ObjectEntry,
+    PutMode,
     RequestCounts,
     StoredObject,
+    UpdateVersion,
     put_kind,
 )
 from s3queue.storage.keys import check_key
@@ -365,23 +367,14 @@ class S3Storage:
         # Last-Modified is an HTTP date: whole seconds.
         return StoredObject(bytes(data), etag, stamp, 1.0)
 
-    async def put(
-        self,
-        key: str,
-        data: bytes,
-        *,
-        if_match: str | None = None,
-        if_none_match: bool = False,
-    ) -> str:
+    async def put(self, key: str, data: bytes, mode: PutMode = "overwrite") -> str:
         check_key(key)
-        self._counts.add(put_kind(if_match, if_none_match))
-        mode: Any = "overwrite"
-        if if_none_match:
-            mode = "create"
-        elif if_match is not None:
-            mode = {"e_tag": if_match}
+        self._counts.add(put_kind(mode))
+        native: Any = {"e_tag": mode.etag} if isinstance(mode, UpdateVersion) else mode
         try:
-            result = await self._in_flight.run(obstore.put_async(self._store, key, data, mode=mode))
+            result = await self._in_flight.run(
+                obstore.put_async(self._store, key, data, mode=native)
+            )
         except _NATIVE as error:
             translated = translate(error, endpoint=self._endpoint, key=key)
             if isinstance(translated, PreconditionFailed):
