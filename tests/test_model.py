@@ -78,9 +78,8 @@ class MessageLifeCycle(RuleBasedStateMachine):
         # commit, in the background; let that happen now, at this step's time, since
         # any commit also recovers expired leases.
         queue: Queue | None = getattr(self, "queue", None)
-        for committer in queue.committers if queue else []:
-            while committer._background:
-                self.loop.run_until_complete(asyncio.gather(*list(committer._background)))
+        if queue is not None:
+            self.loop.run_until_complete(queue.settle())
         return result
 
     @initialize()

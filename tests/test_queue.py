@@ -52,9 +52,7 @@ async def queue(store_url: str, clock: Clock) -> AsyncIterator[Queue]:
 
 async def settle(q: Queue) -> None:
     """Wait for the side records (dead letters, results) written after commits."""
-    for committer in q.committers:
-        while committer._background:
-            await asyncio.gather(*list(committer._background))
+    await q.settle()
 
 
 # --- leases and fencing ---------------------------------------------------------------------

@@ -238,6 +238,13 @@ class ShardCommitter:
     def _known(self) -> Cursor | None:
         return self._view or self._cursor
 
+    async def settle(self) -> None:
+        """Wait until the records of the messages finished so far (dead letters,
+        results, dedup markers) are written and finalized: they go out after the
+        commit that finished the messages, in the background."""
+        while self._background:
+            await asyncio.gather(*list(self._background))
+
     async def close(self) -> None:
         while self._background:
             await asyncio.gather(*list(self._background), return_exceptions=True)

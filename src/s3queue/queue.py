@@ -325,6 +325,14 @@ class Queue:
             owns_storage=isinstance(url, str),
         )
 
+    async def settle(self) -> None:
+        """Wait until the records of every message this process finished so far
+        (dead letters, results, dedup markers) are written. Commits report a
+        message finished at once and write its records just after; tests and
+        scripts that read those records straight away call this first."""
+        for committer in self.committers:
+            await committer.settle()
+
     async def close(self) -> None:
         try:
             await self.producer.close()
