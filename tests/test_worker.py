@@ -5,13 +5,13 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
-from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import pytest
 
 from s3queue import Backoff, JobContext, Queue, QueueError, Worker, WorkerEvent
+from s3queue.pacing import Pacing
 
 FAST = {"poll_interval": 0.01}
 
@@ -461,22 +461,22 @@ def test_prefetch_adapts_to_how_fast_jobs_finish() -> None:
 
     queue: Any = object()
     fixed = Worker.__new__(Worker)  # only the sizing state matters here
-    fixed.fixed_prefetch, fixed.concurrency = 3, 8
+    fixed.pacing = Pacing(min_concurrency=8, max_concurrency=8, fixed_prefetch=3)
+    fixed.concurrency = 8
     assert fixed.prefetch == 3
 
     worker = Worker.__new__(Worker)
-    worker.fixed_prefetch, worker.concurrency = None, 8
-    worker._finish_times, worker._claim_rtt = deque(maxlen=64), 0.0
+    worker.pacing, worker.concurrency = Pacing(min_concurrency=8, max_concurrency=8), 8
     assert worker.prefetch == 0  # nothing measured yet: take only what can run
     now = time.monotonic()
-    worker._claim_rtt = 0.05
-    worker._finish_times.extend(now - 1.0 + i / 64 for i in range(64))  # 64 jobs/s
+    worker.pacing.claim_rtt = 0.05
+    worker.pacing.finish_times.extend(now - 1.0 + i / 64 for i in range(64))  # 64 jobs/s
     assert worker.prefetch == 7  # 3.2 jobs per claim round trip, twice that in hand
-    worker._finish_times.extend(now - 0.05 + i / 1280 for i in range(64))  # 1,280 jobs/s
+    worker.pacing.finish_times.extend(now - 0.05 + i / 1280 for i in range(64))  # 1,280 jobs/s
     assert worker.prefetch == 32  # 64 per round trip: capped at 4 x concurrency
-    worker._finish_times.clear()
-    worker._finish_times.extend(now - 0.1 + i / 640 for i in range(64))  # 640 jobs/s
-    worker._claim_rtt = 0.01
+    worker.pacing.finish_times.clear()
+    worker.pacing.finish_times.extend(now - 0.1 + i / 640 for i in range(64))  # 640 jobs/s
+    worker.pacing.claim_rtt = 0.01
     assert worker.prefetch == 13  # 6.4 per round trip, twice that in hand
 
     with pytest.raises(QueueError, match="prefetch"):

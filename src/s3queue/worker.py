@@ -22,7 +22,6 @@ import secrets
 import signal
 import socket
 import time
-from collections import deque
 from collections.abc import Awaitable, Callable, Coroutine
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -34,12 +33,12 @@ from s3queue.cron import Cron, Scheduler
 from s3queue.cursor import Recovered
 from s3queue.errors import ConfigurationError, LeaseLost, PayloadError, QueueError
 from s3queue.info import Lease
+from s3queue.pacing import MAX_PREFETCH_FACTOR as MAX_PREFETCH_FACTOR  # its old home
+from s3queue.pacing import Pacing
 from s3queue.queue import Queue
 
 log = logging.getLogger("s3queue.worker")
 
-#: The adaptive prefetch grows to at most this many times the concurrency.
-MAX_PREFETCH_FACTOR = 4
 #: Every this many quiet idle checks, one request of a sweep (a shard's cursor, log
 #: or express lane) is made instead of reading the wake object; spread one request
 #: at a time so that the wake object is never left unread for long.
@@ -201,9 +200,13 @@ class Worker:
         self.poll_interval = poll_interval
         self.job_timeout = job_timeout
         self.shutdown_timeout = shutdown_timeout
-        #: Leases claimed ahead of free slots; None adapts it (see :attr:`prefetch`).
-        self.fixed_prefetch = prefetch
-        self.scale_cooldown = scale_cooldown
+        #: The adaptive prefetch and the autoscaling steps.
+        self.pacing = Pacing(
+            min_concurrency=self.min_concurrency,
+            max_concurrency=self.max_concurrency,
+            cooldown=scale_cooldown,
+            fixed_prefetch=prefetch,
+        )
         self.worker_id = worker_id or f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(3)}"
         #: Periodic jobs this worker enqueues (every worker may run the same ones:
         #: each tick is enqueued once).
@@ -225,11 +228,6 @@ class Worker:
         self._callbacks: set[asyncio.Task[Any]] = set()
         self._forced = False
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._last_scale = 0.0
-        #: When the last jobs' handlers returned, and the smoothed claim round trip
-        #: (seconds): together they size the adaptive prefetch.
-        self._finish_times: deque[float] = deque(maxlen=64)
-        self._claim_rtt = 0.0
         self._checks = 0
         #: When (store time) the last claim started.
         self._claimed_at = -math.inf
@@ -250,24 +248,8 @@ class Worker:
 
     @property
     def prefetch(self) -> int:
-        """How many leases to hold beyond the running jobs.
-
-        Fixed when given. Otherwise twice the jobs that finish during one claim round
-        trip, up to ``4 x concurrency``: enough leases in hand that no slot waits for
-        a claim, and claims large enough that one cursor write carries many messages.
-        None before jobs have finished (a worker that just started or was idle takes
-        only what it can run, so a small batch is shared by every idle worker) and
-        few for long jobs (they would hoard messages that idle workers could take).
-        """
-        if self.fixed_prefetch is not None:
-            return self.fixed_prefetch
-        finished = self._finish_times
-        if len(finished) < 2 or self._claim_rtt <= 0:
-            return 0
-        span = max(time.monotonic() - finished[0], 1e-3)
-        consumed_per_claim = len(finished) / span * self._claim_rtt
-        wanted = math.ceil(2 * consumed_per_claim)
-        return min(MAX_PREFETCH_FACTOR * self.concurrency, wanted)
+        """How many leases to hold beyond the running jobs (see :meth:`Pacing.prefetch`)."""
+        return self.pacing.prefetch(self.concurrency, time.monotonic())
 
     @property
     def is_running(self) -> bool:
@@ -466,8 +448,7 @@ class Worker:
             return [], False
         self.claim_failing_since = None
         if got.leases:
-            rtt = time.monotonic() - asked
-            self._claim_rtt = rtt if not self._claim_rtt else (0.8 * self._claim_rtt + 0.2 * rtt)
+            self.pacing.claimed(time.monotonic() - asked)
         return got.leases, got.contended
 
     async def _wait_stopping(self, seconds: float) -> None:
@@ -570,23 +551,17 @@ class Worker:
         return started
 
     def _autoscale(self, *, busy: bool) -> None:
-        if self.min_concurrency == self.max_concurrency:
-            return
-        now = time.monotonic()
-        if now - self._last_scale < self.scale_cooldown:
-            return
-        if busy and self._buffer and self.concurrency < self.max_concurrency:
-            self.concurrency += 1
-            self._last_scale = now
-            log.info("scaled up to %d concurrent jobs", self.concurrency)
-        elif (
-            not busy
-            and len(self._running) < self.concurrency
-            and self.concurrency > self.min_concurrency
-        ):
-            self.concurrency -= 1
-            self._last_scale = now
-            log.info("scaled down to %d concurrent jobs", self.concurrency)
+        was = self.concurrency
+        self.concurrency = self.pacing.scale(
+            was,
+            busy=busy,
+            waiting=len(self._buffer),
+            running=len(self._running),
+            now=time.monotonic(),
+        )
+        if self.concurrency != was:
+            step = "up" if self.concurrency > was else "down"
+            log.info("scaled %s to %d concurrent jobs", step, self.concurrency)
 
     async def _shutdown(self) -> None:
         unstarted, self._buffer = self._buffer, []
@@ -736,7 +711,7 @@ class Worker:
         pending): it no longer takes a slot, and the heartbeat still covers it."""
         self._running.pop(lease.id, None)
         self._settling[lease.id] = lease
-        self._finish_times.append(time.monotonic())
+        self.pacing.finished(time.monotonic())
         self._slot_free.set()
 
     async def _call(self, lease: Lease, ctx: JobContext) -> Any:
