@@ -45,7 +45,9 @@ class WorkerMonitor:
         self.worker = worker
         unhealthy_after = limits.UNHEALTHY_AFTER.optional(unhealthy_after, "unhealthy_after")
         self.unhealthy_after = (
-            unhealthy_after if unhealthy_after is not None else max(30.0, 10 * worker.poll_interval)
+            unhealthy_after
+            if unhealthy_after is not None
+            else max(30.0, 10 * worker.polling.poll_interval)
         )
         self.registry = registry or CollectorRegistry()
         queue = worker.queue.name
