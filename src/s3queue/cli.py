@@ -260,7 +260,7 @@ _ReportCounts = Annotated[Path | None, typer.Option(hidden=True)]
 
 
 @app.command()
-def worker(
+def worker(  # noqa: PLR0913 - typer reads a command's options from its parameters
     queue: Annotated[str, typer.Argument(help="Queue name.")],
     handler: Annotated[str, typer.Argument(help="module:function taking (payload, ctx).")],
     concurrency: _Concurrency = 10,
