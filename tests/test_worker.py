@@ -215,7 +215,7 @@ async def test_events_describe_each_outcome(queue: Queue) -> None:
 
     worker = Worker(queue, handler, polling=FAST)
     for name in ("claimed", "processing", "completed", "retry", "dead", "workers_started"):
-        worker.on(name, events.append)  # type: ignore[arg-type]
+        worker.on(name, events.append)
     stopped: list[WorkerEvent] = []
     worker.on("workers_stopped", stopped.append)
     await run_until_idle(worker)
