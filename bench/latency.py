@@ -17,7 +17,7 @@ import time
 from typing import Any
 
 from bench.common import Backends, Row, per_message, print_table
-from s3queue import Queue, Worker
+from s3queue import Polling, Queue, Worker
 from s3queue.worker import JobContext
 
 RATE = 10.0  # messages per second
@@ -54,7 +54,7 @@ async def latency_case(url: str, poll: float, seconds: float) -> Row:
         if len(started) >= count:
             all_started.set()
 
-    worker = Worker(consumer, handler, concurrency=8, poll_interval=poll)
+    worker = Worker(consumer, handler, concurrency=8, polling=Polling(poll_interval=poll))
     task = asyncio.create_task(worker.run())
     await asyncio.sleep(2 * poll)  # let the worker reach its idle polling rhythm
     consumer.storage.counts.reset()

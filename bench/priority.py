@@ -22,7 +22,7 @@ import uuid
 from typing import Any
 
 from bench.common import Backends, Row, ints, names, print_table, save
-from s3queue import JobContext, Queue, Worker
+from s3queue import JobContext, Polling, Queue, Worker
 
 CONCURRENCY = 8
 
@@ -46,7 +46,7 @@ async def trial(url: str, shards: int, backlog: int, busy: bool) -> int:
             quarter_done.set()
         await asyncio.sleep(0.005)  # a short job
 
-    worker = Worker(consumer, handler, concurrency=CONCURRENCY, poll_interval=0.2)
+    worker = Worker(consumer, handler, concurrency=CONCURRENCY, polling=Polling(poll_interval=0.2))
     if not busy:
         urgent.append(await producer.enqueue({"urgent": True}, priority=10))
     task = asyncio.create_task(worker.run())

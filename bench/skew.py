@@ -29,7 +29,7 @@ from collections.abc import Callable
 from typing import Any
 
 from bench.common import Backends, Row, names, print_table, save
-from s3queue import JobContext, Queue, Worker
+from s3queue import JobContext, Leases, Queue, Worker
 from s3queue.clock import StoreClock
 
 NOW, SOON, LATER = 200, 20, 10
@@ -53,7 +53,9 @@ async def run_cell(url: str, offset: float, corrected: bool) -> Row:
         runs.setdefault(ctx.message_id, []).append(time.time())
         await asyncio.sleep(0.02)  # a short job
 
-    workers = [Worker(q, handler, concurrency=8, visibility_timeout=5.0) for q in queues]
+    workers = [
+        Worker(q, handler, concurrency=8, leases=Leases(visibility_timeout=5.0)) for q in queues
+    ]
     tasks = [asyncio.create_task(w.run()) for w in workers]
     now_ids = await producer.enqueue_many([{"n": n} for n in range(NOW)])
     for delay, count in ((SOON_DELAY, SOON), (LATER_DELAY, LATER)):

@@ -5,7 +5,7 @@
 
 Opens the queue, prints ``ready``; with ``--wait-for-go`` it then waits for a line on
 standard input before it starts claiming (so that the driver starts every process's
-clock at once). Runs ``Worker(poll_interval=0.2)`` with the
+clock at once). Runs ``Worker(polling=Polling(poll_interval=0.2))`` with the
 default prefetch until SIGTERM, lets running jobs finish, and writes JSON to FILE: its
 storage requests by kind, messages processed, and every error that got past the retry
 layer (handler failures, lost leases, warnings logged by s3queue).
@@ -27,7 +27,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from s3queue import Queue, Worker
+from s3queue import Polling, Queue, Worker
 from s3queue.storage import RetryingStorage, open_raw_storage
 from s3queue.storage.base import Storage
 from s3queue.worker import WorkerEvent
@@ -80,7 +80,7 @@ async def main(args: argparse.Namespace) -> None:
         q,
         HANDLERS[args.handler],
         concurrency=args.concurrency,
-        poll_interval=0.2,
+        polling=Polling(poll_interval=0.2),
     )
     lease_lost = 0
     last_completed_at = 0.0

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 
-from s3queue import JobContext, Queue, Worker
+from s3queue import JobContext, Polling, Queue, Worker
 
 
 async def send_email(payload: dict[str, str], ctx: JobContext) -> dict[str, bool]:
@@ -35,7 +35,7 @@ async def main() -> None:
         if stats.pending + stats.delayed + stats.processing == 0:
             finished.set()
 
-    worker = Worker(q, send_email, concurrency=4, poll_interval=0.2)
+    worker = Worker(q, send_email, concurrency=4, polling=Polling(poll_interval=0.2))
     worker.on("completed", check)
     task = asyncio.create_task(worker.run())
     await finished.wait()

@@ -7,10 +7,10 @@ from typing import Any
 
 import pytest
 
-from s3queue import ConfigurationError, JobContext, Queue, Worker, cron
+from s3queue import ConfigurationError, JobContext, Polling, Queue, Worker, cron
 from s3queue.cron import Cron, parse_cron
 
-FAST = {"poll_interval": 0.01}
+FAST = Polling(poll_interval=0.01)
 
 
 def test_schedules_and_payloads_are_checked() -> None:
@@ -51,7 +51,7 @@ async def test_each_tick_is_enqueued_once_by_racing_workers(
             three.set()
 
     every_second = Cron("* * * * * *", payload={"task": "tick"}, name="tick")
-    workers = [Worker(q, handler, concurrency=2, cron=[every_second], **FAST) for q in queues]
+    workers = [Worker(q, handler, concurrency=2, cron=[every_second], polling=FAST) for q in queues]
     tasks = [asyncio.create_task(w.run()) for w in workers]
     await asyncio.wait_for(three.wait(), 60)
     for worker in workers:

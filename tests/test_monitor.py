@@ -9,13 +9,13 @@ from typing import Any
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from s3queue import Backoff, JobContext, Queue, Worker
+from s3queue import Backoff, JobContext, Polling, Queue, Worker
 from s3queue.monitor import WorkerMonitor
 from s3queue.storage import RetryingStorage, RetryPolicy, open_raw_storage
 from s3queue.storage.faults import Fault, FaultyStorage
 from tests.httpget import fetch, get
 
-FAST = {"poll_interval": 0.01}
+FAST = Polling(poll_interval=0.01)
 
 
 @pytest.fixture
@@ -47,7 +47,7 @@ async def test_metrics_count_every_outcome(queue: Queue) -> None:
         if payload["n"] < 3 and ctx.attempt == 1:
             raise RuntimeError("first attempt fails")
 
-    worker = Worker(queue, flaky, concurrency=4, **FAST)
+    worker = Worker(queue, flaky, concurrency=4, polling=FAST)
 
     def note(event: Any) -> None:
         outcomes.append(event.name)
@@ -83,7 +83,7 @@ async def test_health_follows_the_worker_lifecycle(queue: Queue) -> None:
     async def handler(payload: Any, ctx: JobContext) -> None:
         return None
 
-    worker = Worker(queue, handler, concurrency=1, **FAST)
+    worker = Worker(queue, handler, concurrency=1, polling=FAST)
     monitor = WorkerMonitor(worker)
     server, port = await serve(monitor)
 
@@ -110,7 +110,7 @@ async def test_metrics_answer_any_host_name_and_forbid_sniffing(queue: Queue) ->
     async def handler(payload: Any, ctx: JobContext) -> None:
         return None
 
-    server, port = await serve(WorkerMonitor(Worker(queue, handler, concurrency=1, **FAST)))
+    server, port = await serve(WorkerMonitor(Worker(queue, handler, concurrency=1, polling=FAST)))
     # Prometheus scrapes by pod address or by a service name the worker cannot know.
     for host in ("10.0.3.7:9191", "workers.jobs.svc.cluster.local:9191", None):
         answer = await fetch(port, "/metrics", host=host)
@@ -127,7 +127,7 @@ async def test_health_fails_when_storage_stops_answering(store_url: str) -> None
     async def handler(payload: Any, ctx: JobContext) -> None:
         return None
 
-    worker = Worker(q, handler, concurrency=1, **FAST)
+    worker = Worker(q, handler, concurrency=1, polling=FAST)
     monitor = WorkerMonitor(worker, unhealthy_after=0.0)
     faulty.inject(Fault("get", times=10**9))  # every read fails from now on
     task = asyncio.create_task(worker.run())

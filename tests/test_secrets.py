@@ -29,7 +29,7 @@ from urllib.parse import quote
 import pytest
 from prometheus_client import generate_latest
 
-from s3queue import Queue, QueueError, Worker, WorkerEvent, cli
+from s3queue import Polling, Queue, QueueError, Worker, WorkerEvent, cli
 from s3queue.errors import ConfigurationError
 from s3queue.monitor import WorkerMonitor
 from s3queue.storage import open_raw_storage, open_storage, redact, redact_url
@@ -182,7 +182,7 @@ async def test_storage_and_queue_reprs_show_the_url_without_its_secret(
 
 async def run_to_the_end(queue: Queue, handler: Callable[..., Any], messages: int) -> Worker:
     """Run a worker until ``messages`` messages have finished, one way or the other."""
-    worker = Worker(queue, handler, poll_interval=0.01)
+    worker = Worker(queue, handler, polling=Polling(poll_interval=0.01))
     finished: list[str] = []
     all_finished = asyncio.Event()
 

@@ -5,15 +5,25 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
-from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import pytest
 
-from s3queue import Backoff, JobContext, Queue, QueueError, Worker, WorkerEvent
+from s3queue import (
+    Backoff,
+    JobContext,
+    Leases,
+    Polling,
+    Queue,
+    QueueError,
+    Scaling,
+    Worker,
+    WorkerEvent,
+)
+from s3queue.pacing import Pacing
 
-FAST = {"poll_interval": 0.01}
+FAST = Polling(poll_interval=0.01)
 
 
 @pytest.fixture
@@ -49,7 +59,7 @@ async def test_async_handler_results_are_stored(queue: Queue) -> None:
     async def double(payload: dict[str, int], ctx: JobContext) -> int:
         return payload["n"] * 2
 
-    await run_until_idle(Worker(queue, double, concurrency=8, **FAST))
+    await run_until_idle(Worker(queue, double, concurrency=8, polling=FAST))
     infos = [await queue.get(mid) for mid in ids]
     assert [i.result for i in infos if i] == [n * 2 for n in range(50)]
     assert all(i is not None and i.status == "completed" for i in infos)
@@ -63,7 +73,7 @@ async def test_sync_handler_runs_in_a_thread(queue: Queue) -> None:
     def record(payload: dict[str, int], ctx: JobContext) -> None:
         threads.add(threading.current_thread().name)
 
-    worker = Worker(queue, record, concurrency=4, **FAST)
+    worker = Worker(queue, record, concurrency=4, polling=FAST)
     await run_until_idle(worker)
     assert worker.processed == 20
     assert main not in threads
@@ -79,7 +89,7 @@ async def test_failed_attempt_is_retried_then_completes(queue: Queue) -> None:
             raise ConnectionError("upstream reset")
         return "ok"
 
-    await run_until_idle(Worker(queue, flaky, **FAST))
+    await run_until_idle(Worker(queue, flaky, polling=FAST))
     info = await queue.get(mid)
     assert attempts == [1, 2]
     assert info is not None and info.status == "completed" and info.result == "ok"
@@ -92,7 +102,7 @@ async def test_non_retriable_error_dead_letters_at_once(queue: Queue) -> None:
     async def gone(payload: Any, ctx: JobContext) -> None:
         raise QueueError("410 Gone", retriable=False)
 
-    await run_until_idle(Worker(queue, gone, **FAST))
+    await run_until_idle(Worker(queue, gone, polling=FAST))
     info = await queue.get(mid)
     assert info is not None and info.status == "dead" and info.attempts == 1
     await queue.committers[0].close()
@@ -108,7 +118,7 @@ async def test_exhausted_attempts_keep_every_error(queue: Queue) -> None:
     async def broken(payload: Any, ctx: JobContext) -> None:
         raise ValueError(f"bad {ctx.attempt}")
 
-    await run_until_idle(Worker(queue, broken, **FAST))
+    await run_until_idle(Worker(queue, broken, polling=FAST))
     info = await queue.get(mid)
     assert info is not None and info.status == "dead"
     assert [e.message for e in info.errors] == ["bad 1", "bad 2", "bad 3"]
@@ -121,7 +131,7 @@ async def test_job_timeout_counts_as_a_failed_attempt(queue: Queue) -> None:
     async def stuck(payload: Any, ctx: JobContext) -> None:
         await release.wait()
 
-    await run_until_idle(Worker(queue, stuck, job_timeout=0.05, **FAST))
+    await run_until_idle(Worker(queue, stuck, leases=Leases(job_timeout=0.05), polling=FAST))
     info = await queue.get(mid)
     assert info is not None and info.status == "dead"
     assert [e.type for e in info.errors] == ["JobTimeout", "JobTimeout"]
@@ -136,8 +146,8 @@ async def test_long_job_is_extended_and_runs_once_with_two_workers(queue: Queue)
         runs.append(ctx.worker_id)
         await asyncio.sleep(3)  # the job itself: simulated work, not synchronisation
 
-    a = Worker(queue, slow, visibility_timeout=1.0, worker_id="a", **FAST)
-    b = Worker(queue, slow, visibility_timeout=1.0, worker_id="b", **FAST)
+    a = Worker(queue, slow, leases=Leases(visibility_timeout=1.0), worker_id="a", polling=FAST)
+    b = Worker(queue, slow, leases=Leases(visibility_timeout=1.0), worker_id="b", polling=FAST)
     tasks = [asyncio.create_task(a.run()), asyncio.create_task(b.run())]
     try:
         await asyncio.wait_for(until_idle(queue), 30)
@@ -161,7 +171,13 @@ async def test_graceful_stop_finishes_running_and_releases_unstarted(queue: Queu
         done.append(payload["n"])
 
     # Two run, four wait in the prefetch buffer with long leases.
-    worker = Worker(queue, job, concurrency=2, prefetch=4, visibility_timeout=600, **FAST)
+    worker = Worker(
+        queue,
+        job,
+        concurrency=2,
+        polling=Polling(poll_interval=0.01, prefetch=4),
+        leases=Leases(visibility_timeout=600),
+    )
     claimed: list[str] = []
     all_claimed = asyncio.Event()
 
@@ -197,9 +213,9 @@ async def test_events_describe_each_outcome(queue: Queue) -> None:
             raise RuntimeError("nope")
         return "fine"
 
-    worker = Worker(queue, handler, **FAST)
+    worker = Worker(queue, handler, polling=FAST)
     for name in ("claimed", "processing", "completed", "retry", "dead", "workers_started"):
-        worker.on(name, events.append)  # type: ignore[arg-type]
+        worker.on(name, events.append)
     stopped: list[WorkerEvent] = []
     worker.on("workers_stopped", stopped.append)
     await run_until_idle(worker)
@@ -229,7 +245,7 @@ async def test_progress_is_visible_while_running(queue: Queue) -> None:
         seen.set()
         await proceed.wait()
 
-    worker = Worker(queue, job, **FAST)
+    worker = Worker(queue, job, polling=FAST)
     task = asyncio.create_task(worker.run())
     await seen.wait()
     info = await queue.get(mid)
@@ -271,7 +287,7 @@ async def test_an_idle_worker_costs_one_request_per_poll_interval_whatever_the_s
     store_url: str,
 ) -> None:
     q = await Queue.open(store_url, "wide", shards=16)
-    worker = Worker(q, noop, poll_interval=0.02)
+    worker = Worker(q, noop, polling=Polling(poll_interval=0.02))
     checks = Checks(worker)
     task = asyncio.create_task(worker.run())
     await checks.next(3)  # past the first look at every shard
@@ -292,7 +308,7 @@ async def checks_until_done(consumer: Queue, act: Callable[[], Awaitable[Any]]) 
     """Idle checks an idle worker on ``consumer`` makes between ``act()`` (another
     process making a message claimable) and that message's completion."""
     done = asyncio.Event()
-    worker = Worker(consumer, noop, poll_interval=0.02)
+    worker = Worker(consumer, noop, polling=Polling(poll_interval=0.02))
     worker.on("completed", lambda e: done.set())
     checks = Checks(worker)
     task = asyncio.create_task(worker.run())
@@ -331,7 +347,7 @@ async def test_an_idle_worker_takes_over_the_lease_of_a_dead_one(store_url: str)
     await dead.enqueue({"x": 1})
     [lease] = await dead.claim(1, visibility_timeout=0.3)  # then never heard from again
     done = asyncio.Event()
-    worker = Worker(alive, noop, poll_interval=0.01)
+    worker = Worker(alive, noop, polling=FAST)
     worker.on("completed", lambda e: done.set())
     task = asyncio.create_task(worker.run())
     await asyncio.wait_for(done.wait(), 30)
@@ -352,7 +368,7 @@ async def test_buffered_jobs_start_highest_priority_first(queue: Queue) -> None:
     async def note(payload: Any, ctx: JobContext) -> None:
         started.append(payload["p"])
 
-    worker = Worker(queue, note, concurrency=1, prefetch=9, **FAST)
+    worker = Worker(queue, note, concurrency=1, polling=Polling(poll_interval=0.01, prefetch=9))
     await run_until_idle(worker)
     assert started == [5, 5, 0, 0, 0, 0, 0, 0, -1, -1]
 
@@ -372,7 +388,7 @@ async def test_a_priority_message_enqueued_behind_a_backlog_starts_first(
         if len(order) >= 20:
             enough.set()
 
-    worker = Worker(q, note, concurrency=4, **FAST)
+    worker = Worker(q, note, concurrency=4, polling=FAST)
     task = asyncio.create_task(worker.run())
     await asyncio.wait_for(enough.wait(), 60)
     await worker.stop()
@@ -388,7 +404,11 @@ async def test_autoscaling_grows_under_backlog(queue: Queue) -> None:
         await asyncio.sleep(0.002)  # simulated work
 
     worker = Worker(
-        queue, job, concurrency=1, min_concurrency=1, max_concurrency=4, scale_cooldown=0.0, **FAST
+        queue,
+        job,
+        concurrency=1,
+        scaling=Scaling(min_concurrency=1, max_concurrency=4, scale_cooldown=0.0),
+        polling=FAST,
     )
     levels: list[int] = []
     worker.on("processing", lambda e: levels.append(worker.concurrency))
@@ -405,7 +425,7 @@ async def test_work_enqueued_by_a_handler_is_announced(queue: Queue) -> None:
         if payload["step"] == 1:
             await ctx.queue.enqueue({"step": 2})
 
-    worker = Worker(queue, chain, **FAST)
+    worker = Worker(queue, chain, polling=FAST)
     worker.on("enqueued", lambda e: announced.append(e.message_id or ""))
     await run_until_idle(worker)
     assert len(announced) == 1 and announced[0] != first
@@ -419,7 +439,7 @@ async def test_unstorable_result_dead_letters_with_the_reason(queue: Queue) -> N
     async def returns_an_object(payload: Any, ctx: JobContext) -> Any:
         return object()
 
-    worker = Worker(queue, returns_an_object, concurrency=1, **FAST)
+    worker = Worker(queue, returns_an_object, concurrency=1, polling=FAST)
     await run_until_idle(worker)
     info = await queue.get(mid)
     assert info is not None and info.status == "dead"
@@ -433,7 +453,7 @@ async def test_plain_function_returning_a_coroutine_is_awaited(queue: Queue) -> 
     async def double(payload: dict[str, int]) -> int:
         return payload["n"] * 2
 
-    worker = Worker(queue, lambda payload, ctx: double(payload), concurrency=1, **FAST)
+    worker = Worker(queue, lambda payload, ctx: double(payload), concurrency=1, polling=FAST)
     await run_until_idle(worker)
     info = await queue.get(mid)
     assert info is not None and info.status == "completed" and info.result == 42
@@ -446,7 +466,7 @@ async def test_fast_jobs_share_cursor_writes(queue: Queue) -> None:
         return None
 
     queue.storage.counts.reset()
-    worker = Worker(queue, noop, concurrency=8, **FAST)
+    worker = Worker(queue, noop, concurrency=8, polling=FAST)
     await run_until_idle(worker)
     assert worker.processed == 400
     # Each message needs a claim and an ack: a write per message without batching.
@@ -461,26 +481,26 @@ def test_prefetch_adapts_to_how_fast_jobs_finish() -> None:
 
     queue: Any = object()
     fixed = Worker.__new__(Worker)  # only the sizing state matters here
-    fixed.fixed_prefetch, fixed.concurrency = 3, 8
+    fixed.pacing = Pacing(min_concurrency=8, max_concurrency=8, fixed_prefetch=3)
+    fixed.concurrency = 8
     assert fixed.prefetch == 3
 
     worker = Worker.__new__(Worker)
-    worker.fixed_prefetch, worker.concurrency = None, 8
-    worker._finish_times, worker._claim_rtt = deque(maxlen=64), 0.0
+    worker.pacing, worker.concurrency = Pacing(min_concurrency=8, max_concurrency=8), 8
     assert worker.prefetch == 0  # nothing measured yet: take only what can run
     now = time.monotonic()
-    worker._claim_rtt = 0.05
-    worker._finish_times.extend(now - 1.0 + i / 64 for i in range(64))  # 64 jobs/s
+    worker.pacing.claim_rtt = 0.05
+    worker.pacing.finish_times.extend(now - 1.0 + i / 64 for i in range(64))  # 64 jobs/s
     assert worker.prefetch == 7  # 3.2 jobs per claim round trip, twice that in hand
-    worker._finish_times.extend(now - 0.05 + i / 1280 for i in range(64))  # 1,280 jobs/s
+    worker.pacing.finish_times.extend(now - 0.05 + i / 1280 for i in range(64))  # 1,280 jobs/s
     assert worker.prefetch == 32  # 64 per round trip: capped at 4 x concurrency
-    worker._finish_times.clear()
-    worker._finish_times.extend(now - 0.1 + i / 640 for i in range(64))  # 640 jobs/s
-    worker._claim_rtt = 0.01
+    worker.pacing.finish_times.clear()
+    worker.pacing.finish_times.extend(now - 0.1 + i / 640 for i in range(64))  # 640 jobs/s
+    worker.pacing.claim_rtt = 0.01
     assert worker.prefetch == 13  # 6.4 per round trip, twice that in hand
 
     with pytest.raises(QueueError, match="prefetch"):
-        Worker(queue, handler, prefetch=-1)
+        Worker(queue, handler, polling=Polling(prefetch=-1))
 
 
 async def test_a_small_batch_is_shared_by_every_idle_worker(store_url: str) -> None:
@@ -499,7 +519,7 @@ async def test_a_small_batch_is_shared_by_every_idle_worker(store_url: str) -> N
             all_busy.set()
         await all_busy.wait()  # held until every slot of every worker is busy
 
-    workers = [Worker(q, job, concurrency=4, poll_interval=0.02) for q in queues]
+    workers = [Worker(q, job, concurrency=4, polling=Polling(poll_interval=0.02)) for q in queues]
     checks = Checks(workers[0])
     tasks = [asyncio.create_task(w.run()) for w in workers]
     await checks.next(2)  # idle, listening

@@ -20,6 +20,7 @@ from s3queue.errors import (
 from s3queue.info import Failure, Lease, MessageInfo, Stats
 from s3queue.queue import Queue
 from s3queue.worker import JobContext, JobTimeout, Worker, WorkerEvent
+from s3queue.worker_settings import Leases, Polling, Scaling
 
 __version__ = "0.1.0"
 
@@ -34,13 +35,16 @@ __all__ = [
     "JobTimeout",
     "Lease",
     "LeaseLost",
+    "Leases",
     "MessageInfo",
     "NotFound",
     "PayloadError",
+    "Polling",
     "PreconditionFailed",
     "Queue",
     "QueueError",
     "QueueNotFound",
+    "Scaling",
     "Stats",
     "StorageAuthError",
     "StorageError",

@@ -31,6 +31,7 @@ from rich.progress import Progress
 from rich.table import Table
 
 from s3queue import layout, limits
+from s3queue.backoff import Backoff
 from s3queue.catalog import list_queues
 from s3queue.cron import parse_cron
 from s3queue.errors import ConfigurationError, PayloadError, QueueError, QueueNotFound
@@ -39,6 +40,7 @@ from s3queue.payload import MAX_DEPTH, check_value
 from s3queue.queue import DEFAULT_SHARDS, Queue
 from s3queue.storage import open_storage, redact, redact_url, url_secrets
 from s3queue.worker import Worker
+from s3queue.worker_settings import Leases, Polling, Scaling
 
 DEFAULT_URL = "file://.s3queue"
 T = TypeVar("T")
@@ -193,137 +195,181 @@ def load_handler(spec: str) -> Callable[..., Any]:
     return handler  # type: ignore[no-any-return]
 
 
+# The worker command's options, one alias each, so that the command itself reads as
+# the settings it builds.
+_Concurrency = Annotated[int, checked(limits.CONCURRENCY, "", "--concurrency", "-c")]
+_VisibilityTimeout = Annotated[
+    float, checked(limits.VISIBILITY_TIMEOUT, "Lease length in seconds (extended while running).")
+]
+_MaxAttempts = Annotated[
+    int | None,
+    checked(limits.MAX_ATTEMPTS, "Cap on attempts (the message's own limit applies too)."),
+]
+_PollInterval = Annotated[
+    float,
+    checked(
+        limits.POLL_INTERVAL,
+        "With nothing to claim, one storage request per this many seconds on "
+        "average (pickup after a quiet spell takes about half of it).",
+    ),
+]
+_JobTimeout = Annotated[
+    float | None, checked(limits.JOB_TIMEOUT, "Cancel a job after this many seconds.")
+]
+_ShutdownTimeout = Annotated[
+    float, checked(limits.SHUTDOWN_TIMEOUT, "Seconds to finish running jobs on SIGTERM.")
+]
+_MinConcurrency = Annotated[int | None, checked(limits.CONCURRENCY)]
+_MaxConcurrency = Annotated[int | None, checked(limits.CONCURRENCY)]
+_Prefetch = Annotated[
+    int | None,
+    checked(
+        limits.PREFETCH,
+        "Leases held beyond the running jobs. Default: adaptive, from the "
+        "concurrency (long jobs) up to 4 x concurrency (jobs shorter than a claim).",
+    ),
+]
+_BackoffInitial = Annotated[
+    float | None, checked(limits.RETRY_DELAY, "First retry delay in seconds.")
+]
+_BackoffMax = Annotated[
+    float | None, checked(limits.RETRY_DELAY, "Longest retry delay in seconds.")
+]
+_Burst = Annotated[bool, typer.Option(help="Drain the queue, then exit.")]
+_CronOption = Annotated[
+    list[str] | None,
+    typer.Option(
+        metavar="TEXT",
+        help="Also enqueue a periodic job: '<schedule> <JSON payload>', UTC, e.g. "
+        '\'*/5 * * * * {"task": "report"}\'. Repeatable; every worker may run '
+        "the same schedules (each tick is enqueued once).",
+    ),
+]
+_MetricsPort = Annotated[
+    int | None,
+    checked(
+        limits.PORT,
+        "Serve /metrics (Prometheus), /healthz and /livez on this port.",
+        envvar="S3QUEUE_METRICS_PORT",
+    ),
+]
+_MetricsHost = Annotated[
+    str, typer.Option(help="Address for --metrics-port; 0.0.0.0 in a container.")
+]
+_ReportCounts = Annotated[Path | None, typer.Option(hidden=True)]
+
+
 @app.command()
-def worker(
+def worker(  # noqa: PLR0913 - typer reads a command's options from its parameters
     queue: Annotated[str, typer.Argument(help="Queue name.")],
     handler: Annotated[str, typer.Argument(help="module:function taking (payload, ctx).")],
-    concurrency: Annotated[int, checked(limits.CONCURRENCY, "", "--concurrency", "-c")] = 10,
-    visibility_timeout: Annotated[
-        float,
-        checked(limits.VISIBILITY_TIMEOUT, "Lease length in seconds (extended while running)."),
-    ] = 30.0,
-    max_attempts: Annotated[
-        int | None,
-        checked(limits.MAX_ATTEMPTS, "Cap on attempts (the message's own limit applies too)."),
-    ] = None,
-    poll_interval: Annotated[
-        float,
-        checked(
-            limits.POLL_INTERVAL,
-            "With nothing to claim, one storage request per this many seconds on "
-            "average (pickup after a quiet spell takes about half of it).",
-        ),
-    ] = 1.0,
-    job_timeout: Annotated[
-        float | None, checked(limits.JOB_TIMEOUT, "Cancel a job after this many seconds.")
-    ] = None,
-    shutdown_timeout: Annotated[
-        float, checked(limits.SHUTDOWN_TIMEOUT, "Seconds to finish running jobs on SIGTERM.")
-    ] = 30.0,
-    min_concurrency: Annotated[int | None, checked(limits.CONCURRENCY)] = None,
-    max_concurrency: Annotated[int | None, checked(limits.CONCURRENCY)] = None,
-    prefetch: Annotated[
-        int | None,
-        checked(
-            limits.PREFETCH,
-            "Leases held beyond the running jobs. Default: adaptive, from the "
-            "concurrency (long jobs) up to 4 x concurrency (jobs shorter than a claim).",
-        ),
-    ] = None,
-    backoff_initial: Annotated[
-        float | None, checked(limits.RETRY_DELAY, "First retry delay in seconds.")
-    ] = None,
-    backoff_max: Annotated[
-        float | None, checked(limits.RETRY_DELAY, "Longest retry delay in seconds.")
-    ] = None,
-    burst: Annotated[bool, typer.Option(help="Drain the queue, then exit.")] = False,
-    cron: Annotated[
-        list[str] | None,
-        typer.Option(
-            metavar="TEXT",
-            help="Also enqueue a periodic job: '<schedule> <JSON payload>', UTC, e.g. "
-            '\'*/5 * * * * {"task": "report"}\'. Repeatable; every worker may run '
-            "the same schedules (each tick is enqueued once).",
-        ),
-    ] = None,
-    metrics_port: Annotated[
-        int | None,
-        checked(
-            limits.PORT,
-            "Serve /metrics (Prometheus), /healthz and /livez on this port.",
-            envvar="S3QUEUE_METRICS_PORT",
-        ),
-    ] = None,
-    metrics_host: Annotated[
-        str,
-        typer.Option(help="Address for --metrics-port; 0.0.0.0 in a container."),
-    ] = "127.0.0.1",
-    report_counts: Annotated[Path | None, typer.Option(hidden=True)] = None,
+    concurrency: _Concurrency = 10,
+    visibility_timeout: _VisibilityTimeout = 30.0,
+    max_attempts: _MaxAttempts = None,
+    poll_interval: _PollInterval = 1.0,
+    job_timeout: _JobTimeout = None,
+    shutdown_timeout: _ShutdownTimeout = 30.0,
+    min_concurrency: _MinConcurrency = None,
+    max_concurrency: _MaxConcurrency = None,
+    prefetch: _Prefetch = None,
+    backoff_initial: _BackoffInitial = None,
+    backoff_max: _BackoffMax = None,
+    burst: _Burst = False,
+    cron: _CronOption = None,
+    metrics_port: _MetricsPort = None,
+    metrics_host: _MetricsHost = "127.0.0.1",
+    report_counts: _ReportCounts = None,
 ) -> None:
     """Run a worker pool until SIGTERM/SIGINT (or, with --burst, until the queue is empty)."""
     function = load_handler(handler)
     crons = [parse_cron(text) for text in cron or []]
 
-    async def main() -> None:
-        from s3queue.backoff import Backoff
-
-        q = await open_queue(queue)
-        backoff = None
-        if backoff_initial is not None or backoff_max is not None:
-            initial = backoff_initial if backoff_initial is not None else 1.0
-            backoff = Backoff(
-                initial=initial, max=backoff_max if backoff_max is not None else max(initial, 300.0)
-            )
-        pool = Worker(
+    def build(q: Queue) -> Worker:
+        # Built once the queue is open: a refused --backoff-max is reported after it.
+        leases = Leases(
+            visibility_timeout=visibility_timeout,
+            job_timeout=job_timeout,
+            shutdown_timeout=shutdown_timeout,
+            max_attempts=max_attempts,
+            backoff=_backoff(backoff_initial, backoff_max),
+        )
+        return Worker(
             q,
             function,
             concurrency=concurrency,
-            visibility_timeout=visibility_timeout,
-            max_attempts=max_attempts,
-            backoff=backoff,
-            poll_interval=poll_interval,
-            job_timeout=job_timeout,
-            shutdown_timeout=shutdown_timeout,
-            min_concurrency=min_concurrency,
-            max_concurrency=max_concurrency,
-            prefetch=prefetch,
+            leases=leases,
+            polling=Polling(poll_interval=poll_interval, prefetch=prefetch),
+            scaling=Scaling(min_concurrency=min_concurrency, max_concurrency=max_concurrency),
             cron=crons,
         )
-        log = logging.getLogger("s3queue.events")
-        for name in ("completed", "retry", "dead", "recovered", "lease_lost"):
-            pool.on(
-                name,
-                lambda e: log.info(
-                    "%s %s attempt=%s %s", e.name, e.message_id, e.attempt, e.error or ""
-                ),
-            )
-        server = None
-        if metrics_port is not None:
-            from s3queue.monitor import WorkerMonitor
 
-            server, base = await listen(
-                WorkerMonitor(pool).serve, metrics_host, metrics_port, "metrics", "--metrics-port"
-            )
-            print(f"metrics on {base}metrics", flush=True)
-        print(f"worker {pool.worker_id} ready on {q.name}", flush=True)
-        watcher = asyncio.create_task(_burst_watch(q, pool, poll_interval)) if burst else None
-        try:
-            await pool.run(handle_signals=True)
-        finally:
-            if watcher is not None:
-                watcher.cancel()
-            if server is not None:
-                server.close()
-            if report_counts is not None:
-                report = {
-                    "processed": pool.processed,
-                    "failed": pool.failed,
-                    **q.storage.counts.snapshot(),
-                }
-                report_counts.write_text(json.dumps(report))
-            await q.close()
+    metrics = None if metrics_port is None else (metrics_host, metrics_port)
+    run(lambda: _work(queue, build, burst=burst, metrics=metrics, report_counts=report_counts))
 
-    run(main)
+
+def _backoff(initial: float | None, longest: float | None) -> Backoff | None:
+    """The backoff of --backoff-initial and --backoff-max; None (the queue's) without them."""
+    if initial is None and longest is None:
+        return None
+    first = initial if initial is not None else 1.0
+    return Backoff(initial=first, max=longest if longest is not None else max(first, 300.0))
+
+
+async def _work(
+    name: str,
+    build: Callable[[Queue], Worker],
+    *,
+    burst: bool,
+    metrics: tuple[str, int] | None,
+    report_counts: Path | None,
+) -> None:
+    """Open the queue, run ``build(queue)`` on it until it stops, then close it."""
+    q = await open_queue(name)
+    worker = build(q)
+    _log_events(worker)
+    server = None
+    if metrics is not None:
+        from s3queue.monitor import WorkerMonitor
+
+        host, port = metrics
+        server, base = await listen(
+            WorkerMonitor(worker).serve, host, port, "metrics", "--metrics-port"
+        )
+        print(f"metrics on {base}metrics", flush=True)
+    print(f"worker {worker.worker_id} ready on {q.name}", flush=True)
+    interval = worker.polling.poll_interval
+    watcher = asyncio.create_task(_burst_watch(q, worker, interval)) if burst else None
+    try:
+        await worker.run(handle_signals=True)
+    finally:
+        if watcher is not None:
+            watcher.cancel()
+        if server is not None:
+            server.close()
+        if report_counts is not None:
+            _write_counts(report_counts, worker)
+        await q.close()
+
+
+def _write_counts(path: Path, worker: Worker) -> None:
+    """--report-counts (for the benchmarks): jobs done and storage requests made."""
+    report = {
+        "processed": worker.processed,
+        "failed": worker.failed,
+        **worker.queue.storage.counts.snapshot(),
+    }
+    path.write_text(json.dumps(report))  # a few bytes, once, on the way out
+
+
+def _log_events(worker: Worker) -> None:
+    log = logging.getLogger("s3queue.events")
+    for name in ("completed", "retry", "dead", "recovered", "lease_lost"):
+        worker.on(
+            name,
+            lambda e: log.info(
+                "%s %s attempt=%s %s", e.name, e.message_id, e.attempt, e.error or ""
+            ),
+        )
 
 
 async def _burst_watch(q: Queue, pool: Worker, interval: float) -> None:

@@ -45,7 +45,9 @@ class WorkerMonitor:
         self.worker = worker
         unhealthy_after = limits.UNHEALTHY_AFTER.optional(unhealthy_after, "unhealthy_after")
         self.unhealthy_after = (
-            unhealthy_after if unhealthy_after is not None else max(30.0, 10 * worker.poll_interval)
+            unhealthy_after
+            if unhealthy_after is not None
+            else max(30.0, 10 * worker.polling.poll_interval)
         )
         self.registry = registry or CollectorRegistry()
         queue = worker.queue.name
@@ -83,22 +85,7 @@ class WorkerMonitor:
                 registry=self.registry,
             )
         )
-        gauges: list[tuple[str, str, Callable[[], float]]] = [
-            ("s3queue_jobs_running", "Handlers running now.", lambda: worker.running_jobs),
-            ("s3queue_jobs_buffered", "Leases waiting for a free slot.", lambda: worker.buffered),
-            (
-                "s3queue_worker_concurrency",
-                "Slots (autoscaling moves them).",
-                lambda: worker.concurrency,
-            ),
-            (
-                "s3queue_worker_prefetch",
-                "Leases held beyond running jobs.",
-                lambda: worker.prefetch,
-            ),
-        ]
-        for name, doc, read in gauges:
-            Gauge(name, doc, ["queue"], registry=self.registry).labels(queue).set_function(read)
+        _declare_gauges(worker, self.registry)
         self.registry.register(_StorageCollector(worker, queue))
 
         worker.on("claimed", lambda e: self.claimed.inc())
@@ -162,6 +149,27 @@ class WorkerMonitor:
             healthy, facts = self.health()
             return webserver.Response.json(facts, 200 if healthy else 503)
         return webserver.Response.text(404, "try /metrics, /healthz or /livez\n")
+
+
+def _declare_gauges(worker: Worker, registry: CollectorRegistry) -> None:
+    """The gauges of ``worker``'s state, read from it at scrape time."""
+    gauges: list[tuple[str, str, Callable[[], float]]] = [
+        ("s3queue_jobs_running", "Handlers running now.", lambda: worker.running_jobs),
+        ("s3queue_jobs_buffered", "Leases waiting for a free slot.", lambda: worker.buffered),
+        (
+            "s3queue_worker_concurrency",
+            "Slots (autoscaling moves them).",
+            lambda: worker.concurrency,
+        ),
+        (
+            "s3queue_worker_prefetch",
+            "Leases held beyond running jobs.",
+            lambda: worker.prefetch,
+        ),
+    ]
+    queue = worker.queue.name
+    for name, doc, read in gauges:
+        Gauge(name, doc, ["queue"], registry=registry).labels(queue).set_function(read)
 
 
 class _StorageCollector(Collector):

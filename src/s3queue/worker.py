@@ -22,24 +22,23 @@ import secrets
 import signal
 import socket
 import time
-from collections import deque
 from collections.abc import Awaitable, Callable, Coroutine
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Literal, get_args
 
 from s3queue import limits
-from s3queue.backoff import Backoff
 from s3queue.cron import Cron, Scheduler
 from s3queue.cursor import Recovered
 from s3queue.errors import ConfigurationError, LeaseLost, PayloadError, QueueError
 from s3queue.info import Lease
+from s3queue.pacing import MAX_PREFETCH_FACTOR as MAX_PREFETCH_FACTOR  # its old home
+from s3queue.pacing import Pacing
 from s3queue.queue import Queue
+from s3queue.worker_settings import Leases, Polling, Scaling
 
 log = logging.getLogger("s3queue.worker")
 
-#: The adaptive prefetch grows to at most this many times the concurrency.
-MAX_PREFETCH_FACTOR = 4
 #: Every this many quiet idle checks, one request of a sweep (a shard's cursor, log
 #: or express lane) is made instead of reading the wake object; spread one request
 #: at a time so that the wake object is never left unread for long.
@@ -133,12 +132,20 @@ class _Job:
 class Worker:
     """Runs ``handler(payload, ctx)`` for messages of ``queue``.
 
-    ``concurrency`` handlers run at once (between ``min_concurrency`` and
-    ``max_concurrency`` when autoscaling), highest priority first. Leases last
-    ``visibility_timeout`` and are extended while the job runs. A handler that raises
-    is retried with ``backoff``; one that raises a non-retriable :class:`QueueError`,
-    or fails its last attempt, is dead-lettered. With nothing to claim, the worker
-    makes one storage request per ``poll_interval`` seconds on average.
+    ``concurrency`` handlers run at once (between the bounds of ``scaling`` when
+    autoscaling), highest priority first. ``leases`` say how long a job holds its
+    message (extended while it runs) and how failures retry: a handler that raises is
+    retried with their backoff; one that raises a non-retriable :class:`QueueError`,
+    or fails its last attempt, is dead-lettered. ``polling`` sets the idle polling
+    (with nothing to claim, one storage request per ``poll_interval`` seconds on
+    average) and the prefetch. ``cron`` lists periodic jobs this worker enqueues.
+
+    Each group of settings is a small frozen object that checks itself when built
+    (:mod:`s3queue.worker_settings`); ``Worker(q, h, visibility_timeout=60)`` is now
+    ``Worker(q, h, leases=Leases(visibility_timeout=60))``, ``poll_interval`` and
+    ``prefetch`` go in ``Polling``, ``min_/max_concurrency`` and ``scale_cooldown`` in
+    ``Scaling``. ``on_complete`` and ``on_error`` are gone: use
+    ``worker.on("completed", f)`` and ``worker.on("retry" | "dead", f)``.
     """
 
     def __init__(
@@ -147,73 +154,31 @@ class Worker:
         handler: Handler,
         *,
         concurrency: int = 10,
-        visibility_timeout: float = 30.0,
-        max_attempts: int | None = None,
-        backoff: Backoff | None = None,
-        poll_interval: float = 1.0,
-        job_timeout: float | None = None,
-        shutdown_timeout: float = 30.0,
-        prefetch: int | None = None,
-        min_concurrency: int | None = None,
-        max_concurrency: int | None = None,
-        scale_cooldown: float = 5.0,
-        on_complete: Listener | None = None,
-        on_error: Listener | None = None,
+        leases: Leases = Leases(),
+        polling: Polling = Polling(),
+        scaling: Scaling = Scaling(),
         worker_id: str | None = None,
         cron: list[Cron] | None = None,
     ) -> None:
-        if not callable(handler):
-            raise ConfigurationError(
-                f"handler {handler!r} is not callable", suggestion="pass a function"
-            )
+        self.is_async = _is_async(handler)
         concurrency = limits.CONCURRENCY.check(concurrency, "concurrency")
-        visibility_timeout = limits.VISIBILITY_TIMEOUT.check(
-            visibility_timeout, "visibility_timeout"
-        )
-        max_attempts = limits.MAX_ATTEMPTS.optional(max_attempts, "max_attempts")
-        poll_interval = limits.POLL_INTERVAL.check(poll_interval, "poll_interval")
-        job_timeout = limits.JOB_TIMEOUT.optional(job_timeout, "job_timeout")
-        shutdown_timeout = limits.SHUTDOWN_TIMEOUT.check(shutdown_timeout, "shutdown_timeout")
-        prefetch = limits.PREFETCH.optional(prefetch, "prefetch")
-        min_concurrency = limits.CONCURRENCY.optional(min_concurrency, "min_concurrency")
-        max_concurrency = limits.CONCURRENCY.optional(max_concurrency, "max_concurrency")
-        scale_cooldown = limits.SCALE_COOLDOWN.check(scale_cooldown, "scale_cooldown")
+        low, high = scaling.bounds(concurrency)
         self.queue = queue
         self.handler = handler
-        # An object whose __call__ is async counts as an async handler too.
-        self.is_async = inspect.iscoroutinefunction(handler) or inspect.iscoroutinefunction(
-            type(handler).__call__
-        )
-        self.min_concurrency = min_concurrency or concurrency
-        self.max_concurrency = max(max_concurrency or concurrency, self.min_concurrency)
-        if not self.min_concurrency <= concurrency <= self.max_concurrency:
-            raise ConfigurationError(
-                f"concurrency={concurrency} is outside "
-                f"[{self.min_concurrency}, {self.max_concurrency}]",
-                suggestion="min_concurrency <= concurrency <= max_concurrency",
-            )
         self.concurrency = concurrency
-        self.visibility_timeout = visibility_timeout
-        self.max_attempts = max_attempts
-        self.backoff = backoff or queue.backoff
-        #: While there is nothing to claim, the worker makes one storage request per
-        #: ``poll_interval`` seconds on average (see :meth:`_idle`).
-        self.poll_interval = poll_interval
-        self.job_timeout = job_timeout
-        self.shutdown_timeout = shutdown_timeout
-        #: Leases claimed ahead of free slots; None adapts it (see :attr:`prefetch`).
-        self.fixed_prefetch = prefetch
-        self.scale_cooldown = scale_cooldown
+        self.leases, self.polling, self.scaling = leases, polling, scaling
+        self.pacing = Pacing(
+            min_concurrency=low,
+            max_concurrency=high,
+            cooldown=scaling.scale_cooldown,
+            fixed_prefetch=polling.prefetch,
+        )
+        self.backoff = leases.backoff or queue.backoff
         self.worker_id = worker_id or f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(3)}"
         #: Periodic jobs this worker enqueues (every worker may run the same ones:
         #: each tick is enqueued once).
         self.scheduler = Scheduler(queue, cron or [])
         self._listeners: dict[str, list[Listener]] = {name: [] for name in EVENTS}
-        if on_complete is not None:
-            self.on("completed", on_complete)
-        if on_error is not None:
-            self.on("retry", on_error)
-            self.on("dead", on_error)
         self._executor: ThreadPoolExecutor | None = None
         self._buffer: list[Lease] = []
         self._running: dict[str, _Job] = {}
@@ -225,12 +190,6 @@ class Worker:
         self._callbacks: set[asyncio.Task[Any]] = set()
         self._forced = False
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._last_scale = 0.0
-        #: When the last jobs' handlers returned, and the smoothed claim round trip
-        #: (seconds): together they size the adaptive prefetch.
-        self._finish_times: deque[float] = deque(maxlen=64)
-        self._claim_rtt = 0.0
-        self._checks = 0
         #: When (store time) the last claim started.
         self._claimed_at = -math.inf
         #: Idle checks since work was last found or announced, and sweep steps made.
@@ -250,24 +209,8 @@ class Worker:
 
     @property
     def prefetch(self) -> int:
-        """How many leases to hold beyond the running jobs.
-
-        Fixed when given. Otherwise twice the jobs that finish during one claim round
-        trip, up to ``4 x concurrency``: enough leases in hand that no slot waits for
-        a claim, and claims large enough that one cursor write carries many messages.
-        None before jobs have finished (a worker that just started or was idle takes
-        only what it can run, so a small batch is shared by every idle worker) and
-        few for long jobs (they would hoard messages that idle workers could take).
-        """
-        if self.fixed_prefetch is not None:
-            return self.fixed_prefetch
-        finished = self._finish_times
-        if len(finished) < 2 or self._claim_rtt <= 0:
-            return 0
-        span = max(time.monotonic() - finished[0], 1e-3)
-        consumed_per_claim = len(finished) / span * self._claim_rtt
-        wanted = math.ceil(2 * consumed_per_claim)
-        return min(MAX_PREFETCH_FACTOR * self.concurrency, wanted)
+        """How many leases to hold beyond the running jobs (see :meth:`Pacing.prefetch`)."""
+        return self.pacing.prefetch(self.concurrency, time.monotonic())
 
     @property
     def is_running(self) -> bool:
@@ -344,7 +287,7 @@ class Worker:
         self._loop = asyncio.get_running_loop()
         if not self.is_async:
             self._executor = ThreadPoolExecutor(
-                self.max_concurrency, thread_name_prefix="s3queue-job"
+                self.pacing.max_concurrency, thread_name_prefix="s3queue-job"
             )
         if handle_signals:
             self._install_signals()
@@ -403,7 +346,7 @@ class Worker:
         log.info(
             "%s: finishing running jobs (up to %.0f s), then exiting",
             sig.name,
-            self.shutdown_timeout,
+            self.leases.shutdown_timeout,
         )
         self._stopping.set()
         self._slot_free.set()
@@ -460,14 +403,15 @@ class Worker:
         try:
             asked = time.monotonic()
             self._claimed_at = self.queue.clock()
-            got = await self.queue.claim_round(want, self.visibility_timeout, owner=self.worker_id)
+            got = await self.queue.claim_round(
+                want, self.leases.visibility_timeout, owner=self.worker_id
+            )
         except QueueError as error:
             self._storage_failed(error)
             return [], False
         self.claim_failing_since = None
         if got.leases:
-            rtt = time.monotonic() - asked
-            self._claim_rtt = rtt if not self._claim_rtt else (0.8 * self._claim_rtt + 0.2 * rtt)
+            self.pacing.claimed(time.monotonic() - asked)
         return got.leases, got.contended
 
     async def _wait_stopping(self, seconds: float) -> None:
@@ -533,7 +477,6 @@ class Worker:
         from the requests this one made."""
         counts = self.queue.storage.counts
         before = counts.total
-        self._checks += 1
         self._quiet += 1
         try:
             await self.queue.sync_clock()
@@ -554,7 +497,7 @@ class Worker:
             found = False
         # Paced by the requests it made (a clock sample makes three), not by what the
         # rest of the process sent meanwhile.
-        self._idle_debt = min(3, max(1, counts.total - before)) * self.poll_interval
+        self._idle_debt = min(3, max(1, counts.total - before)) * self.polling.poll_interval
         if found:
             self._quiet = 0
         return found
@@ -570,35 +513,29 @@ class Worker:
         return started
 
     def _autoscale(self, *, busy: bool) -> None:
-        if self.min_concurrency == self.max_concurrency:
-            return
-        now = time.monotonic()
-        if now - self._last_scale < self.scale_cooldown:
-            return
-        if busy and self._buffer and self.concurrency < self.max_concurrency:
-            self.concurrency += 1
-            self._last_scale = now
-            log.info("scaled up to %d concurrent jobs", self.concurrency)
-        elif (
-            not busy
-            and len(self._running) < self.concurrency
-            and self.concurrency > self.min_concurrency
-        ):
-            self.concurrency -= 1
-            self._last_scale = now
-            log.info("scaled down to %d concurrent jobs", self.concurrency)
+        was = self.concurrency
+        self.concurrency = self.pacing.scale(
+            was,
+            busy=busy,
+            waiting=len(self._buffer),
+            running=len(self._running),
+            now=time.monotonic(),
+        )
+        if self.concurrency != was:
+            step = "up" if self.concurrency > was else "down"
+            log.info("scaled %s to %d concurrent jobs", step, self.concurrency)
 
     async def _shutdown(self) -> None:
         unstarted, self._buffer = self._buffer, []
         await self._release(unstarted)
         if self._running and not self._forced:
             waiting = [job.task for job in self._running.values() if job.task is not None]
-            _, pending = await asyncio.wait(waiting, timeout=self.shutdown_timeout)
+            _, pending = await asyncio.wait(waiting, timeout=self.leases.shutdown_timeout)
             if pending:
                 log.warning(
                     "%d jobs still running after %.0f s: releasing them",
                     len(pending),
-                    self.shutdown_timeout,
+                    self.leases.shutdown_timeout,
                 )
         leftover = [
             job for job in self._running.values() if job.task is not None and not job.task.done()
@@ -630,7 +567,7 @@ class Worker:
     # --- heartbeat ----------------------------------------------------------------------------
 
     async def _heartbeat_loop(self) -> None:
-        interval = max(0.05, self.visibility_timeout / 3)
+        interval = max(0.05, self.leases.visibility_timeout / 3)
         while not self._jobs_done.is_set():
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._jobs_done.wait(), interval)
@@ -647,12 +584,12 @@ class Worker:
                 *self._settling.values(),
                 *self._buffer,
             ]
-            if lease.expires_at - now < self.visibility_timeout / 2
+            if lease.expires_at - now < self.leases.visibility_timeout / 2
         ]
         if not due:
             return
         outcomes = await asyncio.gather(
-            *(self.queue.extend(lease, self.visibility_timeout) for lease in due),
+            *(self.queue.extend(lease, self.leases.visibility_timeout) for lease in due),
             return_exceptions=True,
         )
         for lease, outcome in zip(due, outcomes, strict=True):
@@ -678,7 +615,7 @@ class Worker:
         ctx = JobContext(
             message_id=lease.id,
             attempt=lease.attempt,
-            max_attempts=min(lease.max_attempts, self.max_attempts or lease.max_attempts),
+            max_attempts=min(lease.max_attempts, self.leases.max_attempts or lease.max_attempts),
             worker_id=self.worker_id,
             lease_token=lease.token,
             enqueued_at=lease.enqueued_at,
@@ -736,7 +673,7 @@ class Worker:
         pending): it no longer takes a slot, and the heartbeat still covers it."""
         self._running.pop(lease.id, None)
         self._settling[lease.id] = lease
-        self._finish_times.append(time.monotonic())
+        self.pacing.finished(time.monotonic())
         self._slot_free.set()
 
     async def _call(self, lease: Lease, ctx: JobContext) -> Any:
@@ -747,13 +684,13 @@ class Worker:
             call = self._loop.run_in_executor(
                 self._executor, functools.partial(self.handler, lease.payload, ctx)
             )
-        if self.job_timeout is None:
+        if self.leases.job_timeout is None:
             return await _resolved(call)
         try:
-            return await asyncio.wait_for(_resolved(call), self.job_timeout)
+            return await asyncio.wait_for(_resolved(call), self.leases.job_timeout)
         except TimeoutError as error:
             raise JobTimeout(
-                f"job {lease.id} ran longer than job_timeout={self.job_timeout} s",
+                f"job {lease.id} ran longer than job_timeout={self.leases.job_timeout} s",
                 suggestion="raise job_timeout, or split the job",
             ) from error
 
@@ -762,7 +699,7 @@ class Worker:
     ) -> None:
         self.failed += 1
         retriable = not (isinstance(error, QueueError) and not error.retriable)
-        if self.max_attempts is not None and lease.attempt >= self.max_attempts:
+        if self.leases.max_attempts is not None and lease.attempt >= self.leases.max_attempts:
             retriable = False
         try:
             failure = await self.queue.fail(
@@ -800,6 +737,17 @@ class Worker:
                 error=text,
                 next_visible_at=failure.visible_at,
             )
+
+
+def _is_async(handler: Handler) -> bool:
+    """Whether ``handler`` is async: an object whose ``__call__`` is async counts too."""
+    if not callable(handler):
+        raise ConfigurationError(
+            f"handler {handler!r} is not callable", suggestion="pass a function"
+        )
+    return inspect.iscoroutinefunction(handler) or inspect.iscoroutinefunction(
+        type(handler).__call__
+    )
 
 
 async def _resolved(call: Awaitable[Any]) -> Any:
