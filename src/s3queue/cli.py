@@ -225,8 +225,9 @@ _Prefetch = Annotated[
     int | None,
     checked(
         limits.PREFETCH,
-        "Leases held beyond the running jobs. Default: adaptive, from the "
-        "concurrency (long jobs) up to 4 x concurrency (jobs shorter than a claim).",
+        "Leases held beyond the running jobs. Default: adaptive, from 0 (a worker "
+        "that just started, or long jobs) up to 4 x concurrency (jobs shorter than a "
+        "claim).",
     ),
 ]
 _BackoffInitial = Annotated[
