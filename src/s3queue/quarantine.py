@@ -48,7 +48,7 @@ async def record(
     found = await storage.get(segment_key)
     copied = found is not None and bool(found.data)
     if found is not None and copied:
-        await storage.put(key + ".data", found.data)
+        await storage.put(layout.quarantine_copy_key(queue, shard, ref), found.data)
     entry = QuarantineRecord(
         key=segment_key,
         shard=shard,

@@ -855,14 +855,13 @@ class Queue:
         stored result and dedup key. Messages enqueued during the purge may stay."""
         for shard, committer in enumerate(self.committers):
             cursor = await committer.read()
-            written = await list_segments(self.storage, self.name, shard, cursor)
-            log_end = max([cursor.next_seq, *(seq + 1 for seq in written.log)])
-            high_end = max([cursor.next_high, *(seq + 1 for seq in written.high)])
-            timer_ends: dict[int, int] = {}
-            for bucket, seq in written.timers:
-                timer_ends[bucket] = max(timer_ends.get(bucket, 0), seq + 1)
-            timers = tuple(sorted(timer_ends.items()))
-            await committer.submit(Purge(log_end, timers, high_end))
+            # Where each lane and timer bucket ends now.
+            ends: dict[int, int] = {}
+            for ref in await list_segments(self.storage, self.name, shard, cursor):
+                ends[ref.bucket] = max(ends.get(ref.bucket, 0), ref.seq + 1)
+            log_end = max(cursor.next_seq, ends.pop(layout.LOG_LANE, 0))
+            high_end = max(cursor.next_high, ends.pop(layout.HIGH_LANE, 0))
+            await committer.submit(Purge(log_end, tuple(sorted(ends.items())), high_end))
         for prefix in (
             layout.dead_prefix(self.name),
             layout.redriven_prefix(self.name),

@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import time
-from dataclasses import dataclass
 from typing import Any
 
 from s3queue import layout
@@ -244,7 +243,9 @@ class QueueReader:
     async def quarantined(self) -> list[Problem]:
         """The segments set aside as unreadable, from their records."""
         prefix = layout.quarantine_prefix(self.name)
-        entries = [e for e in await self.storage.list(prefix) if not e.key.endswith(".data")]
+        entries = [
+            e for e in await self.storage.list(prefix) if not layout.is_quarantine_copy(e.key)
+        ]
         stored = await asyncio.gather(*(self.storage.get(e.key) for e in entries))
         out = []
         for entry, found in zip(entries, stored, strict=True):
@@ -326,13 +327,11 @@ class QueueReader:
         self, shard: int, cursor: Cursor, problems: list[Problem]
     ) -> list[Segment]:
         """Segments written but not yet taken into the cursor's window."""
-        written = await list_segments(self.storage, self.name, shard, cursor)
-        refs = [SegmentRef.log(seq) for seq in written.log]
-        refs.extend(SegmentRef.high(seq) for seq in written.high)
-        for bucket, seq in written.timers:
-            next_seq = cursor.timers.get(str(bucket))
-            if next_seq is not None and seq >= next_seq:
-                refs.append(SegmentRef.timer(bucket, seq))
+        refs = []
+        for ref in await list_segments(self.storage, self.name, shard, cursor):
+            next_seq = cursor.timers.get(str(ref.bucket)) if ref.is_timer else 0
+            if next_seq is not None and ref.seq >= next_seq:
+                refs.append(ref)
         out = []
         for ref in refs:
             try:
@@ -345,8 +344,8 @@ class QueueReader:
         return out
 
     async def dead_letter_ids(self, limit: int | None = None) -> list[str]:
-        prefix = layout.dead_prefix(self.name)
-        return [e.key[len(prefix) :] for e in await self.storage.list(prefix, limit=limit)]
+        entries = await self.storage.list(layout.dead_prefix(self.name), limit=limit)
+        return [layout.dead_letter_id(self.name, e.key) for e in entries]
 
     async def dead_letters(self, limit: int | None = 100) -> list[MessageInfo]:
         """Dead messages with their error history, oldest id first."""
@@ -359,39 +358,29 @@ class QueueReader:
         ]
 
 
-@dataclass(frozen=True, slots=True)
-class WrittenSegments:
-    """What one listing of a shard found: sequence numbers of the log and of the
-    express lane from the cursor's position on, and every timer segment as
-    (bucket, seq), seals included."""
-
-    log: list[int]
-    high: list[int]
-    timers: list[tuple[int, int]]
-
-
 async def list_segments(
     storage: Storage, queue: str, shard: int, cursor: Cursor
-) -> WrittenSegments:
-    """List the segments of a shard's two logs that the cursor has not taken in yet,
-    and all its timer segments (foreign keys are skipped with a warning)."""
-    log = await _list_lane(storage, layout.log_prefix(queue, shard), cursor.next_seq)
-    high = await _list_lane(storage, layout.high_prefix(queue, shard), cursor.next_high)
-    timer_prefix = layout.timers_prefix(queue, shard)
-    timers = [
-        ref
-        for entry in await storage.list(timer_prefix)
-        if (ref := layout.timer_ref(timer_prefix, entry.key)) is not None
-    ]
-    return WrittenSegments(log, high, timers)
+) -> list[SegmentRef]:
+    """The segments of a shard's log and express lane from the cursor's position on,
+    then every timer segment of the shard, seals included (keys s3queue did not
+    write are skipped with a warning)."""
+    refs: list[SegmentRef] = []
+    for start in (SegmentRef.log(cursor.next_seq), SegmentRef.high(cursor.next_high)):
+        prefix = layout.lane_prefix(queue, shard, start.bucket)
+        last = SegmentRef(start.bucket, start.seq - 1)
+        after = last.key(queue, shard) if start.seq > 0 else None
+        refs.extend(await _listed(storage, queue, shard, prefix, after))
+    refs.extend(await _listed(storage, queue, shard, layout.timers_prefix(queue, shard)))
+    return refs
 
 
-async def _list_lane(storage: Storage, prefix: str, from_seq: int) -> list[int]:
-    start_after = f"{prefix}{from_seq - 1:0{layout.LOG_DIGITS}d}" if from_seq > 0 else None
+async def _listed(
+    storage: Storage, queue: str, shard: int, prefix: str, start_after: str | None = None
+) -> list[SegmentRef]:
     return [
-        seq
+        ref
         for entry in await storage.list(prefix, start_after=start_after)
-        if (seq := layout.seq_of(prefix, entry.key)) is not None
+        if (ref := layout.parse_segment_key(queue, shard, entry.key)) is not None
     ]
 
 
