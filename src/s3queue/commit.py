@@ -657,8 +657,7 @@ class ShardCommitter:
 
     async def _probe_timers(self, cursor: Cursor, now: float, room: int) -> list[Operation]:
         found: list[Operation] = []
-        for bucket_text, next_seq in sorted(cursor.timers.items(), key=lambda kv: int(kv[0])):
-            bucket = int(bucket_text)
+        for bucket, next_seq in sorted(cursor.timers.items()):
             if bucket > now or len(found) >= room:
                 break
             sealable = bucket + TIMER_BUCKET + TIMER_SEAL_MARGIN < now
@@ -738,7 +737,7 @@ def _ahead_or_open(cursor: Cursor, ref: SegmentRef) -> bool:
     if any(s.ref == str(ref) for s in cursor.open):
         return True
     if ref.is_timer:
-        next_seq = cursor.timers.get(str(ref.bucket))
+        next_seq = cursor.timers.get(ref.bucket)
         return next_seq is not None and ref.seq >= next_seq
     return ref.seq >= (cursor.next_high if ref.is_high else cursor.next_seq)
 

@@ -98,7 +98,9 @@ class Cursor(msgspec.Struct, frozen=True, kw_only=True):
     next_high: int = 0
     open: list[OpenSegment] = []
     flights: dict[str, Flight] = {}
-    timers: dict[str, int] = {}
+    #: Timer buckets registered and not sealed (unix seconds; JSON keys are strings,
+    #: which msgspec reads back as ints) -> the next seq to take in.
+    timers: dict[int, int] = {}
     timers_sealed_before: int = 0
     purged_before: int = 0
     purged_high_before: int = 0
@@ -548,7 +550,7 @@ def next_due(
         for index, message in enumerate(segment.messages):
             if message.visible_at > after and (prefix + str(index)) not in cursor.flights:
                 dues.append(message.visible_at)
-    dues.extend(float(b) for b in cursor.timers if float(b) > after)
+    dues.extend(float(b) for b in cursor.timers if b > after)
     return max(min(dues), now) if dues else None
 
 
@@ -668,10 +670,10 @@ def _on_window(state: _State, op: Operation) -> Result:
     if isinstance(op, RegisterTimer):
         if op.bucket < state.timers_sealed_before:
             return False
-        state.timers.setdefault(str(op.bucket), 0)
+        state.timers.setdefault(op.bucket, 0)
         return True
     if isinstance(op, SealTimer):
-        state.timers.pop(str(op.bucket), None)
+        state.timers.pop(op.bucket, None)
         state.timers_sealed_before = max(state.timers_sealed_before, op.bucket + 1)
         return None
     if isinstance(op, Purge):
@@ -693,7 +695,7 @@ def _purge(state: _State, op: Purge) -> None:
     # segments that exist now are skipped.
     for bucket, end in op.timer_ends:
         if bucket >= state.timers_sealed_before:
-            state.timers[str(bucket)] = max(state.timers.get(str(bucket), 0), end)
+            state.timers[bucket] = max(state.timers.get(bucket, 0), end)
 
 
 def _quarantine(state: _State, ref: SegmentRef) -> None:
@@ -709,10 +711,10 @@ def _quarantine(state: _State, ref: SegmentRef) -> None:
 def _ingest(state: _State, op: Ingest) -> bool:
     ref = op.ref
     if ref.is_timer:
-        expected = state.timers.get(str(ref.bucket))
+        expected = state.timers.get(ref.bucket)
         if expected is None or expected != ref.seq:
             return False
-        state.timers[str(ref.bucket)] = ref.seq + 1
+        state.timers[ref.bucket] = ref.seq + 1
     elif ref.is_high:
         if ref.seq != state.next_high:
             return False

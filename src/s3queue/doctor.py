@@ -209,9 +209,9 @@ class Doctor:
         stored = await self.storage.get(key)
         if stored is not None:
             await self.storage.put(layout.quarantined_cursor_key(self.name, shard), stored.data)
-        buckets: dict[str, int] = {}
+        buckets: dict[int, int] = {}
         for ref in sorted(timers):
-            buckets.setdefault(str(ref.bucket), ref.seq)
+            buckets.setdefault(ref.bucket, ref.seq)
         cursor = Cursor(
             shard=shard,
             commit=secrets.token_hex(8),

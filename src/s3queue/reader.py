@@ -329,7 +329,7 @@ class QueueReader:
         """Segments written but not yet taken into the cursor's window."""
         refs = []
         for ref in await list_segments(self.storage, self.name, shard, cursor):
-            next_seq = cursor.timers.get(str(ref.bucket)) if ref.is_timer else 0
+            next_seq = cursor.timers.get(ref.bucket) if ref.is_timer else 0
             if next_seq is not None and ref.seq >= next_seq:
                 refs.append(ref)
         out = []
@@ -410,7 +410,7 @@ def _coverage(cursor: Cursor, mid: str) -> str:
             done = segment.done[address.index >> 3] & (1 << (address.index & 7))
             return "done" if done else "open"
     if ref.is_timer:
-        next_seq = cursor.timers.get(str(ref.bucket))
+        next_seq = cursor.timers.get(ref.bucket)
         if next_seq is not None:
             return "done" if ref.seq < next_seq else "future"
         return "done" if ref.bucket < cursor.timers_sealed_before else "future"
