@@ -302,10 +302,6 @@ class Rules:
 # --- helpers -------------------------------------------------------------------------
 
 
-def _bit(done: bytes, index: int) -> bool:
-    return bool(done[index >> 3] & (1 << (index & 7)))
-
-
 def _with_bit(done: bytes, index: int) -> bytes:
     buf = bytearray(done)
     buf[index >> 3] |= 1 << (index & 7)
@@ -355,11 +351,6 @@ class _State:
             del self.open[ref]
         else:
             self.open[ref] = segment
-
-    def is_open(self, mid: str) -> bool:
-        address = parse_message_id(mid)
-        segment = self.open.get(str(address.segment))
-        return segment is not None and not _bit(segment.done, address.index)
 
     def finish(
         self,
@@ -443,11 +434,6 @@ def _recover_expired(
         else:
             # Visible at once (0: to every process, whatever its clock estimate).
             state.flights[mid] = msgspec.structs.replace(flight, lease=None, visible_at=0.0)
-
-
-def candidates(cursor: Cursor, segments: Mapping[str, Segment], now: float) -> list[str]:
-    """Claimable message ids of the window, best first (priority, then order)."""
-    return [mid for mid, _ in _ranked(_State(cursor), segments, now)]
 
 
 def count_candidates(
@@ -783,24 +769,3 @@ def _fail(
     state.flights[op.id] = msgspec.structs.replace(flight, lease=None, visible_at=visible_at)
     state.count("retried")
     return Failed("retry", visible_at)
-
-
-def window_size(cursor: Cursor) -> int:
-    """Messages in the window that are not done (pending, waiting or in flight)."""
-    total = 0
-    for segment in cursor.open:
-        total += segment.count - sum(
-            1 for index in range(segment.count) if _bit(segment.done, index)
-        )
-    return total
-
-
-def is_done(cursor: Cursor, mid: str) -> bool | None:
-    """True if the window says the message finished, False if it is open, None if
-    the window does not cover it (not yet ingested, or closed long ago)."""
-    address = parse_message_id(mid)
-    ref = str(address.segment)
-    for segment in cursor.open:
-        if segment.ref == ref:
-            return _bit(segment.done, address.index)
-    return None
