@@ -3,7 +3,18 @@ back to the same bytes."""
 
 from __future__ import annotations
 
-from s3queue.cursor import Cursor, RegisterTimer, apply, decode_cursor, encode_cursor
+from s3queue.cursor import (
+    Cursor,
+    OpenSegment,
+    RegisterTimer,
+    apply,
+    decode_cursor,
+    encode_cursor,
+    is_done,
+    is_unread,
+    unfinished_indices,
+)
+from s3queue.layout import SegmentRef
 
 #: A cursor as s3queue wrote it when timer buckets were kept as string keys.
 WRITTEN = (
@@ -36,3 +47,18 @@ def test_timer_buckets_are_written_as_json_object_keys_in_registration_order() -
         new_token=lambda: "t",
     )
     assert b'"timers":{"1732480080":0,"1732480020":0}' in encode_cursor(t.cursor)
+
+
+def test_message_i_of_a_window_segment_is_bit_i_mod_8_of_byte_i_div_8() -> None:
+    segment = OpenSegment(ref="L41", count=10, done=bytes([0b0000_0101, 0b10]))
+    assert list(unfinished_indices(segment)) == [1, 3, 4, 5, 6, 7, 8]
+    assert list(unfinished_indices(segment, [9, 8, 2])) == [8]
+    assert [is_done(segment, i) for i in (0, 1, 2, 9)] == [True, False, True, True]
+
+
+def test_a_segment_is_unread_from_the_next_seq_of_its_lane_on() -> None:
+    cursor = Cursor(shard=0, next_seq=5, next_high=2, timers={60: 3})
+    assert [is_unread(cursor, SegmentRef.log(seq)) for seq in (4, 5, 6)] == [False, True, True]
+    assert [is_unread(cursor, SegmentRef.high(seq)) for seq in (1, 2)] == [False, True]
+    assert [is_unread(cursor, SegmentRef.timer(60, seq)) for seq in (2, 3)] == [False, True]
+    assert not is_unread(cursor, SegmentRef.timer(120, 0))  # a bucket it never registered

@@ -43,6 +43,7 @@ from s3queue.cursor import (
     count_candidates,
     decode_cursor,
     encode_cursor,
+    is_unread,
     next_due,
 )
 from s3queue.errors import (
@@ -734,12 +735,7 @@ def _is_look(ops: list[Operation]) -> bool:
 
 def _ahead_or_open(cursor: Cursor, ref: SegmentRef) -> bool:
     """Whether the cursor still has ``ref`` in its window or ahead of it in its lane."""
-    if any(s.ref == str(ref) for s in cursor.open):
-        return True
-    if ref.is_timer:
-        next_seq = cursor.timers.get(ref.bucket)
-        return next_seq is not None and ref.seq >= next_seq
-    return ref.seq >= (cursor.next_high if ref.is_high else cursor.next_seq)
+    return any(s.ref == str(ref) for s in cursor.open) or is_unread(cursor, ref)
 
 
 def _changed(before: Cursor, after: Cursor) -> bool:

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import itertools
 import math
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -302,6 +302,30 @@ class Rules:
 # --- helpers -------------------------------------------------------------------------
 
 
+def unfinished_indices(segment: OpenSegment, indices: Iterable[int] | None = None) -> Iterator[int]:
+    """The messages of a window segment that are not done, in order: of ``indices``,
+    or all of them. The one reader of the ``done`` bitmap (message i is bit i % 8 of
+    byte i // 8); a claim runs it over every message it passes."""
+    done = segment.done
+    for index in range(segment.count) if indices is None else indices:
+        if not done[index >> 3] & (1 << (index & 7)):
+            yield index
+
+
+def is_done(segment: OpenSegment, index: int) -> bool:
+    """Whether message ``index`` of a window segment is done."""
+    return next(unfinished_indices(segment, (index,)), None) is None
+
+
+def is_unread(cursor: Cursor, ref: SegmentRef) -> bool:
+    """Whether the cursor has yet to take ``ref`` into its window: at or past the
+    next seq of its lane (for a timer segment, of a bucket the cursor registered)."""
+    if ref.is_timer:
+        next_seq = cursor.timers.get(ref.bucket)
+        return next_seq is not None and ref.seq >= next_seq
+    return ref.seq >= (cursor.next_high if ref.is_high else cursor.next_seq)
+
+
 def _with_bit(done: bytes, index: int) -> bytes:
     buf = bytearray(done)
     buf[index >> 3] |= 1 << (index & 7)
@@ -499,13 +523,10 @@ def _ranked(
             return
         for ref, indices in by_level[priority]:
             messages = segments[ref].messages
-            done = state.open[ref].done
             # Ids built by hand: this loop runs for many messages on every claim,
             # and MessageAddress formatting was most of its time.
             prefix = f"{shard}-{ref}-"
-            for index in indices:
-                if done[index >> 3] & (1 << (index & 7)):
-                    continue
+            for index in unfinished_indices(state.open[ref], indices):
                 mid = prefix + str(index)
                 message = messages[index]
                 if _visible_at(message, state.flights.get(mid)) <= now:

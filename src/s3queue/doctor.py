@@ -24,7 +24,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 from s3queue import layout, quarantine
-from s3queue.cursor import Cursor, decode_cursor, encode_cursor
+from s3queue.cursor import Cursor, decode_cursor, encode_cursor, is_unread
 from s3queue.errors import CorruptData, QueueError
 from s3queue.layout import SegmentRef
 from s3queue.queue import DEFAULT_SHARDS, Queue, probe_conditional_writes
@@ -153,7 +153,9 @@ class Doctor:
         """Segments ahead of the cursor: readable, and without a gap (the shard's
         consumers stop at a missing number and never read what follows it)."""
         start = cursor.next_high if lane == layout.HIGH_LANE else cursor.next_seq
-        written = [seq for seq in listing.lane(shard, lane) if seq >= start]
+        written = [
+            seq for seq in listing.lane(shard, lane) if is_unread(cursor, SegmentRef(lane, seq))
+        ]
         findings = []
         for seq in range(start, written[-1] + 1 if written else start):
             ref = SegmentRef(lane, seq)

@@ -13,7 +13,7 @@ from typing import Any
 
 from s3queue import layout
 from s3queue.commit import SegmentCache, ShardCommitter
-from s3queue.cursor import Cursor, Flight
+from s3queue.cursor import Cursor, Flight, is_done, is_unread, unfinished_indices
 from s3queue.errors import CorruptData
 from s3queue.info import MessageInfo, Problem, ShardStats, Stats, Status
 from s3queue.layout import SegmentRef
@@ -285,16 +285,14 @@ class QueueReader:
             segment = await self._readable(shard, ref, problems)
             if segment is None:
                 continue
-            for index in range(open_segment.count):
-                if open_segment.done[index >> 3] & (1 << (index & 7)):
-                    continue
+            for index in unfinished_indices(open_segment):
                 mid = layout.message_id(shard, ref, index)
                 status = _status(cursor.flights.get(mid), segment.messages[index], now)
                 if status == "dead":
                     dying.add(mid)
                 elif status is not None:
                     counts[status] += 1
-        for segment in await self._unread_segments(shard, cursor, problems):
+        for segment in await self._backlog(shard, cursor, problems):
             for message in segment.messages:
                 counts[_waiting_status(message.visible_at, now)] += 1
         stats = dataclasses.replace(
@@ -323,17 +321,10 @@ class QueueReader:
             problems.append(Problem(key, "missing although the cursor still needs it"))
         return segment
 
-    async def _unread_segments(
-        self, shard: int, cursor: Cursor, problems: list[Problem]
-    ) -> list[Segment]:
+    async def _backlog(self, shard: int, cursor: Cursor, problems: list[Problem]) -> list[Segment]:
         """Segments written but not yet taken into the cursor's window."""
-        refs = []
-        for ref in await list_segments(self.storage, self.name, shard, cursor):
-            next_seq = cursor.timers.get(ref.bucket) if ref.is_timer else 0
-            if next_seq is not None and ref.seq >= next_seq:
-                refs.append(ref)
         out = []
-        for ref in refs:
+        for ref in await unread_segments(self.storage, self.name, shard, cursor):
             try:
                 segment = await self.segments.fetch(shard, ref)
             except CorruptData as error:
@@ -374,6 +365,14 @@ async def list_segments(
     return refs
 
 
+async def unread_segments(
+    storage: Storage, queue: str, shard: int, cursor: Cursor
+) -> list[SegmentRef]:
+    """The segments of a shard written and not yet taken into the cursor's window."""
+    written = await list_segments(storage, queue, shard, cursor)
+    return [ref for ref in written if is_unread(cursor, ref)]
+
+
 async def _listed(
     storage: Storage, queue: str, shard: int, prefix: str, start_after: str | None = None
 ) -> list[SegmentRef]:
@@ -407,8 +406,7 @@ def _coverage(cursor: Cursor, mid: str) -> str:
     ref = address.segment
     for segment in cursor.open:
         if segment.ref == str(ref):
-            done = segment.done[address.index >> 3] & (1 << (address.index & 7))
-            return "done" if done else "open"
+            return "done" if is_done(segment, address.index) else "open"
     if ref.is_timer:
         next_seq = cursor.timers.get(ref.bucket)
         if next_seq is not None:
