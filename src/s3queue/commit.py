@@ -20,6 +20,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from typing import Any, TypeVar, cast
 
 import msgspec
 
@@ -31,6 +32,7 @@ from s3queue.cursor import (
     Cursor,
     Finalize,
     Ingest,
+    Op,
     Operation,
     Quarantine,
     Recovered,
@@ -160,10 +162,15 @@ class CommitContext:
     on_recovered: list[Callable[[Recovered], None]] = field(default_factory=list)
 
 
+R = TypeVar("R")
+
+
 @dataclass
 class _Pending:
     op: Operation
-    future: asyncio.Future[Result]
+    #: Of the result type of ``op``'s class (see cursor.Op), set from the batch's
+    #: results, whose list cannot say which element has which type.
+    future: asyncio.Future[Any]
     #: time.monotonic() by which this operation must be on its way to storage.
     deadline: float
 
@@ -203,7 +210,7 @@ class ShardCommitter:
 
     # --- public --------------------------------------------------------------------
 
-    async def submit(self, op: Operation, *, linger: float = 0.0) -> Result:
+    async def submit(self, op: Op[R], *, linger: float = 0.0) -> R:
         """Commit ``op`` and return its result once the cursor holding it is durable.
 
         With ``linger`` > 0 the operation may wait that many seconds for others to
@@ -212,8 +219,11 @@ class ShardCommitter:
         """
         if self._task is None:
             self._task = asyncio.create_task(self._run(), name=f"s3queue-commit-{self.shard}")
-        future: asyncio.Future[Result] = asyncio.get_running_loop().create_future()
-        self._pending.append(_Pending(op, future, time.monotonic() + max(0.0, linger)))
+        future: asyncio.Future[R] = asyncio.get_running_loop().create_future()
+        # Every Op is one of the Operation union: mypy cannot list a class's subclasses
+        # (tests/test_cursor.py checks that the two agree).
+        pending = _Pending(cast(Operation, op), future, time.monotonic() + max(0.0, linger))
+        self._pending.append(pending)
         self._wake.set()
         return await future
 

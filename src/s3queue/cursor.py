@@ -21,7 +21,7 @@ import itertools
 import math
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Generic, Literal, TypeVar
 
 import msgspec
 
@@ -115,118 +115,6 @@ def decode_cursor(data: bytes, key: str) -> Cursor:
     return decode(data, Cursor, what="cursor", key=key)
 
 
-# --- operations ----------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class Ingest:
-    """Add a segment that exists in storage to the window (once, in order)."""
-
-    ref: SegmentRef
-    count: int
-
-
-@dataclass(frozen=True, slots=True)
-class Claim:
-    """Lease up to ``max_messages``, best first; none below ``min_priority`` (another
-    shard holds better ones). ``max_messages=0`` only looks for new segments."""
-
-    owner: str
-    max_messages: int
-    visibility_timeout: float
-    min_priority: int | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class Ack:
-    id: str
-    token: str
-    result: msgspec.Raw | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class Fail:
-    id: str
-    token: str
-    error: ErrorRecord
-    retriable: bool
-    delay: float
-
-
-@dataclass(frozen=True, slots=True)
-class Extend:
-    id: str
-    token: str
-    seconds: float
-
-
-@dataclass(frozen=True, slots=True)
-class Release:
-    """Give a lease back unused: visible again at once, the attempt not counted."""
-
-    id: str
-    token: str
-
-
-@dataclass(frozen=True, slots=True)
-class Progress:
-    id: str
-    token: str
-    value: msgspec.Raw
-
-
-@dataclass(frozen=True, slots=True)
-class Finalize:
-    """Forget finished messages whose side records (dead letter, result) are written."""
-
-    ids: tuple[str, ...]
-
-
-@dataclass(frozen=True, slots=True)
-class Quarantine:
-    """Set aside a segment that cannot be read: out of the window (its unfinished
-    messages with it), or skipped if it is the next of its lane. Applied before
-    anything else in a batch, so nothing else touches the segment."""
-
-    ref: SegmentRef
-
-
-@dataclass(frozen=True, slots=True)
-class RegisterTimer:
-    bucket: int
-
-
-@dataclass(frozen=True, slots=True)
-class SealTimer:
-    bucket: int
-
-
-@dataclass(frozen=True, slots=True)
-class Purge:
-    """Drop everything pending, delayed and in flight: the log up to ``log_end``, the
-    express lane up to ``high_end`` and each timer bucket up to its end in
-    ``timer_ends`` ((bucket, end) pairs)."""
-
-    log_end: int
-    timer_ends: tuple[tuple[int, int], ...] = ()
-    high_end: int = 0
-
-
-Operation = (
-    Ingest
-    | Claim
-    | Ack
-    | Fail
-    | Extend
-    | Release
-    | Progress
-    | Finalize
-    | RegisterTimer
-    | SealTimer
-    | Purge
-    | Quarantine
-)
-
 # --- results -----------------------------------------------------------------------
 
 
@@ -268,7 +156,131 @@ class Yielded:
 
 YIELDED = Yielded()
 
+#: Any operation's result (a batch's results, in :attr:`Transition.results`); each
+#: operation's own is the type argument of its :class:`Op`.
 Result = list[Claimed] | Yielded | Stale | Failed | Extended | bool | None
+
+
+# --- operations ----------------------------------------------------------------
+
+R = TypeVar("R", covariant=True)
+
+
+class Op(Generic[R]):
+    """An operation on a cursor whose result is an ``R``: its entry in
+    :attr:`Transition.results`, and what ``ShardCommitter.submit`` returns for it."""
+
+    __slots__ = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Ingest(Op[bool]):
+    """Add a segment that exists in storage to the window (once, in order)."""
+
+    ref: SegmentRef
+    count: int
+
+
+@dataclass(frozen=True, slots=True)
+class Claim(Op[list[Claimed] | Yielded]):
+    """Lease up to ``max_messages``, best first; none below ``min_priority`` (another
+    shard holds better ones). ``max_messages=0`` only looks for new segments."""
+
+    owner: str
+    max_messages: int
+    visibility_timeout: float
+    min_priority: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Ack(Op[Stale | None]):
+    id: str
+    token: str
+    result: msgspec.Raw | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Fail(Op[Stale | Failed]):
+    id: str
+    token: str
+    error: ErrorRecord
+    retriable: bool
+    delay: float
+
+
+@dataclass(frozen=True, slots=True)
+class Extend(Op[Stale | Extended]):
+    id: str
+    token: str
+    seconds: float
+
+
+@dataclass(frozen=True, slots=True)
+class Release(Op[Stale | None]):
+    """Give a lease back unused: visible again at once, the attempt not counted."""
+
+    id: str
+    token: str
+
+
+@dataclass(frozen=True, slots=True)
+class Progress(Op[Stale | None]):
+    id: str
+    token: str
+    value: msgspec.Raw
+
+
+@dataclass(frozen=True, slots=True)
+class Finalize(Op[None]):
+    """Forget finished messages whose side records (dead letter, result) are written."""
+
+    ids: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Quarantine(Op[bool | None]):
+    """Set aside a segment that cannot be read: out of the window (its unfinished
+    messages with it), or skipped if it is the next of its lane. Applied before
+    anything else in a batch, so nothing else touches the segment."""
+
+    ref: SegmentRef
+
+
+@dataclass(frozen=True, slots=True)
+class RegisterTimer(Op[bool]):
+    bucket: int
+
+
+@dataclass(frozen=True, slots=True)
+class SealTimer(Op[None]):
+    bucket: int
+
+
+@dataclass(frozen=True, slots=True)
+class Purge(Op[None]):
+    """Drop everything pending, delayed and in flight: the log up to ``log_end``, the
+    express lane up to ``high_end`` and each timer bucket up to its end in
+    ``timer_ends`` ((bucket, end) pairs)."""
+
+    log_end: int
+    timer_ends: tuple[tuple[int, int], ...] = ()
+    high_end: int = 0
+
+
+Operation = (
+    Ingest
+    | Claim
+    | Ack
+    | Fail
+    | Extend
+    | Release
+    | Progress
+    | Finalize
+    | RegisterTimer
+    | SealTimer
+    | Purge
+    | Quarantine
+)
 
 
 @dataclass(frozen=True, slots=True)
