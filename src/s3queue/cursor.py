@@ -627,38 +627,64 @@ def _apply_one(
     new_token: Callable[[], str],
     t: Transition,
 ) -> Result:
-    if isinstance(op, Claim):
-        return _claim(state, op, segments, now, new_token)
-    if isinstance(op, Ack | Fail | Extend | Release | Progress):
-        return _on_lease(state, op, segments, now, t)
-    return _on_window(state, op)
+    match op:
+        case Claim():
+            return _claim(state, op, segments, now, new_token)
+        # Operations of a lease holder: applied only with the token that holds it.
+        case Ack():
+            return _ack(state, op, segments, now, t)
+        case Fail():
+            return _fail(state, op, segments, now, t)
+        case Extend():
+            return _extend(state, op, now)
+        case Release():
+            return _release(state, op, now)
+        case Progress():
+            return _progress(state, op, now)
+        # Operations on what the window holds: segments, timers, finished messages.
+        case Ingest():
+            return _ingest(state, op)
+        case Quarantine():
+            return _step_over(state, op)
+        case RegisterTimer():
+            return _register_timer(state, op)
+        # Those without a result.
+        case Finalize():
+            _finalize(state, op)
+        case SealTimer():
+            _seal_timer(state, op)
+        case Purge():
+            _purge(state, op)
+        case _:
+            raise TypeError(f"unknown operation {op!r}")
+    return None
 
 
-def _on_lease(
-    state: _State,
-    op: Ack | Fail | Extend | Release | Progress,
-    segments: Mapping[str, Segment],
-    now: float,
-    t: Transition,
-) -> Result:
-    """An operation of a lease holder: applied only with the token that holds it."""
-    if isinstance(op, Fail):
-        return _fail(state, op, segments, now, t)
+def _ack(
+    state: _State, op: Ack, segments: Mapping[str, Segment], now: float, t: Transition
+) -> Stale | None:
     flight = state.holder(op.id, op.token, now)
     if isinstance(flight, Stale):
         return flight
-    if isinstance(op, Ack):
-        state.finish(op.id, flight, "completed", now, op.result, t, message_of(segments, op.id))
-        return None
-    if isinstance(op, Extend):
-        assert flight.lease is not None
-        expires_at = max(flight.lease.expires_at, now + op.seconds)
-        lease = msgspec.structs.replace(flight.lease, expires_at=expires_at)
-        state.flights[op.id] = msgspec.structs.replace(flight, lease=lease)
-        return Extended(expires_at)
-    if isinstance(op, Progress):
-        state.flights[op.id] = msgspec.structs.replace(flight, progress=op.value)
-        return None
+    state.finish(op.id, flight, "completed", now, op.result, t, message_of(segments, op.id))
+    return None
+
+
+def _extend(state: _State, op: Extend, now: float) -> Stale | Extended:
+    flight = state.holder(op.id, op.token, now)
+    if isinstance(flight, Stale):
+        return flight
+    assert flight.lease is not None
+    expires_at = max(flight.lease.expires_at, now + op.seconds)
+    lease = msgspec.structs.replace(flight.lease, expires_at=expires_at)
+    state.flights[op.id] = msgspec.structs.replace(flight, lease=lease)
+    return Extended(expires_at)
+
+
+def _release(state: _State, op: Release, now: float) -> Stale | None:
+    flight = state.holder(op.id, op.token, now)
+    if isinstance(flight, Stale):
+        return flight
     state.count("released")
     if flight.attempt <= 1 and not flight.errors:
         del state.flights[op.id]
@@ -669,36 +695,41 @@ def _on_lease(
     return None
 
 
-def _on_window(state: _State, op: Operation) -> Result:
-    """An operation on what the window holds: segments, timers, finished messages."""
-    if isinstance(op, Ingest):
-        return _ingest(state, op)
-    if isinstance(op, Quarantine):
-        # In the window: done before anything else. Not taken in yet: skipped in
-        # its place in its lane, as if it held no message.
-        if any(s.ref == str(op.ref) for s in state.cursor.open):
-            return None
-        return _ingest(state, Ingest(op.ref, 0))
-    if isinstance(op, Finalize):
-        for mid in op.ids:
-            finished = state.flights.get(mid)
-            if finished is not None and finished.outcome is not None:
-                del state.flights[mid]
-                state.mark_done(mid)
+def _progress(state: _State, op: Progress, now: float) -> Stale | None:
+    flight = state.holder(op.id, op.token, now)
+    if isinstance(flight, Stale):
+        return flight
+    state.flights[op.id] = msgspec.structs.replace(flight, progress=op.value)
+    return None
+
+
+def _step_over(state: _State, op: Quarantine) -> bool | None:
+    """A segment set aside: in the window it is gone already (:func:`apply` drops
+    it first). Not taken in yet: skipped in its place in its lane, as if it held no
+    message."""
+    if any(s.ref == str(op.ref) for s in state.cursor.open):
         return None
-    if isinstance(op, RegisterTimer):
-        if op.bucket < state.timers_sealed_before:
-            return False
-        state.timers.setdefault(op.bucket, 0)
-        return True
-    if isinstance(op, SealTimer):
-        state.timers.pop(op.bucket, None)
-        state.timers_sealed_before = max(state.timers_sealed_before, op.bucket + 1)
-        return None
-    if isinstance(op, Purge):
-        _purge(state, op)
-        return None
-    raise TypeError(f"unknown operation {op!r}")
+    return _ingest(state, Ingest(op.ref, 0))
+
+
+def _finalize(state: _State, op: Finalize) -> None:
+    for mid in op.ids:
+        finished = state.flights.get(mid)
+        if finished is not None and finished.outcome is not None:
+            del state.flights[mid]
+            state.mark_done(mid)
+
+
+def _register_timer(state: _State, op: RegisterTimer) -> bool:
+    if op.bucket < state.timers_sealed_before:
+        return False
+    state.timers.setdefault(op.bucket, 0)
+    return True
+
+
+def _seal_timer(state: _State, op: SealTimer) -> None:
+    state.timers.pop(op.bucket, None)
+    state.timers_sealed_before = max(state.timers_sealed_before, op.bucket + 1)
 
 
 def _purge(state: _State, op: Purge) -> None:
