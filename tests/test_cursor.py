@@ -6,6 +6,8 @@ from __future__ import annotations
 from typing import get_args
 
 from s3queue.cursor import (
+    Counter,
+    Counters,
     Cursor,
     Op,
     OpenSegment,
@@ -72,3 +74,7 @@ def test_every_operation_class_is_one_of_the_operation_union() -> None:
     # ShardCommitter.submit takes any Op and hands it on as an Operation.
     # (Names: a slotted dataclass leaves its unslotted first draft among the subclasses.)
     assert {c.__name__ for c in Op.__subclasses__()} == {c.__name__ for c in get_args(Operation)}
+
+
+def test_the_counter_names_are_the_fields_of_counters() -> None:
+    assert list(get_args(Counter)) == list(Counters.__struct_fields__)

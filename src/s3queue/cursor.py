@@ -75,6 +75,20 @@ class OpenSegment(msgspec.Struct, frozen=True, kw_only=True):
     done: bytes
 
 
+#: The name of a field of :class:`Counters` (tests/test_cursor.py checks they agree).
+Counter = Literal[
+    "ingested",
+    "claimed",
+    "completed",
+    "dead",
+    "retried",
+    "recovered",
+    "released",
+    "stale_rejected",
+    "quarantined",
+]
+
+
 class Counters(msgspec.Struct, frozen=True, kw_only=True):
     ingested: int = 0
     claimed: int = 0
@@ -371,7 +385,7 @@ class _State:
         self.purged_high_before = cursor.purged_high_before
         self.counters = msgspec.structs.asdict(cursor.counters)
 
-    def count(self, name: str, n: int = 1) -> None:
+    def count(self, name: Counter, n: int = 1) -> None:
         self.counters[name] += n
 
     def mark_done(self, mid: str) -> None:
