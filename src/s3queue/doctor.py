@@ -103,11 +103,12 @@ class Doctor:
         out = _Listing()
         for entry in await self.storage.list(layout.queue_prefix(self.name)):
             segment = layout.segment_of(self.name, entry.key)
-            kind = layout.classify(self.name, entry.key) if segment is None else None
             if segment is not None:
                 shard, ref = segment
                 out.segments[shard].append(ref)
-            elif kind is None:
+                continue
+            kind = layout.classify(self.name, entry.key)
+            if kind is None:
                 out.foreign.append(entry.key)
             else:
                 out.records[kind].append(entry.key)
