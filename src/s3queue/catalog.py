@@ -25,7 +25,8 @@ async def list_queues(storage: Storage) -> list[str]:
         entries = await storage.list("", start_after=after, limit=1)
         if not entries:
             return names
-        name = entries[0].key.split("/", 1)[0]
-        if "/" in entries[0].key and await storage.get(layout.settings_key(name)) is not None:
+        key = entries[0].key
+        name = layout.queue_of(key)
+        if name is not None and await storage.get(layout.settings_key(name)) is not None:
             names.append(name)
-        after = f"{name}/{_PAST_EVERYTHING}"
+        after = f"{layout.queue_prefix(key if name is None else name)}{_PAST_EVERYTHING}"

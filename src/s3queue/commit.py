@@ -19,6 +19,7 @@ import secrets
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any, TypeVar, cast
 
 import msgspec
 
@@ -30,6 +31,7 @@ from s3queue.cursor import (
     Cursor,
     Finalize,
     Ingest,
+    Op,
     Operation,
     Quarantine,
     Recovered,
@@ -42,6 +44,7 @@ from s3queue.cursor import (
     count_candidates,
     decode_cursor,
     encode_cursor,
+    is_unread,
     next_due,
 )
 from s3queue.errors import (
@@ -89,10 +92,15 @@ class CommitContext:
     on_recovered: list[Callable[[Recovered], None]] = field(default_factory=list)
 
 
+R = TypeVar("R")
+
+
 @dataclass
 class _Pending:
     op: Operation
-    future: asyncio.Future[Result]
+    #: Of the result type of ``op``'s class (see cursor.Op), set from the batch's
+    #: results, whose list cannot say which element has which type.
+    future: asyncio.Future[Any]
     #: time.monotonic() by which this operation must be on its way to storage.
     deadline: float
 
@@ -132,7 +140,7 @@ class ShardCommitter:
 
     # --- public --------------------------------------------------------------------
 
-    async def submit(self, op: Operation, *, linger: float = 0.0) -> Result:
+    async def submit(self, op: Op[R], *, linger: float = 0.0) -> R:
         """Commit ``op`` and return its result once the cursor holding it is durable.
 
         With ``linger`` > 0 the operation may wait that many seconds for others to
@@ -141,8 +149,11 @@ class ShardCommitter:
         """
         if self._task is None:
             self._task = asyncio.create_task(self._run(), name=f"s3queue-commit-{self.shard}")
-        future: asyncio.Future[Result] = asyncio.get_running_loop().create_future()
-        self._pending.append(_Pending(op, future, time.monotonic() + max(0.0, linger)))
+        future: asyncio.Future[R] = asyncio.get_running_loop().create_future()
+        # Every Op is one of the Operation union: mypy cannot list a class's subclasses
+        # (tests/test_cursor.py checks that the two agree).
+        pending = _Pending(cast(Operation, op), future, time.monotonic() + max(0.0, linger))
+        self._pending.append(pending)
         self._wake.set()
         return await future
 
@@ -594,8 +605,7 @@ class ShardCommitter:
 
     async def _probe_timers(self, cursor: Cursor, now: float, room: int) -> list[Operation]:
         found: list[Operation] = []
-        for bucket_text, next_seq in sorted(cursor.timers.items(), key=lambda kv: int(kv[0])):
-            bucket = int(bucket_text)
+        for bucket, next_seq in sorted(cursor.timers.items()):
             if bucket > now or len(found) >= room:
                 break
             sealable = bucket + TIMER_BUCKET + TIMER_SEAL_MARGIN < now
@@ -672,12 +682,7 @@ def _is_look(ops: list[Operation]) -> bool:
 
 def _ahead_or_open(cursor: Cursor, ref: SegmentRef) -> bool:
     """Whether the cursor still has ``ref`` in its window or ahead of it in its lane."""
-    if any(s.ref == str(ref) for s in cursor.open):
-        return True
-    if ref.is_timer:
-        next_seq = cursor.timers.get(str(ref.bucket))
-        return next_seq is not None and ref.seq >= next_seq
-    return ref.seq >= (cursor.next_high if ref.is_high else cursor.next_seq)
+    return any(s.ref == str(ref) for s in cursor.open) or is_unread(cursor, ref)
 
 
 def _changed(before: Cursor, after: Cursor) -> bool:

@@ -19,9 +19,9 @@ from __future__ import annotations
 
 import itertools
 import math
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Generic, Literal, TypeVar
 
 import msgspec
 
@@ -75,6 +75,20 @@ class OpenSegment(msgspec.Struct, frozen=True, kw_only=True):
     done: bytes
 
 
+#: The name of a field of :class:`Counters` (tests/test_cursor.py checks they agree).
+Counter = Literal[
+    "ingested",
+    "claimed",
+    "completed",
+    "dead",
+    "retried",
+    "recovered",
+    "released",
+    "stale_rejected",
+    "quarantined",
+]
+
+
 class Counters(msgspec.Struct, frozen=True, kw_only=True):
     ingested: int = 0
     claimed: int = 0
@@ -98,7 +112,9 @@ class Cursor(msgspec.Struct, frozen=True, kw_only=True):
     next_high: int = 0
     open: list[OpenSegment] = []
     flights: dict[str, Flight] = {}
-    timers: dict[str, int] = {}
+    #: Timer buckets registered and not sealed (unix seconds; JSON keys are strings,
+    #: which msgspec reads back as ints) -> the next seq to take in.
+    timers: dict[int, int] = {}
     timers_sealed_before: int = 0
     purged_before: int = 0
     purged_high_before: int = 0
@@ -112,118 +128,6 @@ def encode_cursor(cursor: Cursor) -> bytes:
 def decode_cursor(data: bytes, key: str) -> Cursor:
     return decode(data, Cursor, what="cursor", key=key)
 
-
-# --- operations ----------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class Ingest:
-    """Add a segment that exists in storage to the window (once, in order)."""
-
-    ref: SegmentRef
-    count: int
-
-
-@dataclass(frozen=True, slots=True)
-class Claim:
-    """Lease up to ``max_messages``, best first; none below ``min_priority`` (another
-    shard holds better ones). ``max_messages=0`` only looks for new segments."""
-
-    owner: str
-    max_messages: int
-    visibility_timeout: float
-    min_priority: int | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class Ack:
-    id: str
-    token: str
-    result: msgspec.Raw | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class Fail:
-    id: str
-    token: str
-    error: ErrorRecord
-    retriable: bool
-    delay: float
-
-
-@dataclass(frozen=True, slots=True)
-class Extend:
-    id: str
-    token: str
-    seconds: float
-
-
-@dataclass(frozen=True, slots=True)
-class Release:
-    """Give a lease back unused: visible again at once, the attempt not counted."""
-
-    id: str
-    token: str
-
-
-@dataclass(frozen=True, slots=True)
-class Progress:
-    id: str
-    token: str
-    value: msgspec.Raw
-
-
-@dataclass(frozen=True, slots=True)
-class Finalize:
-    """Forget finished messages whose side records (dead letter, result) are written."""
-
-    ids: tuple[str, ...]
-
-
-@dataclass(frozen=True, slots=True)
-class Quarantine:
-    """Set aside a segment that cannot be read: out of the window (its unfinished
-    messages with it), or skipped if it is the next of its lane. Applied before
-    anything else in a batch, so nothing else touches the segment."""
-
-    ref: SegmentRef
-
-
-@dataclass(frozen=True, slots=True)
-class RegisterTimer:
-    bucket: int
-
-
-@dataclass(frozen=True, slots=True)
-class SealTimer:
-    bucket: int
-
-
-@dataclass(frozen=True, slots=True)
-class Purge:
-    """Drop everything pending, delayed and in flight: the log up to ``log_end``, the
-    express lane up to ``high_end`` and each timer bucket up to its end in
-    ``timer_ends`` ((bucket, end) pairs)."""
-
-    log_end: int
-    timer_ends: tuple[tuple[int, int], ...] = ()
-    high_end: int = 0
-
-
-Operation = (
-    Ingest
-    | Claim
-    | Ack
-    | Fail
-    | Extend
-    | Release
-    | Progress
-    | Finalize
-    | RegisterTimer
-    | SealTimer
-    | Purge
-    | Quarantine
-)
 
 # --- results -----------------------------------------------------------------------
 
@@ -266,7 +170,131 @@ class Yielded:
 
 YIELDED = Yielded()
 
+#: Any operation's result (a batch's results, in :attr:`Transition.results`); each
+#: operation's own is the type argument of its :class:`Op`.
 Result = list[Claimed] | Yielded | Stale | Failed | Extended | bool | None
+
+
+# --- operations ----------------------------------------------------------------
+
+R = TypeVar("R", covariant=True)
+
+
+class Op(Generic[R]):
+    """An operation on a cursor whose result is an ``R``: its entry in
+    :attr:`Transition.results`, and what ``ShardCommitter.submit`` returns for it."""
+
+    __slots__ = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Ingest(Op[bool]):
+    """Add a segment that exists in storage to the window (once, in order)."""
+
+    ref: SegmentRef
+    count: int
+
+
+@dataclass(frozen=True, slots=True)
+class Claim(Op[list[Claimed] | Yielded]):
+    """Lease up to ``max_messages``, best first; none below ``min_priority`` (another
+    shard holds better ones). ``max_messages=0`` only looks for new segments."""
+
+    owner: str
+    max_messages: int
+    visibility_timeout: float
+    min_priority: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Ack(Op[Stale | None]):
+    id: str
+    token: str
+    result: msgspec.Raw | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Fail(Op[Stale | Failed]):
+    id: str
+    token: str
+    error: ErrorRecord
+    retriable: bool
+    delay: float
+
+
+@dataclass(frozen=True, slots=True)
+class Extend(Op[Stale | Extended]):
+    id: str
+    token: str
+    seconds: float
+
+
+@dataclass(frozen=True, slots=True)
+class Release(Op[Stale | None]):
+    """Give a lease back unused: visible again at once, the attempt not counted."""
+
+    id: str
+    token: str
+
+
+@dataclass(frozen=True, slots=True)
+class Progress(Op[Stale | None]):
+    id: str
+    token: str
+    value: msgspec.Raw
+
+
+@dataclass(frozen=True, slots=True)
+class Finalize(Op[None]):
+    """Forget finished messages whose side records (dead letter, result) are written."""
+
+    ids: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Quarantine(Op[bool | None]):
+    """Set aside a segment that cannot be read: out of the window (its unfinished
+    messages with it), or skipped if it is the next of its lane. Applied before
+    anything else in a batch, so nothing else touches the segment."""
+
+    ref: SegmentRef
+
+
+@dataclass(frozen=True, slots=True)
+class RegisterTimer(Op[bool]):
+    bucket: int
+
+
+@dataclass(frozen=True, slots=True)
+class SealTimer(Op[None]):
+    bucket: int
+
+
+@dataclass(frozen=True, slots=True)
+class Purge(Op[None]):
+    """Drop everything pending, delayed and in flight: the log up to ``log_end``, the
+    express lane up to ``high_end`` and each timer bucket up to its end in
+    ``timer_ends`` ((bucket, end) pairs)."""
+
+    log_end: int
+    timer_ends: tuple[tuple[int, int], ...] = ()
+    high_end: int = 0
+
+
+Operation = (
+    Ingest
+    | Claim
+    | Ack
+    | Fail
+    | Extend
+    | Release
+    | Progress
+    | Finalize
+    | RegisterTimer
+    | SealTimer
+    | Purge
+    | Quarantine
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -300,8 +328,28 @@ class Rules:
 # --- helpers -------------------------------------------------------------------------
 
 
-def _bit(done: bytes, index: int) -> bool:
-    return bool(done[index >> 3] & (1 << (index & 7)))
+def unfinished_indices(segment: OpenSegment, indices: Iterable[int] | None = None) -> Iterator[int]:
+    """The messages of a window segment that are not done, in order: of ``indices``,
+    or all of them. The one reader of the ``done`` bitmap (message i is bit i % 8 of
+    byte i // 8); a claim runs it over every message it passes."""
+    done = segment.done
+    for index in range(segment.count) if indices is None else indices:
+        if not done[index >> 3] & (1 << (index & 7)):
+            yield index
+
+
+def is_done(segment: OpenSegment, index: int) -> bool:
+    """Whether message ``index`` of a window segment is done."""
+    return next(unfinished_indices(segment, (index,)), None) is None
+
+
+def is_unread(cursor: Cursor, ref: SegmentRef) -> bool:
+    """Whether the cursor has yet to take ``ref`` into its window: at or past the
+    next seq of its lane (for a timer segment, of a bucket the cursor registered)."""
+    if ref.is_timer:
+        next_seq = cursor.timers.get(ref.bucket)
+        return next_seq is not None and ref.seq >= next_seq
+    return ref.seq >= (cursor.next_high if ref.is_high else cursor.next_seq)
 
 
 def _with_bit(done: bytes, index: int) -> bytes:
@@ -337,7 +385,7 @@ class _State:
         self.purged_high_before = cursor.purged_high_before
         self.counters = msgspec.structs.asdict(cursor.counters)
 
-    def count(self, name: str, n: int = 1) -> None:
+    def count(self, name: Counter, n: int = 1) -> None:
         self.counters[name] += n
 
     def mark_done(self, mid: str) -> None:
@@ -353,11 +401,6 @@ class _State:
             del self.open[ref]
         else:
             self.open[ref] = segment
-
-    def is_open(self, mid: str) -> bool:
-        address = parse_message_id(mid)
-        segment = self.open.get(str(address.segment))
-        return segment is not None and not _bit(segment.done, address.index)
 
     def finish(
         self,
@@ -443,11 +486,6 @@ def _recover_expired(
             state.flights[mid] = msgspec.structs.replace(flight, lease=None, visible_at=0.0)
 
 
-def candidates(cursor: Cursor, segments: Mapping[str, Segment], now: float) -> list[str]:
-    """Claimable message ids of the window, best first (priority, then order)."""
-    return [mid for mid, _ in _ranked(_State(cursor), segments, now)]
-
-
 def count_candidates(
     cursor: Cursor, segments: Mapping[str, Segment], now: float, enough: int
 ) -> int:
@@ -511,13 +549,10 @@ def _ranked(
             return
         for ref, indices in by_level[priority]:
             messages = segments[ref].messages
-            done = state.open[ref].done
             # Ids built by hand: this loop runs for many messages on every claim,
             # and MessageAddress formatting was most of its time.
             prefix = f"{shard}-{ref}-"
-            for index in indices:
-                if done[index >> 3] & (1 << (index & 7)):
-                    continue
+            for index in unfinished_indices(state.open[ref], indices):
                 mid = prefix + str(index)
                 message = messages[index]
                 if _visible_at(message, state.flights.get(mid)) <= now:
@@ -548,7 +583,7 @@ def next_due(
         for index, message in enumerate(segment.messages):
             if message.visible_at > after and (prefix + str(index)) not in cursor.flights:
                 dues.append(message.visible_at)
-    dues.extend(float(b) for b in cursor.timers if float(b) > after)
+    dues.extend(float(b) for b in cursor.timers if b > after)
     return max(min(dues), now) if dues else None
 
 
@@ -606,38 +641,64 @@ def _apply_one(
     new_token: Callable[[], str],
     t: Transition,
 ) -> Result:
-    if isinstance(op, Claim):
-        return _claim(state, op, segments, now, new_token)
-    if isinstance(op, Ack | Fail | Extend | Release | Progress):
-        return _on_lease(state, op, segments, now, t)
-    return _on_window(state, op)
+    match op:
+        case Claim():
+            return _claim(state, op, segments, now, new_token)
+        # Operations of a lease holder: applied only with the token that holds it.
+        case Ack():
+            return _ack(state, op, segments, now, t)
+        case Fail():
+            return _fail(state, op, segments, now, t)
+        case Extend():
+            return _extend(state, op, now)
+        case Release():
+            return _release(state, op, now)
+        case Progress():
+            return _progress(state, op, now)
+        # Operations on what the window holds: segments, timers, finished messages.
+        case Ingest():
+            return _ingest(state, op)
+        case Quarantine():
+            return _step_over(state, op)
+        case RegisterTimer():
+            return _register_timer(state, op)
+        # Those without a result.
+        case Finalize():
+            _finalize(state, op)
+        case SealTimer():
+            _seal_timer(state, op)
+        case Purge():
+            _purge(state, op)
+        case _:
+            raise TypeError(f"unknown operation {op!r}")
+    return None
 
 
-def _on_lease(
-    state: _State,
-    op: Ack | Fail | Extend | Release | Progress,
-    segments: Mapping[str, Segment],
-    now: float,
-    t: Transition,
-) -> Result:
-    """An operation of a lease holder: applied only with the token that holds it."""
-    if isinstance(op, Fail):
-        return _fail(state, op, segments, now, t)
+def _ack(
+    state: _State, op: Ack, segments: Mapping[str, Segment], now: float, t: Transition
+) -> Stale | None:
     flight = state.holder(op.id, op.token, now)
     if isinstance(flight, Stale):
         return flight
-    if isinstance(op, Ack):
-        state.finish(op.id, flight, "completed", now, op.result, t, message_of(segments, op.id))
-        return None
-    if isinstance(op, Extend):
-        assert flight.lease is not None
-        expires_at = max(flight.lease.expires_at, now + op.seconds)
-        lease = msgspec.structs.replace(flight.lease, expires_at=expires_at)
-        state.flights[op.id] = msgspec.structs.replace(flight, lease=lease)
-        return Extended(expires_at)
-    if isinstance(op, Progress):
-        state.flights[op.id] = msgspec.structs.replace(flight, progress=op.value)
-        return None
+    state.finish(op.id, flight, "completed", now, op.result, t, message_of(segments, op.id))
+    return None
+
+
+def _extend(state: _State, op: Extend, now: float) -> Stale | Extended:
+    flight = state.holder(op.id, op.token, now)
+    if isinstance(flight, Stale):
+        return flight
+    assert flight.lease is not None
+    expires_at = max(flight.lease.expires_at, now + op.seconds)
+    lease = msgspec.structs.replace(flight.lease, expires_at=expires_at)
+    state.flights[op.id] = msgspec.structs.replace(flight, lease=lease)
+    return Extended(expires_at)
+
+
+def _release(state: _State, op: Release, now: float) -> Stale | None:
+    flight = state.holder(op.id, op.token, now)
+    if isinstance(flight, Stale):
+        return flight
     state.count("released")
     if flight.attempt <= 1 and not flight.errors:
         del state.flights[op.id]
@@ -648,36 +709,41 @@ def _on_lease(
     return None
 
 
-def _on_window(state: _State, op: Operation) -> Result:
-    """An operation on what the window holds: segments, timers, finished messages."""
-    if isinstance(op, Ingest):
-        return _ingest(state, op)
-    if isinstance(op, Quarantine):
-        # In the window: done before anything else. Not taken in yet: skipped in
-        # its place in its lane, as if it held no message.
-        if any(s.ref == str(op.ref) for s in state.cursor.open):
-            return None
-        return _ingest(state, Ingest(op.ref, 0))
-    if isinstance(op, Finalize):
-        for mid in op.ids:
-            finished = state.flights.get(mid)
-            if finished is not None and finished.outcome is not None:
-                del state.flights[mid]
-                state.mark_done(mid)
+def _progress(state: _State, op: Progress, now: float) -> Stale | None:
+    flight = state.holder(op.id, op.token, now)
+    if isinstance(flight, Stale):
+        return flight
+    state.flights[op.id] = msgspec.structs.replace(flight, progress=op.value)
+    return None
+
+
+def _step_over(state: _State, op: Quarantine) -> bool | None:
+    """A segment set aside: in the window it is gone already (:func:`apply` drops
+    it first). Not taken in yet: skipped in its place in its lane, as if it held no
+    message."""
+    if any(s.ref == str(op.ref) for s in state.cursor.open):
         return None
-    if isinstance(op, RegisterTimer):
-        if op.bucket < state.timers_sealed_before:
-            return False
-        state.timers.setdefault(str(op.bucket), 0)
-        return True
-    if isinstance(op, SealTimer):
-        state.timers.pop(str(op.bucket), None)
-        state.timers_sealed_before = max(state.timers_sealed_before, op.bucket + 1)
-        return None
-    if isinstance(op, Purge):
-        _purge(state, op)
-        return None
-    raise TypeError(f"unknown operation {op!r}")
+    return _ingest(state, Ingest(op.ref, 0))
+
+
+def _finalize(state: _State, op: Finalize) -> None:
+    for mid in op.ids:
+        finished = state.flights.get(mid)
+        if finished is not None and finished.outcome is not None:
+            del state.flights[mid]
+            state.mark_done(mid)
+
+
+def _register_timer(state: _State, op: RegisterTimer) -> bool:
+    if op.bucket < state.timers_sealed_before:
+        return False
+    state.timers.setdefault(op.bucket, 0)
+    return True
+
+
+def _seal_timer(state: _State, op: SealTimer) -> None:
+    state.timers.pop(op.bucket, None)
+    state.timers_sealed_before = max(state.timers_sealed_before, op.bucket + 1)
 
 
 def _purge(state: _State, op: Purge) -> None:
@@ -693,7 +759,7 @@ def _purge(state: _State, op: Purge) -> None:
     # segments that exist now are skipped.
     for bucket, end in op.timer_ends:
         if bucket >= state.timers_sealed_before:
-            state.timers[str(bucket)] = max(state.timers.get(str(bucket), 0), end)
+            state.timers[bucket] = max(state.timers.get(bucket, 0), end)
 
 
 def _quarantine(state: _State, ref: SegmentRef) -> None:
@@ -709,10 +775,10 @@ def _quarantine(state: _State, ref: SegmentRef) -> None:
 def _ingest(state: _State, op: Ingest) -> bool:
     ref = op.ref
     if ref.is_timer:
-        expected = state.timers.get(str(ref.bucket))
+        expected = state.timers.get(ref.bucket)
         if expected is None or expected != ref.seq:
             return False
-        state.timers[str(ref.bucket)] = ref.seq + 1
+        state.timers[ref.bucket] = ref.seq + 1
     elif ref.is_high:
         if ref.seq != state.next_high:
             return False
@@ -781,24 +847,3 @@ def _fail(
     state.flights[op.id] = msgspec.structs.replace(flight, lease=None, visible_at=visible_at)
     state.count("retried")
     return Failed("retry", visible_at)
-
-
-def window_size(cursor: Cursor) -> int:
-    """Messages in the window that are not done (pending, waiting or in flight)."""
-    total = 0
-    for segment in cursor.open:
-        total += segment.count - sum(
-            1 for index in range(segment.count) if _bit(segment.done, index)
-        )
-    return total
-
-
-def is_done(cursor: Cursor, mid: str) -> bool | None:
-    """True if the window says the message finished, False if it is open, None if
-    the window does not cover it (not yet ingested, or closed long ago)."""
-    address = parse_message_id(mid)
-    ref = str(address.segment)
-    for segment in cursor.open:
-        if segment.ref == ref:
-            return _bit(segment.done, address.index)
-    return None

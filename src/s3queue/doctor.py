@@ -24,7 +24,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 from s3queue import layout, quarantine
-from s3queue.cursor import Cursor, decode_cursor, encode_cursor
+from s3queue.cursor import Cursor, decode_cursor, encode_cursor, is_unread
 from s3queue.errors import CorruptData, QueueError
 from s3queue.layout import SegmentRef
 from s3queue.queue import DEFAULT_SHARDS, Queue, probe_conditional_writes
@@ -68,8 +68,15 @@ class _Listing:
 
     foreign: list[str] = field(default_factory=list)
     records: dict[str, list[str]] = field(default_factory=lambda: defaultdict(list))
-    lanes: dict[tuple[int, int], list[int]] = field(default_factory=lambda: defaultdict(list))
-    timers: dict[int, list[tuple[int, int]]] = field(default_factory=lambda: defaultdict(list))
+    #: The segments of each shard (log, express lane and timer segments).
+    segments: dict[int, list[SegmentRef]] = field(default_factory=lambda: defaultdict(list))
+
+    def lane(self, shard: int, lane: int) -> list[int]:
+        """The sequence numbers found in one log lane of a shard, in order."""
+        return sorted(ref.seq for ref in self.segments[shard] if ref.bucket == lane)
+
+    def timers(self, shard: int) -> list[SegmentRef]:
+        return [ref for ref in self.segments[shard] if ref.is_timer]
 
 
 class Doctor:
@@ -94,18 +101,15 @@ class Doctor:
 
     async def _list(self) -> _Listing:
         out = _Listing()
-        for entry in await self.storage.list(f"{self.name}/"):
+        for entry in await self.storage.list(layout.queue_prefix(self.name)):
+            segment = layout.segment_of(self.name, entry.key)
+            if segment is not None:
+                shard, ref = segment
+                out.segments[shard].append(ref)
+                continue
             kind = layout.classify(self.name, entry.key)
             if kind is None:
                 out.foreign.append(entry.key)
-            elif kind in ("log", "high"):
-                shard, lane = _shard_of(entry.key), layout.LOG_LANE
-                if kind == "high":
-                    lane = layout.HIGH_LANE
-                out.lanes[(shard, lane)].append(int(entry.key.rsplit("/", 1)[1]))
-            elif kind == "timer":
-                bucket, seq = entry.key.rsplit("/", 2)[1:]
-                out.timers[_shard_of(entry.key)].append((int(bucket), int(seq)))
             else:
                 out.records[kind].append(entry.key)
         return out
@@ -150,7 +154,9 @@ class Doctor:
         """Segments ahead of the cursor: readable, and without a gap (the shard's
         consumers stop at a missing number and never read what follows it)."""
         start = cursor.next_high if lane == layout.HIGH_LANE else cursor.next_seq
-        written = sorted(s for s in listing.lanes[(shard, lane)] if s >= start)
+        written = [
+            seq for seq in listing.lane(shard, lane) if is_unread(cursor, SegmentRef(lane, seq))
+        ]
         findings = []
         for seq in range(start, written[-1] + 1 if written else start):
             ref = SegmentRef(lane, seq)
@@ -183,15 +189,16 @@ class Doctor:
         return None
 
     def _rebuild(self, shard: int, key: str, error: CorruptData, listing: _Listing) -> Finding:
-        log = sorted(listing.lanes[(shard, layout.LOG_LANE)])
-        high = sorted(listing.lanes[(shard, layout.HIGH_LANE)])
-        segments = len(log) + len(high) + len(listing.timers[shard])
+        log = listing.lane(shard, layout.LOG_LANE)
+        high = listing.lane(shard, layout.HIGH_LANE)
+        timers = listing.timers(shard)
+        segments = len(log) + len(high) + len(timers)
         return Finding(
             key,
             error.message,
             f"keep it under quarantine/ and rebuild it from the shard's {segments} segments: "
             "their messages run again (at-least-once), those already done included",
-            lambda: self._write_rebuilt(shard, key, log, high, listing.timers[shard]),
+            lambda: self._write_rebuilt(shard, key, log, high, timers),
         )
 
     async def _write_rebuilt(
@@ -200,14 +207,14 @@ class Doctor:
         key: str,
         log: list[int],
         high: list[int],
-        timers: list[tuple[int, int]],
+        timers: list[SegmentRef],
     ) -> str:
         stored = await self.storage.get(key)
         if stored is not None:
             await self.storage.put(layout.quarantined_cursor_key(self.name, shard), stored.data)
-        buckets: dict[str, int] = {}
-        for bucket, seq in sorted(timers):
-            buckets.setdefault(str(bucket), seq)
+        buckets: dict[int, int] = {}
+        for ref in sorted(timers):
+            buckets.setdefault(ref.bucket, ref.seq)
         cursor = Cursor(
             shard=shard,
             commit=secrets.token_hex(8),
@@ -245,7 +252,7 @@ class Doctor:
     async def _check_records(self, listing: _Listing) -> list[Finding]:
         findings = []
         for kind, record_type, what in _RECORDS:
-            keys = [k for k in listing.records.get(kind, []) if not k.endswith(".data")]
+            keys = [k for k in listing.records.get(kind, []) if not layout.is_quarantine_copy(k)]
             for start in range(0, len(keys), 256):
                 batch = keys[start : start + 256]
                 stored = await asyncio.gather(*(self.storage.get(k) for k in batch))
@@ -281,11 +288,10 @@ class Doctor:
 
 async def settings_finding(storage: Storage, name: str, error: CorruptData) -> Finding:
     """queue.json cannot be read: rewrite it, with the shard count its keys show."""
-    prefix = f"{name}/shards/"
     shards = {
-        int(entry.key[len(prefix) :][:4])
-        for entry in await storage.list(prefix)
-        if entry.key[len(prefix) :][:4].isdigit()
+        shard
+        for entry in await storage.list(layout.shards_prefix(name))
+        if (shard := layout.shard_of(name, entry.key)) is not None
     }
     count = max(shards) + 1 if shards else DEFAULT_SHARDS
 
@@ -305,10 +311,6 @@ async def settings_finding(storage: Storage, name: str, error: CorruptData) -> F
         "the other settings at their defaults",
         rewrite,
     )
-
-
-def _shard_of(key: str) -> int:
-    return int(key.split("/shards/", 1)[1][:4])
 
 
 async def repair(findings: list[Finding]) -> list[str]:

@@ -7,12 +7,9 @@ from typing import Any, Literal
 
 from s3queue.records import ErrorRecord
 
+#: A message's status. A dead message leaves "dead" only by a redrive, which sends a
+#: copy under a new id (``redriven_to``) and leaves the old id "redriven".
 Status = Literal["pending", "delayed", "processing", "completed", "dead", "redriven"]
-#: Statuses a message can still leave, and those it never leaves. A dead message
-#: leaves "dead" only by a redrive, which sends a copy under a new id
-#: (``redriven_to``) and leaves the old id "redriven".
-ACTIVE_STATUSES: frozenset[Status] = frozenset({"pending", "delayed", "processing"})
-TERMINAL_STATUSES: frozenset[Status] = frozenset({"completed", "dead", "redriven"})
 
 
 @dataclass(slots=True)

@@ -50,12 +50,20 @@ def check_queue_name(name: str) -> str:
     return name
 
 
+def queue_prefix(queue: str) -> str:
+    return f"{queue}/"
+
+
 def settings_key(queue: str) -> str:
     return f"{queue}/queue.json"
 
 
+def shards_prefix(queue: str) -> str:
+    return f"{queue}/shards/"
+
+
 def shard_prefix(queue: str, shard: int) -> str:
-    return f"{queue}/shards/{shard:04d}"
+    return f"{shards_prefix(queue)}{shard:04d}"
 
 
 def cursor_key(queue: str, shard: int) -> str:
@@ -91,10 +99,22 @@ def high_key(queue: str, shard: int, seq: int) -> str:
     return f"{high_prefix(queue, shard)}{seq:0{LOG_DIGITS}d}"
 
 
+def timer_bucket_prefix(queue: str, shard: int, bucket: int) -> str:
+    return f"{timers_prefix(queue, shard)}{bucket:0{TIMER_BUCKET_DIGITS}d}/"
+
+
 def timer_key(queue: str, shard: int, bucket: int, seq: int) -> str:
-    return (
-        f"{timers_prefix(queue, shard)}{bucket:0{TIMER_BUCKET_DIGITS}d}/{seq:0{TIMER_SEQ_DIGITS}d}"
-    )
+    return f"{timer_bucket_prefix(queue, shard, bucket)}{seq:0{TIMER_SEQ_DIGITS}d}"
+
+
+def lane_prefix(queue: str, shard: int, bucket: int) -> str:
+    """Where the segments of one lane are listed: the log, the express lane, or one
+    timer bucket (``bucket`` as in :attr:`SegmentRef.bucket`)."""
+    if bucket == HIGH_LANE:
+        return high_prefix(queue, shard)
+    if bucket == LOG_LANE:
+        return log_prefix(queue, shard)
+    return timer_bucket_prefix(queue, shard, bucket)
 
 
 def dead_prefix(queue: str) -> str:
@@ -103,6 +123,11 @@ def dead_prefix(queue: str) -> str:
 
 def dead_key(queue: str, message_id: str) -> str:
     return f"{dead_prefix(queue)}{message_id}"
+
+
+def dead_letter_id(queue: str, key: str) -> str:
+    """The message id of a dead letter's key (as listed under :func:`dead_prefix`)."""
+    return key[len(dead_prefix(queue)) :]
 
 
 def redriven_prefix(queue: str) -> str:
@@ -138,13 +163,27 @@ def quarantine_key(queue: str, shard: int, ref: SegmentRef) -> str:
     return f"{quarantine_prefix(queue)}{shard:04d}-{ref}"
 
 
+#: Ends the key of every copy of bytes set aside (beside a segment's record, a
+#: cursor's or the settings'): a copy, not a record.
+COPY_SUFFIX = ".data"
+
+
+def quarantine_copy_key(queue: str, shard: int, ref: SegmentRef) -> str:
+    """Where the bytes of a segment set aside are kept, beside its record."""
+    return f"{quarantine_key(queue, shard, ref)}{COPY_SUFFIX}"
+
+
+def is_quarantine_copy(key: str) -> bool:
+    return key.endswith(COPY_SUFFIX)
+
+
 def quarantined_cursor_key(queue: str, shard: int) -> str:
     """Where ``s3queue doctor --fix`` keeps an unreadable cursor it replaced."""
-    return f"{quarantine_prefix(queue)}{shard:04d}-cursor.data"
+    return f"{quarantine_prefix(queue)}{shard:04d}-cursor{COPY_SUFFIX}"
 
 
 def quarantined_settings_key(queue: str) -> str:
-    return f"{quarantine_prefix(queue)}queue.json.data"
+    return f"{quarantine_prefix(queue)}queue.json{COPY_SUFFIX}"
 
 
 def clock_key(queue: str) -> str:
@@ -165,8 +204,12 @@ def probe_key(queue: str, token: str) -> str:
 # directory, a copy made by a tool). They are not segments: they are skipped, with
 # one warning per key, never parsed into a crash.
 
-_TIMER_TAIL = re.compile(r"^(\d{13})/(\d{6})$")
 _warned: set[str] = set()
+#: A segment key after ``<queue>/`` (matched whole): shard, then a log lane and
+#: seq, or a timer bucket and seq. ASCII digits only, as written: ``\d`` alone would
+#: take any script's digits, which int() reads into a number naming another key.
+_SEGMENT = re.compile(r"shards/(\d{4})/(?:(log|high)/(\d{12})|timers/(\d{13})/(\d{6}))", re.ASCII)
+_SHARD = re.compile(r"(\d{4})", re.ASCII)
 
 
 def foreign(key: str) -> None:
@@ -176,57 +219,79 @@ def foreign(key: str) -> None:
         log.warning("ignoring %s: not an object s3queue wrote (move it out of the queue)", key)
 
 
-def seq_of(prefix: str, key: str, digits: int = LOG_DIGITS) -> int | None:
-    """The sequence number of a segment key listed under ``prefix`` (a log, or one
-    timer bucket with ``digits=TIMER_SEQ_DIGITS``)."""
-    name = key[len(prefix) :] if key.startswith(prefix) else ""
-    if len(name) == digits and name.isascii() and name.isdigit():
-        return int(name)
-    foreign(key)
-    return None
+def segment_of(queue: str, key: str) -> tuple[int, SegmentRef] | None:
+    """The shard and segment a key of ``queue`` names (a log, express-lane or timer
+    segment; a timer bucket's seal too); None for any other key."""
+    prefix = queue_prefix(queue)
+    match = _SEGMENT.fullmatch(key[len(prefix) :]) if key.startswith(prefix) else None
+    if match is None:
+        return None
+    shard, lane, seq, bucket, timer_seq = match.groups()
+    if lane is None:
+        return int(shard), SegmentRef.timer(int(bucket), int(timer_seq))
+    if lane == "high":
+        return int(shard), SegmentRef.high(int(seq))
+    return int(shard), SegmentRef.log(int(seq))
 
 
-def timer_ref(prefix: str, key: str) -> tuple[int, int] | None:
-    """(bucket, seq) of a timer segment key listed under ``prefix``."""
-    match = _TIMER_TAIL.match(key[len(prefix) :]) if key.startswith(prefix) else None
-    if match is not None:
-        return int(match[1]), int(match[2])
-    foreign(key)
-    return None
+def parse_segment_key(queue: str, shard: int, key: str) -> SegmentRef | None:
+    """The segment a key listed under one of ``shard``'s prefixes names; None, with
+    a warning, for a key s3queue did not write."""
+    found = segment_of(queue, key)
+    if found is None or found[0] != shard:
+        foreign(key)
+        return None
+    return found[1]
+
+
+def shard_of(queue: str, key: str) -> int | None:
+    """The shard number that starts a key under :func:`shards_prefix`, if any."""
+    prefix = shards_prefix(queue)
+    match = _SHARD.match(key[len(prefix) :]) if key.startswith(prefix) else None
+    return None if match is None else int(match[1])
+
+
+def queue_of(key: str) -> str | None:
+    """The queue a key belongs to (its first path segment); None for a key outside
+    any queue's prefix."""
+    name, slash, _ = key.partition("/")
+    return name if slash else None
 
 
 _ID = r"\d{1,4}-(?:[LH]\d{1,12}|T\d{1,13}\.\d{1,6})-\d{1,6}"
 _KINDS = [
-    ("settings", re.compile(r"^queue\.json$")),
-    ("cursor", re.compile(r"^shards/\d{4}/cursor$")),
-    ("log", re.compile(r"^shards/\d{4}/log/\d{12}$")),
-    ("high", re.compile(r"^shards/\d{4}/high/\d{12}$")),
-    ("timer", re.compile(r"^shards/\d{4}/timers/\d{13}/\d{6}$")),
-    ("dead", re.compile(rf"^dead/{_ID}$")),
-    ("result", re.compile(rf"^results/{_ID}$")),
-    ("redriven", re.compile(rf"^redriven/{_ID}$")),
-    ("dedup", re.compile(r"^dedup/[0-9a-f]{64}$")),
+    ("settings", re.compile(r"^queue\.json$", re.ASCII)),
+    ("cursor", re.compile(r"^shards/\d{4}/cursor$", re.ASCII)),
+    ("log", re.compile(r"^shards/\d{4}/log/\d{12}$", re.ASCII)),
+    ("high", re.compile(r"^shards/\d{4}/high/\d{12}$", re.ASCII)),
+    ("timer", re.compile(r"^shards/\d{4}/timers/\d{13}/\d{6}$", re.ASCII)),
+    ("dead", re.compile(rf"^dead/{_ID}$", re.ASCII)),
+    ("result", re.compile(rf"^results/{_ID}$", re.ASCII)),
+    ("redriven", re.compile(rf"^redriven/{_ID}$", re.ASCII)),
+    ("dedup", re.compile(r"^dedup/[0-9a-f]{64}$", re.ASCII)),
     (
         "quarantine",
         re.compile(
             r"^quarantine/(?:\d{4}-(?:[LH]\d+|T\d+\.\d+)(?:\.data)?"
-            r"|\d{4}-cursor\.data|queue\.json\.data)$"
+            r"|\d{4}-cursor\.data|queue\.json\.data)$",
+            re.ASCII,
         ),
     ),
-    ("probe", re.compile(r"^probe/[0-9a-f]+$")),
-    ("clock", re.compile(r"^clock$")),
-    ("wake", re.compile(r"^wake/(?:any|high)$")),
+    ("probe", re.compile(r"^probe/[0-9a-f]+$", re.ASCII)),
+    ("clock", re.compile(r"^clock$", re.ASCII)),
+    ("wake", re.compile(r"^wake/(?:any|high)$", re.ASCII)),
 ]
 
 
 def classify(queue: str, key: str) -> str | None:
     """What kind of object ``key`` is in ``queue`` ("cursor", "log", "dead"...), or
-    None when s3queue never writes such a key."""
-    prefix = f"{queue}/"
+    None when s3queue never writes such a key (matched whole, ASCII digits only, as
+    :func:`segment_of`)."""
+    prefix = queue_prefix(queue)
     if not key.startswith(prefix):
         return None
     rest = key[len(prefix) :]
-    return next((kind for kind, pattern in _KINDS if pattern.match(rest)), None)
+    return next((kind for kind, pattern in _KINDS if pattern.fullmatch(rest)), None)
 
 
 def timers_prefix(queue: str, shard: int) -> str:

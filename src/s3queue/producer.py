@@ -264,10 +264,6 @@ class Producer:
     def _key(self, shard: int, bucket: int, seq: int) -> str:
         return SegmentRef(bucket, seq).key(self.settings.name, shard)
 
-    def _prefix(self, shard: int, bucket: int) -> str:
-        key = self._key(shard, bucket, 0)
-        return key[: key.rindex("/") + 1]
-
     async def _create(self, shard: int, bucket: int, data: bytes) -> int:
         """Create the segment at the first free sequence number; return it."""
         # This process's writes to one log go one at a time: concurrent ones would
@@ -307,18 +303,19 @@ class Producer:
         """The first sequence number >= ``seq`` after the last existing segment.
 
         Raises BucketSealed when the last object of a timer bucket is its seal."""
-        prefix = self._prefix(shard, bucket)
+        name = self.settings.name
         start_after = self._key(shard, bucket, seq - 1) if seq > 0 else None
-        entries = await self.storage.list(prefix, start_after=start_after)
+        entries = await self.storage.list(
+            layout.lane_prefix(name, shard, bucket), start_after=start_after
+        )
         end = seq
         for entry in entries:
-            digits = layout.TIMER_SEQ_DIGITS if bucket >= 0 else layout.LOG_DIGITS
-            found = layout.seq_of(prefix, entry.key, digits)
+            found = layout.parse_segment_key(name, shard, entry.key)
             if found is None:
                 continue
             if bucket >= 0 and entry.size == 0 and await self._is_seal(entry.key):
                 raise BucketSealed(f"timer bucket {bucket} of shard {shard} is sealed")
-            end = max(end, found + 1)
+            end = max(end, found.seq + 1)
         return end
 
     async def _is_seal(self, key: str) -> bool:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 
 from s3queue import layout
-from s3queue.cursor import OpenSegment
+from s3queue.cursor import OpenSegment, unfinished_indices
 from s3queue.errors import PreconditionFailed
 from s3queue.layout import SegmentRef
 from s3queue.records import QuarantineRecord, encode
@@ -26,8 +26,8 @@ def unfinished(shard: int, segment: OpenSegment | None) -> list[str] | None:
     segment outside the window (never read: nobody can tell)."""
     if segment is None:
         return None
-    done, prefix = segment.done, f"{shard}-{segment.ref}-"
-    return [prefix + str(i) for i in range(segment.count) if not done[i >> 3] & (1 << (i & 7))]
+    prefix = f"{shard}-{segment.ref}-"
+    return [prefix + str(i) for i in unfinished_indices(segment)]
 
 
 async def record(
@@ -48,7 +48,7 @@ async def record(
     found = await storage.get(segment_key)
     copied = found is not None and bool(found.data)
     if found is not None and copied:
-        await storage.put(key + ".data", found.data)
+        await storage.put(layout.quarantine_copy_key(queue, shard, ref), found.data)
     entry = QuarantineRecord(
         key=segment_key,
         shard=shard,

@@ -18,7 +18,7 @@ import time
 import traceback
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from s3queue import layout, limits
 from s3queue.backoff import Backoff
@@ -30,9 +30,7 @@ from s3queue.cursor import (
     Claim,
     Claimed,
     Extend,
-    Extended,
     Fail,
-    Failed,
     Progress,
     Purge,
     Release,
@@ -190,6 +188,9 @@ async def _missing(storage: Storage, name: str) -> QueueNotFound:
         "or run: s3queue create " + name,
         metadata={"queue": name, "queues": names},
     )
+
+
+T = TypeVar("T")
 
 
 @dataclass
@@ -570,7 +571,6 @@ class Queue:
             self._broken_shard(shard, error)
             return 0
         taken = [] if isinstance(result, Yielded) else result
-        assert isinstance(taken, list)
         if not taken:
             # Another process writes this shard (a conflict) or it had nothing: try
             # it last next time, so processes drift onto different shards.
@@ -633,7 +633,9 @@ class Queue:
         return self.committers[layout.parse_message_id(lease.id).shard]
 
     @staticmethod
-    def _check(result: object, lease: Lease, action: str) -> None:
+    def _held(result: T | Stale, lease: Lease, action: str) -> T:
+        """The result of an operation of the lease's holder; LeaseLost when the lease
+        was not held."""
         if isinstance(result, Stale):
             raise LeaseLost(
                 f"cannot {action} message {lease.id}: {result.reason}",
@@ -641,6 +643,7 @@ class Queue:
                 "idempotent, and extend leases of long jobs before they expire",
                 metadata={"id": lease.id, "token": lease.token},
             )
+        return result
 
     async def ack(self, lease: Lease, result: Any = None, *, linger: float = 0.0) -> None:
         """Complete the message; store ``result`` (if not None) for :meth:`get`.
@@ -657,7 +660,7 @@ class Queue:
         outcome = await self._committer(lease).submit(
             Ack(lease.id, lease.token, raw), linger=linger
         )
-        self._check(outcome, lease, "ack")
+        self._held(outcome, lease, "ack")
 
     async def fail(
         self,
@@ -679,33 +682,31 @@ class Queue:
         outcome = await self._committer(lease).submit(
             Fail(lease.id, lease.token, record, retriable, delay), linger=linger
         )
-        self._check(outcome, lease, "fail")
-        assert isinstance(outcome, Failed)
-        if outcome.status == "retry":
+        failed = self._held(outcome, lease, "fail")
+        if failed.status == "retry":
             # Another worker may be idle when the retry falls due (this one may stop).
             self.wake.ring()
-        return Failure(outcome.status, outcome.visible_at)
+        return Failure(failed.status, failed.visible_at)
 
     async def extend(self, lease: Lease, seconds: float) -> float:
         """Keep the lease for ``seconds`` more from now; return the new expiry."""
         seconds = limits.VISIBILITY_TIMEOUT.check(seconds, "seconds")
         outcome = await self._committer(lease).submit(Extend(lease.id, lease.token, seconds))
-        self._check(outcome, lease, "extend")
-        assert isinstance(outcome, Extended)
-        lease.expires_at = outcome.expires_at
-        return outcome.expires_at
+        extended = self._held(outcome, lease, "extend")
+        lease.expires_at = extended.expires_at
+        return extended.expires_at
 
     async def release(self, lease: Lease) -> None:
         """Give the message back unprocessed: claimable at once, the attempt not counted."""
         outcome = await self._committer(lease).submit(Release(lease.id, lease.token))
-        self._check(outcome, lease, "release")
+        self._held(outcome, lease, "release")
         self.wake.ring()  # claimable again now: idle workers should look
 
     async def progress(self, lease: Lease, value: Any) -> None:
         """Record progress (any JSON value, e.g. 0.0 to 1.0) visible through :meth:`get`."""
         raw = encode_json(value, limit=16 * 1024, what="the progress value")
         outcome = await self._committer(lease).submit(Progress(lease.id, lease.token, raw))
-        self._check(outcome, lease, "record progress of")
+        self._held(outcome, lease, "record progress of")
 
     # --- what an idle worker polls --------------------------------------------------------
 
@@ -799,14 +800,13 @@ class Queue:
         stored result and dedup key. Messages enqueued during the purge may stay."""
         for shard, committer in enumerate(self.committers):
             cursor = await committer.read()
-            written = await list_segments(self.storage, self.name, shard, cursor)
-            log_end = max([cursor.next_seq, *(seq + 1 for seq in written.log)])
-            high_end = max([cursor.next_high, *(seq + 1 for seq in written.high)])
-            timer_ends: dict[int, int] = {}
-            for bucket, seq in written.timers:
-                timer_ends[bucket] = max(timer_ends.get(bucket, 0), seq + 1)
-            timers = tuple(sorted(timer_ends.items()))
-            await committer.submit(Purge(log_end, timers, high_end))
+            # Where each lane and timer bucket ends now.
+            ends: dict[int, int] = {}
+            for ref in await list_segments(self.storage, self.name, shard, cursor):
+                ends[ref.bucket] = max(ends.get(ref.bucket, 0), ref.seq + 1)
+            log_end = max(cursor.next_seq, ends.pop(layout.LOG_LANE, 0))
+            high_end = max(cursor.next_high, ends.pop(layout.HIGH_LANE, 0))
+            await committer.submit(Purge(log_end, tuple(sorted(ends.items())), high_end))
         for prefix in (
             layout.dead_prefix(self.name),
             layout.redriven_prefix(self.name),

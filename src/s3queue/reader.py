@@ -9,13 +9,12 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import time
-from dataclasses import dataclass
 from typing import Any
 
 from s3queue import layout
 from s3queue.clock import Clock
 from s3queue.commit import ShardCommitter
-from s3queue.cursor import Cursor, Flight
+from s3queue.cursor import Cursor, Flight, is_done, is_unread, unfinished_indices
 from s3queue.errors import CorruptData
 from s3queue.info import MessageInfo, Problem, ShardStats, Stats, Status
 from s3queue.layout import SegmentRef
@@ -245,7 +244,9 @@ class QueueReader:
     async def quarantined(self) -> list[Problem]:
         """The segments set aside as unreadable, from their records."""
         prefix = layout.quarantine_prefix(self.name)
-        entries = [e for e in await self.storage.list(prefix) if not e.key.endswith(".data")]
+        entries = [
+            e for e in await self.storage.list(prefix) if not layout.is_quarantine_copy(e.key)
+        ]
         stored = await asyncio.gather(*(self.storage.get(e.key) for e in entries))
         out = []
         for entry, found in zip(entries, stored, strict=True):
@@ -285,16 +286,14 @@ class QueueReader:
             segment = await self._readable(shard, ref, problems)
             if segment is None:
                 continue
-            for index in range(open_segment.count):
-                if open_segment.done[index >> 3] & (1 << (index & 7)):
-                    continue
+            for index in unfinished_indices(open_segment):
                 mid = layout.message_id(shard, ref, index)
                 status = _status(cursor.flights.get(mid), segment.messages[index], now)
                 if status == "dead":
                     dying.add(mid)
                 elif status is not None:
                     counts[status] += 1
-        for segment in await self._unread_segments(shard, cursor, problems):
+        for segment in await self._backlog(shard, cursor, problems):
             for message in segment.messages:
                 counts[_waiting_status(message.visible_at, now)] += 1
         stats = dataclasses.replace(
@@ -323,19 +322,10 @@ class QueueReader:
             problems.append(Problem(key, "missing although the cursor still needs it"))
         return segment
 
-    async def _unread_segments(
-        self, shard: int, cursor: Cursor, problems: list[Problem]
-    ) -> list[Segment]:
+    async def _backlog(self, shard: int, cursor: Cursor, problems: list[Problem]) -> list[Segment]:
         """Segments written but not yet taken into the cursor's window."""
-        written = await list_segments(self.storage, self.name, shard, cursor)
-        refs = [SegmentRef.log(seq) for seq in written.log]
-        refs.extend(SegmentRef.high(seq) for seq in written.high)
-        for bucket, seq in written.timers:
-            next_seq = cursor.timers.get(str(bucket))
-            if next_seq is not None and seq >= next_seq:
-                refs.append(SegmentRef.timer(bucket, seq))
         out = []
-        for ref in refs:
+        for ref in await unread_segments(self.storage, self.name, shard, cursor):
             try:
                 segment = await self.segments.fetch(shard, ref)
             except CorruptData as error:
@@ -346,8 +336,8 @@ class QueueReader:
         return out
 
     async def dead_letter_ids(self, limit: int | None = None) -> list[str]:
-        prefix = layout.dead_prefix(self.name)
-        return [e.key[len(prefix) :] for e in await self.storage.list(prefix, limit=limit)]
+        entries = await self.storage.list(layout.dead_prefix(self.name), limit=limit)
+        return [layout.dead_letter_id(self.name, e.key) for e in entries]
 
     async def dead_letters(self, limit: int | None = 100) -> list[MessageInfo]:
         """Dead messages with their error history, oldest id first."""
@@ -360,39 +350,37 @@ class QueueReader:
         ]
 
 
-@dataclass(frozen=True, slots=True)
-class WrittenSegments:
-    """What one listing of a shard found: sequence numbers of the log and of the
-    express lane from the cursor's position on, and every timer segment as
-    (bucket, seq), seals included."""
-
-    log: list[int]
-    high: list[int]
-    timers: list[tuple[int, int]]
-
-
 async def list_segments(
     storage: Storage, queue: str, shard: int, cursor: Cursor
-) -> WrittenSegments:
-    """List the segments of a shard's two logs that the cursor has not taken in yet,
-    and all its timer segments (foreign keys are skipped with a warning)."""
-    log = await _list_lane(storage, layout.log_prefix(queue, shard), cursor.next_seq)
-    high = await _list_lane(storage, layout.high_prefix(queue, shard), cursor.next_high)
-    timer_prefix = layout.timers_prefix(queue, shard)
-    timers = [
-        ref
-        for entry in await storage.list(timer_prefix)
-        if (ref := layout.timer_ref(timer_prefix, entry.key)) is not None
-    ]
-    return WrittenSegments(log, high, timers)
+) -> list[SegmentRef]:
+    """The segments of a shard's log and express lane from the cursor's position on,
+    then every timer segment of the shard, seals included (keys s3queue did not
+    write are skipped with a warning)."""
+    refs: list[SegmentRef] = []
+    for start in (SegmentRef.log(cursor.next_seq), SegmentRef.high(cursor.next_high)):
+        prefix = layout.lane_prefix(queue, shard, start.bucket)
+        last = SegmentRef(start.bucket, start.seq - 1)
+        after = last.key(queue, shard) if start.seq > 0 else None
+        refs.extend(await _listed(storage, queue, shard, prefix, after))
+    refs.extend(await _listed(storage, queue, shard, layout.timers_prefix(queue, shard)))
+    return refs
 
 
-async def _list_lane(storage: Storage, prefix: str, from_seq: int) -> list[int]:
-    start_after = f"{prefix}{from_seq - 1:0{layout.LOG_DIGITS}d}" if from_seq > 0 else None
+async def unread_segments(
+    storage: Storage, queue: str, shard: int, cursor: Cursor
+) -> list[SegmentRef]:
+    """The segments of a shard written and not yet taken into the cursor's window."""
+    written = await list_segments(storage, queue, shard, cursor)
+    return [ref for ref in written if is_unread(cursor, ref)]
+
+
+async def _listed(
+    storage: Storage, queue: str, shard: int, prefix: str, start_after: str | None = None
+) -> list[SegmentRef]:
     return [
-        seq
+        ref
         for entry in await storage.list(prefix, start_after=start_after)
-        if (seq := layout.seq_of(prefix, entry.key)) is not None
+        if (ref := layout.parse_segment_key(queue, shard, entry.key)) is not None
     ]
 
 
@@ -419,10 +407,9 @@ def _coverage(cursor: Cursor, mid: str) -> str:
     ref = address.segment
     for segment in cursor.open:
         if segment.ref == str(ref):
-            done = segment.done[address.index >> 3] & (1 << (address.index & 7))
-            return "done" if done else "open"
+            return "done" if is_done(segment, address.index) else "open"
     if ref.is_timer:
-        next_seq = cursor.timers.get(str(ref.bucket))
+        next_seq = cursor.timers.get(ref.bucket)
         if next_seq is not None:
             return "done" if ref.seq < next_seq else "future"
         return "done" if ref.bucket < cursor.timers_sealed_before else "future"

@@ -63,8 +63,8 @@ class Redrive:
         """The new ids, in the order of ``ids`` (all dead letters, oldest id first,
         when None)."""
         if ids is None:
-            prefix = layout.dead_prefix(self.queue)
-            ids = [e.key[len(prefix) :] for e in await self.storage.list(prefix)]
+            entries = await self.storage.list(layout.dead_prefix(self.queue))
+            ids = [layout.dead_letter_id(self.queue, e.key) for e in entries]
         canonical = [str(layout.parse_message_id(mid)) for mid in ids]
         letters = await self._letters(list(dict.fromkeys(canonical)))
         moved: dict[str, str] = {}

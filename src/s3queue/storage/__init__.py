@@ -26,7 +26,6 @@ from s3queue.storage.memory import MemoryStorage
 from s3queue.storage.redact import redact, redact_url, url_secrets
 from s3queue.storage.retry import RetryingStorage, RetryPolicy
 
-SCHEMES = ("s3", "file", "memory")
 #: Anchored: an endpoint in the query (``?endpoint=http://...``) is not a scheme.
 _SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9+.\-]*://")
 
@@ -70,7 +69,6 @@ def open_storage(url: str, *, retry: RetryPolicy | None = None) -> Storage:
 
 __all__ = [
     "LIST_PAGE_SIZE",
-    "SCHEMES",
     "ObjectEntry",
     "PutMode",
     "RequestCounts",
