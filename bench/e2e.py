@@ -165,7 +165,7 @@ def start_workers(
     return workers, reports
 
 
-def run_cell(
+def run_cell(  # noqa: PLR0913 - one keyword per command-line knob of a cell
     backends: Backends,
     backend: str,
     *,

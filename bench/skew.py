@@ -112,7 +112,7 @@ def main(argv: list[str]) -> None:
     args = p.parse_args(argv)
     offsets = [float(x) for x in args.offsets.split(",") if x]
     backends = Backends()
-    rows = []
+    rows: list[Row] = []
     try:
         for backend in args.backend:
             cells = asyncio.run(run_all(backends.url(backend), offsets, not args.uncorrected))

@@ -2,12 +2,17 @@ from __future__ import annotations
 
 import os
 import uuid
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
 
+from s3queue import Backoff, Polling, Queue
 from tests.s3server import S3Server, start_s3_server
+
+#: Workers in tests poll every 10 ms: an idle check costs nothing on a test server,
+#: and tests await events rather than sleeping through poll intervals.
+FAST = Polling(poll_interval=0.01)
 
 BUCKET = "s3queue-test"
 
@@ -51,3 +56,13 @@ def store_url(backend: str, request: pytest.FixtureRequest, tmp_path: Path) -> s
         return f"file://{tmp_path / 'store'}"
     server: S3Server = request.getfixturevalue("s3_server")
     return server.url(BUCKET, f"t-{unique}")
+
+
+@pytest.fixture
+async def queue(store_url: str) -> AsyncIterator[Queue]:
+    """A queue of two shards on every backend, with retries 10-50 ms apart."""
+    q = await Queue.open(
+        store_url, "jobs", shards=2, skew_margin=0.2, backoff=Backoff(initial=0.01, max=0.05)
+    )
+    yield q
+    await q.close()

@@ -31,7 +31,8 @@ async def test_missing_bucket_is_not_found_with_a_fix(s3_server: S3Server) -> No
     store = open_storage(s3_server.url("no-such-bucket", "p"))
     with pytest.raises(NotFound) as info:
         await store.get("x")
-    assert "bucket" in str(info.value) and info.value.suggestion
+    assert "bucket" in str(info.value)
+    assert info.value.suggestion
 
 
 async def test_unreachable_endpoint_is_unavailable_after_retries() -> None:
@@ -67,13 +68,15 @@ def test_wrong_credentials_are_one_line_from_the_cli(strict_s3: S3Server) -> Non
     assert result.returncode == 1
     assert "Traceback" not in result.stderr
     [line] = result.stderr.strip().splitlines()
-    assert line.startswith("error: access denied") and "AWS_ACCESS_KEY_ID" in line
+    assert line.startswith("error: access denied")
+    assert "AWS_ACCESS_KEY_ID" in line
 
 
 def test_unknown_url_option_is_named() -> None:
     with pytest.raises(ConfigurationError, match="'regoin'") as info:
         open_storage("s3://bucket/p?regoin=x")
-    assert info.value.suggestion and "region" in info.value.suggestion
+    assert info.value.suggestion
+    assert "region" in info.value.suggestion
 
 
 def test_missing_bucket_name_is_a_configuration_error() -> None:
@@ -83,7 +86,8 @@ def test_missing_bucket_name_is_a_configuration_error() -> None:
 
 def test_credentials_in_the_url_are_not_shown() -> None:
     store = open_storage("s3://AKIDEXAMPLE:s3cr3t@bucket/p?region=us-east-1")
-    assert "s3cr3t" not in store.url and "AKIDEXAMPLE" not in store.url
+    assert "s3cr3t" not in store.url
+    assert "AKIDEXAMPLE" not in store.url
 
 
 async def test_s3_conditional_conflicts_are_counted(s3_server: S3Server) -> None:
@@ -117,7 +121,8 @@ async def test_local_data_survives_a_new_instance(tmp_path: Path) -> None:
     await first.put("a/b", b"kept")
     second = open_storage(f"file://{tmp_path}")
     got = await second.get("a/b")
-    assert got is not None and got.data == b"kept"
+    assert got is not None
+    assert got.data == b"kept"
 
 
 async def test_leftover_temp_files_are_invisible(tmp_path: Path) -> None:
@@ -155,7 +160,8 @@ def test_four_processes_increment_a_counter_exactly(tmp_path: Path) -> None:
         worker.join(timeout=120)
         assert worker.exitcode == 0
     final = asyncio.run(LocalStorage.from_url(f"file://{tmp_path}").get("counter"))
-    assert final is not None and final.data == b"200"
+    assert final is not None
+    assert final.data == b"200"
 
 
 RACE = """

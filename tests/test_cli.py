@@ -53,7 +53,8 @@ def test_enqueue_prints_an_id_that_inspect_shows_pending(url: str) -> None:
     message_id = enqueued.stdout.strip()
     shown = cli(url, "inspect", "emails", message_id, "--json")
     info = json.loads(shown.stdout)
-    assert info["status"] == "pending" and info["payload"] == {"to": "ada@example.com"}
+    assert info["status"] == "pending"
+    assert info["payload"] == {"to": "ada@example.com"}
     assert info["priority"] == 3
 
 
@@ -64,7 +65,8 @@ def test_enqueue_file_reports_count_and_stats_json_agrees(url: str, tmp_path: Pa
     assert result.returncode == 0, result.stderr
     assert "enqueued 1200 messages" in result.stdout
     stats = json.loads(cli(url, "stats", "bulk", "--json").stdout)
-    assert stats["pending"] == 1200 and stats["completed"] == 0
+    assert stats["pending"] == 1200
+    assert stats["completed"] == 0
 
 
 def test_a_bad_line_in_the_file_enqueues_nothing(url: str, tmp_path: Path) -> None:
@@ -107,7 +109,8 @@ def test_bad_cron_is_one_line(url: str) -> None:
 def test_unknown_message_is_exit_1(url: str) -> None:
     cli(url, "enqueue", "q", "1")
     result = cli(url, "inspect", "q", "0-L99-0")
-    assert result.returncode == 1 and "no message 0-L99-0" in result.stderr
+    assert result.returncode == 1
+    assert "no message 0-L99-0" in result.stderr
 
 
 HANDLERS = textwrap.dedent(
@@ -142,9 +145,11 @@ def test_dead_letters_can_be_listed_redriven_and_purged(url: str, tmp_path: Path
     old, arrow, new = redriven.stdout.split()
     assert (old, arrow) == (message_id, "->")
     shown = json.loads(cli(url, "inspect", "q", message_id, "--json").stdout)
-    assert shown["status"] == "redriven" and shown["redriven_to"] == new
+    assert shown["status"] == "redriven"
+    assert shown["redriven_to"] == new
     stats = json.loads(cli(url, "stats", "q", "--json").stdout)
-    assert stats["dead"] == 0 and stats["pending"] == 1
+    assert stats["dead"] == 0
+    assert stats["pending"] == 1
     refused = cli(url, "purge", "q")
     assert "--yes" in one_line_error(refused)
     assert cli(url, "purge", "q", "--yes").returncode == 0
@@ -164,7 +169,8 @@ def test_redrive_of_an_id_that_is_not_dead_fails_and_redrives_nothing(
     assert "0-L999-0 is not a dead letter" in one_line_error(refused)
     assert [d["id"] for d in json.loads(cli(url, "dead", "q", "--json").stdout)] == [letter]
     moved = json.loads(cli(url, "redrive", "q", letter, "--json").stdout)
-    assert [m["id"] for m in moved] == [letter] and moved[0]["redriven_to"] != letter
+    assert [m["id"] for m in moved] == [letter]
+    assert moved[0]["redriven_to"] != letter
 
 
 @pytest.mark.parametrize(
@@ -185,7 +191,8 @@ def test_read_commands_on_a_missing_queue_fail_and_create_nothing(
 def test_create_makes_a_queue_once_with_its_shards(url: str) -> None:
     assert "created queue jobs with 3 shards" in cli(url, "create", "jobs", "--shards", "3").stdout
     again = cli(url, "create", "jobs", "--shards", "3")
-    assert again.returncode == 0 and "already exists" in again.stdout
+    assert again.returncode == 0
+    assert "already exists" in again.stdout
     assert "already exists with 3 shards" in one_line_error(cli(url, "create", "jobs"))
     stats = json.loads(cli(url, "stats", "jobs", "--json").stdout)
     assert len(stats["shards"]) == 3
@@ -221,7 +228,8 @@ def test_sigterm_lets_running_jobs_finish_and_exits_zero(url: str, tmp_path: Pat
     try:
         deadline = time.monotonic() + 60
         while len(list(marks.glob("started-*"))) < 2:
-            assert time.monotonic() < deadline and worker.poll() is None
+            assert time.monotonic() < deadline
+            assert worker.poll() is None
             time.sleep(0.02)  # watching another process's files: no event to await
         worker.send_signal(signal.SIGTERM)
         assert worker.wait(timeout=60) == 0
@@ -229,7 +237,8 @@ def test_sigterm_lets_running_jobs_finish_and_exits_zero(url: str, tmp_path: Pat
         worker.kill()
     assert len(list(marks.glob("done-*"))) == 2
     stats = json.loads(cli(url, "stats", "q", "--json").stdout)
-    assert stats["completed"] == 2 and stats["processing"] == 0
+    assert stats["completed"] == 2
+    assert stats["processing"] == 0
 
 
 def test_worker_serves_metrics_and_health(url: str) -> None:
@@ -257,8 +266,10 @@ def test_worker_serves_metrics_and_health(url: str) -> None:
                     assert json.loads(answer.read())["healthy"] is True
                     break
             except urllib.error.HTTPError as error:  # 503 until the pool has started
-                assert error.code == 503 and time.monotonic() < deadline
-                time.sleep(0.02)  # another process: no event to await
+                code = error.code
+            assert code == 503
+            assert time.monotonic() < deadline
+            time.sleep(0.02)  # another process: no event to await
         worker.send_signal(signal.SIGTERM)
         assert worker.wait(timeout=60) == 0
     finally:
@@ -283,7 +294,8 @@ def test_demo_runs_and_summarises(tmp_path: Path) -> None:
         timeout=TIMEOUT,
     )
     assert result.returncode == 0, result.stderr
-    assert "summary" in result.stdout and "dead" in result.stdout
+    assert "summary" in result.stdout
+    assert "dead" in result.stdout
 
 
 def test_enqueue_and_stats_against_s3(s3_server: S3Server) -> None:

@@ -86,7 +86,8 @@ def test_a_skew_beyond_the_limit_is_refused_until_a_sample_is_good() -> None:
     assert clock.stale()  # every write measures again while refused
     wall[0] = 5000.0
     clock.observe(0.0, 0.0, 5000.0, 1.0)
-    assert clock.refused is None and not clock.stale()
+    assert clock.refused is None
+    assert not clock.stale()
 
 
 def test_a_skew_over_a_second_is_logged(caplog: pytest.LogCaptureFixture) -> None:
@@ -133,7 +134,9 @@ async def test_a_worker_ahead_cannot_take_a_lease_that_is_still_valid(store_url:
         assert await ahead.claim(1, visibility_timeout=20) == []  # 30 s ahead: still held
         await on_time.ack(lease)
         info = await ahead.get(lease.id)
-        assert info is not None and info.status == "completed" and info.attempts == 1
+        assert info is not None
+        assert info.status == "completed"
+        assert info.attempts == 1
     finally:
         await on_time.close()
         await ahead.close()
@@ -151,7 +154,8 @@ async def test_a_skewed_producer_delays_by_the_store_clock(
         assert await worker.claim(10, 30) == []
         for mid in (short, long):
             info = await worker.get(mid)
-            assert info is not None and info.status == "delayed", mid
+            assert info is not None, mid
+            assert info.status == "delayed", mid
             assert info.visible_at == pytest.approx(
                 time.time() + (60 if mid == short else 600), abs=5
             )
@@ -178,7 +182,8 @@ async def test_a_write_into_a_sealed_timer_bucket_goes_to_the_log(store_url: str
         assert "-L" in second
         assert await worker.wake_changed()  # the producer announced it
         [late] = await worker.claim(10, 30)
-        assert late.id == second and late.payload == {"n": 2}
+        assert late.id == second
+        assert late.payload == {"n": 2}
     finally:
         await producer.close()
         await worker.close()

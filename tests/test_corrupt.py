@@ -42,11 +42,13 @@ async def test_a_garbage_segment_is_set_aside_and_the_shard_goes_on(storage: Sto
     assert sorted(lease.id for lease in leases) == sorted([*before, after])
     stats = await worker.stats()
     [problem] = stats.problems
-    assert problem.key == key and "set aside" in problem.what
+    assert problem.key == key
+    assert "set aside" in problem.what
     with pytest.raises(CorruptData, match=f"{broken} cannot be told.*set aside"):
         await worker.get(broken)
     kept = await storage.get(f"q/quarantine/0000-{parse_message_id(broken).segment}.data")
-    assert kept is not None and kept.data == b"\x00 not json"  # the evidence is kept
+    assert kept is not None
+    assert kept.data == b"\x00 not json"
     await q.close()
     await worker.close()
 
@@ -81,7 +83,8 @@ async def test_a_deleted_segment_the_cursor_needs_is_set_aside(storage: Storage)
     other = await fresh(storage)
     assert [lease.id for lease in await other.claim(10, 30)] == [kept]
     [problem] = (await other.stats()).problems
-    assert "missing" in problem.what and "2 unfinished messages lost" in problem.what
+    assert "missing" in problem.what
+    assert "2 unfinished messages lost" in problem.what
     with pytest.raises(s3queue.LeaseLost):
         await q.ack(held)  # its message is gone from the queue: the holder is told
     await q.close()
@@ -97,12 +100,14 @@ async def test_a_garbage_cursor_stops_only_its_shard(
     other = await fresh(storage)
     with caplog.at_level(logging.ERROR, "s3queue.queue"):
         leases = await other.claim(1000, 30)
-    assert leases and all(lease.id.startswith("0-") for lease in leases)
+    assert leases
+    assert all(lease.id.startswith("0-") for lease in leases)
     assert "shard 1 of queue 'q' is out of use" in caplog.text
     assert "s3queue doctor q" in caplog.text
     stats = await other.stats()
     [problem] = stats.problems
-    assert problem.key == cursor_key("q", 1) and "expected a JSON object" in problem.what
+    assert problem.key == cursor_key("q", 1)
+    assert "expected a JSON object" in problem.what
     await q.close()
     await other.close()
 
@@ -171,7 +176,8 @@ async def test_doctor_lists_problems_and_fixes_them(store_url: str) -> None:
     listed = doctor(store_url)
     assert listed.returncode == 1
     problems = {p["key"]: p for p in json.loads(listed.stdout)["problems"]}
-    assert "q/notes.txt" in problems and problems["q/notes.txt"]["fix"] == ""
+    assert "q/notes.txt" in problems
+    assert problems["q/notes.txt"]["fix"] == ""
     assert "empty segment" in problems[log_key("q", gap_shard, 0)]["fix"]
     assert "rebuild" in problems[cursor_key("q", 1 - gap_shard)]["fix"]
     assert "delete it" in problems["q/dedup/" + "0" * 64]["fix"]
@@ -184,7 +190,8 @@ async def test_doctor_lists_problems_and_fixes_them(store_url: str) -> None:
 
     q = await Queue.open(storage, "q")
     claimed = {lease.id for lease in await q.claim(1000, 30)}
-    assert third in claimed and first not in claimed  # the lane goes on past the gap
+    assert third in claimed
+    assert first not in claimed
     assert {second, fourth} <= claimed  # the rebuilt shard delivers its messages
     await q.close()
     await storage.close()

@@ -7,10 +7,9 @@ from typing import Any
 
 import pytest
 
-from s3queue import ConfigurationError, JobContext, Polling, Queue, Worker, cron
+from s3queue import ConfigurationError, JobContext, Queue, Worker, cron
 from s3queue.cron import Cron, parse_cron
-
-FAST = Polling(poll_interval=0.01)
+from tests.conftest import FAST
 
 
 def test_schedules_and_payloads_are_checked() -> None:
@@ -30,7 +29,8 @@ def test_command_line_form() -> None:
     assert every_five.schedule == "*/5 * * * *"
     assert every_five.payload == {"task": "report", "to": ["a b"]}
     seconds = parse_cron("* * * * * */10 [1, 2]")
-    assert seconds.schedule == "* * * * * */10" and seconds.payload == [1, 2]
+    assert seconds.schedule == "* * * * * */10"
+    assert seconds.payload == [1, 2]
     assert parse_cron("0 * * * *").payload is None
     with pytest.raises(ConfigurationError, match="--cron"):
         parse_cron("every minute please")
@@ -65,8 +65,9 @@ async def test_each_tick_is_enqueued_once_by_racing_workers(
     ids = ran + leftover
     assert len(ids) == stats.processing + stats.completed
     infos = [await queues[0].get(mid) for mid in ids]
-    keys = [info.dedup_key for info in infos if info is not None]
-    assert len(keys) == len(ids) and all(key.startswith("cron:tick:") for key in keys)
+    keys = [info.dedup_key for info in infos if info is not None and info.dedup_key is not None]
+    assert len(keys) == len(ids)
+    assert all(key.startswith("cron:tick:") for key in keys)
     assert len(set(keys)) == len(keys)  # no tick was enqueued twice
     for q in queues:
         await q.close()

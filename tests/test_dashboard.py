@@ -62,27 +62,32 @@ async def test_overview_counts_every_queue(storage: Storage, port: int) -> None:
     [letter] = dead["dead"]
     assert letter["errors"][-1]["message"] == "smtp said no"
     status, info = await get(port, f"/api/queues/emails/messages/{letter['id']}")
-    assert status == 200 and info["status"] == "dead"
+    assert status == 200
+    assert info["status"] == "dead"
     await emails.close()
     await reports.close()
 
 
 async def test_page_and_errors(storage: Storage, port: int) -> None:
     status, page = await get(port, "/")
-    assert status == 200 and "<title>s3queue dashboard</title>" in page
+    assert status == 200
+    assert "<title>s3queue dashboard</title>" in page
     q = await Queue.open(storage, "known", shards=1)
     await q.close()
 
     status, body = await get(port, "/api/queues/unknown/dead")
-    assert status == 404 and "no queue named 'unknown'" in body["error"]
+    assert status == 404
+    assert "no queue named 'unknown'" in body["error"]
     # Looking at an unknown queue must not create it.
     assert [x["name"] for x in (await get(port, "/api/queues"))[1]["queues"]] == ["known"]
     status, body = await get(port, "/api/queues/known/messages/not-an-id")
-    assert status == 400 and "invalid message id" in body["error"]
+    assert status == 400
+    assert "invalid message id" in body["error"]
     status, body = await get(port, "/api/queues/known/messages/0-L9-9")
     assert status == 404
     status, body = await get(port, "/api/queues/known/dead?limit=0")
-    assert status == 400 and "limit" in body["error"]
+    assert status == 400
+    assert "limit" in body["error"]
     status, _ = await get(port, "/nothing/here")
     assert status == 404
 
@@ -106,7 +111,8 @@ async def test_a_foreign_host_is_refused_and_sees_no_queue_data(
         answer = await fetch(port, path, host="evil.example:8321")
         assert answer.status == 421, path
         assert answer.headers["content-type"].startswith("text/plain"), path
-        assert "evil.example" in answer.body and "--allowed-host evil.example" in answer.body
+        assert "evil.example" in answer.body
+        assert "--allowed-host evil.example" in answer.body
         for secret in ("payroll", "confidential", "bank said no", "s3queue dashboard"):
             assert secret not in answer.body, (path, secret)
     # A name that merely ends like an allowed one is someone else's.
@@ -115,7 +121,8 @@ async def test_a_foreign_host_is_refused_and_sees_no_queue_data(
 
 async def test_a_request_without_host_is_refused(port: int) -> None:
     answer = await fetch(port, "/api/queues", host=None)
-    assert answer.status == 400 and "Host" in answer.body
+    assert answer.status == 400
+    assert "Host" in answer.body
     assert (await fetch(port, "/api/queues", host="")).status == 400
     assert (await fetch(port, "/api/queues", host="evil.example:80:80")).status == 400
 
@@ -149,7 +156,8 @@ def test_binding_every_interface_serves_addresses_localhost_and_allowed_names() 
     for served in ("localhost:8321", "192.168.1.20:8321", "[fd00::1]", "queue.example.com"):
         assert hosts.refusal(served) is None, served
     refused = hosts.refusal("build-box.lan:8321")
-    assert refused is not None and refused.status == 421
+    assert refused is not None
+    assert refused.status == 421
     assert b"--allowed-host build-box.lan" in refused.body
 
 
@@ -235,7 +243,8 @@ async def test_the_page_works_under_its_policy(port: int) -> None:
     parts = PageParts()
     parts.feed(page)
     assert parts.inline == []
-    assert parts.scripts and parts.stylesheets
+    assert parts.scripts
+    assert parts.stylesheets
     for src, kind in [(s, "text/javascript") for s in parts.scripts] + [
         (s, "text/css") for s in parts.stylesheets
     ]:
@@ -267,6 +276,7 @@ def test_cli_dashboard_serves_allowed_hosts(
     )
     try:
         assert board.stdout is not None
+        assert board.stderr is not None
         line = board.stdout.readline()
         assert line.startswith("dashboard on http://127.0.0.1:"), line + board.stderr.read()
         port = int(line.split()[2].rstrip("/").rsplit(":", 1)[1])
@@ -300,12 +310,14 @@ def test_cli_dashboard_serves_until_sigterm(tmp_path: Path) -> None:
     )
     try:
         assert board.stdout is not None
+        assert board.stderr is not None
         line = board.stdout.readline()
         assert line.startswith("dashboard on http://127.0.0.1:"), line + board.stderr.read()
         base = line.split()[2]
         with urllib.request.urlopen(base + "api/queues", timeout=30) as answer:
             [queue] = json.loads(answer.read())["queues"]
-        assert queue["name"] == "jobs" and queue["pending"] == 1
+        assert queue["name"] == "jobs"
+        assert queue["pending"] == 1
         board.send_signal(signal.SIGTERM)
         assert board.wait(timeout=60) == 0
     finally:

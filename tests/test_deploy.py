@@ -27,7 +27,8 @@ def test_every_flag_in_the_manifest_is_a_worker_option() -> None:
     container = worker_container()
     assert container["args"][:2] == ["s3queue", "worker"]
     asked = {arg for arg in container["args"] if arg.startswith("--")}
-    assert asked and asked <= offered, asked - offered
+    assert asked
+    assert asked <= offered, asked - offered
 
 
 def test_probes_hit_real_paths_and_the_grace_period_covers_shutdown() -> None:

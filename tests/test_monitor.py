@@ -3,26 +3,16 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 from typing import Any
 
-import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from s3queue import Backoff, JobContext, Polling, Queue, Worker
+from s3queue import JobContext, Queue, Worker
 from s3queue.monitor import WorkerMonitor
 from s3queue.storage import RetryingStorage, RetryPolicy, open_raw_storage
 from s3queue.storage.faults import Fault, FaultyStorage
+from tests.conftest import FAST
 from tests.httpget import fetch, get
-
-FAST = Polling(poll_interval=0.01)
-
-
-@pytest.fixture
-async def queue(store_url: str) -> AsyncIterator[Queue]:
-    q = await Queue.open(store_url, "watched", shards=2, backoff=Backoff(initial=0.01, max=0.02))
-    yield q
-    await q.close()
 
 
 def samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
@@ -67,7 +57,7 @@ async def test_metrics_count_every_outcome(queue: Queue) -> None:
 
     assert status == 200
     values = samples(text)
-    q = ("queue", "watched")
+    q = ("queue", queue.name)
     assert values[("s3queue_jobs_finished_total", (("outcome", "completed"), q))] == 20
     assert values[("s3queue_jobs_finished_total", (("outcome", "retry"), q))] == 3
     assert values[("s3queue_jobs_claimed_total", (q,))] == 23
@@ -88,7 +78,8 @@ async def test_health_follows_the_worker_lifecycle(queue: Queue) -> None:
     server, port = await serve(monitor)
 
     status, body = await get(port, "/healthz")
-    assert status == 503 and body["problem"] == "not running"
+    assert status == 503
+    assert body["problem"] == "not running"
     assert (await get(port, "/livez"))[0] == 200
 
     started = asyncio.Event()
@@ -96,7 +87,8 @@ async def test_health_follows_the_worker_lifecycle(queue: Queue) -> None:
     task = asyncio.create_task(worker.run())
     await started.wait()
     status, body = await get(port, "/healthz")
-    assert status == 200 and body["healthy"] is True
+    assert status == 200
+    assert body["healthy"] is True
 
     await worker.stop()
     await task

@@ -141,9 +141,11 @@ def test_every_message_completes_exactly_once_with_four_workers(
         stop_all(list(procs.values()))
     ledger = read_logs(procs)
     acked = Counter(mid for _, mid, _ in ledger.acks)
-    assert set(acked) == set(ids) and set(acked.values()) == {1}
+    assert set(acked) == set(ids)
+    assert set(acked.values()) == {1}
     # No crash and long leases: no message was ever handed out twice.
-    assert len(ledger.claims) == 2000 and not ledger.lost
+    assert len(ledger.claims) == 2000
+    assert not ledger.lost
     assert stats(mp_url, "mp") == {"completed": 2000, "active": 0}
 
 

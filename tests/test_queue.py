@@ -65,16 +65,21 @@ async def test_stale_lease_cannot_ack_or_extend(store_url: str, clock: Clock) ->
     [stale] = await first.claim(1, visibility_timeout=10)
     clock.advance(10 + 2.5)  # past expiry and the skew margin
     [fresh] = await second.claim(1, visibility_timeout=10)
-    assert fresh.id == mid and fresh.attempt == 2
+    assert fresh.id == mid
+    assert fresh.attempt == 2
     with pytest.raises(LeaseLost):
         await first.ack(stale)
     with pytest.raises(LeaseLost):
         await first.extend(stale, 30)
     info = await second.get(mid)
-    assert info is not None and info.status == "processing" and info.owner == second.owner
+    assert info is not None
+    assert info.status == "processing"
+    assert info.owner == second.owner
     await second.ack(fresh, result="second")
     info = await first.get(mid)
-    assert info is not None and info.status == "completed" and info.result == "second"
+    assert info is not None
+    assert info.status == "completed"
+    assert info.result == "second"
     await first.close()
     await second.close()
 
@@ -105,7 +110,8 @@ async def test_release_makes_a_message_claimable_at_once_without_counting(queue:
     [lease] = await queue.claim(1, 600)
     await queue.release(lease)
     [again] = await queue.claim(1, 600)
-    assert again.id == lease.id and again.attempt == 1
+    assert again.id == lease.id
+    assert again.attempt == 1
 
 
 # --- retries, dead letters, redrive ------------------------------------------------------------
@@ -125,7 +131,8 @@ async def test_failures_back_off_then_dead_letter_with_history(queue: Queue, clo
     assert failure.status == "dead"
     await settle(queue)
     [letter] = await queue.dead_letters()
-    assert letter.id == mid and letter.attempts == 3
+    assert letter.id == mid
+    assert letter.attempts == 3
     assert [e.message for e in letter.errors] == ["boom 1", "boom 2", "boom 3"]
     assert (await queue.stats()).dead == 1
 
@@ -136,7 +143,9 @@ async def test_non_retriable_failure_is_dead_at_once(queue: Queue) -> None:
     failure = await queue.fail(lease, "bad input", retriable=False)
     assert failure.status == "dead"
     info = await queue.get(mid)
-    assert info is not None and info.status == "dead" and info.errors[0].message == "bad input"
+    assert info is not None
+    assert info.status == "dead"
+    assert info.errors[0].message == "bad input"
 
 
 async def test_lease_expiry_on_the_last_attempt_dead_letters(queue: Queue, clock: Clock) -> None:
@@ -145,7 +154,8 @@ async def test_lease_expiry_on_the_last_attempt_dead_letters(queue: Queue, clock
     clock.advance(8)
     assert await queue.claim(1, 5) == []
     info = await queue.get(mid)
-    assert info is not None and info.status == "dead"
+    assert info is not None
+    assert info.status == "dead"
     assert info.errors[0].type == "LeaseExpired"
 
 
@@ -157,7 +167,9 @@ async def test_redrive_returns_dead_letters_to_the_queue(queue: Queue) -> None:
     [new_id] = await queue.redrive()
     assert await queue.dead_letters() == []
     [again] = await queue.claim(1, 30)
-    assert again.payload == {"x": 1} and again.attempt == 1 and again.id == new_id
+    assert again.payload == {"x": 1}
+    assert again.attempt == 1
+    assert again.id == new_id
 
 
 async def dead(queue: Queue, payload: Any) -> str:
@@ -199,10 +211,14 @@ async def test_a_redriven_id_reports_redriven_and_names_its_copy(queue: Queue) -
     old = await dead(queue, {"x": 1})
     [new] = await queue.redrive([old])
     info = await queue.get(old)
-    assert info is not None and info.status == "redriven" and info.redriven_to == new
+    assert info is not None
+    assert info.status == "redriven"
+    assert info.redriven_to == new
     assert info.errors[0].message == "nope"  # the history of the dead letter stays readable
     copy = await queue.get(new)
-    assert copy is not None and copy.status == "pending" and copy.payload == {"x": 1}
+    assert copy is not None
+    assert copy.status == "pending"
+    assert copy.payload == {"x": 1}
 
 
 async def test_redrive_returns_new_ids_in_the_order_given(queue: Queue) -> None:
@@ -219,7 +235,8 @@ async def test_redrive_of_an_id_that_is_not_dead_redrives_nothing(queue: Queue) 
         await queue.redrive([letter, pending])
     assert [d.id for d in await queue.dead_letters()] == [letter]
     info = await queue.get(letter)
-    assert info is not None and info.status == "dead"
+    assert info is not None
+    assert info.status == "dead"
 
 
 async def test_redriving_twice_names_the_first_copy(queue: Queue) -> None:
@@ -251,7 +268,8 @@ async def test_a_redrive_that_died_after_copying_is_finished_without_a_second_co
 async def test_delay_hides_a_message_until_due(queue: Queue, clock: Clock) -> None:
     mid = await queue.enqueue({"x": 1}, delay=30)
     info = await queue.get(mid)
-    assert info is not None and info.status == "delayed"
+    assert info is not None
+    assert info.status == "delayed"
     assert await queue.claim(1, 30) == []
     clock.advance(30)
     [lease] = await queue.claim(1, 30)
@@ -262,9 +280,11 @@ async def test_long_delay_goes_through_a_timer_bucket(queue: Queue, clock: Clock
     mid = await queue.enqueue({"x": "later"}, delay=3600)
     assert "-T" in mid
     stats = await queue.stats()
-    assert stats.delayed == 1 and stats.pending == 0
+    assert stats.delayed == 1
+    assert stats.pending == 0
     info = await queue.get(mid)
-    assert info is not None and info.status == "delayed"
+    assert info is not None
+    assert info.status == "delayed"
     clock.advance(1800)
     assert await queue.claim(1, 30) == []
     clock.advance(1800)
@@ -477,7 +497,8 @@ async def test_side_records_lost_in_a_crash_are_written_by_the_next_committer(
     await settle(q)
     assert await q.dead_letters() == []
     info = await q.get(mid)
-    assert info is not None and info.status == "dead"  # the cursor still says so
+    assert info is not None
+    assert info.status == "dead"
     other = await Queue.open(store_url, "crash", clock=clock)
     clock.advance(FINALIZE_GRACE + 1)
     await other.claim(1, 30)
@@ -500,9 +521,11 @@ async def test_cursor_stays_small_under_a_large_backlog(store_url: str, backend:
     for lease in leases[:50]:
         await q.ack(lease)
     stored = await q.storage.get(cursor_key("big", 0))
-    assert stored is not None and len(stored.data) < 64 * 1024
+    assert stored is not None
+    assert len(stored.data) < 64 * 1024
     stats = await q.stats()
-    assert stats.pending == 200_000 - 100 and stats.processing == 50
+    assert stats.pending == 200_000 - 100
+    assert stats.processing == 50
     await q.close()
 
 
@@ -524,5 +547,7 @@ def test_blocking_client_round_trip(store_url: str) -> None:
         [lease] = q.claim(1, 30)
         q.ack(lease, result=[1, 2])
         info = q.get(mid)
-        assert info is not None and info.status == "completed" and info.result == [1, 2]
+        assert info is not None
+        assert info.status == "completed"
+        assert info.result == [1, 2]
         assert q.stats().completed == 1

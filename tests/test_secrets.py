@@ -29,14 +29,14 @@ from urllib.parse import quote
 import pytest
 from prometheus_client import generate_latest
 
-from s3queue import Polling, Queue, QueueError, Worker, WorkerEvent, cli
+from s3queue import Queue, QueueError, Worker, WorkerEvent, cli
 from s3queue.errors import ConfigurationError
 from s3queue.monitor import WorkerMonitor
 from s3queue.storage import open_raw_storage, open_storage, redact, redact_url
 from s3queue.storage.faults import FaultyStorage
 from s3queue.storage.local import LocalStorage
 from s3queue.storage.memory import MemoryStorage
-from tests.conftest import BUCKET
+from tests.conftest import BUCKET, FAST
 from tests.s3server import S3Server, free_port
 
 KEY_ID = "AKIAS3QUEUETESTKEY01"
@@ -182,7 +182,7 @@ async def test_storage_and_queue_reprs_show_the_url_without_its_secret(
 
 async def run_to_the_end(queue: Queue, handler: Callable[..., Any], messages: int) -> Worker:
     """Run a worker until ``messages`` messages have finished, one way or the other."""
-    worker = Worker(queue, handler, polling=Polling(poll_interval=0.01))
+    worker = Worker(queue, handler, polling=FAST)
     finished: list[str] = []
     all_finished = asyncio.Event()
 
@@ -218,7 +218,8 @@ async def test_queue_and_worker_logs_and_metrics_hold_no_secret(
 
         worker = await run_to_the_end(queue, handler, 2)
         metrics = generate_latest(WorkerMonitor(worker).registry).decode()
-        assert "s3queue_jobs_finished" in metrics and not leaked(metrics)
+        assert "s3queue_jobs_finished" in metrics
+        assert not leaked(metrics)
     finally:
         await queue.close()
     assert caplog.records, "the run should have logged something"
@@ -241,13 +242,15 @@ def test_no_command_prints_the_secret(s3_server: S3Server, tmp_path: Path) -> No
     message_id = ok("enqueue", "q", '{"to": "ada@example.com"}').strip()
     assert message_id
     assert "ready on q" in ok("worker", "q", "handlers:gone", "--burst", "--poll-interval", "0.05")
-    assert "dead" in ok("stats", "q") and "shard" in ok("stats", "q", "--shards")
+    assert "dead" in ok("stats", "q")
+    assert "shard" in ok("stats", "q", "--shards")
     assert json.loads(ok("stats", "q", "--json"))["dead"] == 1
     assert "410 Gone" in ok("inspect", "q", message_id)
     assert json.loads(ok("inspect", "q", message_id, "--json"))["status"] == "dead"
     assert [d["id"] for d in json.loads(ok("dead", "q", "--json"))] == [message_id]
     hint = ok("dead", "q")
-    assert f"--url 's3://{KEY_ID}:***@{BUCKET}/" in hint and "redrive q" in hint
+    assert f"--url 's3://{KEY_ID}:***@{BUCKET}/" in hint
+    assert "redrive q" in hint
     assert f"{message_id} -> " in ok("redrive", "q")
     refused = s3queue("--url", url, "purge", "q")
     assert refused.returncode != 0
@@ -309,7 +312,8 @@ def test_the_redrive_hint_repeats_only_what_is_safe(monkeypatch: pytest.MonkeyPa
     monkeypatch.setattr(cli.options, "url", f"s3://{CREDENTIALS}@{BUCKET}/p")
     hint = cli.redrive_command("q")
     assert hint.startswith(f"s3queue --url 's3://{KEY_ID}:***@{BUCKET}/p' redrive q")
-    assert "S3QUEUE_URL" in hint and not leaked(hint)
+    assert "S3QUEUE_URL" in hint
+    assert not leaked(hint)
     monkeypatch.setenv("S3QUEUE_URL", cli.options.url)
     assert cli.redrive_command("q") == "s3queue redrive q"
 

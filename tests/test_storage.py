@@ -52,7 +52,9 @@ async def test_put_then_get_returns_bytes_and_etag(store: Storage) -> None:
     k = key()
     etag = await store.put(k, b"hello")
     got = await store.get(k)
-    assert got is not None and got.data == b"hello" and got.etag == etag
+    assert got is not None
+    assert got.data == b"hello"
+    assert got.etag == etag
 
 
 async def test_create_if_absent_race_has_exactly_one_winner(store: Storage) -> None:
@@ -66,7 +68,8 @@ async def test_create_if_absent_race_has_exactly_one_winner(store: Storage) -> N
         assert len(winners) == 1
         assert all(isinstance(o, PreconditionFailed) for o in outcomes if not isinstance(o, str))
         stored = await store.get(k)
-        assert stored is not None and stored.data == f"writer-{winners[0]}".encode()
+        assert stored is not None
+        assert stored.data == f"writer-{winners[0]}".encode()
 
 
 async def test_compare_and_swap_race_has_exactly_one_winner(store: Storage) -> None:
@@ -80,7 +83,8 @@ async def test_compare_and_swap_race_has_exactly_one_winner(store: Storage) -> N
         winners = [i for i, o in enumerate(outcomes) if isinstance(o, str)]
         assert len(winners) == 1
         stored = await store.get(k)
-        assert stored is not None and stored.data == f"v1-{winners[0]}".encode()
+        assert stored is not None
+        assert stored.data == f"v1-{winners[0]}".encode()
 
 
 async def test_rewriting_equal_bytes_changes_the_etag(store: Storage, backend: str) -> None:
@@ -111,11 +115,13 @@ async def test_cursor_bodies_never_repeat(store_url: str) -> None:
         await q.enqueue({"n": n})
         leases = await q.claim(1, 30)
         stored = await q.storage.get(key_)
-        assert stored is not None and stored.data not in bodies
+        assert stored is not None
+        assert stored.data not in bodies
         bodies.add(stored.data)
         await q.ack(leases[0])
         stored = await q.storage.get(key_)
-        assert stored is not None and stored.data not in bodies
+        assert stored is not None
+        assert stored.data not in bodies
         bodies.add(stored.data)
     await q.close()
 
@@ -130,7 +136,8 @@ async def test_unconditional_put_overwrites(store: Storage) -> None:
     await store.put(k, b"one")
     await store.put(k, b"two")
     got = await store.get(k)
-    assert got is not None and got.data == b"two"
+    assert got is not None
+    assert got.data == b"two"
 
 
 async def test_list_is_ordered_filtered_and_resumable(store: Storage) -> None:
@@ -213,7 +220,9 @@ async def test_ambiguous_write_that_landed_is_recognised(store_url: str) -> None
     faulty.inject(Fault("put", after=True))
     etag = await store.put(k, b"v1-mine", mode=UpdateVersion(base))
     got = await store.get(k)
-    assert got is not None and got.data == b"v1-mine" and got.etag == etag
+    assert got is not None
+    assert got.data == b"v1-mine"
+    assert got.etag == etag
     await store.close()
 
 
@@ -242,7 +251,8 @@ async def test_large_objects_round_trip(store: Storage) -> None:
     blob = os.urandom(32 * 1024 * 1024)
     etag = await store.put(k, blob, mode="create")
     got = await store.get(k)
-    assert got is not None and hashlib.sha256(got.data).digest() == hashlib.sha256(blob).digest()
+    assert got is not None
+    assert hashlib.sha256(got.data).digest() == hashlib.sha256(blob).digest()
     await store.put(k, blob[:1024], mode=UpdateVersion(etag))
     await store.delete(k)
 
@@ -250,7 +260,8 @@ async def test_large_objects_round_trip(store: Storage) -> None:
 def test_unknown_scheme_names_the_fix() -> None:
     with pytest.raises(ConfigurationError, match="unknown storage scheme") as info:
         open_storage("ftp://host/x")
-    assert info.value.suggestion and "s3://" in info.value.suggestion
+    assert info.value.suggestion
+    assert "s3://" in info.value.suggestion
 
 
 def test_url_without_scheme_is_rejected() -> None:

@@ -81,7 +81,8 @@ def one_line_naming(error: BaseException, argument: str) -> None:
     text = str(error)
     assert "\n" not in text, text
     assert argument in text, text
-    assert isinstance(error, QueueError) and error.suggestion, "the error says what to do"
+    assert isinstance(error, QueueError)
+    assert error.suggestion, "the error says what to do"
 
 
 async def assert_works(url: str, name: str = NAME) -> None:
@@ -95,7 +96,8 @@ async def assert_works(url: str, name: str = NAME) -> None:
         for lease in leases:
             await q.ack(lease)
         info = await q.get(mid)
-        assert info is not None and info.status == "completed"
+        assert info is not None
+        assert info.status == "completed"
     finally:
         await q.close()
 
@@ -496,7 +498,8 @@ def test_a_bad_option_is_one_line_naming_it_and_exit_2(
 ) -> None:
     code, _, stderr = run_in_process(monkeypatch, capsys, file_url, *args)
     lines = [line for line in stderr.splitlines() if line.strip()]
-    assert len(lines) == 1 and lines[0].startswith("error: "), stderr
+    assert len(lines) == 1, stderr
+    assert lines[0].startswith("error: "), stderr
     assert option in lines[0], lines[0]
     assert code == 2
     code, stdout, stderr = run_in_process(monkeypatch, capsys, file_url, "stats", NAME, "--json")
@@ -509,11 +512,14 @@ def test_the_probe_cases_as_a_user_runs_them(tmp_path: Path) -> None:
     url = f"file://{tmp_path / 'store'}"
     assert run_cli(url, "create", NAME).returncode == 0
     port = run_cli(url, "worker", NAME, "json:loads", "--metrics-port", "99999")
-    assert "--metrics-port" in one_line_error(port) and port.returncode == 2
+    assert "--metrics-port" in one_line_error(port)
+    assert port.returncode == 2
     word = run_cli(url, "enqueue", NAME, "1", "--priority", "abc")
-    assert "--priority" in one_line_error(word) and word.returncode == 2
+    assert "--priority" in one_line_error(word)
+    assert word.returncode == 2
     nan = run_cli(url, "enqueue", NAME, '{"a": NaN}')
-    assert "NaN" in one_line_error(nan) and nan.returncode == 2
+    assert "NaN" in one_line_error(nan)
+    assert nan.returncode == 2
     assert run_cli(url, "stats", NAME, "--json").returncode == 0
     asyncio.run(assert_works(url))
 
@@ -529,4 +535,6 @@ def test_a_payload_nested_too_deep_in_a_file_names_its_line(
     code, _, stderr = run_in_process(
         monkeypatch, capsys, file_url, "enqueue", NAME, "-f", str(lines)
     )
-    assert code == 2 and "line 2" in stderr and "levels deep" in stderr
+    assert code == 2
+    assert "line 2" in stderr
+    assert "levels deep" in stderr

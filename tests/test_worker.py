@@ -5,13 +5,12 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import pytest
 
 from s3queue import (
-    Backoff,
     JobContext,
     Leases,
     Polling,
@@ -22,17 +21,7 @@ from s3queue import (
     WorkerEvent,
 )
 from s3queue.pacing import Pacing
-
-FAST = Polling(poll_interval=0.01)
-
-
-@pytest.fixture
-async def queue(store_url: str) -> AsyncIterator[Queue]:
-    q = await Queue.open(
-        store_url, "jobs", shards=2, skew_margin=0.2, backoff=Backoff(initial=0.01, max=0.05)
-    )
-    yield q
-    await q.close()
+from tests.conftest import FAST
 
 
 async def until_idle(q: Queue) -> None:
@@ -92,7 +81,9 @@ async def test_failed_attempt_is_retried_then_completes(queue: Queue) -> None:
     await run_until_idle(Worker(queue, flaky, polling=FAST))
     info = await queue.get(mid)
     assert attempts == [1, 2]
-    assert info is not None and info.status == "completed" and info.result == "ok"
+    assert info is not None
+    assert info.status == "completed"
+    assert info.result == "ok"
     assert [e.type for e in info.errors] == ["ConnectionError"]
 
 
@@ -104,7 +95,9 @@ async def test_non_retriable_error_dead_letters_at_once(queue: Queue) -> None:
 
     await run_until_idle(Worker(queue, gone, polling=FAST))
     info = await queue.get(mid)
-    assert info is not None and info.status == "dead" and info.attempts == 1
+    assert info is not None
+    assert info.status == "dead"
+    assert info.attempts == 1
     await queue.committers[0].close()
     await queue.committers[1].close()
     dead = await queue.dead_letters()
@@ -120,7 +113,8 @@ async def test_exhausted_attempts_keep_every_error(queue: Queue) -> None:
 
     await run_until_idle(Worker(queue, broken, polling=FAST))
     info = await queue.get(mid)
-    assert info is not None and info.status == "dead"
+    assert info is not None
+    assert info.status == "dead"
     assert [e.message for e in info.errors] == ["bad 1", "bad 2", "bad 3"]
 
 
@@ -133,7 +127,8 @@ async def test_job_timeout_counts_as_a_failed_attempt(queue: Queue) -> None:
 
     await run_until_idle(Worker(queue, stuck, leases=Leases(job_timeout=0.05), polling=FAST))
     info = await queue.get(mid)
-    assert info is not None and info.status == "dead"
+    assert info is not None
+    assert info.status == "dead"
     assert [e.type for e in info.errors] == ["JobTimeout", "JobTimeout"]
 
 
@@ -156,7 +151,9 @@ async def test_long_job_is_extended_and_runs_once_with_two_workers(queue: Queue)
         await asyncio.gather(*tasks)
     info = await queue.get(mid)
     assert len(runs) == 1
-    assert info is not None and info.status == "completed" and info.attempts == 1
+    assert info is not None
+    assert info.status == "completed"
+    assert info.attempts == 1
 
 
 async def test_graceful_stop_finishes_running_and_releases_unstarted(queue: Queue) -> None:
@@ -221,9 +218,11 @@ async def test_events_describe_each_outcome(queue: Queue) -> None:
     await run_until_idle(worker)
     by_name = {(e.name, e.message_id) for e in events}
     assert ("completed", ok) in by_name
-    assert ("retry", bad) in by_name and ("dead", bad) in by_name
+    assert ("retry", bad) in by_name
+    assert ("dead", bad) in by_name
     retry = next(e for e in events if e.name == "retry")
-    assert retry.error == "RuntimeError: nope" and retry.next_visible_at is not None
+    assert retry.error == "RuntimeError: nope"
+    assert retry.next_visible_at is not None
     assert len(stopped) == 1
 
 
@@ -252,7 +251,9 @@ async def test_progress_is_visible_while_running(queue: Queue) -> None:
     proceed.set()
     await worker.stop()
     await task
-    assert info is not None and info.status == "processing" and info.progress == 0.5
+    assert info is not None
+    assert info.status == "processing"
+    assert info.progress == 0.5
 
 
 class Checks:
@@ -354,7 +355,9 @@ async def test_an_idle_worker_takes_over_the_lease_of_a_dead_one(store_url: str)
     await worker.stop()
     await task
     info = await alive.get(lease.id)
-    assert info is not None and info.status == "completed" and info.attempts == 2
+    assert info is not None
+    assert info.status == "completed"
+    assert info.attempts == 2
     await dead.close()
     await alive.close()
 
@@ -428,9 +431,11 @@ async def test_work_enqueued_by_a_handler_is_announced(queue: Queue) -> None:
     worker = Worker(queue, chain, polling=FAST)
     worker.on("enqueued", lambda e: announced.append(e.message_id or ""))
     await run_until_idle(worker)
-    assert len(announced) == 1 and announced[0] != first
+    assert len(announced) == 1
+    assert announced[0] != first
     info = await queue.get(announced[0])
-    assert info is not None and info.status == "completed"
+    assert info is not None
+    assert info.status == "completed"
 
 
 async def test_unstorable_result_dead_letters_with_the_reason(queue: Queue) -> None:
@@ -442,7 +447,8 @@ async def test_unstorable_result_dead_letters_with_the_reason(queue: Queue) -> N
     worker = Worker(queue, returns_an_object, concurrency=1, polling=FAST)
     await run_until_idle(worker)
     info = await queue.get(mid)
-    assert info is not None and info.status == "dead"
+    assert info is not None
+    assert info.status == "dead"
     assert "JSON" in info.errors[-1].message
     assert info.attempts == 1  # retrying could not help: dead at once
 
@@ -456,7 +462,9 @@ async def test_plain_function_returning_a_coroutine_is_awaited(queue: Queue) -> 
     worker = Worker(queue, lambda payload, ctx: double(payload), concurrency=1, polling=FAST)
     await run_until_idle(worker)
     info = await queue.get(mid)
-    assert info is not None and info.status == "completed" and info.result == 42
+    assert info is not None
+    assert info.status == "completed"
+    assert info.result == 42
 
 
 async def test_fast_jobs_share_cursor_writes(queue: Queue) -> None:

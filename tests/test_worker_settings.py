@@ -12,8 +12,10 @@ from s3queue import ConfigurationError, Leases, Polling, Scaling
 
 def test_numbers_are_stored_as_checked() -> None:
     leases = Leases(visibility_timeout=60, job_timeout=5, shutdown_timeout=0)
-    assert type(leases.visibility_timeout) is float and leases.visibility_timeout == 60.0
-    assert type(leases.job_timeout) is float and type(leases.shutdown_timeout) is float
+    assert type(leases.visibility_timeout) is float
+    assert leases.visibility_timeout == 60.0
+    assert type(leases.job_timeout) is float
+    assert type(leases.shutdown_timeout) is float
     assert type(Polling(poll_interval=2).poll_interval) is float
     assert type(Scaling(scale_cooldown=1).scale_cooldown) is float
 

@@ -6,6 +6,7 @@ from s3queue.cron import Cron
 from s3queue.errors import (
     AmbiguousWrite,
     ConfigurationError,
+    JobTimeout,
     LeaseLost,
     NotFound,
     PayloadError,
@@ -19,7 +20,7 @@ from s3queue.errors import (
 )
 from s3queue.info import Failure, Lease, MessageInfo, Stats
 from s3queue.queue import Queue
-from s3queue.worker import JobContext, JobTimeout, Worker, WorkerEvent
+from s3queue.worker import JobContext, Worker, WorkerEvent
 from s3queue.worker_settings import Leases, Polling, Scaling
 
 __version__ = "0.1.0"

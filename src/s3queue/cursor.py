@@ -633,7 +633,7 @@ def apply(
     return t
 
 
-def _apply_one(
+def _apply_one(  # noqa: C901 - a match with one case per operation
     state: _State,
     op: Operation,
     segments: Mapping[str, Segment],

@@ -77,6 +77,10 @@ class CorruptData(QueueError):
     default_retriable = False
 
 
+class JobTimeout(QueueError):
+    """A handler ran longer than the worker's ``job_timeout``; counts as a failed attempt."""
+
+
 class LeaseLost(QueueError):
     """The lease expired and the message may belong to another worker now (fencing).
 

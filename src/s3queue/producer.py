@@ -224,7 +224,7 @@ class Producer:
         # Registered before the write, so a consumer looks for the bucket's segments
         # from the moment one can exist.
         if (shard, bucket) not in self._registered:
-            if await self.committers[shard].submit(RegisterTimer(bucket)) is not True:
+            if not await self.committers[shard].submit(RegisterTimer(bucket)):
                 return await self._write_late(shard, messages)
             self._registered.add((shard, bucket))
         segment, data = self._encode(messages)

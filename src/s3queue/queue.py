@@ -263,7 +263,7 @@ class Queue:
     # --- opening and closing ----------------------------------------------------------
 
     @classmethod
-    async def open(
+    async def open(  # noqa: PLR0913 - the public entry point's keyword-only options
         cls,
         url: str | Storage,
         name: str,

@@ -162,7 +162,8 @@ class Redrive:
         return _Claim(letter, etag, record)
 
     async def _complete(self, claim: _Claim, new_id: str, now: float) -> None:
-        assert claim.record is not None and claim.etag is not None
+        assert claim.record is not None
+        assert claim.etag is not None
         done = msgspec.structs.replace(claim.record, redriven_to=new_id, redriven_at=now)
         await self.storage.put(
             layout.redriven_key(self.queue, claim.letter.id),

@@ -30,7 +30,7 @@ from typing import Any, Literal, get_args
 from s3queue import limits
 from s3queue.cron import Cron, Scheduler
 from s3queue.cursor import Recovered
-from s3queue.errors import ConfigurationError, LeaseLost, PayloadError, QueueError
+from s3queue.errors import ConfigurationError, JobTimeout, LeaseLost, PayloadError, QueueError
 from s3queue.info import Lease
 from s3queue.pacing import MAX_PREFETCH_FACTOR as MAX_PREFETCH_FACTOR  # its old home
 from s3queue.pacing import Pacing
@@ -680,7 +680,8 @@ class Worker:
         if self.is_async:
             call: Awaitable[Any] = self.handler(lease.payload, ctx)
         else:
-            assert self._loop is not None and self._executor is not None
+            assert self._loop is not None
+            assert self._executor is not None
             call = self._loop.run_in_executor(
                 self._executor, functools.partial(self.handler, lease.payload, ctx)
             )
@@ -762,7 +763,3 @@ async def _resolved(call: Awaitable[Any]) -> Any:
 def _by_priority(lease: Lease) -> int:
     """Buffer order: highest priority first, then in the order claimed."""
     return -lease.priority
-
-
-class JobTimeout(QueueError):
-    """A handler ran longer than the worker's ``job_timeout``; counts as a failed attempt."""

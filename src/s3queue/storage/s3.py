@@ -264,43 +264,10 @@ class S3Storage:
         shown = redact_url(url)
         parts = urlsplit(url)
         _check_authority(parts, shown)
-        bucket = parts.hostname or ""
-        if not bucket:
-            raise ConfigurationError(
-                f"invalid storage URL {shown!r}: no bucket name",
-                suggestion="use s3://bucket/prefix?region=...",
-            )
-        if not _BUCKET.match(bucket):
-            raise ConfigurationError(
-                f"invalid bucket name {bucket!r} in {shown!r}",
-                suggestion="bucket names are 3 to 63 lowercase letters, digits, '.' and '-'",
-            )
+        bucket = _bucket_of(parts, shown)
         options = dict(parse_qsl(parts.query, keep_blank_values=True))
-        unknown = sorted(set(options) - set(QUERY_OPTIONS))
-        if unknown:
-            raise ConfigurationError(
-                f"unknown option {unknown[0]!r} in {shown!r}",
-                suggestion=f"valid options are: {', '.join(QUERY_OPTIONS)}",
-            )
-        config: dict[str, Any] = {}
+        config, allow_http = _config(parts, options, shown)
         endpoint = options.get("endpoint", "")
-        if endpoint:
-            _check_endpoint(endpoint, shown)
-            config["endpoint"] = endpoint
-            # Local servers and most S3-compatible stores want path-style requests.
-            config["virtual_hosted_style_request"] = False
-        if "virtual_hosted" in options:
-            config["virtual_hosted_style_request"] = _flag(
-                "virtual_hosted", options["virtual_hosted"], shown
-            )
-        if "region" in options:
-            config["region"] = options["region"]
-        if parts.username:
-            config["access_key_id"] = unquote(parts.username)
-            config["secret_access_key"] = unquote(parts.password or "")
-        allow_http = endpoint.startswith("http://")
-        if "allow_http" in options:
-            allow_http = _flag("allow_http", options["allow_http"], shown)
         prefix = parts.path.strip("/")
         try:
             store = S3Store(
@@ -435,3 +402,49 @@ class S3Storage:
                 running,
                 _CLOSE_TIMEOUT,
             )
+
+
+def _bucket_of(parts: SplitResult, shown: str) -> str:
+    bucket = parts.hostname or ""
+    if not bucket:
+        raise ConfigurationError(
+            f"invalid storage URL {shown!r}: no bucket name",
+            suggestion="use s3://bucket/prefix?region=...",
+        )
+    if not _BUCKET.match(bucket):
+        raise ConfigurationError(
+            f"invalid bucket name {bucket!r} in {shown!r}",
+            suggestion="bucket names are 3 to 63 lowercase letters, digits, '.' and '-'",
+        )
+    return bucket
+
+
+def _config(parts: SplitResult, options: dict[str, str], shown: str) -> tuple[dict[str, Any], bool]:
+    """obstore's S3 configuration from the URL's options and credentials, and
+    whether plain HTTP is allowed."""
+    unknown = sorted(set(options) - set(QUERY_OPTIONS))
+    if unknown:
+        raise ConfigurationError(
+            f"unknown option {unknown[0]!r} in {shown!r}",
+            suggestion=f"valid options are: {', '.join(QUERY_OPTIONS)}",
+        )
+    config: dict[str, Any] = {}
+    endpoint = options.get("endpoint", "")
+    if endpoint:
+        _check_endpoint(endpoint, shown)
+        config["endpoint"] = endpoint
+        # Local servers and most S3-compatible stores want path-style requests.
+        config["virtual_hosted_style_request"] = False
+    if "virtual_hosted" in options:
+        config["virtual_hosted_style_request"] = _flag(
+            "virtual_hosted", options["virtual_hosted"], shown
+        )
+    if "region" in options:
+        config["region"] = options["region"]
+    if parts.username:
+        config["access_key_id"] = unquote(parts.username)
+        config["secret_access_key"] = unquote(parts.password or "")
+    allow_http = endpoint.startswith("http://")
+    if "allow_http" in options:
+        allow_http = _flag("allow_http", options["allow_http"], shown)
+    return config, allow_http
