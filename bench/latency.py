@@ -18,7 +18,7 @@ from typing import Any
 
 from bench.common import Backends, Row, per_message, print_table
 from s3queue import Polling, Queue, Worker
-from s3queue.worker import JobContext
+from s3queue.runtime.worker import JobContext
 
 RATE = 10.0  # messages per second
 POLLS = (0.1, 1.0)

@@ -30,7 +30,7 @@ from typing import Any
 
 from bench.common import Backends, Row, names, print_table, save
 from s3queue import JobContext, Leases, Queue, Worker
-from s3queue.clock import StoreClock
+from s3queue.core.clock import StoreClock
 
 NOW, SOON, LATER = 200, 20, 10
 SOON_DELAY, LATER_DELAY = 5.0, 130.0

@@ -23,10 +23,10 @@ from collections.abc import Callable
 
 import msgspec
 
-from s3queue.cursor import Cursor, Flight, Lease, OpenSegment
+from s3queue.core.cursor import Cursor, Flight, Lease, OpenSegment
+from s3queue.core.records import ErrorRecord, encode
+from s3queue.core.segment import Message, Segment
 from s3queue.payload import encode_json
-from s3queue.records import ErrorRecord, encode
-from s3queue.segment import Message, Segment
 
 SMALL = {"to": "ada@example.com", "template": "welcome", "user_id": 48213, "retry": True}
 WITH_NONE = {**SMALL, "cc": None}

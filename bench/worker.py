@@ -28,9 +28,9 @@ from pathlib import Path
 from typing import Any
 
 from s3queue import Polling, Queue, Worker
+from s3queue.runtime.worker import WorkerEvent
 from s3queue.storage import RetryingStorage, open_raw_storage
 from s3queue.storage.base import Storage
-from s3queue.worker import WorkerEvent
 
 
 async def noop(payload: Any, ctx: Any) -> None:

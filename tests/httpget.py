@@ -1,4 +1,4 @@
-"""A bare HTTP GET for tests of the servers in s3queue.webserver.
+"""A bare HTTP GET for tests of the servers in s3queue.ops.webserver.
 
 Raw bytes on a socket rather than an HTTP client library, so that a test can send any
 Host header, or none at all, exactly as it wants the server to see it.

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from s3queue import Queue
-from s3queue.catalog import list_queues
+from s3queue.core.catalog import list_queues
 from s3queue.storage import open_storage
 
 

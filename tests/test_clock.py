@@ -10,8 +10,8 @@ import time
 import pytest
 
 from s3queue import Queue
-from s3queue.clock import MAX_SKEW, ClockSkewError, StoreClock
-from s3queue.layout import TIMER_SEAL_MARGIN
+from s3queue.core.clock import MAX_SKEW, ClockSkewError, StoreClock
+from s3queue.core.layout import TIMER_SEAL_MARGIN
 from s3queue.storage import open_storage
 
 

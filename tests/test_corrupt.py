@@ -12,9 +12,10 @@ from collections.abc import AsyncIterator
 import pytest
 
 import s3queue
-from s3queue import Queue, layout
+from s3queue import Queue
+from s3queue.core import layout
+from s3queue.core.layout import cursor_key, log_key, parse_message_id, settings_key, timers_prefix
 from s3queue.errors import CorruptData
-from s3queue.layout import cursor_key, log_key, parse_message_id, settings_key, timers_prefix
 from s3queue.storage import Storage, open_storage
 
 
@@ -198,7 +199,7 @@ async def test_doctor_lists_problems_and_fixes_them(store_url: str) -> None:
 
 
 async def test_problems_reach_the_dashboard_and_stats_json(storage: Storage) -> None:
-    from s3queue.dashboard import Dashboard
+    from s3queue.ops.dashboard import Dashboard
 
     q = await Queue.open(storage, "q", shards=2)
     await q.enqueue({"n": 1})

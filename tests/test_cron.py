@@ -7,8 +7,9 @@ from typing import Any
 
 import pytest
 
-from s3queue import ConfigurationError, JobContext, Queue, Worker, cron
-from s3queue.cron import Cron, parse_cron
+from s3queue import ConfigurationError, JobContext, Queue, Worker
+from s3queue.runtime import cron
+from s3queue.runtime.cron import Cron, parse_cron
 from tests.conftest import FAST
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import get_args
 
-from s3queue.cursor import (
+from s3queue.core.cursor import (
     Counter,
     Counters,
     Cursor,
@@ -20,7 +20,7 @@ from s3queue.cursor import (
     is_unread,
     unfinished_indices,
 )
-from s3queue.layout import SegmentRef
+from s3queue.core.layout import SegmentRef
 
 #: A cursor as s3queue wrote it when timer buckets were kept as string keys.
 WRITTEN = (

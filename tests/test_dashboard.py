@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from s3queue import Queue
-from s3queue.dashboard import AllowedHosts, Dashboard
+from s3queue.ops.dashboard import AllowedHosts, Dashboard
 from s3queue.storage import Storage, open_storage
 from tests.httpget import Answer, fetch, get
 

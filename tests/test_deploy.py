@@ -9,7 +9,7 @@ from typing import Any
 import yaml
 from typer.testing import CliRunner
 
-from s3queue.cli import app
+from s3queue.ops.cli import app
 
 MANIFEST = Path(__file__).parent.parent / "deploy" / "kubernetes" / "worker.yaml"
 

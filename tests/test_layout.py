@@ -7,8 +7,8 @@ import logging
 
 import pytest
 
-from s3queue import layout
-from s3queue.layout import SegmentRef
+from s3queue.core import layout
+from s3queue.core.layout import SegmentRef
 
 REFS = [
     SegmentRef.log(0),

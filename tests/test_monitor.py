@@ -8,7 +8,7 @@ from typing import Any
 from prometheus_client.parser import text_string_to_metric_families
 
 from s3queue import JobContext, Queue, Worker
-from s3queue.monitor import WorkerMonitor
+from s3queue.ops.monitor import WorkerMonitor
 from s3queue.storage import RetryingStorage, RetryPolicy, open_raw_storage
 from s3queue.storage.faults import Fault, FaultyStorage
 from tests.conftest import FAST

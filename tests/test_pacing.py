@@ -3,7 +3,7 @@ driven by numbers (no storage, no event loop, the time passed in)."""
 
 from __future__ import annotations
 
-from s3queue.pacing import MAX_PREFETCH_FACTOR, Pacing
+from s3queue.runtime.pacing import MAX_PREFETCH_FACTOR, Pacing
 
 NOW = 1000.0
 

@@ -16,10 +16,10 @@ from s3queue import (
     PayloadError,
     Queue,
 )
-from s3queue.cursor import FINALIZE_GRACE, decode_cursor
+from s3queue.core.cursor import FINALIZE_GRACE, decode_cursor
+from s3queue.core.layout import TIMER_SEAL_MARGIN, cursor_key
+from s3queue.core.records import MAX_PAYLOAD_BYTES
 from s3queue.errors import StorageUnavailable
-from s3queue.layout import TIMER_SEAL_MARGIN, cursor_key
-from s3queue.records import MAX_PAYLOAD_BYTES
 from s3queue.storage import RetryingStorage, RetryPolicy, open_raw_storage, open_storage
 from s3queue.storage.base import ObjectEntry, PutMode, StoredObject
 from s3queue.storage.faults import Fault, FaultyStorage

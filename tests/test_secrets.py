@@ -29,9 +29,10 @@ from urllib.parse import quote
 import pytest
 from prometheus_client import generate_latest
 
-from s3queue import Queue, QueueError, Worker, WorkerEvent, cli
+from s3queue import Queue, QueueError, Worker, WorkerEvent
 from s3queue.errors import ConfigurationError
-from s3queue.monitor import WorkerMonitor
+from s3queue.ops import cli
+from s3queue.ops.monitor import WorkerMonitor
 from s3queue.storage import open_raw_storage, open_storage, redact, redact_url
 from s3queue.storage.faults import FaultyStorage
 from s3queue.storage.local import LocalStorage

@@ -34,15 +34,15 @@ from s3queue import (
     QueueError,
     Scaling,
     Worker,
-    cli,
     connect,
 )
-from s3queue.cursor import Claim, Cursor, Flight, encode_cursor
-from s3queue.cursor import Lease as CursorLease
-from s3queue.dashboard import Dashboard
-from s3queue.monitor import WorkerMonitor
-from s3queue.records import QueueSettings, encode
-from s3queue.segment import Message, Segment, encode_segment
+from s3queue.core.cursor import Claim, Cursor, Flight, encode_cursor
+from s3queue.core.cursor import Lease as CursorLease
+from s3queue.core.records import QueueSettings, encode
+from s3queue.core.segment import Message, Segment, encode_segment
+from s3queue.ops import cli
+from s3queue.ops.dashboard import Dashboard
+from s3queue.ops.monitor import WorkerMonitor
 from tests.test_cli import cli as run_cli
 from tests.test_cli import one_line_error
 
@@ -397,7 +397,7 @@ async def test_a_clock_gone_nan_writes_nothing(url: str) -> None:
 
 def test_the_largest_worker_never_claims_more_than_a_claim_allows() -> None:
     from s3queue import limits
-    from s3queue.worker import MAX_PREFETCH_FACTOR
+    from s3queue.runtime.worker import MAX_PREFETCH_FACTOR
 
     most = limits.CONCURRENCY.high
     pipeline = most + max(limits.PREFETCH.high, MAX_PREFETCH_FACTOR * most)

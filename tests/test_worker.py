@@ -20,7 +20,7 @@ from s3queue import (
     Worker,
     WorkerEvent,
 )
-from s3queue.pacing import Pacing
+from s3queue.runtime.pacing import Pacing
 from tests.conftest import FAST
 
 

@@ -2,7 +2,6 @@
 
 from s3queue.backoff import Backoff
 from s3queue.client import BlockingQueue, connect
-from s3queue.cron import Cron
 from s3queue.errors import (
     AmbiguousWrite,
     ConfigurationError,
@@ -20,8 +19,9 @@ from s3queue.errors import (
 )
 from s3queue.info import Failure, Lease, MessageInfo, Stats
 from s3queue.queue import Queue
-from s3queue.worker import JobContext, Worker, WorkerEvent
-from s3queue.worker_settings import Leases, Polling, Scaling
+from s3queue.runtime.cron import Cron
+from s3queue.runtime.worker import JobContext, Worker, WorkerEvent
+from s3queue.runtime.worker_settings import Leases, Polling, Scaling
 
 __version__ = "0.1.0"
 

@@ -1,5 +1,5 @@
 """``python -m s3queue`` runs the command line."""
 
-from s3queue.cli import main
+from s3queue.ops.cli import main
 
 main()

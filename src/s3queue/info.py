@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from s3queue.records import ErrorRecord
+from s3queue.core.records import ErrorRecord
 
 #: A message's status. A dead message leaves "dead" only by a redrive, which sends a
 #: copy under a new id (``redriven_to``) and leaves the old id "redriven".

@@ -20,12 +20,13 @@ from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from s3queue import layout, limits
+from s3queue import limits
 from s3queue.backoff import Backoff
-from s3queue.catalog import list_queues
-from s3queue.clock import Clock, StoreClock
-from s3queue.commit import CommitContext, ShardCommitter
-from s3queue.cursor import (
+from s3queue.core import layout
+from s3queue.core.catalog import list_queues
+from s3queue.core.clock import Clock, StoreClock
+from s3queue.core.commit import CommitContext, ShardCommitter
+from s3queue.core.cursor import (
     Ack,
     Claim,
     Claimed,
@@ -38,20 +39,11 @@ from s3queue.cursor import (
     Stale,
     Yielded,
 )
-from s3queue.errors import (
-    ConfigurationError,
-    CorruptData,
-    LeaseLost,
-    PreconditionFailed,
-    QueueNotFound,
-)
-from s3queue.info import Failure, Lease, MessageInfo, Stats
-from s3queue.layout import check_queue_name
-from s3queue.outcomes import OutcomeRecords
-from s3queue.payload import decode_json, encode_json
-from s3queue.producer import Producer
-from s3queue.reader import QueueReader, list_segments
-from s3queue.records import (
+from s3queue.core.layout import check_queue_name
+from s3queue.core.outcomes import OutcomeRecords
+from s3queue.core.producer import Producer
+from s3queue.core.reader import QueueReader, list_segments
+from s3queue.core.records import (
     MAX_PAYLOAD_BYTES,
     MAX_RESULT_BYTES,
     DedupMarker,
@@ -60,8 +52,17 @@ from s3queue.records import (
     decode,
     encode,
 )
-from s3queue.redrive import Redrive
-from s3queue.segment import Message, SegmentCache
+from s3queue.core.redrive import Redrive
+from s3queue.core.segment import Message, SegmentCache
+from s3queue.errors import (
+    ConfigurationError,
+    CorruptData,
+    LeaseLost,
+    PreconditionFailed,
+    QueueNotFound,
+)
+from s3queue.info import Failure, Lease, MessageInfo, Stats
+from s3queue.payload import decode_json, encode_json
 from s3queue.storage import Storage, UpdateVersion, open_storage, redact_url
 
 log = logging.getLogger("s3queue.queue")
@@ -221,7 +222,7 @@ class Queue:
         self.settings = settings
         self.name = settings.name
         clock = StoreClock() if clock is None else clock
-        #: Store time (see :mod:`s3queue.clock`), or the clock the caller gave.
+        #: Store time (see :mod:`s3queue.core.clock`), or the clock the caller gave.
         self.clock: Clock = clock
         #: Set when the clock is measured against the store's.
         self.store_clock = clock if isinstance(clock, StoreClock) else None
@@ -284,7 +285,7 @@ class Queue:
         ``create=False`` (read-only views) a missing queue raises
         :class:`~s3queue.errors.QueueNotFound` and nothing is written.
 
-        ``clock`` defaults to a :class:`~s3queue.clock.StoreClock`: this machine's
+        ``clock`` defaults to a :class:`~s3queue.core.clock.StoreClock`: this machine's
         clock corrected by its measured offset to the store's, measured here (unless
         read-only) and every few minutes. A plain function is trusted as is: pass one
         only when every process shares it (tests, simulations).
@@ -721,7 +722,7 @@ class Queue:
 
     async def wake_changed(self) -> bool:
         """One GET: whether anyone announced new work since the last call (True on the
-        first call). See :mod:`s3queue.wake`."""
+        first call). See :mod:`s3queue.core.wake`."""
         if not await self.wake.changed():
             return False
         # New work may be anywhere: the next claim first looks at every shard at
@@ -791,7 +792,7 @@ class Queue:
         ``ids`` is None); return the new ids, in the order of ``ids``. Each copy has a
         fresh id and attempt count; ``get(old id)`` then reports status "redriven"
         with ``redriven_to``. An id that is not a dead letter raises
-        :class:`~s3queue.redrive.NotDeadLetter` and nothing is redriven."""
+        :class:`~s3queue.core.redrive.NotDeadLetter` and nothing is redriven."""
         chosen = None if ids is None else list(ids)
         return await Redrive(self.storage, self.name, self.producer, self.clock).run(chosen)
 

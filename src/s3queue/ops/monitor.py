@@ -25,8 +25,9 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from prometheus_client.registry import Collector
 
-from s3queue import limits, webserver
-from s3queue.worker import Worker, WorkerEvent
+from s3queue import limits
+from s3queue.ops import webserver
+from s3queue.runtime.worker import Worker, WorkerEvent
 
 #: Job durations from a millisecond to ten minutes.
 DURATION_BUCKETS = (0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1, 5, 10, 30, 60, 300, 600)

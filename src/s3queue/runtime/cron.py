@@ -24,11 +24,12 @@ from typing import Any
 
 from croniter import croniter
 
-from s3queue import layout, limits
+from s3queue import limits
+from s3queue.core import layout
+from s3queue.core.records import MAX_PAYLOAD_BYTES
 from s3queue.errors import ConfigurationError, PayloadError, QueueError
 from s3queue.payload import encode_json
 from s3queue.queue import Queue
-from s3queue.records import MAX_PAYLOAD_BYTES
 
 log = logging.getLogger("s3queue.cron")
 

@@ -11,11 +11,11 @@ from __future__ import annotations
 
 import logging
 
-from s3queue import layout
-from s3queue.cursor import OpenSegment, unfinished_indices
+from s3queue.core import layout
+from s3queue.core.cursor import OpenSegment, unfinished_indices
+from s3queue.core.layout import SegmentRef
+from s3queue.core.records import QuarantineRecord, encode
 from s3queue.errors import PreconditionFailed
-from s3queue.layout import SegmentRef
-from s3queue.records import QuarantineRecord, encode
 from s3queue.storage import Storage
 
 log = logging.getLogger("s3queue.quarantine")

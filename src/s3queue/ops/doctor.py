@@ -23,12 +23,10 @@ from collections import defaultdict
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
-from s3queue import layout, quarantine
-from s3queue.cursor import Cursor, decode_cursor, encode_cursor, is_unread
-from s3queue.errors import CorruptData, QueueError
-from s3queue.layout import SegmentRef
-from s3queue.queue import DEFAULT_SHARDS, Queue, probe_conditional_writes
-from s3queue.records import (
+from s3queue.core import layout, quarantine
+from s3queue.core.cursor import Cursor, decode_cursor, encode_cursor, is_unread
+from s3queue.core.layout import SegmentRef
+from s3queue.core.records import (
     DeadLetter,
     DedupMarker,
     QuarantineRecord,
@@ -37,8 +35,10 @@ from s3queue.records import (
     ResultRecord,
     encode,
 )
-from s3queue.records import decode as decode_record
-from s3queue.segment import Segment, decode_segment, encode_segment
+from s3queue.core.records import decode as decode_record
+from s3queue.core.segment import Segment, decode_segment, encode_segment
+from s3queue.errors import CorruptData, QueueError
+from s3queue.queue import DEFAULT_SHARDS, Queue, probe_conditional_writes
 from s3queue.storage import Storage
 
 Repair = Callable[[], Awaitable[str]]

@@ -9,7 +9,7 @@ whatever the queues hold.
 
 from __future__ import annotations
 
-from s3queue import layout
+from s3queue.core import layout
 from s3queue.storage import Storage
 
 #: Sorts after every key under a prefix: S3 and the local backend list keys in

@@ -30,17 +30,18 @@ from rich.live import Live
 from rich.progress import Progress
 from rich.table import Table
 
-from s3queue import layout, limits
+from s3queue import limits
 from s3queue.backoff import Backoff
-from s3queue.catalog import list_queues
-from s3queue.cron import parse_cron
+from s3queue.core import layout
+from s3queue.core.catalog import list_queues
 from s3queue.errors import ConfigurationError, PayloadError, QueueError, QueueNotFound
 from s3queue.info import MessageInfo, Stats
 from s3queue.payload import MAX_DEPTH, check_value
 from s3queue.queue import DEFAULT_SHARDS, Queue
+from s3queue.runtime.cron import parse_cron
+from s3queue.runtime.worker import Worker
+from s3queue.runtime.worker_settings import Leases, Polling, Scaling
 from s3queue.storage import open_storage, redact, redact_url, url_secrets
-from s3queue.worker import Worker
-from s3queue.worker_settings import Leases, Polling, Scaling
 
 DEFAULT_URL = "file://.s3queue"
 T = TypeVar("T")
@@ -330,7 +331,7 @@ async def _work(
     _log_events(worker)
     server = None
     if metrics is not None:
-        from s3queue.monitor import WorkerMonitor
+        from s3queue.ops.monitor import WorkerMonitor
 
         host, port = metrics
         server, base = await listen(
@@ -732,7 +733,7 @@ def doctor(
     Reads every object under the queue's prefix; changes nothing without --fix.
     Exits 1 while problems remain.
     """
-    from s3queue import doctor as checks
+    from s3queue.ops import doctor as checks
 
     async def main() -> tuple[list[checks.Finding], list[str]]:
         storage = open_storage(options.url)
@@ -769,8 +770,8 @@ def doctor(
 
 
 async def _examine(storage: Any, queue: str, fix: bool) -> tuple[list[Any], list[str]]:
-    from s3queue import doctor as checks
     from s3queue.errors import CorruptData
+    from s3queue.ops import doctor as checks
 
     try:
         q = await Queue.open(storage, queue, create=False, verify_store=False)
@@ -825,7 +826,7 @@ def dashboard(
     names = [name for name in names if name]
 
     async def main() -> None:
-        from s3queue.dashboard import Dashboard
+        from s3queue.ops.dashboard import Dashboard
 
         storage = open_storage(options.url)
         try:
@@ -857,7 +858,7 @@ def demo(
     ),
 ) -> None:
     """Enqueue simulated webhook deliveries and process them with a worker pool."""
-    from s3queue.demo import run_demo
+    from s3queue.ops.demo import run_demo
 
     run_demo(jobs=jobs, workers=workers, concurrency=concurrency, directory=directory, console=out)
 

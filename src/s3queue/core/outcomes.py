@@ -14,11 +14,11 @@ import asyncio
 
 import msgspec
 
-from s3queue import layout
-from s3queue.cursor import Cursor, message_of, raw_or_none
+from s3queue.core import layout
+from s3queue.core.cursor import Cursor, message_of, raw_or_none
+from s3queue.core.records import NO_RAW, DeadLetter, DedupMarker, ResultRecord, decode, encode
+from s3queue.core.segment import Segment, SegmentCache
 from s3queue.errors import PreconditionFailed
-from s3queue.records import NO_RAW, DeadLetter, DedupMarker, ResultRecord, decode, encode
-from s3queue.segment import Segment, SegmentCache
 from s3queue.storage import Storage, UpdateVersion
 
 #: Compare-and-swap attempts on a dedup marker before leaving it to the next finish

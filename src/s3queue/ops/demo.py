@@ -27,7 +27,7 @@ from rich.table import Table
 from s3queue.errors import QueueError
 from s3queue.info import Stats
 from s3queue.queue import Queue
-from s3queue.worker import JobContext
+from s3queue.runtime.worker import JobContext
 
 QUEUE = "demo"
 EVENTS = ("order.created", "order.paid", "order.shipped", "invoice.sent", "user.signed_up")
@@ -110,7 +110,7 @@ def worker_command(url: str, concurrency: int, report: Path) -> list[str]:
         "error",
         "worker",
         QUEUE,
-        "s3queue.demo:deliver_webhook",
+        "s3queue.ops.demo:deliver_webhook",
         "--concurrency",
         str(concurrency),
         "--poll-interval",

@@ -11,15 +11,12 @@ import dataclasses
 import time
 from typing import Any
 
-from s3queue import layout
-from s3queue.clock import Clock
-from s3queue.commit import ShardCommitter
-from s3queue.cursor import Cursor, Flight, is_done, is_unread, unfinished_indices
-from s3queue.errors import CorruptData
-from s3queue.info import MessageInfo, Problem, ShardStats, Stats, Status
-from s3queue.layout import SegmentRef
-from s3queue.payload import decode_json
-from s3queue.records import (
+from s3queue.core import layout
+from s3queue.core.clock import Clock
+from s3queue.core.commit import ShardCommitter
+from s3queue.core.cursor import Cursor, Flight, is_done, is_unread, unfinished_indices
+from s3queue.core.layout import SegmentRef
+from s3queue.core.records import (
     DeadLetter,
     QuarantineRecord,
     QueueSettings,
@@ -28,7 +25,10 @@ from s3queue.records import (
     decode,
     encode,
 )
-from s3queue.segment import Message, Segment, SegmentCache
+from s3queue.core.segment import Message, Segment, SegmentCache
+from s3queue.errors import CorruptData
+from s3queue.info import MessageInfo, Problem, ShardStats, Stats, Status
+from s3queue.payload import decode_json
 from s3queue.storage import Storage
 
 

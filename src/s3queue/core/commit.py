@@ -23,9 +23,9 @@ from typing import Any, TypeVar, cast
 
 import msgspec
 
-from s3queue import layout, quarantine
-from s3queue.clock import Clock, StoreClock
-from s3queue.cursor import (
+from s3queue.core import layout, quarantine
+from s3queue.core.clock import Clock, StoreClock
+from s3queue.core.cursor import (
     YIELDED,
     Claim,
     Cursor,
@@ -47,6 +47,10 @@ from s3queue.cursor import (
     is_unread,
     next_due,
 )
+from s3queue.core.layout import HIGH_LANE, TIMER_BUCKET, TIMER_SEAL_MARGIN, SegmentRef
+from s3queue.core.outcomes import OutcomeRecords
+from s3queue.core.records import QueueSettings
+from s3queue.core.segment import Segment, SegmentCache
 from s3queue.errors import (
     AmbiguousWrite,
     CorruptData,
@@ -54,10 +58,6 @@ from s3queue.errors import (
     QueueError,
     StorageUnavailable,
 )
-from s3queue.layout import HIGH_LANE, TIMER_BUCKET, TIMER_SEAL_MARGIN, SegmentRef
-from s3queue.outcomes import OutcomeRecords
-from s3queue.records import QueueSettings
-from s3queue.segment import Segment, SegmentCache
 from s3queue.storage import Storage, UpdateVersion
 
 log = logging.getLogger("s3queue.commit")

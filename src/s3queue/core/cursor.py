@@ -25,9 +25,9 @@ from typing import Generic, Literal, TypeVar
 
 import msgspec
 
-from s3queue.layout import SegmentRef, parse_message_id
-from s3queue.records import FORMAT, NO_RAW, ErrorRecord, decode, encode
-from s3queue.segment import Message, Segment
+from s3queue.core.layout import SegmentRef, parse_message_id
+from s3queue.core.records import FORMAT, NO_RAW, ErrorRecord, decode, encode
+from s3queue.core.segment import Message, Segment
 
 #: A finished message whose side records nobody finalized within this many seconds
 #: (its worker died between commit and write) is finalized by whoever sees it.

@@ -38,7 +38,7 @@ from collections.abc import Awaitable, Callable
 
 import msgspec
 
-from s3queue import layout
+from s3queue.core import layout
 from s3queue.errors import QueueError
 from s3queue.storage import Storage
 

@@ -1,4 +1,4 @@
-"""How a :class:`~s3queue.worker.Worker` is tuned, in three small frozen settings.
+"""How a :class:`~s3queue.runtime.worker.Worker` is tuned, in three small frozen settings.
 
 ``Leases`` (how long a claimed job holds its message, may run and may finish at
 shutdown, and how its failures are retried), ``Polling`` (idle polling and the leases
@@ -59,7 +59,7 @@ class Polling:
 
     With nothing to claim, it makes one storage request per ``poll_interval`` seconds
     on average. ``prefetch`` leases are held beyond the running jobs; None adapts it
-    to how fast jobs finish (see :class:`s3queue.pacing.Pacing`).
+    to how fast jobs finish (see :class:`s3queue.runtime.pacing.Pacing`).
     """
 
     poll_interval: float = 1.0

@@ -18,12 +18,11 @@ import secrets
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from s3queue import layout
-from s3queue.clock import Clock
-from s3queue.commit import ShardCommitter
-from s3queue.cursor import RegisterTimer, decode_cursor
-from s3queue.errors import PreconditionFailed
-from s3queue.layout import (
+from s3queue.core import layout
+from s3queue.core.clock import Clock
+from s3queue.core.commit import ShardCommitter
+from s3queue.core.cursor import RegisterTimer, decode_cursor
+from s3queue.core.layout import (
     HIGH_LANE,
     LOG_LANE,
     TIMER_BUCKET,
@@ -31,8 +30,8 @@ from s3queue.layout import (
     TIMER_THRESHOLD,
     SegmentRef,
 )
-from s3queue.records import QueueSettings
-from s3queue.segment import (
+from s3queue.core.records import QueueSettings
+from s3queue.core.segment import (
     MAX_SEGMENT_BYTES,
     MAX_SEGMENT_MESSAGES,
     Message,
@@ -40,8 +39,9 @@ from s3queue.segment import (
     SegmentCache,
     encode_segment,
 )
+from s3queue.core.wake import Wake
+from s3queue.errors import PreconditionFailed
 from s3queue.storage import Storage
-from s3queue.wake import Wake
 
 log = logging.getLogger("s3queue.producer")
 

@@ -12,9 +12,9 @@ from collections import OrderedDict
 
 import msgspec
 
+from s3queue.core.layout import SegmentRef
+from s3queue.core.records import FORMAT, decode, encode
 from s3queue.errors import CorruptData
-from s3queue.layout import SegmentRef
-from s3queue.records import FORMAT, decode, encode
 from s3queue.storage import Storage
 
 #: A segment holds at most this many messages and about this many bytes, so that

@@ -20,11 +20,11 @@ from dataclasses import dataclass
 
 import msgspec
 
-from s3queue import layout
+from s3queue.core import layout
+from s3queue.core.producer import Producer
+from s3queue.core.records import DeadLetter, RedriveRecord, decode, encode
+from s3queue.core.segment import Message
 from s3queue.errors import PreconditionFailed, QueueError
-from s3queue.producer import Producer
-from s3queue.records import DeadLetter, RedriveRecord, decode, encode
-from s3queue.segment import Message
 from s3queue.storage import Storage, UpdateVersion
 
 #: A reservation older than this belongs to a redrive that died; it may be taken over.

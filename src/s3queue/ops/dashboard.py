@@ -24,12 +24,13 @@ from dataclasses import dataclass
 from importlib import resources
 from typing import Any
 
-from s3queue import limits, webserver
-from s3queue.catalog import list_queues
+from s3queue import limits
+from s3queue.core.catalog import list_queues
 from s3queue.errors import ConfigurationError, QueueError
+from s3queue.ops import webserver
+from s3queue.ops.webserver import Request, Response
 from s3queue.queue import Queue
 from s3queue.storage import Storage
-from s3queue.webserver import Request, Response
 
 MAX_DEAD = 500
 

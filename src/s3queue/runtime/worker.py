@@ -28,14 +28,14 @@ from dataclasses import dataclass, field
 from typing import Any, Literal, get_args
 
 from s3queue import limits
-from s3queue.cron import Cron, Scheduler
-from s3queue.cursor import Recovered
+from s3queue.core.cursor import Recovered
 from s3queue.errors import ConfigurationError, JobTimeout, LeaseLost, PayloadError, QueueError
 from s3queue.info import Lease
-from s3queue.pacing import MAX_PREFETCH_FACTOR as MAX_PREFETCH_FACTOR  # its old home
-from s3queue.pacing import Pacing
 from s3queue.queue import Queue
-from s3queue.worker_settings import Leases, Polling, Scaling
+from s3queue.runtime.cron import Cron, Scheduler
+from s3queue.runtime.pacing import MAX_PREFETCH_FACTOR as MAX_PREFETCH_FACTOR  # its old home
+from s3queue.runtime.pacing import Pacing
+from s3queue.runtime.worker_settings import Leases, Polling, Scaling
 
 log = logging.getLogger("s3queue.worker")
 
@@ -141,7 +141,7 @@ class Worker:
     average) and the prefetch. ``cron`` lists periodic jobs this worker enqueues.
 
     Each group of settings is a small frozen object that checks itself when built
-    (:mod:`s3queue.worker_settings`); ``Worker(q, h, visibility_timeout=60)`` is now
+    (:mod:`s3queue.runtime.worker_settings`); ``Worker(q, h, visibility_timeout=60)`` is now
     ``Worker(q, h, leases=Leases(visibility_timeout=60))``, ``poll_interval`` and
     ``prefetch`` go in ``Polling``, ``min_/max_concurrency`` and ``scale_cooldown`` in
     ``Scaling``. ``on_complete`` and ``on_error`` are gone: use
