@@ -1,0 +1,57 @@
+"""The package's layers import one way only: storage below the core, the core below
+the public Queue, the Queue below the worker runtime, and operations on top. A lower
+layer that imported a higher one could call back up into it, which is how data flow
+stops being one-way."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+PACKAGE = Path(__file__).resolve().parent.parent / "src" / "s3queue"
+
+#: Modules shared by every layer: errors, limits and plain value types.
+LEAVES = {"errors", "limits", "payload", "info", "backoff"}
+#: Each layer, and the first parts of the s3queue modules it may import.
+ALLOWED = {
+    "storage": {"storage", "errors"},
+    "core": {"core", "storage"} | LEAVES,
+    "runtime": {"runtime", "core", "storage", "queue", "client", ""} | LEAVES,
+}
+
+
+def imports(path: Path) -> set[str]:
+    """The s3queue modules ``path`` imports, without the ``s3queue.`` prefix
+    ("" for the package itself)."""
+    found: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names = [node.module]
+        elif isinstance(node, ast.Import):
+            names = [alias.name for alias in node.names]
+        else:
+            continue
+        for name in names:
+            if name == "s3queue":
+                found.add("")
+            elif name.startswith("s3queue."):
+                found.add(name.removeprefix("s3queue."))
+    return found
+
+
+@pytest.mark.parametrize("layer", sorted(ALLOWED))
+def test_a_layer_imports_nothing_above_it(layer: str) -> None:
+    modules = sorted((PACKAGE / layer).glob("*.py"))
+    assert modules, f"no modules in {layer}/"
+    for path in modules:
+        for module in imports(path):
+            first = module.split(".")[0]
+            assert first in ALLOWED[layer], f"{layer}/{path.name} imports s3queue.{module}"
+
+
+def test_the_public_queue_imports_neither_the_runtime_nor_operations() -> None:
+    for name in ("queue.py", "client.py"):
+        for module in imports(PACKAGE / name):
+            assert module.split(".")[0] not in {"runtime", "ops"}, f"{name} imports {module}"
