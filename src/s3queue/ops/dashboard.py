@@ -167,7 +167,7 @@ class Dashboard:
         if len(parts) <= 1 and "".join(parts) in FILES:
             name, content_type = FILES["".join(parts)]
             return Response(
-                200, content_type, resources.files("s3queue").joinpath(name).read_bytes()
+                200, content_type, resources.files("s3queue.ops").joinpath(name).read_bytes()
             )
         if parts == ["api", "queues"]:
             return Response.json(await self.overview())
