@@ -683,11 +683,11 @@ class Queue:
         outcome = await self._committer(lease).submit(
             Fail(lease.id, lease.token, record, retriable, delay), linger=linger
         )
-        failed = self._held(outcome, lease, "fail")
-        if failed.status == "retry":
+        failure = self._held(outcome, lease, "fail")
+        if failure.status == "retry":
             # Another worker may be idle when the retry falls due (this one may stop).
             self.wake.ring()
-        return Failure(failed.status, failed.visible_at)
+        return failure
 
     async def extend(self, lease: Lease, seconds: float) -> float:
         """Keep the lease for ``seconds`` more from now; return the new expiry."""

@@ -28,6 +28,7 @@ import msgspec
 from s3queue.core.layout import SegmentRef, parse_message_id
 from s3queue.core.records import FORMAT, NO_RAW, ErrorRecord, decode, encode
 from s3queue.core.segment import Message, Segment
+from s3queue.info import Failure
 
 #: A finished message whose side records nobody finalized within this many seconds
 #: (its worker died between commit and write) is finalized by whoever sees it.
@@ -152,12 +153,6 @@ class Stale:
 
 
 @dataclass(frozen=True, slots=True)
-class Failed:
-    status: Literal["retry", "dead"]
-    visible_at: float
-
-
-@dataclass(frozen=True, slots=True)
 class Extended:
     expires_at: float
 
@@ -172,7 +167,7 @@ YIELDED = Yielded()
 
 #: Any operation's result (a batch's results, in :attr:`Transition.results`); each
 #: operation's own is the type argument of its :class:`Op`.
-Result = list[Claimed] | Yielded | Stale | Failed | Extended | bool | None
+Result = list[Claimed] | Yielded | Stale | Failure | Extended | bool | None
 
 
 # --- operations ----------------------------------------------------------------
@@ -214,7 +209,7 @@ class Ack(Op[Stale | None]):
 
 
 @dataclass(frozen=True, slots=True)
-class Fail(Op[Stale | Failed]):
+class Fail(Op[Stale | Failure]):
     id: str
     token: str
     error: ErrorRecord
@@ -834,7 +829,7 @@ def _claim(
 
 def _fail(
     state: _State, op: Fail, segments: Mapping[str, Segment], now: float, t: Transition
-) -> Stale | Failed:
+) -> Stale | Failure:
     flight = state.holder(op.id, op.token, now)
     if isinstance(flight, Stale):
         return flight
@@ -842,8 +837,8 @@ def _fail(
     max_attempts = message_of(segments, op.id).max_attempts
     if not op.retriable or flight.attempt >= max_attempts:
         state.finish(op.id, flight, "dead", now, None, t, message_of(segments, op.id))
-        return Failed("dead", now)
+        return Failure("dead", now)
     visible_at = now + max(0.0, op.delay)
     state.flights[op.id] = msgspec.structs.replace(flight, lease=None, visible_at=visible_at)
     state.count("retried")
-    return Failed("retry", visible_at)
+    return Failure("retry", visible_at)

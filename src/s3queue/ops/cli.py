@@ -412,8 +412,7 @@ def enqueue(
         payloads = _read_jsonl(file)
 
         async def many() -> int:
-            q = await open_queue(queue)
-            try:
+            async with await open_queue(queue) as q:
                 with Progress(console=err, transient=True) as progress:
                     task = progress.add_task("enqueue", total=len(payloads))
                     for start in range(0, len(payloads), 500):
@@ -422,8 +421,6 @@ def enqueue(
                             batch, delay=delay, priority=priority, max_attempts=max_attempts
                         )
                         progress.advance(task, len(batch))
-            finally:
-                await q.close()
             return len(payloads)
 
         out.print(f"enqueued {run(many)} messages")
@@ -432,8 +429,7 @@ def enqueue(
     value = parse_json(payload)
 
     async def one() -> str:
-        q = await open_queue(queue)
-        try:
+        async with await open_queue(queue) as q:
             return await q.enqueue(
                 value,
                 delay=delay,
@@ -441,8 +437,6 @@ def enqueue(
                 dedup_key=dedup_key,
                 max_attempts=max_attempts,
             )
-        finally:
-            await q.close()
 
     print(run(one))
 
@@ -534,8 +528,7 @@ def stats(
     """
 
     async def main() -> None:
-        q = await open_queue(queue, create=False)
-        try:
+        async with await open_queue(queue, create=False) as q:
             if not watch:
                 s = await q.stats()
                 if as_json:
@@ -551,8 +544,6 @@ def stats(
                 while True:
                     live.update(stats_table(queue, await q.stats(), shards), refresh=True)
                     await asyncio.sleep(interval)  # a display refresh period
-        finally:
-            await q.close()
 
     with contextlib.suppress(KeyboardInterrupt):
         run(main)
@@ -602,11 +593,8 @@ def inspect(
     """Status, attempts, payload, result and errors of one message."""
 
     async def main() -> MessageInfo | None:
-        q = await open_queue(queue, create=False)
-        try:
+        async with await open_queue(queue, create=False) as q:
             return await q.get(message_id)
-        finally:
-            await q.close()
 
     info = run(main)
     if info is None:
@@ -627,11 +615,8 @@ def dead(
     """List dead letters with their last error."""
 
     async def main() -> list[MessageInfo]:
-        q = await open_queue(queue, create=False)
-        try:
+        async with await open_queue(queue, create=False) as q:
             return await q.dead_letters(limit)
-        finally:
-            await q.close()
 
     letters = run(main)
     if as_json:
@@ -683,12 +668,9 @@ def redrive(
     wanted = list(ids) if ids else None
 
     async def main() -> tuple[list[str], list[str]]:
-        q = await open_queue(queue, create=False)
-        try:
+        async with await open_queue(queue, create=False) as q:
             old = wanted if wanted is not None else await q.dead_letter_ids()
             return old, await q.redrive(old)
-        finally:
-            await q.close()
 
     old, new = run(main)
     pairs = list(zip(old, new, strict=True))
@@ -712,11 +694,8 @@ def purge(
         )
 
     async def main() -> None:
-        q = await open_queue(queue, create=False)
-        try:
+        async with await open_queue(queue, create=False) as q:
             await q.purge()
-        finally:
-            await q.close()
 
     run(main)
     out.print(f"purged {queue}")
