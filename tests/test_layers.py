@@ -1,7 +1,7 @@
-"""The package's layers import one way only: storage below the core, the core below
-the public Queue, the Queue below the worker runtime, and operations on top. A lower
-layer that imported a higher one could call back up into it, which is how data flow
-stops being one-way."""
+"""The package's shape: layers that import one way only (storage below the core, the
+core below the public Queue, the Queue below the worker runtime, and operations on
+top: a lower layer that imported a higher one could call back up into it, which is
+how data flow stops being one-way), and functions short enough to read whole."""
 
 from __future__ import annotations
 
@@ -55,3 +55,19 @@ def test_the_public_queue_imports_neither_the_runtime_nor_operations() -> None:
     for name in ("queue.py", "client.py"):
         for module in imports(PACKAGE / name):
             assert module.split(".")[0] not in {"runtime", "ops"}, f"{name} imports {module}"
+
+
+#: The longest a function may be (lines, its docstring included); ruff's PLR0913
+#: bounds its parameters.
+MAX_FUNCTION_LINES = 60
+
+
+def test_no_function_is_longer_than_a_screen() -> None:
+    long = []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+                lines = (node.end_lineno or node.lineno) - node.lineno + 1
+                if lines > MAX_FUNCTION_LINES:
+                    long.append(f"{path.relative_to(PACKAGE)}:{node.lineno} {node.name} ({lines})")
+    assert not long, long

@@ -158,6 +158,18 @@ async def _create_settings(
         return settings
 
 
+async def _clock_for(
+    clock: Clock | None, storage: Storage, name: str, skew_margin: float, *, measure: bool
+) -> Clock:
+    """The queue's clock: the store's (see clock.py), measured now unless the queue is
+    opened read-only, or the clock the caller gave."""
+    clock = StoreClock() if clock is None else clock
+    if measure and isinstance(clock, StoreClock):
+        await clock.sync(storage, layout.clock_key(name))
+        _check_margin(clock, skew_margin)
+    return clock
+
+
 def _check_margin(clock: StoreClock, skew_margin: float) -> None:
     # Two processes' store times differ by up to the sum of their uncertainties; a
     # lease must outlive that by the margin, or both could hold it.
@@ -304,10 +316,7 @@ class Queue:
                 # Before anything is written: a store that ignores conditions must
                 # not be left holding a queue it cannot run.
                 await probe_conditional_writes(storage, name)
-            clock = StoreClock() if clock is None else clock
-            if create and isinstance(clock, StoreClock):
-                await clock.sync(storage, layout.clock_key(name))
-                _check_margin(clock, skew_margin)
+            clock = await _clock_for(clock, storage, name, skew_margin, measure=create)
             if settings is None:
                 settings = await _create_settings(
                     storage, name, shards, max_attempts, dedup_retention, clock()
