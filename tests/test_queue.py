@@ -159,6 +159,23 @@ async def test_lease_expiry_on_the_last_attempt_dead_letters(queue: Queue, clock
     assert info.errors[0].type == "LeaseExpired"
 
 
+async def test_progress_outlives_the_job_that_recorded_it(queue: Queue) -> None:
+    await queue.enqueue_many([{"n": 1}, {"n": 2}])
+    done, failed = await queue.claim(2, 30)
+    await queue.progress(done, {"step": 3, "of": 3})
+    await queue.progress(failed, 0.25)
+    await queue.ack(done)  # no result, first attempt: the progress alone is kept
+    await queue.fail(failed, "gave up", retriable=False)
+    await settle(queue)
+    completed, dead = await queue.get(done.id), await queue.get(failed.id)
+    assert completed is not None
+    assert completed.status == "completed"
+    assert completed.progress == {"step": 3, "of": 3}
+    assert dead is not None
+    assert dead.status == "dead"
+    assert dead.progress == 0.25
+
+
 async def test_redrive_returns_dead_letters_to_the_queue(queue: Queue) -> None:
     await queue.enqueue({"x": 1})
     [lease] = await queue.claim(1, 30)

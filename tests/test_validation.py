@@ -9,6 +9,9 @@ from before the fix and shows which of these cases it failed.
 from __future__ import annotations
 
 import asyncio
+import datetime
+import decimal
+import enum
 import json
 import math
 import sys
@@ -257,23 +260,72 @@ async def test_a_payload_with_nan_infinity_or_deep_nesting_is_refused(
     assert stats.pending == 0, "enqueue_many wrote nothing of a batch it refused"
 
 
-async def test_null_none_tuples_and_structs_still_encode(url: str) -> None:
-    class Point(msgspec.Struct):
-        x: float
-        y: float | None
-
+async def test_plain_values_with_null_come_back_as_sent(url: str) -> None:
     q = await Queue.open(url, NAME)
     try:
-        payloads = [{"cc": None}, ("a", None, 1.5), Point(1.0, None), {"s": "[[{{ null"}, deep(64)]
+        payloads = [{"cc": None}, ["a", None, 1.5], {"s": "[[{{ null"}, deep(64), 2**70]
         ids = await q.enqueue_many(payloads)
         received = {lease.id: lease.payload for lease in await q.claim(10, 30)}
-        assert [received[mid] for mid in ids] == [
-            {"cc": None},
-            ["a", None, 1.5],
-            {"x": 1.0, "y": None},
-            {"s": "[[{{ null"},
-            deep(64),
-        ]
+        assert [received[mid] for mid in ids] == payloads
+    finally:
+        await q.close()
+
+
+class Point(msgspec.Struct):
+    x: float
+
+
+class Colour(enum.Enum):
+    RED = "red"
+
+
+CHANGED_BY_JSON = [
+    ({"when": datetime.datetime(2026, 11, 30)}, 'a datetime at payload["when"]', "a str"),
+    ({"blob": b"\x00"}, 'a bytes at payload["blob"]', "a str"),
+    ({"pair": (1, 2)}, 'a tuple at payload["pair"]', "a list"),
+    ({"ids": [{3}]}, 'a set at payload["ids"][0]', "a list"),
+    ({"price": decimal.Decimal("9.99")}, 'a Decimal at payload["price"]', "a str"),
+    ({"id": uuid.UUID(int=7)}, 'a UUID at payload["id"]', "a str"),
+    ({"colour": Colour.RED}, 'a Colour at payload["colour"]', "a str"),
+    ({7: "seven"}, "an int key 7 at payload", "a string key"),
+    (Point(1.0), "is a Point", "a dict"),
+    (("a", 1), "is a tuple", "a list"),
+]
+
+
+@pytest.mark.parametrize(("payload", "found", "becomes"), CHANGED_BY_JSON)
+async def test_a_value_json_would_change_is_refused_by_its_path(
+    url: str, payload: Any, found: str, becomes: str
+) -> None:
+    q = await Queue.open(url, NAME)
+    try:
+        with pytest.raises(PayloadError) as refused:
+            await q.enqueue(payload)
+        message = refused.value.message
+        assert found in message, message
+        assert f"would come back as {becomes}" in message, message
+        assert refused.value.suggestion is not None
+        assert ".isoformat()" in refused.value.suggestion
+        await q.enqueue({"next": "one"})  # nothing was written; the queue keeps working
+        [lease] = await q.claim(10, 30)
+        assert lease.payload == {"next": "one"}
+    finally:
+        await q.close()
+
+
+async def test_results_and_progress_follow_the_same_rule(url: str) -> None:
+    q = await Queue.open(url, NAME)
+    try:
+        await q.enqueue({"n": 1})
+        [lease] = await q.claim(1, 30)
+        with pytest.raises(PayloadError, match=r"progress value holds a tuple"):
+            await q.progress(lease, {"done": (1, 2)})
+        with pytest.raises(PayloadError, match=r'result holds a datetime at result\["at"\]'):
+            await q.ack(lease, {"at": datetime.datetime(2026, 11, 30)})
+        await q.ack(lease, {"at": "2026-11-30T00:00:00"})
+        info = await q.get(lease.id)
+        assert info is not None
+        assert info.result == {"at": "2026-11-30T00:00:00"}
     finally:
         await q.close()
 

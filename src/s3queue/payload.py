@@ -1,8 +1,14 @@
 """Payloads, results and progress values as JSON: encoded once, checked for size,
-for NaN and Infinity, and for depth.
+for NaN and Infinity, for depth, and for coming back as they went in.
 
-Invariant: a value that cannot be stored, or that a worker could fail to decode,
-raises PayloadError before anything is written.
+Invariant: a value that cannot be stored, that a worker could fail to decode, or that
+would decode to something else than was sent, raises PayloadError naming the path
+inside it before anything is written. Values are plain JSON: dicts with string keys,
+lists, strings, integers, finite floats, booleans and None. A datetime, bytes, a
+tuple, a set, a Decimal, a UUID, an enum or an object would come back as a string,
+a list or a dict: the handler would get something other than was enqueued, so they
+are refused, and the caller converts them (``when.isoformat()``, ``list(ids)``)
+where it knows how to convert them back.
 """
 
 from __future__ import annotations
@@ -25,8 +31,14 @@ from s3queue.errors import PayloadError
 MAX_DEPTH = 64
 
 _json = msgspec.json.Encoder()
-#: Values that hold nothing to check (a tuple: isinstance with one is the fastest form).
-_LEAVES = (str, int, type(None))
+#: Values JSON holds exactly (bool is an int; an int or str subclass, such as an
+#: IntEnum, compares equal to what comes back).
+_PLAIN_LEAVES = (str, int, float, type(None))
+_PLAIN = (
+    "pass plain JSON: dicts with string keys, lists, strings, numbers, booleans and "
+    "None; convert other values yourself (a datetime with .isoformat(), a set or "
+    "tuple with list(), bytes with base64) so that what comes back is what was sent"
+)
 #: For the depth check: braces count as brackets (only the nesting matters), every
 #: other byte but a quote is dropped, and a string is a quoted run without quotes.
 _BRACKETS_ONLY = bytes.maketrans(b"{}", b"[]")
@@ -40,10 +52,10 @@ def encode_json(value: Any, *, limit: int, what: str) -> msgspec.Raw:
     except RecursionError:
         raise _too_deep(what) from None
     except (TypeError, msgspec.EncodeError, OverflowError) as error:
+        check_value(value, what)  # names the path of what JSON cannot hold, if it can
         raise PayloadError(
             f"{what} is not JSON-serialisable: {error}",
-            suggestion="pass dicts, lists, strings, numbers, booleans and None "
-            "(convert dates, sets and objects first)",
+            suggestion=_PLAIN,
         ) from error
     if len(data) > limit:
         raise PayloadError(
@@ -51,50 +63,49 @@ def encode_json(value: Any, *, limit: int, what: str) -> msgspec.Raw:
             suggestion="store large data as its own object and put its key in the payload",
             metadata={"size": len(data), "limit": limit},
         )
-    # Both checks below look at the bytes first, in C, because every enqueue pays for
-    # them: a value cannot nest deeper than it has brackets, and msgspec writes NaN and
-    # infinity as ``null`` (silently), so a value without a null holds neither. A short
-    # payload without a null, the common case, costs one scan.
+    # The depth check looks at the bytes first, in C, because every enqueue pays for it:
+    # a value cannot nest deeper than it has brackets.
     if (
         len(data) > 2 * MAX_DEPTH
         and data.count(b"[") + data.count(b"{") > MAX_DEPTH
         and _nests_deeper(data)
     ):
         raise _too_deep(what)
-    if b"null" in data and not _decodes_to(data, value):
-        check_value(value, what)  # finds the NaN and its path, or passes a tuple or Struct
+    # One decode and one comparison, both in C, tell whether the value comes back as
+    # it went in (msgspec writes NaN as null, a tuple as a list, a date as a string);
+    # only a value that does not is walked, to name what and where.
+    if not _decodes_to(data, value):
+        check_value(value, what)
+        raise PayloadError(f"{what} does not decode back to the value given", suggestion=_PLAIN)
     return msgspec.Raw(data)
 
 
 def check_value(value: Any, what: str) -> None:
-    """Raise PayloadError if ``value`` holds NaN or infinity, or nests deeper than
-    MAX_DEPTH. ``what`` names it in the error ("the payload", "the result")."""
+    """Raise PayloadError if ``value`` holds NaN or infinity, a value that is not
+    plain JSON (see the module's docstring), or nests deeper than MAX_DEPTH. ``what``
+    names it in the error ("the payload", "the result")."""
     root = what.removeprefix("the ").split()[0]
-    if isinstance(value, float) and not math.isfinite(value):
-        raise _not_finite(what, value, root)
     # A loop, not recursion: the value may be as deep as Python's stack allows.
     stack: list[tuple[Any, int, tuple[Any, ...]]] = [(value, 1, ())]
     while stack:
         node, depth, path = stack.pop()
-        if isinstance(node, dict):
+        where = root + _path(path)
+        if type(node) is dict:
             items: Iterable[tuple[Any, Any]] = node.items()
-        elif isinstance(node, list | tuple):
+            for key in node:
+                if type(key) is not str:
+                    raise _not_plain(what, key, where, key=True)
+        elif type(node) is list:
             items = enumerate(node)
+        elif isinstance(node, float) and not math.isfinite(node):
+            raise _not_finite(what, node, where)
+        elif not isinstance(node, _PLAIN_LEAVES):
+            raise _not_plain(what, node, where)
         else:
-            # A Struct, dataclass or set: walk the dicts and lists it encodes to (a
-            # date or UUID becomes a string, and is done).
-            plain = _builtins(node, what)
-            if isinstance(plain, dict | list | tuple):
-                stack.append((plain, depth, path))
             continue
         if depth > MAX_DEPTH:
             raise _too_deep(what)
-        for key, item in items:
-            if isinstance(item, float):
-                if not math.isfinite(item):
-                    raise _not_finite(what, item, root + _path((*path, key)))
-            elif not isinstance(item, _LEAVES):
-                stack.append((item, depth + 1, (*path, key)))
+        stack.extend((item, depth + 1, (*path, key)) for key, item in items)
 
 
 def _nests_deeper(data: bytes) -> bool:
@@ -129,13 +140,6 @@ def _decodes_to(data: bytes, value: Any) -> bool:
         return False
 
 
-def _builtins(node: Any, what: str) -> Any:
-    try:
-        return msgspec.to_builtins(node)
-    except RecursionError:
-        raise _too_deep(what) from None
-
-
 def decode_json(raw: msgspec.Raw | bytes | None) -> Any:
     if raw is None or len(raw) == 0:
         return None
@@ -155,6 +159,39 @@ def _not_finite(what: str, number: float, where: str) -> PayloadError:
         suggestion="JSON has no NaN or Infinity: send None, or the number as a string",
         metadata={"path": where},
     )
+
+
+def _not_plain(what: str, node: Any, where: str, *, key: bool = False) -> PayloadError:
+    kind = type(node).__name__
+    # "an int", "an Order", but "a UUID" (an acronym is read letter by letter).
+    spoken_vowel = kind[0] in "aeiou" or (kind[0] in "AEIOU" and kind[1:2].islower())
+    article = "an" if spoken_vowel else "a"
+    if key:
+        found = f"holds {article} {kind} key {node!r} at {where}"
+    elif "[" in where:
+        found = f"holds {article} {kind} at {where}"
+    else:
+        found = f"is {article} {kind}"
+    becomes = "a string key" if key else _becomes(node)
+    outcome = (
+        "which is not JSON-serialisable"
+        if becomes is None
+        else f"which would come back as {becomes}"
+    )
+    return PayloadError(
+        f"{what} {found}, {outcome}",
+        suggestion=_PLAIN,
+        metadata={"path": where, "type": kind},
+    )
+
+
+def _becomes(node: Any) -> str | None:
+    """What a value would decode to, in words; None if JSON cannot hold it."""
+    try:
+        back = msgspec.json.decode(_json.encode(node))
+    except (TypeError, ValueError, msgspec.EncodeError, msgspec.DecodeError, RecursionError):
+        return None
+    return "null" if back is None else f"a {type(back).__name__}"
 
 
 def _too_deep(what: str) -> PayloadError:

@@ -412,7 +412,14 @@ class _State:
         in the cursor until the dead letter or result is written (two-phase), so a
         crash between the commit and that write loses nothing."""
         self.count(status)
-        quiet = result is None and message.dedup_key is None and not flight.errors
+        # Progress too is kept past the end (in the result record), so that a
+        # finished job does not appear to have lost it.
+        quiet = (
+            result is None
+            and message.dedup_key is None
+            and not flight.errors
+            and not flight.progress
+        )
         if status == "completed" and quiet:
             del self.flights[mid]
             self.mark_done(mid)

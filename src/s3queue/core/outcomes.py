@@ -57,15 +57,17 @@ class OutcomeRecords:
                 priority=message.priority,
                 max_attempts=message.max_attempts,
                 dedup_key=message.dedup_key,
+                progress=flight.progress,
             )
             await self.storage.put(layout.dead_key(self.queue, mid), encode(letter))
-        elif raw_or_none(outcome.result) is not None or flight.errors:
+        elif raw_or_none(outcome.result) is not None or flight.errors or flight.progress:
             record = ResultRecord(
                 id=mid,
                 result=raw_or_none(outcome.result) or NO_RAW,
                 completed_at=outcome.finished_at,
                 attempts=flight.attempt,
                 errors=flight.errors,
+                progress=flight.progress,
             )
             await self.storage.put(layout.result_key(self.queue, mid), encode(record))
         if message.dedup_key is not None:

@@ -181,6 +181,7 @@ class QueueReader:
                 result=decode_json(record.result),
                 finished_at=record.completed_at,
                 errors=list(record.errors),
+                progress=decode_json(record.progress),
             )
         # Done without a side record: it completed on its first attempt.
         return self._info(mid, message, "completed", 1)
@@ -213,6 +214,7 @@ class QueueReader:
             errors=list(letter.errors),
             finished_at=letter.died_at,
             dedup_key=letter.dedup_key,
+            progress=decode_json(letter.progress),
             redriven_to=redriven_to,
         )
 

@@ -47,8 +47,9 @@ class ErrorRecord(msgspec.Struct, frozen=True, kw_only=True):
     worker: str | None = None
 
 
-class DeadLetter(msgspec.Struct, frozen=True, kw_only=True):
-    """``dead/<id>``: a message that exhausted its attempts, with every error."""
+class DeadLetter(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
+    """``dead/<id>``: a message that exhausted its attempts, with every error and the
+    last progress value its handler recorded (omitted when none)."""
 
     format: int = FORMAT
     id: str
@@ -60,6 +61,7 @@ class DeadLetter(msgspec.Struct, frozen=True, kw_only=True):
     priority: int = 0
     max_attempts: int = 3
     dedup_key: str | None = None
+    progress: msgspec.Raw = NO_RAW
 
 
 class RedriveRecord(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
@@ -99,8 +101,9 @@ class QuarantineRecord(msgspec.Struct, frozen=True, kw_only=True):
 
 
 class ResultRecord(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
-    """``results/<id>``: a completed message's return value (omitted when None) and
-    the errors of the attempts before the one that succeeded."""
+    """``results/<id>``: a completed message's return value (omitted when None), the
+    errors of the attempts before the one that succeeded, and the last progress value
+    its handler recorded (omitted when none)."""
 
     format: int = FORMAT
     id: str
@@ -108,6 +111,7 @@ class ResultRecord(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True
     completed_at: float
     attempts: int
     errors: list[ErrorRecord] = []
+    progress: msgspec.Raw = NO_RAW
 
 
 class DedupMarker(msgspec.Struct, frozen=True, kw_only=True):
