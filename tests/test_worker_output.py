@@ -264,3 +264,22 @@ async def test_at_warning_a_completed_job_logs_nothing(
     with caplog.at_level(logging.WARNING, LOGGER):
         await run_until(Worker(queue, send_email, polling=FAST), "completed", 2)
     assert [field(r, "outcome") for r in caplog.records] == ["retry"]
+
+
+async def test_a_completed_jobs_duration_is_its_handlers_time_without_the_ack(
+    queue: Queue, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """As for a failed attempt (and as the metrics histogram says): the store's time
+    to commit the ack is not the job's."""
+    ack = queue.ack
+    slow = 0.5
+
+    async def slow_ack(*args: Any, **kwargs: Any) -> None:
+        await asyncio.sleep(slow)  # a slow store, not synchronisation
+        await ack(*args, **kwargs)
+
+    monkeypatch.setattr(queue, "ack", slow_ack)
+    await queue.enqueue("hello")
+    [event] = await run_until(Worker(queue, send_email, polling=FAST), "completed")
+    assert event.duration is not None
+    assert event.duration < slow  # send_email returns at once

@@ -75,6 +75,8 @@ class WorkerEvent:
     attempt: int | None = None
     #: The attempts the message may have in all (None when not known: ``recovered``).
     max_attempts: int | None = None
+    #: Seconds the handler ran (completed, retry, dead), not counting the ack or
+    #: failure written after it.
     duration: float | None = None
     error: str | None = None
     next_visible_at: float | None = None
@@ -668,6 +670,7 @@ class Worker:
                 return
             # The handler is done: its slot goes to the next job while the ack is
             # committed, so acks of consecutive rounds share cursor writes.
+            ran = time.monotonic() - started  # the handler's time, as for failures
             self._settle(lease)
             try:
                 await self.queue.ack(lease, result, linger=ACK_LINGER)
@@ -677,7 +680,7 @@ class Worker:
             except PayloadError as error:
                 # The result cannot be stored (not JSON, too large): every retry
                 # would end the same way, so the message is dead with that reason.
-                await self._failed(lease, ctx, error, time.monotonic() - started)
+                await self._failed(lease, ctx, error, ran)
                 return
             except QueueError as error:
                 log.error("could not ack %s (it will be retried): %s", lease.id, error)
@@ -688,7 +691,7 @@ class Worker:
                 message_id=lease.id,
                 attempt=lease.attempt,
                 max_attempts=ctx.max_attempts,
-                duration=time.monotonic() - started,
+                duration=ran,
                 result=result,
             )
         finally:
