@@ -9,8 +9,9 @@ lease taken back from a dead worker at WARNING, a dead letter at ERROR. Every li
 also carries its facts as ``extra`` record attributes (``message_id``, ``outcome``,
 ``duration``, ...), for log formatters that write them as fields.
 
-Invariant: nothing here is built unless the line's level is enabled, and a store URL
-is shown only through :func:`~s3queue.storage.redact_url`.
+Invariant: the banner and a job's line are built only when their level is enabled
+(the worker checks before it builds the event), and the store URL is shown only
+through :func:`~s3queue.storage.redact_url`.
 """
 
 from __future__ import annotations
