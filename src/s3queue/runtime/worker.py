@@ -35,6 +35,7 @@ from s3queue.queue import Queue
 from s3queue.runtime.cron import Cron, Scheduler
 from s3queue.runtime.pacing import MAX_PREFETCH_FACTOR as MAX_PREFETCH_FACTOR  # its old home
 from s3queue.runtime.pacing import Pacing
+from s3queue.runtime.worker_log import LEVELS, handler_name, log_banner, log_job, log_stopped
 from s3queue.runtime.worker_settings import Leases, Polling, Scaling
 
 log = logging.getLogger("s3queue.worker")
@@ -72,6 +73,10 @@ class WorkerEvent:
     at: float
     message_id: str | None = None
     attempt: int | None = None
+    #: The attempts the message may have in all (None when not known: ``recovered``).
+    max_attempts: int | None = None
+    #: Seconds the handler ran (completed, retry, dead), not counting the ack or
+    #: failure written after it.
     duration: float | None = None
     error: str | None = None
     next_visible_at: float | None = None
@@ -165,6 +170,8 @@ class Worker:
         low, high = scaling.bounds(concurrency)
         self.queue = queue
         self.handler = handler
+        #: ``module:qualname`` (or the repr) of the handler, as log lines name it.
+        self.handler_name = handler_name(handler)
         self.concurrency = concurrency
         self.leases, self.polling, self.scaling = leases, polling, scaling
         self.pacing = Pacing(
@@ -249,9 +256,14 @@ class Worker:
 
     def _emit(self, name: EventName, **fields: Any) -> None:
         listeners = self._listeners[name]
-        if not listeners:
+        # A job's outcome is also logged (see worker_log), from the same event.
+        level = LEVELS.get(name)
+        logged = level is not None and log.isEnabledFor(level)
+        if not listeners and not logged:
             return
         event = WorkerEvent(name=name, worker_id=self.worker_id, at=time.time(), **fields)
+        if logged:
+            log_job(log, event, self.handler_name, self.queue.clock())
         for listener in listeners:
             try:
                 outcome = listener(event)
@@ -273,12 +285,10 @@ class Worker:
             self._emit("enqueued", message_id=mid)
 
     def _recovered(self, event: Recovered) -> None:
-        self._emit(
-            "recovered",
-            message_id=event.id,
-            attempt=event.attempt,
-            error=f"lease of {event.owner} expired",
-        )
+        error = f"the lease of worker {event.owner} expired"
+        if event.dead:
+            error += " and it had no attempts left: dead-lettered"
+        self._emit("recovered", message_id=event.id, attempt=event.attempt, error=error)
 
     # --- running ----------------------------------------------------------------------------
 
@@ -292,12 +302,7 @@ class Worker:
         if handle_signals:
             self._install_signals()
         self._emit("workers_started", count=self.concurrency)
-        log.info(
-            "worker %s started on queue %r (concurrency %d)",
-            self.worker_id,
-            self.queue.name,
-            self.concurrency,
-        )
+        log_banner(log, self)
         try:
             async with asyncio.TaskGroup() as group:
                 group.create_task(self._claim_loop(), name="s3queue-claim")
@@ -309,6 +314,7 @@ class Worker:
             if self._callbacks:
                 await asyncio.gather(*list(self._callbacks), return_exceptions=True)
             self._emit("workers_stopped", count=self.processed)
+            log_stopped(log, self)
             self._stopped.set()
             if handle_signals:
                 self._remove_signals()
@@ -555,7 +561,11 @@ class Worker:
         for lease, outcome in zip(leases, outcomes, strict=True):
             if isinstance(outcome, LeaseLost):
                 self._emit(
-                    "lease_lost", message_id=lease.id, attempt=lease.attempt, error=str(outcome)
+                    "lease_lost",
+                    message_id=lease.id,
+                    attempt=lease.attempt,
+                    max_attempts=self._max_attempts(lease),
+                    error=str(outcome),
                 )
             elif isinstance(outcome, BaseException):
                 log.warning(
@@ -599,7 +609,13 @@ class Worker:
                 log.warning("could not extend the lease of %s: %s", lease.id, outcome)
 
     def _lease_lost(self, lease: Lease, error: LeaseLost) -> None:
-        self._emit("lease_lost", message_id=lease.id, attempt=lease.attempt, error=str(error))
+        self._emit(
+            "lease_lost",
+            message_id=lease.id,
+            attempt=lease.attempt,
+            max_attempts=self._max_attempts(lease),
+            error=str(error),
+        )
         job = self._running.get(lease.id)
         if job is not None and job.task is not None:
             # Another worker may own it now: stop working on it.
@@ -609,13 +625,17 @@ class Worker:
 
     # --- one job -------------------------------------------------------------------------------
 
-    async def _execute(self, job: _Job) -> None:
-        lease = job.lease
+    def _max_attempts(self, lease: Lease) -> int:
+        """The attempts ``lease``'s message has in all: its own limit, or the worker's
+        when that is lower."""
+        return min(lease.max_attempts, self.leases.max_attempts or lease.max_attempts)
+
+    def _context(self, lease: Lease) -> JobContext:
         assert self._loop is not None
-        ctx = JobContext(
+        return JobContext(
             message_id=lease.id,
             attempt=lease.attempt,
-            max_attempts=min(lease.max_attempts, self.leases.max_attempts or lease.max_attempts),
+            max_attempts=self._max_attempts(lease),
             worker_id=self.worker_id,
             lease_token=lease.token,
             enqueued_at=lease.enqueued_at,
@@ -624,7 +644,16 @@ class Worker:
             lease=lease,
             _loop=self._loop,
         )
-        self._emit("processing", message_id=lease.id, attempt=lease.attempt)
+
+    async def _execute(self, job: _Job) -> None:
+        lease = job.lease
+        ctx = self._context(lease)
+        self._emit(
+            "processing",
+            message_id=lease.id,
+            attempt=lease.attempt,
+            max_attempts=ctx.max_attempts,
+        )
         started = time.monotonic()
         try:
             try:
@@ -641,6 +670,7 @@ class Worker:
                 return
             # The handler is done: its slot goes to the next job while the ack is
             # committed, so acks of consecutive rounds share cursor writes.
+            ran = time.monotonic() - started  # the handler's time, as for failures
             self._settle(lease)
             try:
                 await self.queue.ack(lease, result, linger=ACK_LINGER)
@@ -650,7 +680,7 @@ class Worker:
             except PayloadError as error:
                 # The result cannot be stored (not JSON, too large): every retry
                 # would end the same way, so the message is dead with that reason.
-                await self._failed(lease, ctx, error, time.monotonic() - started)
+                await self._failed(lease, ctx, error, ran)
                 return
             except QueueError as error:
                 log.error("could not ack %s (it will be retried): %s", lease.id, error)
@@ -660,7 +690,8 @@ class Worker:
                 "completed",
                 message_id=lease.id,
                 attempt=lease.attempt,
-                duration=time.monotonic() - started,
+                max_attempts=ctx.max_attempts,
+                duration=ran,
                 result=result,
             )
         finally:
@@ -716,28 +747,16 @@ class Worker:
                 storage_error,
             )
             return
-        text = f"{type(error).__name__}: {error}"
-        if failure.status == "dead":
-            log.warning("message %s is dead after attempt %d: %s", lease.id, lease.attempt, text)
-            self._emit(
-                "dead", message_id=lease.id, attempt=lease.attempt, duration=duration, error=text
-            )
-        else:
-            log.info(
-                "message %s failed attempt %d, retry at %.1f: %s",
-                lease.id,
-                lease.attempt,
-                failure.visible_at,
-                text,
-            )
-            self._emit(
-                "retry",
-                message_id=lease.id,
-                attempt=lease.attempt,
-                duration=duration,
-                error=text,
-                next_visible_at=failure.visible_at,
-            )
+        # Logged by _emit at WARNING (retry) or ERROR (dead), like every job outcome.
+        self._emit(
+            "dead" if failure.status == "dead" else "retry",
+            message_id=lease.id,
+            attempt=lease.attempt,
+            max_attempts=ctx.max_attempts,
+            duration=duration,
+            error=f"{type(error).__name__}: {error}",
+            next_visible_at=None if failure.status == "dead" else failure.visible_at,
+        )
 
 
 def _is_async(handler: Handler) -> bool:
