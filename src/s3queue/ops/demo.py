@@ -9,6 +9,7 @@ end as dead letters. A live view shows progress; a summary ends it.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import json
 import random
@@ -72,29 +73,21 @@ def make_jobs(count: int) -> list[dict[str, Any]]:
 def _view(stats: Stats, total: int, enqueued: int, started: float) -> Table:
     elapsed = max(1e-6, time.monotonic() - started)
     finished = stats.completed + stats.dead
-    table = Table(title=f"s3queue demo: {total} webhook deliveries")
-    for column in (
-        "queued",
-        "waiting",
-        "running",
-        "retries",
-        "done",
-        "dead",
-        "msg/s",
-        "progress",
-    ):
+    table = Table(
+        title=f"s3queue demo: {total} webhook deliveries, {enqueued} enqueued, "
+        f"{100 * finished // max(1, total)}% finished"
+    )
+    # The status names of the API and of `s3queue stats`.
+    for column in ("pending", "delayed", "processing", "retried", "completed", "dead", "msg/s"):
         table.add_column(column, justify="right")
-    bar_width = 12
-    filled = int(bar_width * finished / max(1, total))
     table.add_row(
-        str(enqueued),
-        str(stats.pending + stats.delayed),
+        str(stats.pending),
+        str(stats.delayed),
         str(stats.processing),
         str(stats.retried),
         str(stats.completed),
         str(stats.dead),
         f"{finished / elapsed:,.0f}",
-        "#" * filled + "." * (bar_width - filled),
     )
     return table
 
@@ -107,7 +100,7 @@ def worker_command(url: str, concurrency: int, report: Path) -> list[str]:
         "--url",
         url,
         "--log-level",
-        "error",
+        "info",
         "worker",
         QUEUE,
         "s3queue.ops.demo:deliver_webhook",
@@ -137,20 +130,31 @@ def run_demo(
         f"queue [bold]{QUEUE}[/] in {url}: {jobs} jobs, {workers} worker processes x {concurrency}"
     )
     reports = [directory / f"worker-{i}.json" for i in range(workers)]
-    procs = [
-        subprocess.Popen(worker_command(url, concurrency, report), stdout=subprocess.DEVNULL)
-        for report in reports
-    ]
-    try:
-        elapsed, stats, requests = asyncio.run(_produce_and_watch(url, jobs, procs, console))
-    finally:
-        for proc in procs:
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-        codes = [proc.wait(timeout=60) for proc in procs]
+    # Each worker logs a line per job: to a file of its own, so the live view stays
+    # readable; the summary says where.
+    logs = [directory / f"worker-{i}.log" for i in range(workers)]
+    with contextlib.ExitStack() as files:
+        procs = [
+            subprocess.Popen(
+                worker_command(url, concurrency, report),
+                stdout=subprocess.DEVNULL,
+                stderr=files.enter_context(log.open("wb")),
+            )
+            for report, log in zip(reports, logs, strict=True)
+        ]
+        try:
+            elapsed, stats, requests = asyncio.run(_produce_and_watch(url, jobs, procs, console))
+        finally:
+            for proc in procs:
+                if proc.poll() is None:
+                    proc.send_signal(signal.SIGTERM)
+            codes = [proc.wait(timeout=60) for proc in procs]
     for report in reports:
         if report.exists():
             requests += json.loads(report.read_text())["total"]
+    # A live display redirected to a file ends without a newline: without this, the
+    # summary's title would be glued to the last table's border.
+    console.line()
     summary = Table(title="summary")
     summary.add_column("")
     summary.add_column("", justify="right")
@@ -166,9 +170,24 @@ def run_demo(
     ):
         summary.add_row(label, str(value))
     console.print(summary)
+    command = _s3queue_command()
+    console.print(f"each worker's log, a line per job:  {directory}/worker-N.log", soft_wrap=True)
     console.print(
-        f"inspect the dead letters with:  s3queue --url '{url}' dead {QUEUE}", soft_wrap=True
+        f"inspect the dead letters with:  {command} --url '{url}' dead {QUEUE}", soft_wrap=True
     )
+
+
+def _s3queue_command() -> str:
+    """How to run s3queue from here: plain ``s3queue`` when the one on PATH is this
+    installation's (an activated venv), else the path to it (``make demo`` does not
+    activate .venv for the shell it returns to)."""
+    ours = Path(sys.executable).parent / "s3queue"
+    if shutil.which("s3queue") == str(ours) or not ours.exists():
+        return "s3queue"
+    try:
+        return str(ours.relative_to(Path.cwd()))
+    except ValueError:
+        return str(ours)
 
 
 async def _create(url: str) -> None:
@@ -201,7 +220,8 @@ async def _produce_and_watch(
                     break
                 if any(p.poll() is not None for p in procs):
                     raise QueueError(
-                        "a worker process exited early", suggestion="run it by hand to see why"
+                        "a worker process exited early",
+                        suggestion="its log, worker-N.log in the demo's directory, says why",
                     )
                 await asyncio.sleep(0.25)  # the live view's refresh period
         return time.monotonic() - started, stats, q.storage.counts.total
