@@ -1,0 +1,78 @@
+"""The README's code runs as written: every Python block is a tested example (the
+file itself, or an excerpt of one, line for line), and the install block's commands
+are the ones `make` runs or run here."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+README = (ROOT / "README.md").read_text()
+EXAMPLES = sorted((ROOT / "examples").glob("*.py"))
+
+
+def blocks(language: str) -> list[str]:
+    return re.findall(rf"^```{language}\n(.*?)^```", README, flags=re.M | re.S)
+
+
+def section(heading: str) -> str:
+    start = README.index(heading)
+    following = re.search(r"^#{1,3} ", README[start + len(heading) :], flags=re.M)
+    return README[start : start + len(heading) + (following.start() if following else 0)]
+
+
+def lines(text: str) -> list[str]:
+    return [line.strip() for line in text.splitlines() if line.strip()]
+
+
+def is_excerpt(block: str, source: str) -> bool:
+    """Whether every line of ``block`` appears in ``source``, in order."""
+    remaining = iter(lines(source))
+    return all(any(line == other for other in remaining) for line in lines(block))
+
+
+@pytest.mark.parametrize("number", range(len(blocks("python"))))
+def test_each_python_block_is_an_example_that_runs(number: int) -> None:
+    block = blocks("python")[number]
+    sources = [path for path in EXAMPLES if is_excerpt(block, path.read_text())]
+    assert sources, f"README python block {number + 1} is in no file of examples/:\n{block}"
+
+
+@pytest.mark.parametrize("example", EXAMPLES, ids=lambda path: path.name)
+def test_every_example_runs(example: Path, tmp_path: Path) -> None:
+    result = subprocess.run(
+        [sys.executable, str(example)],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip(), "an example shows what it did"
+    if example.name == "quickstart.py":
+        finished = [line for line in result.stdout.splitlines() if ": completed after" in line]
+        assert len(finished) == 3  # the dedup key folded two enqueues into one message
+        assert "completed after 2 attempt(s)" in result.stdout  # the flaky one was retried
+
+
+def test_the_install_block_is_what_make_runs_and_the_rest_runs(tmp_path: Path) -> None:
+    [install] = re.findall(r"^```sh\n(.*?)^```", section("## Install"), flags=re.M | re.S)
+    makefile = (ROOT / "Makefile").read_text()
+    assert "-m venv $(VENV)" in makefile
+    assert "pip install --quiet -e '.[dev]'" in makefile
+    bin_dir = Path(sys.executable).parent
+    (tmp_path / "examples").symlink_to(ROOT / "examples")
+    env = {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}"}
+    for command in lines(install):
+        if command.startswith(("python3 -m venv", "pip install")):
+            continue  # what `make install` does on every fresh clone (.ci/run)
+        done = subprocess.run(
+            command, shell=True, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120
+        )
+        assert done.returncode == 0, f"{command}: {done.stderr}"
