@@ -1,10 +1,12 @@
 """The command line behaves as git, pip, celery and rq users expect: exit 0 on success,
 1 when the operation fails, 2 on a usage or configuration error; one line per error
 naming the option; -h and --version; global options after the command too; flags
-shown as flags; every option described; logs on stderr, INFO by default for a worker."""
+shown as flags; every option described; logs on stderr, INFO by default for a worker;
+--json on every command that prints data."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import os
@@ -20,10 +22,24 @@ import typer
 from typer.testing import CliRunner
 
 import s3queue
-from s3queue import ConfigurationError, PayloadError, QueueNotFound, StorageUnavailable
+from s3queue import ConfigurationError, PayloadError, Queue, QueueNotFound, StorageUnavailable
 from s3queue.ops import cli
+from tests.conftest import BUCKET
+from tests.s3server import S3Server
 
 GLOBAL_OPTIONS = {"--url", "--log-level", "--log-format", "--quiet", "--debug"}
+#: The commands whose output is data, and so take --json.
+DATA_COMMANDS = {
+    "enqueue",
+    "create",
+    "stats",
+    "inspect",
+    "dead",
+    "redrive",
+    "purge",
+    "doctor",
+    "queues",
+}
 
 
 @dataclass
@@ -319,6 +335,89 @@ def test_other_commands_log_warnings_only_by_default(s3q: Run, url: str) -> None
     assert logging.getLogger("s3queue").getEffectiveLevel() == logging.WARNING
 
 
+# --- --json on every command that prints data --------------------------------------------------
+
+
+def dead_letter(url: str, queue: str) -> str:
+    """Enqueue a message to ``queue`` and fail it for good; its id."""
+
+    async def make() -> str:
+        async with await Queue.open(url, queue) as q:
+            message_id = await q.enqueue({"to": "ada"})
+            [lease] = await q.claim(1)
+            await q.fail(lease, "410 Gone", retriable=False)
+            return message_id
+
+    return asyncio.run(make())
+
+
+def as_json(s3q: Run, url: str, *args: str) -> Any:
+    ran = s3q("--url", url, *args, "--json")
+    assert ran.code == 0, ran.stderr
+    assert ran.stdout.count("\n") == 1, ran.stdout  # one line
+    return json.loads(ran.stdout)
+
+
+@pytest.mark.timeout(120)
+def test_every_data_command_prints_json(
+    s3q: Run, store_url: str, tmp_path: Path, backend: str
+) -> None:
+    url = store_url
+    assert as_json(s3q, url, "create", "q", "--shards", "2") == {
+        "queue": "q",
+        "created": True,
+        "shards": 2,
+    }
+    assert as_json(s3q, url, "create", "q", "--shards", "2")["created"] is False
+    message_id = as_json(s3q, url, "enqueue", "q", '{"n": 1}')["id"]
+    lines = tmp_path / "jobs.jsonl"
+    lines.write_text('{"n": 2}\n{"n": 3}\n')
+    many = as_json(s3q, url, "enqueue", "q", "-f", str(lines))
+    assert many["enqueued"] == 2
+    assert len(set(many["ids"])) == 2
+    assert as_json(s3q, url, "inspect", "q", message_id)["payload"] == {"n": 1}
+    stats = as_json(s3q, url, "stats", "q")
+    assert (stats["pending"], len(stats["shards"]), stats["problems"]) == (3, 2, [])
+    assert as_json(s3q, url, "queues") == [{"name": "q"}]
+    letter = dead_letter(url, "d")
+    [dead] = as_json(s3q, url, "dead", "d")
+    assert (dead["id"], dead["status"], dead["errors"][0]["message"]) == (
+        letter,
+        "dead",
+        "410 Gone",
+    )
+    [moved] = as_json(s3q, url, "redrive", "d")
+    assert moved["id"] == letter
+    assert as_json(s3q, url, "inspect", "d", moved["redriven_to"])["status"] == "pending"
+    assert as_json(s3q, url, "doctor", "q") == {"problems": [], "fixed": []}
+    assert as_json(s3q, url, "purge", "q", "--yes") == {"queue": "q", "purged": True}
+    assert as_json(s3q, url, "stats", "q")["pending"] == 0
+
+
+def test_json_against_s3_as_a_user_runs_it(s3_server: S3Server) -> None:
+    url = s3_server.url(BUCKET, "cli-json")
+    enqueued = subprocess_s3queue("enqueue", "q", "1", "--url", url, "--json")
+    assert enqueued.code == 0, enqueued.stderr
+    message_id = json.loads(enqueued.stdout)["id"]
+    shown = json.loads(
+        subprocess_s3queue("inspect", "q", message_id, "--url", url, "--json").stdout
+    )
+    assert shown["status"] == "pending"
+    listed = json.loads(subprocess_s3queue("--url", url, "queues", "--json").stdout)
+    assert {"name": "q"} in listed
+
+
+def test_the_data_commands_are_the_ones_with_json() -> None:
+    group = typer.main.get_command(cli.app)
+    assert isinstance(group, typer.core.TyperGroup)
+    with_json = {
+        name
+        for name, command in group.commands.items()
+        if any("--json" in param.opts for param in command.params)
+    }
+    assert with_json == DATA_COMMANDS
+
+
 # --- the help itself ---------------------------------------------------------------------------
 
 
@@ -347,3 +446,11 @@ def test_flags_are_shown_as_flags(name: str, command: Any) -> None:
     assert shown.exit_code == 0, shown.output
     assert "<bool>" not in shown.output
     assert "--no-" not in shown.output  # a switch is on when given, off when not
+    if name in DATA_COMMANDS:
+        assert "--json " in shown.output
+
+
+def test_every_json_schema_is_documented() -> None:
+    documented = (Path(__file__).parent.parent / "docs" / "CLI.md").read_text()
+    for name in DATA_COMMANDS:
+        assert f"### `{name}`" in documented, name

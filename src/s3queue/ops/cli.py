@@ -571,7 +571,7 @@ async def _burst_watch(q: Queue, pool: Worker, interval: float) -> None:
 # --- producer side --------------------------------------------------------------------------
 
 
-_Json = Annotated[bool, flag("--json", help="Print JSON instead.")]
+_Json = Annotated[bool, flag("--json", help="Print JSON instead (schema: docs/CLI.md).")]
 
 
 def emit(data: Any) -> None:
@@ -593,6 +593,7 @@ def enqueue(
         int | None,
         checked(limits.MAX_ATTEMPTS, "Attempts before it is dead. Default: the queue's."),
     ] = None,
+    as_json: _Json = False,
 ) -> None:
     """Enqueue one JSON payload (prints its id) or every line of --file."""
     if (payload is None) == (file is None):
@@ -606,20 +607,11 @@ def enqueue(
                 "--dedup-key applies to a single payload", suggestion="drop --dedup-key with --file"
             )
         payloads = _read_jsonl(file)
-
-        async def many() -> int:
-            async with await open_queue(queue) as q:
-                with Progress(console=err, transient=True) as progress:
-                    task = progress.add_task("enqueue", total=len(payloads))
-                    for start in range(0, len(payloads), 500):
-                        batch = payloads[start : start + 500]
-                        await q.enqueue_many(
-                            batch, delay=delay, priority=priority, max_attempts=max_attempts
-                        )
-                        progress.advance(task, len(batch))
-            return len(payloads)
-
-        out.print(f"enqueued {run(many)} messages")
+        ids = run(lambda: _enqueue_all(queue, payloads, delay, priority, max_attempts))
+        if as_json:
+            emit({"enqueued": len(ids), "ids": ids})
+        else:
+            out.print(f"enqueued {len(ids)} messages")
         return
     assert payload is not None
     value = parse_json(payload)
@@ -634,7 +626,28 @@ def enqueue(
                 max_attempts=max_attempts,
             )
 
-    print(run(one))
+    message_id = run(one)
+    if as_json:
+        emit({"id": message_id})
+    else:
+        print(message_id)
+
+
+async def _enqueue_all(
+    queue: str, payloads: list[Any], delay: float, priority: int, max_attempts: int | None
+) -> list[str]:
+    """Enqueue ``payloads`` in batches, with a progress bar on stderr; their ids."""
+    ids: list[str] = []
+    async with await open_queue(queue) as q:
+        with Progress(console=err, transient=True) as progress:
+            task = progress.add_task("enqueue", total=len(payloads))
+            for start in range(0, len(payloads), 500):
+                batch = payloads[start : start + 500]
+                ids += await q.enqueue_many(
+                    batch, delay=delay, priority=priority, max_attempts=max_attempts
+                )
+                progress.advance(task, len(batch))
+    return ids
 
 
 def _read_jsonl(path: Path) -> list[Any]:
@@ -660,6 +673,7 @@ def create(
     max_attempts: Annotated[
         int, checked(limits.MAX_ATTEMPTS, "Default attempts per message before it is dead.")
     ] = 3,
+    as_json: _Json = False,
 ) -> None:
     """Create a queue (producers and workers also create the queues they use)."""
 
@@ -674,15 +688,17 @@ def create(
         return created, q.settings.shards
 
     created, found = run(main)
-    if created:
-        out.print(f"created queue {queue} with {found} shards")
-        return
-    if found != shards:
+    if not created and found != shards:
         raise ConfigurationError(
             f"queue {queue!r} already exists with {found} shards",
             suggestion="the shard count is fixed at creation; pick another name",
         )
-    out.print(f"queue {queue} already exists with {found} shards")
+    if as_json:
+        emit({"queue": queue, "created": created, "shards": found})
+    elif created:
+        out.print(f"created queue {queue} with {found} shards")
+    else:
+        out.print(f"queue {queue} already exists with {found} shards")
 
 
 # --- looking ----------------------------------------------------------------------------------
@@ -709,7 +725,9 @@ def stats_table(name: str, s: Stats, shards: bool) -> Table:
 def stats(
     queue: Annotated[str, typer.Argument(help="Queue name.")],
     as_json: _Json = False,
-    watch: Annotated[bool, flag("--watch", help="Refresh until Ctrl-C.")] = False,
+    watch: Annotated[
+        bool, flag("--watch", help="Refresh until Ctrl-C (with --json: one line per refresh).")
+    ] = False,
     interval: Annotated[
         float, checked(limits.REFRESH, "Seconds between refreshes with --watch.")
     ] = 2.0,
@@ -726,16 +744,12 @@ def stats(
     async def main() -> None:
         async with await open_queue(queue, create=False) as q:
             if not watch:
-                s = await q.stats()
-                if as_json:
-                    emit(s.to_json())
-                else:
-                    out.print(stats_table(queue, s, shards))
-                for problem in s.problems:
-                    err.print(f"problem: {problem.key}: {problem.what}", soft_wrap=True)
-                if s.problems:
-                    err.print(f"the counts leave these out; see: s3queue doctor {queue}")
+                _show_stats(queue, await q.stats(), as_json=as_json, shards=shards)
                 return
+            if as_json:
+                while True:
+                    emit((await q.stats()).to_json())
+                    await asyncio.sleep(interval)  # a refresh period
             with Live(console=out, auto_refresh=False) as live:
                 while True:
                     live.update(stats_table(queue, await q.stats(), shards), refresh=True)
@@ -743,6 +757,17 @@ def stats(
 
     with contextlib.suppress(KeyboardInterrupt):
         run(main)
+
+
+def _show_stats(queue: str, s: Stats, *, as_json: bool, shards: bool) -> None:
+    if as_json:
+        emit(s.to_json())
+    else:
+        out.print(stats_table(queue, s, shards))
+    for problem in s.problems:
+        err.print(f"problem: {problem.key}: {problem.what}", soft_wrap=True)
+    if s.problems:
+        err.print(f"the counts leave these out; see: s3queue doctor {queue}")
 
 
 def describe(info: MessageInfo) -> Table:
@@ -882,6 +907,7 @@ def redrive(
 def purge(
     queue: Annotated[str, typer.Argument(help="Queue name.")],
     yes: Annotated[bool, flag("--yes", "-y", help="Really drop everything.")] = False,
+    as_json: _Json = False,
 ) -> None:
     """Drop every pending, delayed and running message, dead letter and result."""
     if not yes:
@@ -894,7 +920,10 @@ def purge(
             await q.purge()
 
     run(main)
-    out.print(f"purged {queue}")
+    if as_json:
+        emit({"queue": queue, "purged": True})
+    else:
+        out.print(f"purged {queue}")
 
 
 @app.command(cls=Command)
@@ -963,7 +992,7 @@ async def _examine(storage: Any, queue: str, fix: bool) -> tuple[list[Any], list
 
 
 @app.command(cls=Command)
-def queues() -> None:
+def queues(as_json: _Json = False) -> None:
     """List the queues under the URL."""
 
     async def main() -> list[str]:
@@ -973,7 +1002,11 @@ def queues() -> None:
         finally:
             await storage.close()
 
-    for name in run(main):
+    names = run(main)
+    if as_json:
+        emit([{"name": name} for name in names])
+        return
+    for name in names:
         print(name)
 
 
