@@ -1,10 +1,25 @@
-"""The ``s3queue`` command line: worker, enqueue, stats, inspect, dead, redrive,
-purge, queues and demo.
+"""The ``s3queue`` command line: worker, enqueue, create, stats, inspect, dead,
+redrive, purge, doctor, queues, dashboard and demo.
 
 Invariant: a user's mistake or a store's refusal prints one line, ``error: what
-happened (what to do)``, and exits non-zero; tracebacks appear only with --debug.
-Nothing it prints holds the secret of the store URL: errors, tracebacks and log
-lines pass through :func:`scrub`, hints show the redacted URL.
+happened (what to do)``, and exits with the code of the contract below; tracebacks
+appear only with --debug. Nothing it prints holds the secret of the store URL: errors,
+tracebacks and log lines pass through :func:`scrub`, hints show the redacted URL.
+
+Exit codes (README and docs/CLI.md repeat them):
+
+- 0: done.
+- 1: the command was well formed but its operation failed: storage unreachable or
+  refusing, a queue or message that does not exist, an id that is not a dead letter,
+  problems ``doctor`` leaves, a worker stopped by an error.
+- 2: the command line or the configuration is wrong, and running it again as it is
+  cannot help: no command, an unknown command or option, a missing argument, a value
+  that is not a number or out of range, bad JSON, a bad URL or queue name, a handler
+  that does not import, a busy port, a setting a queue's fixed ones contradict.
+- 130: interrupted (Ctrl-C) outside a worker, which stops cleanly on it instead.
+
+Global options (--url, --log-level, --log-format, --quiet, --debug) are accepted
+before the command and, as users of other tools type them, after it.
 """
 
 from __future__ import annotations
@@ -21,6 +36,7 @@ import sys
 import time
 import traceback
 from collections.abc import Awaitable, Callable
+from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
@@ -29,13 +45,16 @@ from rich.console import Console
 from rich.live import Live
 from rich.progress import Progress
 from rich.table import Table
+from typer.core import TyperCommand, TyperGroup
 
-from s3queue import limits
+from s3queue import __version__, limits
 from s3queue.backoff import Backoff
 from s3queue.core import layout
 from s3queue.core.catalog import list_queues
 from s3queue.errors import ConfigurationError, PayloadError, QueueError, QueueNotFound
 from s3queue.info import MessageInfo, Stats
+from s3queue.ops import logs
+from s3queue.ops.logs import LogFormat
 from s3queue.payload import MAX_DEPTH, check_value
 from s3queue.queue import DEFAULT_SHARDS, Queue
 from s3queue.runtime.cron import parse_cron
@@ -46,71 +65,227 @@ from s3queue.storage import open_storage, redact, redact_url, url_secrets
 DEFAULT_URL = "file://.s3queue"
 T = TypeVar("T")
 
-app = typer.Typer(
-    help="s3queue: a job queue whose only infrastructure is object storage.",
-    no_args_is_help=True,
-    add_completion=False,
-    pretty_exceptions_enable=False,
-)
 out = Console()
 err = Console(stderr=True)
 
 
+class LogLevel(StrEnum):
+    debug = "debug"
+    info = "info"
+    warning = "warning"
+    error = "error"
+
+
 class _Options:
+    """The global options, wherever on the command line they were given."""
+
     url: str = DEFAULT_URL
     debug: bool = False
+    log_level: LogLevel | None = None  # None: the command's own default
+    log_format: LogFormat = LogFormat.text
+    quiet: bool = False
 
 
 options = _Options()
+
+#: Commands that log at INFO by default (the worker's start banner and a line per
+#: finished job, as Celery and RQ workers do); the others log warnings and errors only.
+TALKATIVE = {"worker"}
 
 
 def scrub(text: str) -> str:
     """``text`` without any secret of the store URL, wherever it came from (our own
     messages, the argument parser's, a third party's exception in a traceback)."""
-    known = url_secrets(options.url) + url_secrets(os.environ.get("S3QUEUE_URL", ""))
-    return redact(text, known)
+    urls = [options.url, os.environ.get("S3QUEUE_URL", "")]
+    urls += [arg for arg in sys.argv[1:] if "://" in arg]  # a URL the parser stopped before
+    return redact(text, [secret for url in urls for secret in url_secrets(url)])
 
 
-class _ScrubbingFormatter(logging.Formatter):
-    def format(self, record: logging.LogRecord) -> str:
-        return scrub(super().format(record))
+def configure_logging(command: str | None) -> None:
+    """Logs to stderr in --log-format: --log-level if given, else warnings and errors,
+    and s3queue's INFO records too for a talkative command without --quiet."""
+    if options.log_level is not None:
+        level = s3queue_level = getattr(logging, options.log_level.upper())
+    else:
+        level = logging.WARNING
+        talk = command in TALKATIVE and not options.quiet
+        s3queue_level = logging.INFO if talk else logging.WARNING
+    logs.configure(
+        level=level, s3queue_level=s3queue_level, log_format=options.log_format, redact=scrub
+    )
 
 
-@app.callback()
+def flag(*names: str, help: str, **more: Any) -> Any:
+    """A ``typer.Option`` for an on/off switch: ``--name`` alone (no ``--no-name``),
+    listed without a type or default (it takes no value)."""
+    return typer.Option(*names, help=help, show_default=False, **more)
+
+
+def _as_flags(params: list[Any]) -> list[Any]:
+    # typer lists every option's type, "--json <bool>" as if a flag took a value;
+    # an empty metavar leaves the column blank for flags only.
+    for param in params:
+        if getattr(param, "is_flag", False) and param.metavar is None:
+            param.metavar = ""
+    return params
+
+
+# --- global options ---------------------------------------------------------------------------
+
+_GLOBAL = "Global options (before or after the command)"
+_URL_HELP = "Store URL: s3://bucket/prefix, file:///dir or memory://name."
+_LOG_LEVEL_HELP = (
+    "debug, info, warning or error: log records of this level and above. Default: "
+    "warning (worker: info for s3queue's own records)."
+)
+_LOG_FORMAT_HELP = "Log lines as text, or one JSON object per line (stderr either way)."
+_QUIET_HELP = "Log warnings and errors only (what every command but worker does anyway)."
+_DEBUG_HELP = "Show tracebacks."
+
+
+def _remember(field: str) -> Callable[[Any], Any]:
+    """A callback that stores a global option given after the command."""
+
+    def store(value: Any) -> Any:
+        if value is not None and value is not False:  # not given: keep what came before
+            setattr(options, field, value)
+        return value
+
+    return store
+
+
+def _again(*names: str, help: str, **more: Any) -> Any:
+    """A global option's copy on a command: no default or variable of its own (those
+    belong to the copy before the command, which this one overrides)."""
+    field = names[0].removeprefix("--").replace("-", "_")
+    return typer.Option(
+        *names,
+        help=help,
+        callback=_remember(field),
+        expose_value=False,
+        rich_help_panel=_GLOBAL,
+        show_default=False,
+        **more,
+    )
+
+
+def _global_options(
+    url: Annotated[str | None, _again("--url", help=_URL_HELP, metavar="URL")] = None,
+    log_level: Annotated[
+        LogLevel | None,
+        _again("--log-level", help=_LOG_LEVEL_HELP, case_sensitive=False, metavar="LEVEL"),
+    ] = None,
+    log_format: Annotated[
+        LogFormat | None, _again("--log-format", help=_LOG_FORMAT_HELP, case_sensitive=False)
+    ] = None,
+    quiet: Annotated[bool, _again("--quiet", "-q", help=_QUIET_HELP)] = False,
+    debug: Annotated[bool, _again("--debug", help=_DEBUG_HELP)] = False,
+) -> None:
+    """Never called: the parameters typer reads the global options' copies from."""
+
+
+_copies = typer.Typer(add_completion=False)
+_copies.command()(_global_options)
+
+
+class Command(TyperCommand):
+    """An s3queue command: it also takes the global options (after its arguments, as
+    git, pip and celery users type them), lists flags without a type, and sets up
+    logging once every option has been read."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.params.extend(typer.main.get_command(_copies).params)  # fresh copies
+
+    def get_params(self, ctx: Any) -> list[Any]:
+        return _as_flags(super().get_params(ctx))
+
+    def invoke(self, ctx: Any) -> Any:
+        configure_logging(self.name)
+        return super().invoke(ctx)
+
+
+class Group(TyperGroup):
+    """The ``s3queue`` group: flags listed without a type (typer's own too)."""
+
+    def get_params(self, ctx: Any) -> list[Any]:
+        return _as_flags(super().get_params(ctx))
+
+
+app = typer.Typer(
+    cls=Group,
+    help="s3queue: a job queue whose only infrastructure is object storage.",
+    context_settings={"help_option_names": ["-h", "--help"]},
+    pretty_exceptions_enable=False,
+)
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        print(f"s3queue {__version__}")
+        raise typer.Exit()
+
+
+@app.callback(invoke_without_command=True)
 def main_options(
+    ctx: typer.Context,
     url: Annotated[
-        str,
-        typer.Option(
-            envvar="S3QUEUE_URL", help="Store URL: s3://bucket/prefix, file:///dir, memory://"
-        ),
+        str, typer.Option(envvar="S3QUEUE_URL", metavar="URL", help=_URL_HELP)
     ] = DEFAULT_URL,
     log_level: Annotated[
-        str, typer.Option(envvar="S3QUEUE_LOG_LEVEL", help="debug, info, warning, error")
-    ] = "warning",
-    debug: Annotated[bool, typer.Option(help="Show tracebacks.")] = False,
+        LogLevel | None,
+        typer.Option(
+            envvar="S3QUEUE_LOG_LEVEL", case_sensitive=False, metavar="LEVEL", help=_LOG_LEVEL_HELP
+        ),
+    ] = None,
+    log_format: Annotated[
+        LogFormat,
+        typer.Option(envvar="S3QUEUE_LOG_FORMAT", case_sensitive=False, help=_LOG_FORMAT_HELP),
+    ] = LogFormat.text,
+    quiet: Annotated[bool, flag("--quiet", "-q", help=_QUIET_HELP)] = False,
+    debug: Annotated[bool, flag("--debug", help=_DEBUG_HELP)] = False,
+    version: Annotated[
+        bool,
+        flag(
+            "--version", help="Print the version and exit.", is_eager=True, callback=_print_version
+        ),
+    ] = False,
 ) -> None:
     options.url = url
     options.debug = debug
-    level = getattr(logging, log_level.upper(), None)
-    if not isinstance(level, int):
-        raise ConfigurationError(
-            f"unknown log level {log_level!r}", suggestion="use debug, info, warning or error"
-        )
-    handler = logging.StreamHandler()
-    handler.setFormatter(_ScrubbingFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    logging.basicConfig(level=level, handlers=[handler])
+    options.log_level = log_level
+    options.log_format = log_format
+    options.quiet = quiet
+    if ctx.invoked_subcommand is None:
+        # No command: a usage error, so the help goes to stderr and the exit code is 2,
+        # as click does (and the help is what the user needs next).
+        with contextlib.redirect_stdout(sys.stderr):
+            text = ctx.get_help()  # typer's rich help prints itself, returning ""
+        if text:
+            print(text, file=sys.stderr)
+        raise typer.Exit(2)
 
 
 def checked(limit: limits.Real | limits.Integer, about: str = "", *names: str, **more: Any) -> Any:
     """A ``typer.Option`` for a number in ``limit``: the range is shown in --help, and a
-    value outside it is refused before anything runs, naming the option as the user
-    typed it (``--visibility-timeout``, not ``visibility_timeout``)."""
+    value that is not a number, or is outside the range, is refused before anything
+    runs, in limits' words, naming the option as the user typed it
+    (``--visibility-timeout``, not ``visibility_timeout``)."""
 
     def check(param: typer.CallbackParam, value: Any) -> Any:
         return limit.optional(value, max(param.opts, key=len))  # the long form, not "-c"
 
     about = f"{about} Range: {limit.describe()}.".strip()
-    return typer.Option(*names, help=about, callback=check, **more)
+    return typer.Option(*names, help=about, parser=_number, callback=check, **more)
+
+
+def _number(text: str) -> int | float | str:
+    """A number as typed: an int, else a float, else the text itself, which the
+    option's limit then refuses with its range (not "Input should be a valid integer")."""
+    for kind in (int, float):
+        with contextlib.suppress(ValueError):
+            return kind(text)
+    return text
 
 
 def run(make: Callable[[], Awaitable[T]]) -> T:
@@ -198,7 +373,15 @@ def load_handler(spec: str) -> Callable[..., Any]:
 
 # The worker command's options, one alias each, so that the command itself reads as
 # the settings it builds.
-_Concurrency = Annotated[int, checked(limits.CONCURRENCY, "", "--concurrency", "-c")]
+_Concurrency = Annotated[
+    int,
+    checked(
+        limits.CONCURRENCY,
+        "Jobs run at once (where autoscaling starts).",
+        "--concurrency",
+        "-c",
+    ),
+]
 _VisibilityTimeout = Annotated[
     float, checked(limits.VISIBILITY_TIMEOUT, "Lease length in seconds (extended while running).")
 ]
@@ -220,8 +403,22 @@ _JobTimeout = Annotated[
 _ShutdownTimeout = Annotated[
     float, checked(limits.SHUTDOWN_TIMEOUT, "Seconds to finish running jobs on SIGTERM.")
 ]
-_MinConcurrency = Annotated[int | None, checked(limits.CONCURRENCY)]
-_MaxConcurrency = Annotated[int | None, checked(limits.CONCURRENCY)]
+_MinConcurrency = Annotated[
+    int | None,
+    checked(
+        limits.CONCURRENCY,
+        "Autoscaling floor: one job fewer after a claim round that found nothing, down to "
+        "this. Default: --concurrency.",
+    ),
+]
+_MaxConcurrency = Annotated[
+    int | None,
+    checked(
+        limits.CONCURRENCY,
+        "Autoscaling ceiling: one job more after a round that left leases waiting, up to "
+        "this. Default: --concurrency.",
+    ),
+]
 _Prefetch = Annotated[
     int | None,
     checked(
@@ -237,7 +434,7 @@ _BackoffInitial = Annotated[
 _BackoffMax = Annotated[
     float | None, checked(limits.RETRY_DELAY, "Longest retry delay in seconds.")
 ]
-_Burst = Annotated[bool, typer.Option(help="Drain the queue, then exit.")]
+_Burst = Annotated[bool, flag("--burst", help="Drain the queue, then exit.")]
 _CronOption = Annotated[
     list[str] | None,
     typer.Option(
@@ -261,7 +458,7 @@ _MetricsHost = Annotated[
 _ReportCounts = Annotated[Path | None, typer.Option(hidden=True)]
 
 
-@app.command()
+@app.command(cls=Command)
 def worker(  # noqa: PLR0913 - typer reads a command's options from its parameters
     queue: Annotated[str, typer.Argument(help="Queue name.")],
     handler: Annotated[str, typer.Argument(help="module:function taking (payload, ctx).")],
@@ -328,7 +525,6 @@ async def _work(
     """Open the queue, run ``build(queue)`` on it until it stops, then close it."""
     q = await open_queue(name)
     worker = build(q)
-    _log_events(worker)
     server = None
     if metrics is not None:
         from s3queue.ops.monitor import WorkerMonitor
@@ -363,17 +559,6 @@ def _write_counts(path: Path, worker: Worker) -> None:
     path.write_text(json.dumps(report))  # a few bytes, once, on the way out
 
 
-def _log_events(worker: Worker) -> None:
-    log = logging.getLogger("s3queue.events")
-    for name in ("completed", "retry", "dead", "recovered", "lease_lost"):
-        worker.on(
-            name,
-            lambda e: log.info(
-                "%s %s attempt=%s %s", e.name, e.message_id, e.attempt, e.error or ""
-            ),
-        )
-
-
 async def _burst_watch(q: Queue, pool: Worker, interval: float) -> None:
     while True:
         await asyncio.sleep(interval)  # polling shared storage: no event crosses processes
@@ -386,7 +571,15 @@ async def _burst_watch(q: Queue, pool: Worker, interval: float) -> None:
 # --- producer side --------------------------------------------------------------------------
 
 
-@app.command()
+_Json = Annotated[bool, flag("--json", help="Print JSON instead (schema: docs/CLI.md).")]
+
+
+def emit(data: Any) -> None:
+    """Print ``data`` as one line of JSON on stdout: what every --json prints."""
+    print(json.dumps(data), flush=True)
+
+
+@app.command(cls=Command)
 def enqueue(
     queue: Annotated[str, typer.Argument(help="Queue name.")],
     payload: Annotated[str | None, typer.Argument(help="JSON payload.")] = None,
@@ -396,7 +589,11 @@ def enqueue(
     delay: Annotated[float, checked(limits.DELAY, "Seconds before it may run.")] = 0.0,
     priority: Annotated[int, checked(limits.PRIORITY, "Higher runs first.")] = 0,
     dedup_key: Annotated[str | None, typer.Option(help="Enqueue only once per key.")] = None,
-    max_attempts: Annotated[int | None, checked(limits.MAX_ATTEMPTS)] = None,
+    max_attempts: Annotated[
+        int | None,
+        checked(limits.MAX_ATTEMPTS, "Attempts before it is dead. Default: the queue's."),
+    ] = None,
+    as_json: _Json = False,
 ) -> None:
     """Enqueue one JSON payload (prints its id) or every line of --file."""
     if (payload is None) == (file is None):
@@ -410,20 +607,11 @@ def enqueue(
                 "--dedup-key applies to a single payload", suggestion="drop --dedup-key with --file"
             )
         payloads = _read_jsonl(file)
-
-        async def many() -> int:
-            async with await open_queue(queue) as q:
-                with Progress(console=err, transient=True) as progress:
-                    task = progress.add_task("enqueue", total=len(payloads))
-                    for start in range(0, len(payloads), 500):
-                        batch = payloads[start : start + 500]
-                        await q.enqueue_many(
-                            batch, delay=delay, priority=priority, max_attempts=max_attempts
-                        )
-                        progress.advance(task, len(batch))
-            return len(payloads)
-
-        out.print(f"enqueued {run(many)} messages")
+        ids = run(lambda: _enqueue_all(queue, payloads, delay, priority, max_attempts))
+        if as_json:
+            emit({"enqueued": len(ids), "ids": ids})
+        else:
+            out.print(f"enqueued {len(ids)} messages")
         return
     assert payload is not None
     value = parse_json(payload)
@@ -438,7 +626,28 @@ def enqueue(
                 max_attempts=max_attempts,
             )
 
-    print(run(one))
+    message_id = run(one)
+    if as_json:
+        emit({"id": message_id})
+    else:
+        print(message_id)
+
+
+async def _enqueue_all(
+    queue: str, payloads: list[Any], delay: float, priority: int, max_attempts: int | None
+) -> list[str]:
+    """Enqueue ``payloads`` in batches, with a progress bar on stderr; their ids."""
+    ids: list[str] = []
+    async with await open_queue(queue) as q:
+        with Progress(console=err, transient=True) as progress:
+            task = progress.add_task("enqueue", total=len(payloads))
+            for start in range(0, len(payloads), 500):
+                batch = payloads[start : start + 500]
+                ids += await q.enqueue_many(
+                    batch, delay=delay, priority=priority, max_attempts=max_attempts
+                )
+                progress.advance(task, len(batch))
+    return ids
 
 
 def _read_jsonl(path: Path) -> list[Any]:
@@ -455,7 +664,7 @@ def _read_jsonl(path: Path) -> list[Any]:
     ]
 
 
-@app.command()
+@app.command(cls=Command)
 def create(
     queue: Annotated[str, typer.Argument(help="Queue name.")],
     shards: Annotated[
@@ -464,6 +673,7 @@ def create(
     max_attempts: Annotated[
         int, checked(limits.MAX_ATTEMPTS, "Default attempts per message before it is dead.")
     ] = 3,
+    as_json: _Json = False,
 ) -> None:
     """Create a queue (producers and workers also create the queues they use)."""
 
@@ -478,15 +688,17 @@ def create(
         return created, q.settings.shards
 
     created, found = run(main)
-    if created:
-        out.print(f"created queue {queue} with {found} shards")
-        return
-    if found != shards:
+    if not created and found != shards:
         raise ConfigurationError(
             f"queue {queue!r} already exists with {found} shards",
             suggestion="the shard count is fixed at creation; pick another name",
         )
-    out.print(f"queue {queue} already exists with {found} shards")
+    if as_json:
+        emit({"queue": queue, "created": created, "shards": found})
+    elif created:
+        out.print(f"created queue {queue} with {found} shards")
+    else:
+        out.print(f"queue {queue} already exists with {found} shards")
 
 
 # --- looking ----------------------------------------------------------------------------------
@@ -509,15 +721,17 @@ def stats_table(name: str, s: Stats, shards: bool) -> Table:
     return table
 
 
-@app.command()
+@app.command(cls=Command)
 def stats(
     queue: Annotated[str, typer.Argument(help="Queue name.")],
-    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
-    watch: Annotated[bool, typer.Option(help="Refresh until Ctrl-C.")] = False,
+    as_json: _Json = False,
+    watch: Annotated[
+        bool, flag("--watch", help="Refresh until Ctrl-C (with --json: one line per refresh).")
+    ] = False,
     interval: Annotated[
         float, checked(limits.REFRESH, "Seconds between refreshes with --watch.")
     ] = 2.0,
-    shards: Annotated[bool, typer.Option(help="One row per shard.")] = False,
+    shards: Annotated[bool, flag("--shards", help="One row per shard.")] = False,
 ) -> None:
     """Counts by status; --shards rows sum to the totals.
 
@@ -530,16 +744,12 @@ def stats(
     async def main() -> None:
         async with await open_queue(queue, create=False) as q:
             if not watch:
-                s = await q.stats()
-                if as_json:
-                    print(json.dumps(s.to_json()))
-                else:
-                    out.print(stats_table(queue, s, shards))
-                for problem in s.problems:
-                    err.print(f"problem: {problem.key}: {problem.what}", soft_wrap=True)
-                if s.problems:
-                    err.print(f"the counts leave these out; see: s3queue doctor {queue}")
+                _show_stats(queue, await q.stats(), as_json=as_json, shards=shards)
                 return
+            if as_json:
+                while True:
+                    emit((await q.stats()).to_json())
+                    await asyncio.sleep(interval)  # a refresh period
             with Live(console=out, auto_refresh=False) as live:
                 while True:
                     live.update(stats_table(queue, await q.stats(), shards), refresh=True)
@@ -547,6 +757,17 @@ def stats(
 
     with contextlib.suppress(KeyboardInterrupt):
         run(main)
+
+
+def _show_stats(queue: str, s: Stats, *, as_json: bool, shards: bool) -> None:
+    if as_json:
+        emit(s.to_json())
+    else:
+        out.print(stats_table(queue, s, shards))
+    for problem in s.problems:
+        err.print(f"problem: {problem.key}: {problem.what}", soft_wrap=True)
+    if s.problems:
+        err.print(f"the counts leave these out; see: s3queue doctor {queue}")
 
 
 def describe(info: MessageInfo) -> Table:
@@ -584,11 +805,11 @@ def _when(ts: float | None) -> str:
     return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ts)) + f" ({ts - time.time():+.1f} s)"
 
 
-@app.command()
+@app.command(cls=Command)
 def inspect(
     queue: Annotated[str, typer.Argument(help="Queue name.")],
     message_id: Annotated[str, typer.Argument(help="Message id, as enqueue printed it.")],
-    as_json: Annotated[bool, typer.Option("--json")] = False,
+    as_json: _Json = False,
 ) -> None:
     """Status, attempts, payload, result and errors of one message."""
 
@@ -601,16 +822,16 @@ def inspect(
         print(f"error: no message {message_id} in queue {queue}", file=sys.stderr)
         raise typer.Exit(1)
     if as_json:
-        print(json.dumps(info.to_json()))
+        emit(info.to_json())
     else:
         out.print(describe(info))
 
 
-@app.command()
+@app.command(cls=Command)
 def dead(
     queue: Annotated[str, typer.Argument(help="Queue name.")],
     limit: Annotated[int, checked(limits.LIST_LIMIT, "Show at most this many.")] = 100,
-    as_json: Annotated[bool, typer.Option("--json")] = False,
+    as_json: _Json = False,
 ) -> None:
     """List dead letters with their last error."""
 
@@ -620,7 +841,7 @@ def dead(
 
     letters = run(main)
     if as_json:
-        print(json.dumps([info.to_json() for info in letters]))
+        emit([info.to_json() for info in letters])
         return
     table = Table(title=f"dead letters of {queue} ({len(letters)})")
     for column in ("id", "attempts", "last error", "payload"):
@@ -653,13 +874,13 @@ def redrive_command(queue: str) -> str:
     )
 
 
-@app.command()
+@app.command(cls=Command)
 def redrive(
     queue: Annotated[str, typer.Argument(help="Queue name.")],
     ids: Annotated[
         list[str] | None, typer.Argument(help="Dead letter ids (all when none).")
     ] = None,
-    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+    as_json: _Json = False,
 ) -> None:
     """Move dead letters back into the queue as new messages; print old and new ids.
 
@@ -675,17 +896,18 @@ def redrive(
     old, new = run(main)
     pairs = list(zip(old, new, strict=True))
     if as_json:
-        print(json.dumps([{"id": o, "redriven_to": n} for o, n in pairs]))
+        emit([{"id": o, "redriven_to": n} for o, n in pairs])
         return
     for o, n in pairs:
         print(f"{o} -> {n}")
     print(f"redrove {len(pairs)} messages", file=sys.stderr)
 
 
-@app.command()
+@app.command(cls=Command)
 def purge(
     queue: Annotated[str, typer.Argument(help="Queue name.")],
-    yes: Annotated[bool, typer.Option("--yes", help="Really drop everything.")] = False,
+    yes: Annotated[bool, flag("--yes", "-y", help="Really drop everything.")] = False,
+    as_json: _Json = False,
 ) -> None:
     """Drop every pending, delayed and running message, dead letter and result."""
     if not yes:
@@ -698,14 +920,17 @@ def purge(
             await q.purge()
 
     run(main)
-    out.print(f"purged {queue}")
+    if as_json:
+        emit({"queue": queue, "purged": True})
+    else:
+        out.print(f"purged {queue}")
 
 
-@app.command()
+@app.command(cls=Command)
 def doctor(
     queue: Annotated[str, typer.Argument(help="Queue name.")],
-    fix: Annotated[bool, typer.Option("--fix", help="Repair what can be repaired.")] = False,
-    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+    fix: Annotated[bool, flag("--fix", help="Repair what can be repaired.")] = False,
+    as_json: _Json = False,
 ) -> None:
     """List what is wrong with a queue's objects and what --fix would do about it.
 
@@ -734,7 +959,7 @@ def doctor(
         err.print(f"fixed: {line}", soft_wrap=True)
     if as_json:
         rows = [{"key": f.key, "problem": f.problem, "fix": f.action} for f in findings]
-        print(json.dumps({"problems": rows, "fixed": done}))
+        emit({"problems": rows, "fixed": done})
     elif not findings:
         out.print(f"queue {queue}: no problems found")
     else:
@@ -766,8 +991,8 @@ async def _examine(storage: Any, queue: str, fix: bool) -> tuple[list[Any], list
         await q.close()
 
 
-@app.command()
-def queues() -> None:
+@app.command(cls=Command)
+def queues(as_json: _Json = False) -> None:
     """List the queues under the URL."""
 
     async def main() -> list[str]:
@@ -777,11 +1002,15 @@ def queues() -> None:
         finally:
             await storage.close()
 
-    for name in run(main):
+    names = run(main)
+    if as_json:
+        emit([{"name": name} for name in names])
+        return
+    for name in names:
         print(name)
 
 
-@app.command()
+@app.command(cls=Command)
 def dashboard(
     host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
     port: Annotated[int, checked(limits.PORT, "Port to listen on.")] = 8321,
@@ -827,7 +1056,7 @@ def dashboard(
     run(main)
 
 
-@app.command()
+@app.command(cls=Command)
 def demo(
     jobs: Annotated[int, checked(limits.DEMO_JOBS, "How many jobs to enqueue.")] = 3000,
     workers: Annotated[int, checked(limits.DEMO_WORKERS, "Worker processes.")] = 2,
@@ -849,29 +1078,33 @@ _ClickException: type[Exception] = next(
 )
 
 
-def _usage(error: Any) -> int:
-    """A parse error (an unknown option, a value that is not a number) as one line."""
-    message = " ".join(error.format_message().split())
-    if message:  # empty when typer has printed the help instead
+def exit_code(error: BaseException) -> int:
+    """The contract's exit code for an error that ended a command (module docstring)."""
+    if isinstance(error, _ClickException):
+        return int(error.exit_code)  # type: ignore[attr-defined]  # 2: a usage error
+    if isinstance(error, ConfigurationError | PayloadError):
+        return 2
+    return 1
+
+
+def _one_line(error: BaseException) -> str:
+    """The error as the one line the user sees (before scrubbing)."""
+    if isinstance(error, _ClickException):
+        # An unknown option, a missing argument: click's words, and where to look.
+        message = " ".join(error.format_message().split())  # type: ignore[attr-defined]
+        # typer validates choices with pydantic, whose "Value error, " prefix says nothing.
+        message = message.replace("Value error, ", "")
         context = getattr(error, "ctx", None)
         hint = f" (see {context.command_path} --help)" if context is not None else ""
-        # scrub: the parser's message may echo a URL as typed.
-        print(scrub(f"error: {message}{hint}"), file=sys.stderr)
-    return int(error.exit_code)
-
-
-def _report(error: BaseException) -> int:
-    # Plain print: one line however narrow the terminal (rich would wrap it).
+        return f"error: {message}{hint}"
     if isinstance(error, QueueError):
-        print(scrub(f"error: {error}"), file=sys.stderr)
-        return 2 if isinstance(error, ConfigurationError | PayloadError) else 1
-    print(scrub(f"error: {type(error).__name__}: {error}"), file=sys.stderr)
-    return 1
+        return f"error: {error}"
+    return f"error: {type(error).__name__}: {error}"
 
 
 def main() -> None:
     try:
-        code = app(standalone_mode=False)
+        code = app(standalone_mode=False, prog_name="s3queue")
         raise SystemExit(code if isinstance(code, int) else 0)
     except (typer.Exit, SystemExit) as done:
         code = getattr(done, "exit_code", None) if isinstance(done, typer.Exit) else done.code
@@ -884,10 +1117,11 @@ def main() -> None:
         if options.debug or "--debug" in sys.argv:
             # Printed here rather than re-raised: the chain may quote the URL.
             print(scrub("".join(traceback.format_exception(error))), file=sys.stderr, end="")
-            raise SystemExit(1) from None
-        if isinstance(error, _ClickException):
-            raise SystemExit(_usage(error)) from None
-        raise SystemExit(_report(error)) from None
+        else:
+            # Plain print: one line however narrow the terminal (rich would wrap it);
+            # scrubbed, as the parser's message may echo a URL as typed.
+            print(scrub(_one_line(error)), file=sys.stderr)
+        raise SystemExit(exit_code(error)) from None
 
 
-__all__ = ["app", "layout", "main"]
+__all__ = ["app", "exit_code", "layout", "main"]
