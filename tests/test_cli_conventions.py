@@ -133,15 +133,22 @@ def test_no_command_is_a_usage_error_the_help_on_stderr_exit_2(s3q: Run) -> None
     assert "NoArgsIsHelpError" not in ran.stderr
 
 
+#: Typer finds the user's shell among the process's ancestors; under a test runner
+#: started by make or CI that may be sh, or none. This makes it take the shell named.
+NAMED_SHELL = {"_TYPER_COMPLETE_TEST_DISABLE_SHELL_DETECTION": "1"}
+
+
 def test_completion_script_is_shown_for_bash() -> None:
-    ran = subprocess_s3queue("--show-completion", "bash")
+    ran = subprocess_s3queue("--show-completion", "bash", env=NAMED_SHELL)
     assert ran.code == 0, ran.stderr
     assert "_S3QUEUE_COMPLETE=complete_bash" in ran.stdout
     assert "complete -o default -F _s3queue_completion s3queue" in ran.stdout
 
 
 def test_completion_installs_into_the_users_shell_files(tmp_path: Path) -> None:
-    ran = subprocess_s3queue("--install-completion", "bash", env={"HOME": str(tmp_path)})
+    ran = subprocess_s3queue(
+        "--install-completion", "bash", env={"HOME": str(tmp_path), **NAMED_SHELL}
+    )
     assert ran.code == 0, ran.stderr
     assert "bash completion installed" in ran.stdout
     assert "_s3queue_completion" in (tmp_path / ".bash_completions" / "s3queue.sh").read_text()

@@ -4,6 +4,7 @@ are the ones `make` runs or run here."""
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
@@ -11,6 +12,9 @@ import sys
 from pathlib import Path
 
 import pytest
+
+from tests.conftest import BUCKET
+from tests.s3server import S3Server
 
 ROOT = Path(__file__).resolve().parent.parent
 README = (ROOT / "README.md").read_text()
@@ -76,3 +80,42 @@ def test_the_install_block_is_what_make_runs_and_the_rest_runs(tmp_path: Path) -
             command, shell=True, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120
         )
         assert done.returncode == 0, f"{command}: {done.stderr}"
+
+
+def command_line_block() -> list[str]:
+    [block] = re.findall(r"^```sh\n(.*?)^```", section("### Command line"), flags=re.M | re.S)
+    return [line for line in lines(block) if not line.startswith("#")]
+
+
+def run_block(commands: list[str], cwd: Path, replace: tuple[str, str] | None = None) -> None:
+    """Run the block's lines in one shell, each checked for its exit code, and the
+    output of each ``--json`` command parsed."""
+    (cwd / "examples").symlink_to(ROOT / "examples")
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    env.pop("S3QUEUE_URL", None)
+    exports: list[str] = []
+    for command in commands:
+        if replace is not None:
+            command = command.replace(*replace)
+        if command.startswith("export "):
+            exports.append(command.split("#")[0])
+            continue
+        script = "; ".join([*exports, command])
+        done = subprocess.run(
+            ["bash", "-c", script], cwd=cwd, env=env, capture_output=True, text=True, timeout=120
+        )
+        assert done.returncode == 0, f"{command}\n{done.stderr}"
+        if "--json" in command:
+            for line in done.stdout.splitlines():
+                json.loads(line)  # every line of --json output is a JSON document
+
+
+def test_the_command_line_block_runs_on_a_local_store(tmp_path: Path) -> None:
+    commands = command_line_block()
+    assert commands[0].startswith("export S3QUEUE_URL='file://.s3queue'")
+    run_block(commands, tmp_path)
+
+
+def test_the_command_line_block_runs_on_s3(tmp_path: Path, s3_server: S3Server) -> None:
+    url = s3_server.url(BUCKET, f"readme-{tmp_path.name}")
+    run_block(command_line_block(), tmp_path, replace=("file://.s3queue", url))
