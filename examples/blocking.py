@@ -1,6 +1,6 @@
 """The blocking client, for producers that are not async (Django, Flask, scripts).
 
-    python examples/blocking.py
+python examples/blocking.py
 """
 
 import s3queue
