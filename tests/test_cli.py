@@ -193,7 +193,9 @@ def test_create_makes_a_queue_once_with_its_shards(url: str) -> None:
     again = cli(url, "create", "jobs", "--shards", "3")
     assert again.returncode == 0
     assert "already exists" in again.stdout
-    assert "already exists with 3 shards" in one_line_error(cli(url, "create", "jobs"))
+    assert "already exists with 3 shards" in one_line_error(
+        cli(url, "create", "jobs", "--shards", "4")
+    )
     stats = json.loads(cli(url, "stats", "jobs", "--json").stdout)
     assert len(stats["shards"]) == 3
 
@@ -304,3 +306,15 @@ def test_enqueue_and_stats_against_s3(s3_server: S3Server) -> None:
     assert message_id
     stats = json.loads(cli(url, "stats", "q", "--json").stdout)
     assert stats["pending"] == 1
+
+
+def test_create_leaves_an_existing_queue_as_it_is(url: str) -> None:
+    first = cli(url, "create", "jobs", "--shards", "8", "--json")
+    assert first.returncode == 0, first.stderr
+    assert json.loads(first.stdout) == {"queue": "jobs", "created": True, "shards": 8}
+    again = cli(url, "create", "jobs", "--json")  # no --shards: whatever it has is fine
+    assert again.returncode == 0, again.stderr
+    assert json.loads(again.stdout) == {"queue": "jobs", "created": False, "shards": 8}
+    other = cli(url, "create", "jobs", "--shards", "2")
+    assert other.returncode == 2
+    assert "already exists with 8 shards" in other.stderr

@@ -13,6 +13,7 @@ import datetime
 import decimal
 import enum
 import json
+import logging
 import math
 import sys
 import uuid
@@ -46,6 +47,7 @@ from s3queue.core.segment import Message, Segment, encode_segment
 from s3queue.ops import cli
 from s3queue.ops.dashboard import Dashboard
 from s3queue.ops.monitor import WorkerMonitor
+from tests.conftest import FAST
 from tests.test_cli import cli as run_cli
 from tests.test_cli import one_line_error
 
@@ -313,19 +315,48 @@ async def test_a_value_json_would_change_is_refused_by_its_path(
         await q.close()
 
 
-async def test_results_and_progress_follow_the_same_rule(url: str) -> None:
+async def test_results_and_progress_are_stored_as_json_makes_them_and_said_so(
+    url: str, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Refusing them would fail a job whose work is done: they are stored, with a warning
+    # (once per place in a process: forget the places warned of by earlier tests).
+    monkeypatch.setattr("s3queue.payload._warned", set())
     q = await Queue.open(url, NAME)
     try:
         await q.enqueue({"n": 1})
         [lease] = await q.claim(1, 30)
-        with pytest.raises(PayloadError, match=r"progress value holds a tuple"):
+        with caplog.at_level(logging.WARNING, "s3queue.payload"):
             await q.progress(lease, {"done": (1, 2)})
-        with pytest.raises(PayloadError, match=r'result holds a datetime at result\["at"\]'):
-            await q.ack(lease, {"at": datetime.datetime(2026, 11, 30)})
-        await q.ack(lease, {"at": "2026-11-30T00:00:00"})
+            await q.ack(lease, {"at": datetime.datetime(2026, 11, 30, tzinfo=datetime.UTC)})
+        assert 'progress value holds a tuple at progress["done"]' in caplog.text
+        assert 'result holds a datetime at result["at"]' in caplog.text
+        await q.settle()
         info = await q.get(lease.id)
         assert info is not None
-        assert info.result == {"at": "2026-11-30T00:00:00"}
+        assert info.status == "completed"
+        assert info.result == {"at": "2026-11-30T00:00:00Z"}
+        assert info.progress == {"done": [1, 2]}
+    finally:
+        await q.close()
+
+
+async def test_a_handler_returning_a_tuple_completes(url: str) -> None:
+    q = await Queue.open(url, NAME)
+    try:
+        mid = await q.enqueue({"n": 1})
+        done = asyncio.Event()
+        worker = Worker(q, lambda payload, ctx: ("ok", payload["n"]), polling=FAST)
+        worker.on("completed", lambda event: done.set())
+        worker.on("dead", lambda event: done.set())
+        task = asyncio.create_task(worker.run())
+        await done.wait()
+        await worker.stop()
+        await task
+        await q.settle()
+        info = await q.get(mid)
+        assert info is not None
+        assert info.status == "completed"
+        assert info.result == ["ok", 1]
     finally:
         await q.close()
 

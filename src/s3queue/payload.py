@@ -1,18 +1,25 @@
 """Payloads, results and progress values as JSON: encoded once, checked for size,
 for NaN and Infinity, for depth, and for coming back as they went in.
 
-Invariant: a value that cannot be stored, that a worker could fail to decode, or that
-would decode to something else than was sent, raises PayloadError naming the path
-inside it before anything is written. Values are plain JSON: dicts with string keys,
-lists, strings, integers, finite floats, booleans and None. A datetime, bytes, a
-tuple, a set, a Decimal, a UUID, an enum or an object would come back as a string,
-a list or a dict: the handler would get something other than was enqueued, so they
-are refused, and the caller converts them (``when.isoformat()``, ``list(ids)``)
-where it knows how to convert them back.
+Invariant: a value that cannot be stored, or that a worker could fail to decode,
+raises PayloadError naming the path inside it before anything is written; so does a
+payload that would decode to something else than was sent. Values are plain JSON:
+dicts with string keys, lists, strings, integers, finite floats, booleans and None.
+A datetime, bytes, a tuple, a set, a Decimal, a UUID, an Enum or an object would
+come back as a string, a list or a dict: the handler would get something other than
+was enqueued, so such a payload is refused, and the caller converts them
+(``when.isoformat()``, ``list(ids)``) where it knows how to convert them back. Int
+and str enums (IntEnum, StrEnum) and dict subclasses compare equal to the plain int,
+str or dict that comes back, and are accepted as those.
+
+A handler's result or progress value is stored as JSON makes it (``exact=False``):
+refusing it would fail a job whose work is done. What JSON changed is logged once
+per process and place, as a warning naming the path.
 """
 
 from __future__ import annotations
 
+import logging
 import math
 import re
 from collections.abc import Iterable
@@ -30,7 +37,11 @@ from s3queue.errors import PayloadError
 #: every message in it, unreadable for every worker. (serde_json stops at 128.)
 MAX_DEPTH = 64
 
+log = logging.getLogger("s3queue.payload")
+
 _json = msgspec.json.Encoder()
+#: (path, type) of the results and progress values JSON changed that were logged.
+_warned: set[tuple[object, object]] = set()
 #: Values JSON holds exactly (bool is an int; an int or str subclass, such as an
 #: IntEnum, compares equal to what comes back).
 _PLAIN_LEAVES = (str, int, float, type(None))
@@ -46,7 +57,7 @@ _DROPPED = bytes(sorted(set(range(256)) - set(b'[]{}"')))
 _STRING = re.compile(rb'"[^"]*"')
 
 
-def encode_json(value: Any, *, limit: int, what: str) -> msgspec.Raw:
+def encode_json(value: Any, *, limit: int, what: str, exact: bool = True) -> msgspec.Raw:
     try:
         data = _json.encode(value)
     except RecursionError:
@@ -75,9 +86,22 @@ def encode_json(value: Any, *, limit: int, what: str) -> msgspec.Raw:
     # it went in (msgspec writes NaN as null, a tuple as a list, a date as a string);
     # only a value that does not is walked, to name what and where.
     if not _decodes_to(data, value):
-        check_value(value, what)
-        raise PayloadError(f"{what} does not decode back to the value given", suggestion=_PLAIN)
+        try:
+            check_value(value, what)
+        except PayloadError as error:
+            if exact or not error.metadata.get("changed"):
+                raise
+            _warn_once(error)
+        else:
+            raise PayloadError(f"{what} does not decode back to the value given", suggestion=_PLAIN)
     return msgspec.Raw(data)
+
+
+def _warn_once(error: PayloadError) -> None:
+    place = (error.metadata.get("path"), error.metadata.get("type"))
+    if place not in _warned:
+        _warned.add(place)
+        log.warning("%s; stored as JSON made it (%s)", error.message, error.suggestion)
 
 
 def check_value(value: Any, what: str) -> None:
@@ -181,7 +205,7 @@ def _not_plain(what: str, node: Any, where: str, *, key: bool = False) -> Payloa
     return PayloadError(
         f"{what} {found}, {outcome}",
         suggestion=_PLAIN,
-        metadata={"path": where, "type": kind},
+        metadata={"path": where, "type": kind, "changed": becomes is not None},
     )
 
 

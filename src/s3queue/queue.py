@@ -665,7 +665,7 @@ class Queue:
         raw = (
             None
             if result is None
-            else encode_json(result, limit=MAX_RESULT_BYTES, what="the result")
+            else encode_json(result, limit=MAX_RESULT_BYTES, what="the result", exact=False)
         )
         outcome = await self._committer(lease).submit(
             Ack(lease.id, lease.token, raw), linger=linger
@@ -714,7 +714,7 @@ class Queue:
 
     async def progress(self, lease: Lease, value: Any) -> None:
         """Record progress (any JSON value, e.g. 0.0 to 1.0) visible through :meth:`get`."""
-        raw = encode_json(value, limit=16 * 1024, what="the progress value")
+        raw = encode_json(value, limit=16 * 1024, what="the progress value", exact=False)
         outcome = await self._committer(lease).submit(Progress(lease.id, lease.token, raw))
         self._held(outcome, lease, "record progress of")
 

@@ -668,27 +668,32 @@ def _read_jsonl(path: Path) -> list[Any]:
 def create(
     queue: Annotated[str, typer.Argument(help="Queue name.")],
     shards: Annotated[
-        int, checked(limits.SHARDS, "Shards: parallel cursors (fixed at creation).")
-    ] = DEFAULT_SHARDS,
+        int | None,
+        checked(
+            limits.SHARDS,
+            f"Shards: parallel cursors (fixed at creation). Default: {DEFAULT_SHARDS}.",
+        ),
+    ] = None,
     max_attempts: Annotated[
         int, checked(limits.MAX_ATTEMPTS, "Default attempts per message before it is dead.")
     ] = 3,
     as_json: _Json = False,
 ) -> None:
-    """Create a queue (producers and workers also create the queues they use)."""
+    """Create a queue (producers and workers also create the queues they use). A queue
+    that exists already is left as it is; only a different --shards is an error."""
 
     async def main() -> tuple[bool, int]:
         try:
             q = await open_queue(queue, create=False)
             created = False
         except QueueNotFound:
-            q = await open_queue(queue, shards=shards, max_attempts=max_attempts)
+            q = await open_queue(queue, shards=shards or DEFAULT_SHARDS, max_attempts=max_attempts)
             created = True
         await q.close()
         return created, q.settings.shards
 
     created, found = run(main)
-    if not created and found != shards:
+    if not created and shards is not None and found != shards:
         raise ConfigurationError(
             f"queue {queue!r} already exists with {found} shards",
             suggestion="the shard count is fixed at creation; pick another name",

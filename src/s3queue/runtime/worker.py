@@ -112,10 +112,16 @@ class JobContext:
         if running is self._loop:
             task: asyncio.Task[Any] = self._loop.create_task(make())
             self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
+            task.add_done_callback(self._call_done)
             return task
         # A sync handler in a worker thread: wait for the write to be durable.
         return asyncio.run_coroutine_threadsafe(make(), self._loop).result()
+
+    def _call_done(self, task: asyncio.Task[Any]) -> None:
+        # A handler that did not await the call learns of its failure only here.
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.warning("%s: %s", self.message_id, task.exception())
 
     def extend(self, seconds: float) -> Any:
         """Keep this job's lease ``seconds`` more. Await it in async handlers; in sync
