@@ -256,6 +256,26 @@ async def test_a_lease_taken_back_from_a_dead_worker_logs_a_warning(
     assert "(attempt 2/3)" in done.getMessage()
 
 
+async def test_a_lease_taken_back_on_its_last_attempt_logs_a_dead_letter_error(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    url = f"memory://orphan-{uuid.uuid4().hex[:8]}"
+    dead = await Queue.open(url, "mail", shards=1, skew_margin=0.05)
+    alive = await Queue.open(url, "mail", skew_margin=0.05)
+    mid = await dead.enqueue("hello", max_attempts=1)
+    await dead.claim(1, visibility_timeout=0.3, owner="gone-worker")  # its only attempt
+    with caplog.at_level(logging.WARNING, LOGGER):  # errors show even with -q
+        await run_until(Worker(alive, send_email, polling=FAST), "recovered")
+    await dead.close()
+    await alive.close()
+    [taken] = job_records(caplog, "dead")
+    assert taken.levelno == logging.ERROR
+    assert taken.getMessage() == (
+        f"message {mid} taken back (attempt 1): the lease of worker gone-worker expired"
+        " and it had no attempts left: dead-lettered"
+    )
+
+
 async def test_at_warning_a_completed_job_logs_nothing(
     queue: Queue, caplog: pytest.LogCaptureFixture
 ) -> None:

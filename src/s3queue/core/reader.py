@@ -96,6 +96,10 @@ class QueueReader:
     def _info(
         self, mid: str, message: Message, status: Status, attempts: int, **extra: Any
     ) -> MessageInfo:
+        # When a waiting message may run; 0 (visible at once) reads as its enqueue
+        # time, not 1970. A message that is not waiting has none.
+        visible_at = extra.pop("visible_at", message.visible_at)
+        waiting = status in ("pending", "delayed")
         return MessageInfo(
             id=mid,
             status=status,
@@ -104,7 +108,7 @@ class QueueReader:
             max_attempts=message.max_attempts,
             priority=message.priority,
             enqueued_at=message.enqueued_at,
-            visible_at=extra.pop("visible_at", message.visible_at),
+            visible_at=max(visible_at, message.enqueued_at) if waiting else None,
             dedup_key=message.dedup_key,
             **extra,
         )

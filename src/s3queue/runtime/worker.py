@@ -82,6 +82,9 @@ class WorkerEvent:
     next_visible_at: float | None = None
     result: Any = None
     count: int | None = None
+    #: ``recovered``: the expired lease was the message's last attempt, so taking it
+    #: back dead-lettered it.
+    dead: bool = False
 
 
 Listener = Callable[[WorkerEvent], Any]
@@ -263,7 +266,7 @@ class Worker:
     def _emit(self, name: EventName, **fields: Any) -> None:
         listeners = self._listeners[name]
         # A job's outcome is also logged (see worker_log), from the same event.
-        level = LEVELS.get(name)
+        level = logging.ERROR if fields.get("dead") else LEVELS.get(name)
         logged = level is not None and log.isEnabledFor(level)
         if not listeners and not logged:
             return
@@ -294,7 +297,9 @@ class Worker:
         error = f"the lease of worker {event.owner} expired"
         if event.dead:
             error += " and it had no attempts left: dead-lettered"
-        self._emit("recovered", message_id=event.id, attempt=event.attempt, error=error)
+        self._emit(
+            "recovered", message_id=event.id, attempt=event.attempt, error=error, dead=event.dead
+        )
 
     # --- running ----------------------------------------------------------------------------
 

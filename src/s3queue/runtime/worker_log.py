@@ -125,7 +125,7 @@ def job_record(
     fields: dict[str, Any] = {
         "message_id": event.message_id,
         "handler": handler,
-        "outcome": event.name,
+        "outcome": "dead" if event.dead else event.name,
         "duration": event.duration,
         "attempt": event.attempt,
         "max_attempts": event.max_attempts,
@@ -153,7 +153,9 @@ def job_record(
 def log_job(log: logging.Logger, event: WorkerEvent, handler: str, now: float) -> None:
     """Log ``event``'s line at its outcome's level (the caller checked it is enabled)."""
     form, args, fields = job_record(event, handler, now)
-    log.log(LEVELS[event.name], form, *args, extra=fields)
+    # A lease taken back on the message's last attempt made a dead letter: an error.
+    level = logging.ERROR if event.dead else LEVELS[event.name]
+    log.log(level, form, *args, extra=fields)
 
 
 def log_stopped(log: logging.Logger, worker: Worker) -> None:
