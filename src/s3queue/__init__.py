@@ -22,8 +22,7 @@ from s3queue.queue import Queue
 from s3queue.runtime.cron import Cron
 from s3queue.runtime.worker import JobContext, Worker, WorkerEvent
 from s3queue.runtime.worker_settings import Leases, Polling, Scaling
-
-__version__ = "0.1.0"
+from s3queue.version import __version__
 
 __all__ = [
     "AmbiguousWrite",

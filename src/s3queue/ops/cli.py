@@ -47,7 +47,7 @@ from rich.progress import Progress
 from rich.table import Table
 from typer.core import TyperCommand, TyperGroup
 
-from s3queue import __version__, limits
+from s3queue import limits
 from s3queue.backoff import Backoff
 from s3queue.core import layout
 from s3queue.core.catalog import list_queues
@@ -61,6 +61,7 @@ from s3queue.runtime.cron import parse_cron
 from s3queue.runtime.worker import Worker
 from s3queue.runtime.worker_settings import Leases, Polling, Scaling
 from s3queue.storage import open_storage, redact, redact_url, url_secrets
+from s3queue.version import __version__
 
 DEFAULT_URL = "file://.s3queue"
 T = TypeVar("T")

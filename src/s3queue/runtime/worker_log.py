@@ -19,9 +19,9 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING, Any
 
-import s3queue
 from s3queue.runtime.pacing import MAX_PREFETCH_FACTOR
 from s3queue.storage import redact_url
+from s3queue.version import __version__
 
 if TYPE_CHECKING:
     from s3queue.runtime.worker import Worker, WorkerEvent
@@ -68,8 +68,8 @@ def banner(worker: Worker) -> list[tuple[str, dict[str, Any]]]:
     attempts = "as enqueued" if leases.max_attempts is None else str(leases.max_attempts)
     lines: list[tuple[str, dict[str, Any]]] = [
         (
-            f"s3queue {s3queue.__version__} worker {worker.worker_id} starting",
-            {"version": s3queue.__version__, "worker_id": worker.worker_id},
+            f"s3queue {__version__} worker {worker.worker_id} starting",
+            {"version": __version__, "worker_id": worker.worker_id},
         ),
         (f"  store        {store}", {"store": store}),
         (
