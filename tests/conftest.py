@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import asyncio
 import os
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -7,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from s3queue import Backoff, Polling, Queue
+from s3queue import Backoff, Polling, Queue, Worker, WorkerEvent
+from s3queue.runtime.worker import EventName
 from tests.s3server import S3Server, start_s3_server
 
 #: Workers in tests poll every 10 ms: an idle check costs nothing on a test server,
@@ -66,3 +68,25 @@ async def queue(store_url: str) -> AsyncIterator[Queue]:
     )
     yield q
     await q.close()
+
+
+async def run_until(worker: Worker, *names: EventName, count: int = 1) -> list[WorkerEvent]:
+    """Run ``worker`` until it has emitted ``count`` events called any of ``names``;
+    those events. Stops it (draining) either way."""
+    seen: list[WorkerEvent] = []
+    enough = asyncio.Event()
+
+    def note(event: WorkerEvent) -> None:
+        seen.append(event)
+        if len(seen) >= count:
+            enough.set()
+
+    for name in names:
+        worker.on(name, note)
+    task = asyncio.create_task(worker.run())
+    try:
+        await asyncio.wait_for(enough.wait(), 60)
+    finally:
+        await worker.stop()
+        await task
+    return seen

@@ -8,7 +8,6 @@ causes), log records, metrics and the dashboard.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 import os
@@ -29,7 +28,7 @@ from urllib.parse import quote
 import pytest
 from prometheus_client import generate_latest
 
-from s3queue import Queue, QueueError, Worker, WorkerEvent
+from s3queue import Queue, QueueError, Worker
 from s3queue.errors import ConfigurationError
 from s3queue.ops import cli
 from s3queue.ops.monitor import WorkerMonitor
@@ -37,7 +36,7 @@ from s3queue.storage import open_raw_storage, open_storage, redact, redact_url
 from s3queue.storage.faults import FaultyStorage
 from s3queue.storage.local import LocalStorage
 from s3queue.storage.memory import MemoryStorage
-from tests.conftest import BUCKET, FAST
+from tests.conftest import BUCKET, FAST, run_until
 from tests.s3server import S3Server, free_port
 
 KEY_ID = "AKIAS3QUEUETESTKEY01"
@@ -184,23 +183,8 @@ async def test_storage_and_queue_reprs_show_the_url_without_its_secret(
 async def run_to_the_end(queue: Queue, handler: Callable[..., Any], messages: int) -> Worker:
     """Run a worker until ``messages`` messages have finished, one way or the other."""
     worker = Worker(queue, handler, polling=FAST)
-    finished: list[str] = []
-    all_finished = asyncio.Event()
-
-    def on_outcome(event: WorkerEvent) -> None:
-        finished.append(event.name)
-        if len(finished) == messages:
-            all_finished.set()
-
-    for name in ("completed", "dead"):
-        worker.on(name, on_outcome)
-    task = asyncio.create_task(worker.run())
-    try:
-        await asyncio.wait_for(all_finished.wait(), 60)
-    finally:
-        await worker.stop()
-        await task
-    assert sorted(finished) == ["completed", "dead"]
+    finished = await run_until(worker, "completed", "dead", count=messages)
+    assert sorted(event.name for event in finished) == ["completed", "dead"]
     return worker
 
 

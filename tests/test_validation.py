@@ -47,7 +47,7 @@ from s3queue.core.segment import Message, Segment, encode_segment
 from s3queue.ops import cli
 from s3queue.ops.dashboard import Dashboard
 from s3queue.ops.monitor import WorkerMonitor
-from tests.conftest import FAST
+from tests.conftest import FAST, run_until
 from tests.test_cli import cli as run_cli
 from tests.test_cli import one_line_error
 
@@ -344,14 +344,8 @@ async def test_a_handler_returning_a_tuple_completes(url: str) -> None:
     q = await Queue.open(url, NAME)
     try:
         mid = await q.enqueue({"n": 1})
-        done = asyncio.Event()
         worker = Worker(q, lambda payload, ctx: ("ok", payload["n"]), polling=FAST)
-        worker.on("completed", lambda event: done.set())
-        worker.on("dead", lambda event: done.set())
-        task = asyncio.create_task(worker.run())
-        await done.wait()
-        await worker.stop()
-        await task
+        await run_until(worker, "completed", "dead")
         await q.settle()
         info = await q.get(mid)
         assert info is not None

@@ -22,11 +22,9 @@ from s3queue import (
     QueueError,
     Scaling,
     Worker,
-    WorkerEvent,
 )
-from s3queue.runtime.worker import EventName
 from s3queue.runtime.worker_log import handler_name
-from tests.conftest import FAST
+from tests.conftest import FAST, run_until
 
 LOGGER = "s3queue.worker"
 
@@ -39,26 +37,6 @@ async def queue() -> AsyncIterator[Queue]:
     )
     yield q
     await q.close()
-
-
-async def run_until(worker: Worker, name: EventName, count: int = 1) -> list[WorkerEvent]:
-    """Run ``worker`` until it has emitted ``count`` events called ``name``; those events."""
-    seen: list[WorkerEvent] = []
-    enough = asyncio.Event()
-
-    def note(event: WorkerEvent) -> None:
-        seen.append(event)
-        if len(seen) >= count:
-            enough.set()
-
-    worker.on(name, note)
-    task = asyncio.create_task(worker.run())
-    try:
-        await asyncio.wait_for(enough.wait(), 30)
-    finally:
-        await worker.stop()
-        await task
-    return seen
 
 
 def job_records(caplog: pytest.LogCaptureFixture, outcome: str) -> list[logging.LogRecord]:
@@ -282,7 +260,7 @@ async def test_at_warning_a_completed_job_logs_nothing(
     await queue.enqueue("hello")
     await queue.enqueue("reset")
     with caplog.at_level(logging.WARNING, LOGGER):
-        await run_until(Worker(queue, send_email, polling=FAST), "completed", 2)
+        await run_until(Worker(queue, send_email, polling=FAST), "completed", count=2)
     assert [field(r, "outcome") for r in caplog.records] == ["retry"]
 
 
