@@ -10,7 +10,14 @@ import time
 import pytest
 
 from s3queue import Queue
-from s3queue.core.clock import MAX_SKEW, ClockSkewError, StoreClock
+from s3queue.core.clock import (
+    MAX_SKEW,
+    NARROW_SAMPLES,
+    NARROW_STEP,
+    NARROW_TO,
+    ClockSkewError,
+    StoreClock,
+)
 from s3queue.core.layout import TIMER_SEAL_MARGIN
 from s3queue.storage import open_storage
 
@@ -66,6 +73,29 @@ def test_samples_at_other_phases_narrow_the_bounds() -> None:
     assert clock.bounds.low == pytest.approx(-30.3, abs=1e-4)
     assert clock.bounds.high == pytest.approx(-29.9, abs=1e-4)
     assert clock.uncertainty == pytest.approx(0.2, abs=1e-4)
+
+
+def test_a_wide_first_estimate_is_narrowed_by_a_few_more_samples() -> None:
+    mono = Ticks()
+    mono.now = 100.3
+    clock = StoreClock(lambda: mono.now - 30.0, monotonic=mono)  # store = monotonic - 30
+    clock.observe(100.2, 100.3, 70.0, 1.0)  # the store's time was 70.2..70.3: stamped 70
+    assert clock.uncertainty > NARROW_TO
+    assert not clock.stale()  # not at once: the next sample must land at another phase
+    samples = 1
+    mono.now += NARROW_STEP
+    while clock.stale():
+        assert samples <= NARROW_SAMPLES
+        start = mono.now
+        mono.now += 0.05
+        clock.observe(start, mono.now, float(int(mono.now - 30.0)), 1.0)
+        samples += 1
+        mono.now += NARROW_STEP
+    assert samples > 1
+    assert clock.uncertainty < 0.3  # from 0.55 (a few samples cannot always reach NARROW_TO)
+    assert clock() == pytest.approx(mono.now - 30.0, abs=clock.uncertainty)
+    mono.now += NARROW_STEP
+    assert not clock.stale()  # narrowed: the next sample is RESAMPLE_INTERVAL away
 
 
 def test_a_stepped_wall_clock_changes_nothing() -> None:

@@ -41,6 +41,14 @@ RESAMPLE_INTERVAL = 300.0
 #: 100 ppm is ten times what an undisciplined quartz oscillator does; it widens old
 #: samples before they are combined with new ones.
 MAX_DRIFT = 1e-4
+#: One sample of a store with whole-second stamps bounds its time to a second; two
+#: processes could then disagree by a second, and a delayed message start that much
+#: early. Up to NARROW_SAMPLES more samples, NARROW_STEP seconds apart (each lands at
+#: another phase of the store's second), narrow an estimate wider than NARROW_TO
+#: (half-width, seconds): two requests each, in a process's first seconds.
+NARROW_TO = 0.15
+NARROW_SAMPLES = 3
+NARROW_STEP = 0.37
 
 
 class ClockSkewError(QueueError):
@@ -97,6 +105,7 @@ class StoreClock:
         #: Set while the wall clock is over the limit: every write measures again.
         self.refused: ClockSkewError | None = None
         self._sampled_at: float | None = None
+        self._samples = 0
         self._lock = asyncio.Lock()
 
     def __call__(self) -> float:
@@ -122,14 +131,19 @@ class StoreClock:
             raise self.refused
 
     def stale(self) -> bool:
-        """No measurement yet, the last one is older than RESAMPLE_INTERVAL, or it
-        found the clock over the limit."""
+        """No measurement yet, the last one is older than RESAMPLE_INTERVAL, it found
+        the clock over the limit, or a young estimate is still wide (see NARROW_TO)."""
         last = self._sampled_at
-        return (
-            self.refused is not None
-            or last is None
-            or self._monotonic() - last >= RESAMPLE_INTERVAL
-        )
+        if self.refused is not None or last is None:
+            return True
+        age = self._monotonic() - last
+        return age >= RESAMPLE_INTERVAL or (self.narrowing and age >= NARROW_STEP)
+
+    @property
+    def narrowing(self) -> bool:
+        """Whether a young, wide estimate still wants samples at other phases (see
+        NARROW_TO): true for a process's first second or so on S3."""
+        return 0 < self._samples <= NARROW_SAMPLES and self.uncertainty > NARROW_TO
 
     async def measure(self, storage: Storage, key: str) -> None:
         """Write ``key``, read its stamp back, and fold the sample in.
@@ -145,6 +159,7 @@ class StoreClock:
         if stored is None or stored.modified is None:
             log.debug("the store gives no write times: clock skew is not measured")
             self._sampled_at = answered
+            self._samples = NARROW_SAMPLES + 1  # nothing to narrow
             return
         end = written if stored.etag == etag else answered
         self.observe(start, end, stored.modified, stored.resolution)
@@ -164,6 +179,7 @@ class StoreClock:
                 log.info("the monotonic clock moved against the store's since the last sample")
         self.bounds = sample
         self._sampled_at = end
+        self._samples += 1
         self._check(sample)
 
     def _check(self, bounds: OffsetBounds) -> None:
