@@ -50,11 +50,6 @@ async def queue(store_url: str, clock: Clock) -> AsyncIterator[Queue]:
     await q.close()
 
 
-async def settle(q: Queue) -> None:
-    """Wait for the side records (dead letters, results) written after commits."""
-    await q.settle()
-
-
 # --- leases and fencing ---------------------------------------------------------------------
 
 
@@ -129,7 +124,7 @@ async def test_failures_back_off_then_dead_letter_with_history(queue: Queue, clo
             assert failure.visible_at == clock.now + 2 ** (attempt - 1)
             clock.advance(2 ** (attempt - 1))
     assert failure.status == "dead"
-    await settle(queue)
+    await queue.settle()
     [letter] = await queue.dead_letters()
     assert letter.id == mid
     assert letter.attempts == 3
@@ -166,7 +161,7 @@ async def test_progress_outlives_the_job_that_recorded_it(queue: Queue) -> None:
     await queue.progress(failed, 0.25)
     await queue.ack(done)  # no result, first attempt: the progress alone is kept
     await queue.fail(failed, "gave up", retriable=False)
-    await settle(queue)
+    await queue.settle()
     completed, dead = await queue.get(done.id), await queue.get(failed.id)
     assert completed is not None
     assert completed.status == "completed"
@@ -180,7 +175,7 @@ async def test_redrive_returns_dead_letters_to_the_queue(queue: Queue) -> None:
     await queue.enqueue({"x": 1})
     [lease] = await queue.claim(1, 30)
     await queue.fail(lease, "nope", retriable=False)
-    await settle(queue)
+    await queue.settle()
     [new_id] = await queue.redrive()
     assert await queue.dead_letters() == []
     [again] = await queue.claim(1, 30)
@@ -195,7 +190,7 @@ async def dead(queue: Queue, payload: Any) -> str:
     leases = await queue.claim(10, 30)
     for lease in leases:
         await queue.fail(lease, "nope", retriable=False)
-    await settle(queue)
+    await queue.settle()
     return mid
 
 
@@ -208,7 +203,7 @@ async def test_stats_count_what_purge_left_and_shards_sum_to_the_totals(store_ur
             await q.ack(lease)
         for lease in leases[5:]:
             await q.fail(lease, "nope", retriable=False)
-        await settle(q)
+        await q.settle()
         s = await q.stats()
         assert (s.completed, s.dead) == (5, 4)
         for name in ("pending", "delayed", "processing", "completed", "dead", "retried"):
@@ -342,7 +337,7 @@ async def test_dedup_key_returns_the_first_id_until_retention_ends(
     assert await queue.enqueue({"x": 2}, dedup_key="order-7") == first
     [lease] = await queue.claim(10, 30)
     await queue.ack(lease)
-    await settle(queue)
+    await queue.settle()
     assert await queue.enqueue({"x": 3}, dedup_key="order-7") == first
     clock.advance(queue.settings.dedup_retention + 1)
     again = await queue.enqueue({"x": 4}, dedup_key="order-7")
@@ -511,7 +506,7 @@ async def test_side_records_lost_in_a_crash_are_written_by_the_next_committer(
         Fault("put", error=lambda: StorageUnavailable("down"), when=lambda k: "/dead/" in k)
     )
     await q.fail(lease, "fatal", retriable=False)
-    await settle(q)
+    await q.settle()
     assert await q.dead_letters() == []
     info = await q.get(mid)
     assert info is not None
@@ -519,7 +514,7 @@ async def test_side_records_lost_in_a_crash_are_written_by_the_next_committer(
     other = await Queue.open(store_url, "crash", clock=clock)
     clock.advance(FINALIZE_GRACE + 1)
     await other.claim(1, 30)
-    await settle(other)
+    await other.settle()
     assert [letter.id for letter in await other.dead_letters()] == [mid]
     await q.close()
     await other.close()
