@@ -28,6 +28,8 @@ class Lease:
     enqueued_at: float
     priority: int = 0
     errors: list[ErrorRecord] = field(default_factory=list)
+    #: The name of the queue that leased it.
+    queue: str = ""
 
 
 @dataclass(frozen=True, slots=True)

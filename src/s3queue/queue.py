@@ -637,6 +637,7 @@ class Queue:
             enqueued_at=message.enqueued_at,
             priority=message.priority,
             errors=list(claimed.errors),
+            queue=self.name,
         )
 
     def _committer(self, lease: Lease) -> ShardCommitter:

@@ -22,7 +22,7 @@ import secrets
 import signal
 import socket
 import time
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Literal, get_args
@@ -35,7 +35,9 @@ from s3queue.queue import Queue
 from s3queue.runtime.cron import Cron, Scheduler
 from s3queue.runtime.pacing import MAX_PREFETCH_FACTOR as MAX_PREFETCH_FACTOR  # its old home
 from s3queue.runtime.pacing import Pacing
-from s3queue.runtime.worker_log import LEVELS, handler_name, log_banner, log_job, log_stopped
+from s3queue.runtime.queues import QueueSet
+from s3queue.runtime.routes import Handler, OneHandler, Route, Router
+from s3queue.runtime.worker_log import LEVELS, log_banner, log_job, log_stopped
 from s3queue.runtime.worker_settings import Leases, Polling, Scaling
 
 log = logging.getLogger("s3queue.worker")
@@ -85,10 +87,13 @@ class WorkerEvent:
     #: ``recovered``: the expired lease was the message's last attempt, so taking it
     #: back dead-lettered it.
     dead: bool = False
+    #: What ran the message (the handler, or the task): as its log line names it.
+    task: str | None = None
+    #: The queue of the message (None for pool-wide events).
+    queue: str | None = None
 
 
 Listener = Callable[[WorkerEvent], Any]
-Handler = Callable[[Any, "JobContext"], Any]
 
 
 @dataclass
@@ -143,6 +148,11 @@ class _Job:
     started_at: float = 0.0
 
 
+def _key(lease: Lease) -> str:
+    """A lease's key among this worker's jobs: ids are unique within a queue only."""
+    return f"{lease.queue}/{lease.id}"
+
+
 class Worker:
     """Runs ``handler(payload, ctx)`` for messages of ``queue``.
 
@@ -164,8 +174,8 @@ class Worker:
 
     def __init__(
         self,
-        queue: Queue,
-        handler: Handler,
+        queue: Queue | Sequence[Queue],
+        handler: Handler | Router,
         *,
         concurrency: int = 10,
         leases: Leases = Leases(),
@@ -174,13 +184,17 @@ class Worker:
         worker_id: str | None = None,
         cron: list[Cron] | None = None,
     ) -> None:
-        self.is_async = _is_async(handler)
+        self.router: Router = handler if isinstance(handler, Router) else OneHandler(handler)
+        #: Whether every message runs an async handler (no thread pool is made).
+        self.is_async = isinstance(self.router, OneHandler) and self.router.is_async
         concurrency = limits.CONCURRENCY.check(concurrency, "concurrency")
         low, high = scaling.bounds(concurrency)
-        self.queue = queue
+        #: The queues served; ``queue`` is the first (its clock is the pool's).
+        self.queues = QueueSet([queue] if isinstance(queue, Queue) else list(queue))
+        self.queue = self.queues.primary
         self.handler = handler
-        #: ``module:qualname`` (or the repr) of the handler, as log lines name it.
-        self.handler_name = handler_name(handler)
+        #: ``module:qualname`` (or the repr) of the handler, or the router's tasks.
+        self.handler_name = self.router.describe()
         self.concurrency = concurrency
         self.leases, self.polling, self.scaling = leases, polling, scaling
         self.pacing = Pacing(
@@ -189,20 +203,18 @@ class Worker:
             cooldown=scaling.scale_cooldown,
             fixed_prefetch=polling.prefetch,
         )
-        self.backoff = leases.backoff or queue.backoff
+        self.backoff = leases.backoff or self.queue.backoff
         self.worker_id = worker_id or f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(3)}"
         #: Periodic jobs this worker enqueues (every worker may run the same ones:
         #: each tick is enqueued once).
-        self.scheduler = Scheduler(queue, cron or [])
+        self.scheduler = Scheduler(self.queue, cron or [])
         self._listeners: dict[str, list[Listener]] = {name: [] for name in EVENTS}
         self._executor: ThreadPoolExecutor | None = None
         self._buffer: list[Lease] = []
         self._running: dict[str, _Job] = {}
         self._settling: dict[str, Lease] = {}
-        self._stopping = asyncio.Event()
-        self._slot_free = asyncio.Event()
-        self._stopped = asyncio.Event()
-        self._jobs_done = asyncio.Event()
+        self._stopping, self._slot_free = asyncio.Event(), asyncio.Event()
+        self._stopped, self._jobs_done = asyncio.Event(), asyncio.Event()
         self._callbacks: set[asyncio.Task[Any]] = set()
         self._forced = False
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -210,18 +222,16 @@ class Worker:
         self._claimed_at = -math.inf
         #: Idle checks since work was last found or announced, and sweep steps made.
         self._quiet = 0
-        self._sweeps = -1
         self._idle_debt = 0.0
         self._armed = False
-        self.processed = 0
-        self.failed = 0
+        self.processed = self.failed = 0
         #: time.monotonic() of the first claim of the current run of failed claims
         #: (storage unreachable or refusing), None while claims succeed.
         self.claim_failing_since: float | None = None
         self.exit_error: BaseException | None = None
-        queue.on_recovered(self._recovered)
+        self.queues.on_recovered(self._recovered)
         # Handlers that enqueue follow-up work through ctx.queue show up as events.
-        queue.on_enqueued(self._announce_enqueued)
+        self.queues.on_enqueued(self._announce_enqueued)
 
     @property
     def prefetch(self) -> int:
@@ -272,7 +282,7 @@ class Worker:
             return
         event = WorkerEvent(name=name, worker_id=self.worker_id, at=time.time(), **fields)
         if logged:
-            log_job(log, event, self.handler_name, self.queue.clock())
+            log_job(log, event, event.task or self.handler_name, self.queue.clock())
         for listener in listeners:
             try:
                 outcome = listener(event)
@@ -306,10 +316,6 @@ class Worker:
     async def run(self, *, handle_signals: bool = False) -> None:
         """Work until :meth:`stop` (or SIGTERM/SIGINT with ``handle_signals``)."""
         self._loop = asyncio.get_running_loop()
-        if not self.is_async:
-            self._executor = ThreadPoolExecutor(
-                self.pacing.max_concurrency, thread_name_prefix="s3queue-job"
-            )
         if handle_signals:
             self._install_signals()
         self._emit("workers_started", count=self.concurrency)
@@ -420,7 +426,7 @@ class Worker:
         try:
             asked = time.monotonic()
             self._claimed_at = self.queue.clock()
-            got = await self.queue.claim_round(
+            got = await self.queues.claim_round(
                 want, self.leases.visibility_timeout, owner=self.worker_id
             )
         except QueueError as error:
@@ -448,7 +454,7 @@ class Worker:
 
     async def _arm(self) -> bool:
         try:
-            await self.queue.arm_wake()
+            await self.queues.arm_wake()
         except QueueError as error:
             self._storage_failed(error)
             return False
@@ -475,7 +481,7 @@ class Worker:
                 return False
             # Due times the last empty claim had passed are not due again: that
             # claim found nothing to do with them (a spin, otherwise).
-            due = self.queue.next_due(after=self._claimed_at)
+            due = self.queues.next_due(after=self._claimed_at)
             wait = self._idle_debt
             if due is not None:
                 wait = min(wait, max(0.0, due - self.queue.clock()))
@@ -492,29 +498,26 @@ class Worker:
     async def _check(self) -> bool:
         """One idle check; whether there may be work. Sets the wait before the next
         from the requests this one made."""
-        counts = self.queue.storage.counts
-        before = counts.total
+        before = self.queues.requests()
         self._quiet += 1
         try:
-            await self.queue.sync_clock()
+            await self.queues.sync_clock()
             if self._quiet >= SWEEP_EVERY:
                 # One request of a sweep: the steps of one shard, then the next shard.
                 # Only after quiet checks: while work keeps coming, the wake object
                 # is read every time.
                 self._quiet = 0
-                self._sweeps += 1
-                shard = self._sweeps // len(Queue.SWEEP_STEPS) % self.queue.settings.shards
-                step = Queue.SWEEP_STEPS[self._sweeps % len(Queue.SWEEP_STEPS)]
-                found = await self.queue.sweep(shard, step)
+                found = await self.queues.sweep()
             else:
-                found = await self.queue.wake_changed()
+                found = await self.queues.wake_changed()
             self.claim_failing_since = None
         except QueueError as error:
             self._storage_failed(error)
             found = False
         # Paced by the requests it made (a clock sample makes three), not by what the
         # rest of the process sent meanwhile.
-        self._idle_debt = min(3, max(1, counts.total - before)) * self.polling.poll_interval
+        made = min(3 * len(self.queues.queues), max(1, self.queues.requests() - before))
+        self._idle_debt = made * self.polling.poll_interval
         if found:
             self._quiet = 0
         return found
@@ -524,7 +527,7 @@ class Worker:
         while self._buffer and len(self._running) < self.concurrency:
             lease = self._buffer.pop(0)  # the buffer is kept best first
             job = _Job(lease, started_at=time.monotonic())
-            self._running[lease.id] = job
+            self._running[_key(lease)] = job
             job.task = jobs.create_task(self._execute(job), name=f"s3queue-job-{lease.id}")
             started += 1
         return started
@@ -567,7 +570,7 @@ class Worker:
 
     async def _release(self, leases: list[Lease]) -> None:
         outcomes = await asyncio.gather(
-            *(self.queue.release(lease) for lease in leases), return_exceptions=True
+            *(self.queues.of(lease).release(lease) for lease in leases), return_exceptions=True
         )
         for lease, outcome in zip(leases, outcomes, strict=True):
             if isinstance(outcome, LeaseLost):
@@ -610,7 +613,7 @@ class Worker:
         if not due:
             return
         outcomes = await asyncio.gather(
-            *(self.queue.extend(lease, self.leases.visibility_timeout) for lease in due),
+            *(self.queues.of(lease).extend(lease, self.leases.visibility_timeout) for lease in due),
             return_exceptions=True,
         )
         for lease, outcome in zip(due, outcomes, strict=True):
@@ -627,7 +630,7 @@ class Worker:
             max_attempts=self._max_attempts(lease),
             error=str(error),
         )
-        job = self._running.get(lease.id)
+        job = self._running.get(_key(lease))
         if job is not None and job.task is not None:
             # Another worker may own it now: stop working on it.
             job.task.cancel()
@@ -636,117 +639,140 @@ class Worker:
 
     # --- one job -------------------------------------------------------------------------------
 
-    def _max_attempts(self, lease: Lease) -> int:
-        """The attempts ``lease``'s message has in all: its own limit, or the worker's
-        when that is lower."""
-        return min(lease.max_attempts, self.leases.max_attempts or lease.max_attempts)
+    def _max_attempts(self, lease: Lease, route: Route | None = None) -> int:
+        """The attempts ``lease``'s message has in all: its own limit, or the cap
+        (the route's, else the worker's) when that is lower."""
+        cap = (route.max_attempts if route is not None else None) or self.leases.max_attempts
+        return min(lease.max_attempts, cap or lease.max_attempts)
 
-    def _context(self, lease: Lease) -> JobContext:
+    def _context(self, lease: Lease, route: Route) -> JobContext:
         assert self._loop is not None
         return JobContext(
             message_id=lease.id,
             attempt=lease.attempt,
-            max_attempts=self._max_attempts(lease),
+            max_attempts=self._max_attempts(lease, route),
             worker_id=self.worker_id,
             lease_token=lease.token,
             enqueued_at=lease.enqueued_at,
             claimed_at=lease.claimed_at,
-            queue=self.queue,
+            queue=self.queues.of(lease),
             lease=lease,
             _loop=self._loop,
         )
 
+    def _route(self, lease: Lease) -> Route:
+        try:
+            return self.router.route(lease)
+        except Exception as error:  # a router's bug fails the job, not the worker
+            return Route(functools.partial(_raise, error), self.handler_name, is_async=True)
+
     async def _execute(self, job: _Job) -> None:
         lease = job.lease
-        ctx = self._context(lease)
-        self._emit(
-            "processing",
-            message_id=lease.id,
-            attempt=lease.attempt,
-            max_attempts=ctx.max_attempts,
-        )
+        route = self._route(lease)
+        ctx = self._context(lease, route)
+        facts = {"task": route.name, "queue": lease.queue, "attempt": lease.attempt}
+        self._emit("processing", message_id=lease.id, max_attempts=ctx.max_attempts, **facts)
         started = time.monotonic()
         try:
             try:
-                result = await self._call(lease, ctx)
+                result = await self._call(lease, ctx, route)
                 if ctx._tasks:
                     await asyncio.gather(*list(ctx._tasks), return_exceptions=True)
+                if route.then is not None:
+                    await route.then(result, ctx)
             except asyncio.CancelledError:
                 if self._forced or self._stopping.is_set():
                     await self._release([lease])
                 raise
             except Exception as error:
                 self._settle(lease)
-                await self._failed(lease, ctx, error, time.monotonic() - started)
+                await self._failed(lease, ctx, error, time.monotonic() - started, route)
                 return
             # The handler is done: its slot goes to the next job while the ack is
             # committed, so acks of consecutive rounds share cursor writes.
             ran = time.monotonic() - started  # the handler's time, as for failures
             self._settle(lease)
-            try:
-                await self.queue.ack(lease, result, linger=ACK_LINGER)
-            except LeaseLost as error:
-                self._lease_lost(lease, error)
-                return
-            except PayloadError as error:
-                # The result cannot be stored (not JSON, too large): every retry
-                # would end the same way, so the message is dead with that reason.
-                await self._failed(lease, ctx, error, ran)
-                return
-            except QueueError as error:
-                log.error("could not ack %s (it will be retried): %s", lease.id, error)
-                return
-            self.processed += 1
-            self._emit(
-                "completed",
-                message_id=lease.id,
-                attempt=lease.attempt,
-                max_attempts=ctx.max_attempts,
-                duration=ran,
-                result=result,
-            )
+            if await self._ack(lease, ctx, result, ran, route):
+                self.processed += 1
+                self._emit(
+                    "completed",
+                    message_id=lease.id,
+                    max_attempts=ctx.max_attempts,
+                    duration=ran,
+                    result=result,
+                    **facts,
+                )
         finally:
-            self._running.pop(lease.id, None)
-            self._settling.pop(lease.id, None)
+            self._running.pop(_key(lease), None)
+            self._settling.pop(_key(lease), None)
             self._slot_free.set()
+
+    async def _ack(
+        self, lease: Lease, ctx: JobContext, result: Any, ran: float, route: Route
+    ) -> bool:
+        """Complete the message; whether it was (else it was failed, lost or left)."""
+        try:
+            await ctx.queue.ack(lease, result, linger=ACK_LINGER)
+        except LeaseLost as error:
+            self._lease_lost(lease, error)
+            return False
+        except PayloadError as error:
+            # The result cannot be stored (not JSON, too large): every retry
+            # would end the same way, so the message is dead with that reason.
+            await self._failed(lease, ctx, error, ran, route)
+            return False
+        except QueueError as error:
+            log.error("could not ack %s (it will be retried): %s", lease.id, error)
+            return False
+        return True
 
     def _settle(self, lease: Lease) -> None:
         """Move a job whose handler returned from running to settling (ack or fail
         pending): it no longer takes a slot, and the heartbeat still covers it."""
-        self._running.pop(lease.id, None)
-        self._settling[lease.id] = lease
+        self._running.pop(_key(lease), None)
+        self._settling[_key(lease)] = lease
         self.pacing.finished(time.monotonic())
         self._slot_free.set()
 
-    async def _call(self, lease: Lease, ctx: JobContext) -> Any:
-        if self.is_async:
-            call: Awaitable[Any] = self.handler(lease.payload, ctx)
+    async def _call(self, lease: Lease, ctx: JobContext, route: Route) -> Any:
+        if route.is_async:
+            call: Awaitable[Any] = route.handler(lease.payload, ctx)
         else:
             assert self._loop is not None
-            assert self._executor is not None
+            if self._executor is None:
+                # Made on first use: a pool whose handlers are all async needs none.
+                self._executor = ThreadPoolExecutor(
+                    self.pacing.max_concurrency, thread_name_prefix="s3queue-job"
+                )
             call = self._loop.run_in_executor(
-                self._executor, functools.partial(self.handler, lease.payload, ctx)
+                self._executor, functools.partial(route.handler, lease.payload, ctx)
             )
-        if self.leases.job_timeout is None:
+        timeout = route.timeout if route.timeout is not None else self.leases.job_timeout
+        if timeout is None:
             return await _resolved(call)
         try:
-            return await asyncio.wait_for(_resolved(call), self.leases.job_timeout)
+            return await asyncio.wait_for(_resolved(call), timeout)
         except TimeoutError as error:
             raise JobTimeout(
-                f"job {lease.id} ran longer than job_timeout={self.leases.job_timeout} s",
-                suggestion="raise job_timeout, or split the job",
+                f"job {lease.id} ({route.name}) ran longer than its timeout of {timeout} s",
+                suggestion="raise the timeout (the task's timeout= or --job-timeout), "
+                "or split the job",
             ) from error
 
     async def _failed(
-        self, lease: Lease, ctx: JobContext, error: Exception, duration: float
+        self, lease: Lease, ctx: JobContext, error: Exception, duration: float, route: Route
     ) -> None:
         self.failed += 1
         retriable = not (isinstance(error, QueueError) and not error.retriable)
-        if self.leases.max_attempts is not None and lease.attempt >= self.leases.max_attempts:
+        if lease.attempt >= ctx.max_attempts:
             retriable = False
         try:
-            failure = await self.queue.fail(
-                lease, error, retriable=retriable, backoff=self.backoff, linger=ACK_LINGER
+            failure = await ctx.queue.fail(
+                lease,
+                error,
+                retriable=retriable,
+                backoff=route.backoff or self.backoff,
+                linger=ACK_LINGER,
             )
         except LeaseLost as lost:
             self._lease_lost(lease, lost)
@@ -767,18 +793,13 @@ class Worker:
             duration=duration,
             error=f"{type(error).__name__}: {error}",
             next_visible_at=None if failure.status == "dead" else failure.visible_at,
+            task=route.name,
+            queue=lease.queue,
         )
 
 
-def _is_async(handler: Handler) -> bool:
-    """Whether ``handler`` is async: an object whose ``__call__`` is async counts too."""
-    if not callable(handler):
-        raise ConfigurationError(
-            f"handler {handler!r} is not callable", suggestion="pass a function"
-        )
-    return inspect.iscoroutinefunction(handler) or inspect.iscoroutinefunction(
-        type(handler).__call__
-    )
+def _raise(error: Exception, payload: Any, ctx: JobContext) -> Any:
+    raise error
 
 
 async def _resolved(call: Awaitable[Any]) -> Any:

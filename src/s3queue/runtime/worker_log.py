@@ -52,7 +52,6 @@ def handler_name(handler: object) -> str:
 def banner(worker: Worker) -> list[tuple[str, dict[str, Any]]]:
     """The lines logged when ``worker`` starts, each with its facts as fields."""
     pacing, leases = worker.pacing, worker.leases
-    shards = worker.queue.settings.shards
     store = redact_url(worker.queue.storage.url)
     scaling = ""
     if pacing.min_concurrency != pacing.max_concurrency:
@@ -72,10 +71,7 @@ def banner(worker: Worker) -> list[tuple[str, dict[str, Any]]]:
             {"version": __version__, "worker_id": worker.worker_id},
         ),
         (f"  store        {store}", {"store": store}),
-        (
-            f"  queue        {worker.queue.name} ({shards} shard{'s' if shards != 1 else ''})",
-            {"queue": worker.queue.name, "shards": shards},
-        ),
+        _queues_line(worker),
         (f"  handler      {worker.handler_name} ({runs})", {"handler": worker.handler_name}),
         (
             f"  concurrency  {worker.concurrency}{scaling}",
@@ -148,6 +144,16 @@ def job_record(
     if event.name == "lease_lost":
         return "%s[%s] lost its lease (attempt %s): %s", (*job, attempt, error), fields
     return "message %s taken back (attempt %s): %s", (event.message_id, attempt, error), fields
+
+
+def _queues_line(worker: Worker) -> tuple[str, dict[str, Any]]:
+    queues = worker.queues.queues
+    if len(queues) == 1:
+        shards = queues[0].settings.shards
+        text = f"{queues[0].name} ({shards} shard{'s' if shards != 1 else ''})"
+        return f"  queue        {text}", {"queue": queues[0].name, "shards": shards}
+    text = ", ".join(f"{q.name} ({q.settings.shards})" for q in queues)
+    return f"  queues       {text}", {"queues": [q.name for q in queues]}
 
 
 def log_job(log: logging.Logger, event: WorkerEvent, handler: str, now: float) -> None:

@@ -1,0 +1,105 @@
+"""The queues one worker pool serves, seen as one: claims go round them, each lease's
+operations go to the queue it came from, and idle checks watch all of them.
+
+Invariant: a lease is only ever acked, failed, extended or released through the
+queue that leased it (a message id is unique within its queue only).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from s3queue.core.cursor import Recovered
+from s3queue.errors import ConfigurationError
+from s3queue.info import Lease
+from s3queue.queue import ClaimRound, Queue
+
+
+class QueueSet:
+    """One or more open queues, served by one pool. Claims start at a different queue
+    each round, so a busy queue does not starve the others."""
+
+    def __init__(self, queues: Sequence[Queue]) -> None:
+        if not queues:
+            raise ConfigurationError("a worker needs a queue", suggestion="pass one or more")
+        by_name = {q.name: q for q in queues}
+        if len(by_name) != len(queues):
+            raise ConfigurationError("a queue is listed twice", suggestion="list each queue once")
+        self.queues = list(queues)
+        self._by_name = by_name
+        self._first = 0
+        self._sweeps = -1
+
+    @property
+    def primary(self) -> Queue:
+        """The first queue: its clock and backoff are the pool's."""
+        return self.queues[0]
+
+    @property
+    def names(self) -> list[str]:
+        return [q.name for q in self.queues]
+
+    def of(self, lease: Lease) -> Queue:
+        """The queue that leased ``lease``."""
+        return self._by_name.get(lease.queue, self.queues[0])
+
+    def clock(self) -> float:
+        return self.primary.clock()
+
+    def on_recovered(self, listener: Callable[[Recovered], Any]) -> None:
+        for q in self.queues:
+            q.on_recovered(listener)
+
+    def on_enqueued(self, listener: Callable[[list[str]], None]) -> None:
+        for q in self.queues:
+            q.on_enqueued(listener)
+
+    async def claim_round(self, want: int, visibility_timeout: float, *, owner: str) -> ClaimRound:
+        """Up to ``want`` leases from the queues in turn, starting one further along
+        each round."""
+        if len(self.queues) == 1:
+            return await self.primary.claim_round(want, visibility_timeout, owner=owner)
+        start, self._first = self._first, (self._first + 1) % len(self.queues)
+        leases: list[Lease] = []
+        contended = False
+        for step in range(len(self.queues)):
+            if len(leases) >= want:
+                break
+            q = self.queues[(start + step) % len(self.queues)]
+            got = await q.claim_round(want - len(leases), visibility_timeout, owner=owner)
+            leases.extend(got.leases)
+            contended = contended or got.contended
+        return ClaimRound(leases, contended)
+
+    async def arm_wake(self) -> None:
+        await asyncio.gather(*(q.arm_wake() for q in self.queues))
+
+    async def wake_changed(self) -> bool:
+        """One GET per queue: whether any announced new work."""
+        changed = await asyncio.gather(*(q.wake_changed() for q in self.queues))
+        return any(changed)
+
+    def next_due(self, after: float = -math.inf) -> float | None:
+        dues = [due for q in self.queues if (due := q.next_due(after)) is not None]
+        return min(dues) if dues else None
+
+    def requests(self) -> int:
+        """Storage requests made so far by every queue's store (counted once each)."""
+        stores = {id(q.storage): q.storage for q in self.queues}
+        return sum(store.counts.total for store in stores.values())
+
+    async def sync_clock(self) -> None:
+        for q in self.queues:
+            await q.sync_clock()
+
+    async def sweep(self) -> bool:
+        """The next request of a sweep over every shard of every queue (see
+        :meth:`Queue.sweep`)."""
+        self._sweeps += 1
+        steps = len(Queue.SWEEP_STEPS)
+        places = [(q, shard) for q in self.queues for shard in range(q.settings.shards)]
+        q, shard = places[self._sweeps // steps % len(places)]
+        return await q.sweep(shard, Queue.SWEEP_STEPS[self._sweeps % steps])
