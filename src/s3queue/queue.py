@@ -48,6 +48,7 @@ from s3queue.core.records import (
     MAX_RESULT_BYTES,
     DedupMarker,
     ErrorRecord,
+    Link,
     QueueSettings,
     decode,
     encode,
@@ -513,6 +514,32 @@ class Queue:
         await self.storage.put(key, encode(owned), mode=UpdateVersion(etag))
         return self._enqueued([mid])[0]
 
+    # --- links between messages ------------------------------------------------------------
+
+    async def link(self, parent_queue: str, parent_id: str, message_id: str) -> str:
+        """Record ``message_id`` (of this queue) as the one message that follows
+        ``parent_id`` of ``parent_queue``, unless one is recorded already; return the
+        one recorded (create-if-absent: the first to record wins, see
+        :class:`~s3queue.core.records.Link`)."""
+        key = layout.link_key(self.name, parent_queue, parent_id)
+        record = Link(id=message_id, at=self.clock())
+        try:
+            await self.storage.put(key, encode(record), mode="create")
+            return message_id
+        except PreconditionFailed:
+            # Written before, or by our own request that timed out and was retried.
+            linked = await self.linked(parent_queue, parent_id)
+            assert linked is not None  # a link is never deleted but by purge
+            return linked
+
+    async def linked(self, parent_queue: str, parent_id: str) -> str | None:
+        """The message recorded by :meth:`link` as following ``parent_id``, if any."""
+        key = layout.link_key(self.name, parent_queue, parent_id)
+        stored = await self.storage.get(key)
+        if stored is None:
+            return None
+        return decode(stored.data, Link, what="chain link", key=key).id
+
     # --- consume -------------------------------------------------------------------------
 
     async def claim(
@@ -823,6 +850,7 @@ class Queue:
             layout.redriven_prefix(self.name),
             layout.results_prefix(self.name),
             layout.dedup_prefix(self.name),
+            layout.links_prefix(self.name),
         ):
             entries = await self.storage.list(prefix)
             for start in range(0, len(entries), 256):

@@ -155,6 +155,16 @@ def dedup_prefix(queue: str) -> str:
     return f"{queue}/dedup/"
 
 
+def link_key(queue: str, parent_queue: str, parent_id: str) -> str:
+    """The link from a finished message (a chain step, in ``parent_queue``) to the
+    message that follows it in ``queue``."""
+    return f"{links_prefix(queue)}{parent_queue}/{parent_id}"
+
+
+def links_prefix(queue: str) -> str:
+    return f"{queue}/links/"
+
+
 def quarantine_prefix(queue: str) -> str:
     return f"{queue}/quarantine/"
 
@@ -269,6 +279,7 @@ _KINDS = [
     ("result", re.compile(rf"^results/{_ID}$", re.ASCII)),
     ("redriven", re.compile(rf"^redriven/{_ID}$", re.ASCII)),
     ("dedup", re.compile(r"^dedup/[0-9a-f]{64}$", re.ASCII)),
+    ("link", re.compile(rf"^links/[A-Za-z0-9][A-Za-z0-9_\-]{{0,79}}/{_ID}$", re.ASCII)),
     (
         "quarantine",
         re.compile(

@@ -128,6 +128,18 @@ class DedupMarker(msgspec.Struct, frozen=True, kw_only=True):
     finished_at: float | None = None
 
 
+class Link(msgspec.Struct, frozen=True, kw_only=True):
+    """``links/<parent queue>/<parent id>``: the one message that follows a finished
+    one (the next step of a chain). Created once, with create-if-absent, by whoever
+    comes first: the worker that finished the parent, after enqueueing the next step,
+    or that step itself before it runs. A step that finds another id here is a
+    duplicate (its parent ran twice) and does not run."""
+
+    format: int = FORMAT
+    id: str
+    at: float
+
+
 T = TypeVar("T")
 
 _encoder = msgspec.json.Encoder()

@@ -29,6 +29,7 @@ from s3queue.core.layout import SegmentRef
 from s3queue.core.records import (
     DeadLetter,
     DedupMarker,
+    Link,
     QuarantineRecord,
     QueueSettings,
     RedriveRecord,
@@ -49,6 +50,7 @@ _RECORDS: list[tuple[str, type, str]] = [
     ("result", ResultRecord, "result"),
     ("redriven", RedriveRecord, "redrive record"),
     ("dedup", DedupMarker, "dedup marker"),
+    ("link", Link, "chain link"),
     ("quarantine", QuarantineRecord, "quarantine record"),
 ]
 
