@@ -1,6 +1,6 @@
 """Handlers for the command-line examples of the README, run from the checkout:
 
-    s3queue worker emails examples.tasks:send_email --burst
+    s3queue worker emails examples.handlers:send_email --burst
 
 (``s3queue worker`` imports ``module:function`` with the current directory on the
 path, as ``python -m`` does.)

@@ -318,3 +318,45 @@ def test_create_leaves_an_existing_queue_as_it_is(url: str) -> None:
     other = cli(url, "create", "jobs", "--shards", "2")
     assert other.returncode == 2
     assert "already exists with 8 shards" in other.stderr
+
+
+def test_worker_app_option_errors_are_one_line(url: str, tmp_path: Path) -> None:
+    (tmp_path / "notapp.py").write_text("app = 42\n")
+    assert "QUEUE and HANDLER" in one_line_error(cli(url, "worker"))
+    assert "not an s3queue.App" in one_line_error(
+        cli(url, "worker", "-A", "notapp:app", cwd=tmp_path)
+    )
+    both = cli(url, "worker", "q", "json:dumps", "-A", "notapp:app", cwd=tmp_path)
+    assert "cannot be given with it" in one_line_error(both)
+    assert "invalid app" in one_line_error(cli(url, "worker", "-A", "notapp"))
+
+
+def test_worker_app_burst_runs_every_task_of_the_listed_queues(url: str, tmp_path: Path) -> None:
+    (tmp_path / "mytasks.py").write_text(
+        "import s3queue\n"
+        "app = s3queue.App()\n"
+        "@app.task(queue='a')\n"
+        "def double(x: int) -> int:\n"
+        "    return 2 * x\n"
+        "@app.task(queue='b')\n"
+        "async def negate(x: int) -> int:\n"
+        "    return -x\n"
+    )
+    script = (
+        "import mytasks\n"
+        "jobs = [mytasks.double.delay(4), mytasks.negate.delay(4)]\n"
+        "print(' '.join(job.id for job in jobs))\n"
+        "mytasks.app.close()\n"
+    )
+    env = {**os.environ, "PYTHONPATH": str(tmp_path), "S3QUEUE_URL": url}
+    ids = subprocess.run(
+        [sys.executable, "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True
+    )
+    assert ids.returncode == 0, ids.stderr
+    ran = cli(url, "worker", "-A", "mytasks:app", "--queues", "a,b", "--burst", cwd=tmp_path)
+    assert ran.returncode == 0, ran.stderr
+    assert "worker " in ran.stdout
+    assert "ready on a, b" in ran.stdout
+    a_id, b_id = ids.stdout.split()
+    assert json.loads(cli(url, "inspect", "a", a_id.split(":")[1], "--json").stdout)["result"] == 8
+    assert json.loads(cli(url, "inspect", "b", b_id.split(":")[1], "--json").stdout)["result"] == -4

@@ -19,6 +19,7 @@ ALLOWED = {
     "storage": {"storage", "errors"},
     "core": {"core", "storage"} | LEAVES,
     "runtime": {"runtime", "core", "storage", "queue", "client"} | LEAVES,
+    "app": {"app", "runtime", "core", "storage", "queue", "client"} | LEAVES,
 }
 
 

@@ -1,10 +1,16 @@
 """s3queue: a distributed job queue whose only infrastructure is object storage."""
 
+from s3queue.app.app import App, Chain, Group, Signature, Task, chain, group
+from s3queue.app.jobs import ChainJob, GroupJob, Job
+from s3queue.app.router import current_job
 from s3queue.backoff import Backoff
 from s3queue.client import BlockingQueue, connect
 from s3queue.errors import (
     AmbiguousWrite,
     ConfigurationError,
+    JobCancelled,
+    JobFailed,
+    JobNotFound,
     JobTimeout,
     LeaseLost,
     NotFound,
@@ -26,12 +32,21 @@ from s3queue.version import __version__
 
 __all__ = [
     "AmbiguousWrite",
+    "App",
     "Backoff",
     "BlockingQueue",
+    "Chain",
+    "ChainJob",
     "ConfigurationError",
     "Cron",
     "Failure",
+    "Group",
+    "GroupJob",
+    "Job",
+    "JobCancelled",
     "JobContext",
+    "JobFailed",
+    "JobNotFound",
     "JobTimeout",
     "Lease",
     "LeaseLost",
@@ -45,13 +60,18 @@ __all__ = [
     "QueueError",
     "QueueNotFound",
     "Scaling",
+    "Signature",
     "Stats",
     "StorageAuthError",
     "StorageError",
     "StorageUnavailable",
+    "Task",
     "Throttled",
     "Worker",
     "WorkerEvent",
     "__version__",
+    "chain",
     "connect",
+    "current_job",
+    "group",
 ]

@@ -81,6 +81,33 @@ class JobTimeout(QueueError):
     """A handler ran longer than the worker's ``job_timeout``; counts as a failed attempt."""
 
 
+class JobFailed(QueueError):
+    """A task's job ended dead: every attempt failed, or one failed for good.
+
+    ``errors`` has one entry per failed attempt (``attempt``, ``type``, ``message``,
+    ``traceback``, ``worker``), oldest first; ``job_id`` names the job.
+    """
+
+    default_retriable = False
+
+    def __init__(self, message: str, *, job_id: str, errors: list[Any], **more: Any) -> None:
+        super().__init__(message, metadata={"id": job_id}, **more)
+        self.job_id = job_id
+        self.errors = errors
+
+
+class JobCancelled(QueueError):
+    """A task's job was cancelled before it finished: it has no result."""
+
+    default_retriable = False
+
+
+class JobNotFound(QueueError):
+    """No job has this id in its queue (never enqueued there, or purged)."""
+
+    default_retriable = False
+
+
 class LeaseLost(QueueError):
     """The lease expired and the message may belong to another worker now (fencing).
 

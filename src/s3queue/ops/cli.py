@@ -48,9 +48,11 @@ from rich.table import Table
 from typer.core import TyperCommand, TyperGroup
 
 from s3queue import limits
+from s3queue.app.app import App
 from s3queue.backoff import Backoff
 from s3queue.core import layout
 from s3queue.core.catalog import list_queues
+from s3queue.core.layout import check_queue_name
 from s3queue.errors import ConfigurationError, PayloadError, QueueError, QueueNotFound
 from s3queue.info import MessageInfo, Stats
 from s3queue.ops import logs
@@ -58,6 +60,7 @@ from s3queue.ops.logs import LogFormat
 from s3queue.payload import MAX_DEPTH, check_value
 from s3queue.queue import DEFAULT_SHARDS, Queue
 from s3queue.runtime.cron import parse_cron
+from s3queue.runtime.routes import Handler, Router
 from s3queue.runtime.worker import Worker
 from s3queue.runtime.worker_settings import Leases, Polling, Scaling
 from s3queue.storage import open_storage, redact, redact_url, url_secrets
@@ -344,11 +347,22 @@ def parse_json(text: str, where: str = "payload") -> Any:
 
 
 def load_handler(spec: str) -> Callable[..., Any]:
+    handler = load_object(spec, "handler")
+    if not callable(handler):
+        raise ConfigurationError(
+            f"{spec} is not callable", suggestion="point at a function taking (payload, ctx)"
+        )
+    return handler  # type: ignore[no-any-return]
+
+
+def load_object(spec: str, what: str) -> Any:
+    """The object ``module:attribute`` names, imported from the current directory too."""
     module_name, _, attribute = spec.partition(":")
     if not module_name or not attribute:
+        example = "myapp.tasks:app" if what == "app" else "myapp.tasks:send"
         raise ConfigurationError(
-            f"invalid handler {spec!r}",
-            suggestion="write it as module:function, e.g. myapp.tasks:send",
+            f"invalid {what} {spec!r}",
+            suggestion=f"write it as module:name, e.g. {example}",
         )
     if os.getcwd() not in sys.path:
         sys.path.insert(0, os.getcwd())
@@ -359,17 +373,13 @@ def load_handler(spec: str) -> Callable[..., Any]:
             f"cannot import module {module_name!r}: {error}",
             suggestion="run from the directory that contains it, or fix PYTHONPATH",
         ) from error
-    handler = getattr(module, attribute, None)
-    if handler is None:
+    found = getattr(module, attribute, None)
+    if found is None:
         raise ConfigurationError(
             f"module {module_name!r} has no attribute {attribute!r}",
             suggestion="check the name after ':'",
         )
-    if not callable(handler):
-        raise ConfigurationError(
-            f"{spec} is not callable", suggestion="point at a function taking (payload, ctx)"
-        )
-    return handler  # type: ignore[no-any-return]
+    return found
 
 
 # The worker command's options, one alias each, so that the command itself reads as
@@ -459,10 +469,32 @@ _MetricsHost = Annotated[
 _ReportCounts = Annotated[Path | None, typer.Option(hidden=True)]
 
 
+_AppOption = Annotated[
+    str | None,
+    typer.Option(
+        "--app",
+        "-A",
+        metavar="MODULE:APP",
+        help="Run the tasks of this s3queue.App (instead of QUEUE HANDLER). Its URL is "
+        "used unless --url or S3QUEUE_URL says otherwise.",
+    ),
+]
+_QueuesOption = Annotated[
+    str | None,
+    typer.Option(
+        "--queues", "-Q", metavar="A,B", help="With --app: serve these queues (default: all)."
+    ),
+]
+
+
 @app.command(cls=Command)
 def worker(  # noqa: PLR0913 - typer reads a command's options from its parameters
-    queue: Annotated[str, typer.Argument(help="Queue name.")],
-    handler: Annotated[str, typer.Argument(help="module:function taking (payload, ctx).")],
+    queue: Annotated[str | None, typer.Argument(help="Queue name.")] = None,
+    handler: Annotated[
+        str | None, typer.Argument(help="module:function taking (payload, ctx).")
+    ] = None,
+    app_spec: _AppOption = None,
+    queues: _QueuesOption = None,
     concurrency: _Concurrency = 10,
     visibility_timeout: _VisibilityTimeout = 30.0,
     max_attempts: _MaxAttempts = None,
@@ -480,11 +512,12 @@ def worker(  # noqa: PLR0913 - typer reads a command's options from its paramete
     metrics_host: _MetricsHost = "127.0.0.1",
     report_counts: _ReportCounts = None,
 ) -> None:
-    """Run a worker pool until SIGTERM/SIGINT (or, with --burst, until the queue is empty)."""
-    function = load_handler(handler)
+    """Run a worker pool until SIGTERM/SIGINT (or, with --burst, until the queue is
+    empty): of QUEUE with HANDLER, or of an app's tasks with --app."""
+    names, function = _what_to_run(queue, handler, app_spec, queues)
     crons = [parse_cron(text) for text in cron or []]
 
-    def build(q: Queue) -> Worker:
+    def build(q: list[Queue]) -> Worker:
         # Built once the queue is open: a refused --backoff-max is reported after it.
         leases = Leases(
             visibility_timeout=visibility_timeout,
@@ -504,7 +537,49 @@ def worker(  # noqa: PLR0913 - typer reads a command's options from its paramete
         )
 
     metrics = None if metrics_port is None else (metrics_host, metrics_port)
-    run(lambda: _work(queue, build, burst=burst, metrics=metrics, report_counts=report_counts))
+    run(lambda: _work(names, build, burst=burst, metrics=metrics, report_counts=report_counts))
+
+
+def _what_to_run(
+    queue: str | None, handler: str | None, app_spec: str | None, queues: str | None
+) -> tuple[list[str], Handler | Router]:
+    """The queues a worker serves and what runs their messages."""
+    if app_spec is None:
+        if queue is None or handler is None or queues is not None:
+            raise ConfigurationError(
+                "the worker needs QUEUE and HANDLER, or --app MODULE:APP",
+                suggestion="e.g. s3queue worker emails myapp.jobs:send, "
+                "or s3queue worker -A myapp.tasks:app",
+            )
+        return [queue], load_handler(handler)
+    if queue is not None or handler is not None:
+        raise ConfigurationError(
+            "--app runs the app's tasks: QUEUE and HANDLER cannot be given with it",
+            suggestion="pick the app's queues with --queues a,b",
+        )
+    the_app = load_app(app_spec)
+    names = [n.strip() for n in queues.split(",") if n.strip()] if queues else the_app.queues
+    if not names:
+        raise ConfigurationError(
+            f"{app_spec} defines no tasks", suggestion="decorate functions with @app.task"
+        )
+    for name in names:
+        check_queue_name(name)
+    if options.url != DEFAULT_URL:
+        the_app.url = options.url  # --url or S3QUEUE_URL: the app's tasks go there too
+    else:
+        options.url = the_app.url
+    return names, the_app.router()
+
+
+def load_app(spec: str) -> App:
+    found = load_object(spec, "app")
+    if not isinstance(found, App):
+        raise ConfigurationError(
+            f"{spec} is {type(found).__name__}, not an s3queue.App",
+            suggestion="point at the App object: module:app",
+        )
+    return found
 
 
 def _backoff(initial: float | None, longest: float | None) -> Backoff | None:
@@ -516,16 +591,31 @@ def _backoff(initial: float | None, longest: float | None) -> Backoff | None:
 
 
 async def _work(
-    name: str,
-    build: Callable[[Queue], Worker],
+    names: list[str],
+    build: Callable[[list[Queue]], Worker],
     *,
     burst: bool,
     metrics: tuple[str, int] | None,
     report_counts: Path | None,
 ) -> None:
-    """Open the queue, run ``build(queue)`` on it until it stops, then close it."""
-    q = await open_queue(name)
-    worker = build(q)
+    """Open the queues, run ``build(queues)`` on them until it stops, then close them."""
+    storage = open_storage(options.url)  # one connection pool for every queue served
+    opened: list[Queue] = []
+    try:
+        for name in names:
+            opened.append(await Queue.open(storage, name))
+        await _serve(build(opened), burst=burst, metrics=metrics, report_counts=report_counts)
+    finally:
+        try:
+            for q in opened:
+                await q.close()
+        finally:
+            await storage.close()
+
+
+async def _serve(
+    worker: Worker, *, burst: bool, metrics: tuple[str, int] | None, report_counts: Path | None
+) -> None:
     server = None
     if metrics is not None:
         from s3queue.ops.monitor import WorkerMonitor
@@ -535,19 +625,14 @@ async def _work(
             WorkerMonitor(worker).serve, host, port, "metrics", "--metrics-port"
         )
         print(f"metrics on {base}metrics", flush=True)
-    print(f"worker {worker.worker_id} ready on {q.name}", flush=True)
-    interval = worker.polling.poll_interval
-    watcher = asyncio.create_task(_burst_watch(q, worker, interval)) if burst else None
+    print(f"worker {worker.worker_id} ready on {', '.join(worker.queues.names)}", flush=True)
     try:
-        await worker.run(handle_signals=True)
+        await worker.run(handle_signals=True, burst=burst)
     finally:
-        if watcher is not None:
-            watcher.cancel()
         if server is not None:
             server.close()
         if report_counts is not None:
             _write_counts(report_counts, worker)
-        await q.close()
 
 
 def _write_counts(path: Path, worker: Worker) -> None:
@@ -558,15 +643,6 @@ def _write_counts(path: Path, worker: Worker) -> None:
         **worker.queue.storage.counts.snapshot(),
     }
     path.write_text(json.dumps(report))  # a few bytes, once, on the way out
-
-
-async def _burst_watch(q: Queue, pool: Worker, interval: float) -> None:
-    while True:
-        await asyncio.sleep(interval)  # polling shared storage: no event crosses processes
-        stats = await q.stats()
-        if stats.pending + stats.delayed + stats.processing == 0 and not pool.busy:
-            await pool.stop()
-            return
 
 
 # --- producer side --------------------------------------------------------------------------

@@ -11,7 +11,7 @@ is the job's failure, never the worker's.
 from __future__ import annotations
 
 import inspect
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
@@ -24,9 +24,6 @@ if TYPE_CHECKING:
     from s3queue.runtime.worker import JobContext
 
 Handler = Callable[[Any, "JobContext"], Any]
-#: Run after a handler returned and before its ack, with its result: a step that
-#: must be durable before the message counts as done (the next step of a chain).
-AfterSuccess = Callable[[Any, "JobContext"], Awaitable[None]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,7 +37,6 @@ class Route:
     timeout: float | None = None
     backoff: Backoff | None = None
     max_attempts: int | None = None
-    then: AfterSuccess | None = None
 
 
 @runtime_checkable

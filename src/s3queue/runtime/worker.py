@@ -313,8 +313,9 @@ class Worker:
 
     # --- running ----------------------------------------------------------------------------
 
-    async def run(self, *, handle_signals: bool = False) -> None:
-        """Work until :meth:`stop` (or SIGTERM/SIGINT with ``handle_signals``)."""
+    async def run(self, *, handle_signals: bool = False, burst: bool = False) -> None:
+        """Work until :meth:`stop` (or SIGTERM/SIGINT with ``handle_signals``; with
+        ``burst``, until every queue served has nothing pending, delayed or running)."""
         self._loop = asyncio.get_running_loop()
         if handle_signals:
             self._install_signals()
@@ -325,6 +326,8 @@ class Worker:
                 group.create_task(self._claim_loop(), name="s3queue-claim")
                 group.create_task(self._heartbeat_loop(), name="s3queue-heartbeat")
                 group.create_task(self.scheduler.run(self._stopping), name="s3queue-cron")
+                if burst:
+                    group.create_task(self._burst_loop(), name="s3queue-burst")
         finally:
             if self._executor is not None:
                 self._executor.shutdown(wait=False, cancel_futures=True)
@@ -347,6 +350,25 @@ class Worker:
         self._stopping.set()
         self._slot_free.set()
         await self._stopped.wait()
+
+    async def _burst_loop(self) -> None:
+        while not self._stopping.is_set():
+            # Polling shared storage: no event crosses processes.
+            await self._wait_stopping(self.polling.poll_interval)
+            if not self._stopping.is_set() and not self.busy and await self._drained():
+                self._stopping.set()
+                self._slot_free.set()
+
+    async def _drained(self) -> bool:
+        for q in self.queues.queues:
+            try:
+                stats = await q.stats()
+            except QueueError as error:
+                self._storage_failed(error)
+                return False
+            if stats.pending + stats.delayed + stats.processing:
+                return False
+        return True
 
     def _install_signals(self) -> None:
         assert self._loop is not None
@@ -678,8 +700,6 @@ class Worker:
                 result = await self._call(lease, ctx, route)
                 if ctx._tasks:
                     await asyncio.gather(*list(ctx._tasks), return_exceptions=True)
-                if route.then is not None:
-                    await route.then(result, ctx)
             except asyncio.CancelledError:
                 if self._forced or self._stopping.is_set():
                     await self._release([lease])

@@ -1,0 +1,1 @@
+"""The task app: ``@app.task``, job handles, chains and groups (see :mod:`.app`)."""

@@ -1,0 +1,482 @@
+"""The task app: ``@app.task`` functions, called from anywhere, run by workers.
+
+An :class:`App` names a store; its tasks name their queue and their settings. Calling
+``task.delay(...)`` (or ``await task.enqueue(...)``) stores a message whose payload
+names the task and its arguments (:mod:`s3queue.app.calls`) and returns a
+:class:`~s3queue.app.jobs.Job`; ``s3queue worker -A module:app`` runs them
+(:mod:`s3queue.app.router`). Below it, :class:`~s3queue.queue.Queue` and
+:class:`~s3queue.runtime.worker.Worker` stay the low-level API.
+
+Invariant: every storage call of the app runs on its own loop (:mod:`s3queue.app.loop`),
+and nothing is written before every argument was checked.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import os
+import sys
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Generic, ParamSpec, TypeVar, overload
+
+from s3queue import limits
+from s3queue.app.calls import Step, call_payload, check_arguments
+from s3queue.app.jobs import ChainJob, GroupJob, Job, parse_job_id
+from s3queue.app.loop import LoopThread
+from s3queue.app.router import TaskRouter
+from s3queue.backoff import Backoff
+from s3queue.core.layout import check_queue_name
+from s3queue.errors import ConfigurationError
+from s3queue.queue import Queue
+from s3queue.runtime.worker import JobContext, Worker
+from s3queue.storage import Storage, open_storage, redact_url
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+DEFAULT_URL = "file://.s3queue"
+DEFAULT_QUEUE = "default"
+
+
+@dataclass(frozen=True, slots=True)
+class TaskOptions:
+    """A task's settings; None leaves the queue's or the worker's in force."""
+
+    queue: str = DEFAULT_QUEUE
+    max_attempts: int | None = None
+    timeout: float | None = None
+    priority: int = 0
+    backoff: Backoff | None = None
+
+    def __post_init__(self) -> None:
+        check_queue_name(self.queue)
+        limits.MAX_ATTEMPTS.optional(self.max_attempts, "max_attempts")
+        limits.JOB_TIMEOUT.optional(self.timeout, "timeout")
+        limits.PRIORITY.check(self.priority, "priority")
+        if self.backoff is not None and not isinstance(self.backoff, Backoff):
+            raise ConfigurationError(
+                f"backoff={self.backoff!r}", suggestion="pass s3queue.Backoff(...)"
+            )
+
+
+@dataclass(frozen=True, slots=True)
+class When:
+    """When a call may run and how it is enqueued (``apply``'s keyword options)."""
+
+    delay: float | None = None
+    at: datetime | None = None
+    priority: int | None = None
+    dedup_key: str | None = None
+
+    def seconds_from(self, now: float) -> float:
+        """The delay from ``now`` (store time) that ``delay`` or ``at`` asks for."""
+        if self.delay is not None and self.at is not None:
+            raise ConfigurationError(
+                "both delay= and at= were given", suggestion="pass one of them"
+            )
+        if self.at is None:
+            return limits.DELAY.check(self.delay or 0.0, "delay")
+        if not isinstance(self.at, datetime):
+            raise ConfigurationError(
+                f"at={self.at!r}", suggestion="pass a datetime (naive ones are read as UTC)"
+            )
+        at = self.at if self.at.tzinfo is not None else self.at.replace(tzinfo=UTC)
+        # A time already past runs at once, as a delay of 0 would.
+        return limits.DELAY.check(max(0.0, at.timestamp() - now), "at (from now)")
+
+
+class Task(Generic[P, R]):
+    """A function registered with ``@app.task``. Calling it runs it here and now;
+    ``delay``/``enqueue``/``apply`` send it to a worker."""
+
+    def __init__(self, app: App, fn: Callable[P, R], name: str, options: TaskOptions) -> None:
+        self.app = app
+        self.fn = fn
+        self.name = name
+        self.options = options
+        self.is_async = inspect.iscoroutinefunction(fn)
+        functools_update(self, fn)
+
+    def __repr__(self) -> str:
+        return f"<task {self.name} on {self.options.queue}>"
+
+    def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R:
+        return self.fn(*args, **kwargs)
+
+    @property
+    def queue(self) -> str:
+        return self.options.queue
+
+    def s(self, *args: Any, **kwargs: Any) -> Signature:
+        """This task with these arguments, to be sent later (in a chain or group)."""
+        return Signature(self, tuple(args), dict(kwargs))
+
+    def delay(self, *args: P.args, **kwargs: P.kwargs) -> Job:
+        """Enqueue a call with these arguments; return its job once it is durable."""
+        return self.s(*args, **kwargs).delay()
+
+    async def enqueue(self, *args: P.args, **kwargs: P.kwargs) -> Job:
+        """The asyncio twin of :meth:`delay`."""
+        return await self.s(*args, **kwargs).enqueue()
+
+    def apply(
+        self,
+        args: Sequence[Any] = (),
+        kwargs: dict[str, Any] | None = None,
+        **when: Any,
+    ) -> Job:
+        """``delay`` with options: ``delay=`` seconds or ``at=`` a datetime (naive
+        is UTC), ``priority=``, ``dedup_key=`` (a second call with the same key
+        returns the first's job)."""
+        return self.s(*args, **(kwargs or {})).set(**when).delay()
+
+    async def aapply(
+        self,
+        args: Sequence[Any] = (),
+        kwargs: dict[str, Any] | None = None,
+        **when: Any,
+    ) -> Job:
+        """The asyncio twin of :meth:`apply`."""
+        return await self.s(*args, **(kwargs or {})).set(**when).enqueue()
+
+
+def functools_update(task: Task[Any, Any], fn: Callable[..., Any]) -> None:
+    """Give the task its function's name and docstring (what help() shows)."""
+    for name in ("__module__", "__name__", "__qualname__", "__doc__"):
+        if hasattr(fn, name):
+            setattr(task, name, getattr(fn, name))
+
+
+@dataclass(frozen=True)
+class Signature:
+    """A task and its arguments, not sent yet: ``task.s(...)``."""
+
+    task: Task[Any, Any]
+    args: tuple[Any, ...] = ()
+    kwargs: dict[str, Any] = field(default_factory=dict)
+    when: When = When()
+
+    def set(self, **options: Any) -> Signature:
+        """The same call with ``delay``, ``at``, ``priority`` or ``dedup_key`` set."""
+        try:
+            return replace(self, when=replace(self.when, **options))
+        except TypeError:
+            allowed = "delay, at, priority, dedup_key"
+            raise ConfigurationError(
+                f"unknown option in {sorted(options)}", suggestion=f"options are: {allowed}"
+            ) from None
+
+    def delay(self) -> Job:
+        app = self.task.app
+        return app.loop.run(app.send(self))
+
+    async def enqueue(self) -> Job:
+        app = self.task.app
+        return await app.loop.call(app.send(self))
+
+    def step(self) -> Step:
+        """This call as a later step of a chain."""
+        return Step(
+            task=self.task.name,
+            queue=self.task.queue,
+            args=list(self.args),
+            kwargs=dict(self.kwargs),
+            priority=self.when.priority,
+            max_attempts=self.task.options.max_attempts,
+        )
+
+    def check(self, extra_first: bool = False) -> None:
+        """Refuse arguments now rather than in a worker (``extra_first``: a chain
+        step, which also gets the previous result first)."""
+        args = (None, *self.args) if extra_first else self.args
+        check_arguments(self.task.name, self.task.fn, args, self.kwargs)
+
+
+class Chain:
+    """Steps run one after another, each result the next step's first argument."""
+
+    def __init__(self, steps: Sequence[Signature]) -> None:
+        steps = list(steps)
+        if not steps or not all(isinstance(s, Signature) for s in steps):
+            raise ConfigurationError(
+                "a chain takes one or more task signatures",
+                suggestion="chain(first.s(...), second.s(...)); a group cannot be a step",
+            )
+        if len({id(s.task.app) for s in steps}) != 1:
+            raise ConfigurationError(
+                "a chain's steps belong to different apps", suggestion="use one App"
+            )
+        self.steps = steps
+
+    def delay(self) -> ChainJob:
+        app = self.steps[0].task.app
+        return app.loop.run(app.send_chain(self.steps))
+
+    async def enqueue(self) -> ChainJob:
+        app = self.steps[0].task.app
+        return await app.loop.call(app.send_chain(self.steps))
+
+
+class Group:
+    """Calls run side by side; their results come back in order."""
+
+    def __init__(self, members: Iterable[Signature]) -> None:
+        self.members = list(members)
+        if not self.members or not all(isinstance(s, Signature) for s in self.members):
+            raise ConfigurationError(
+                "a group takes one or more task signatures",
+                suggestion="group(task.s(x) for x in xs)",
+            )
+        if len({id(s.task.app) for s in self.members}) > 1:
+            raise ConfigurationError(
+                "a group's members belong to different apps", suggestion="use one App"
+            )
+
+    def delay(self) -> GroupJob:
+        app = self.members[0].task.app
+        return app.loop.run(app.send_group(self.members))
+
+    async def enqueue(self) -> GroupJob:
+        app = self.members[0].task.app
+        return await app.loop.call(app.send_group(self.members))
+
+
+def chain(*steps: Signature) -> Chain:
+    """``chain(a.s(1), b.s(), c.s())``: ``c(b(a(1)))``, each on a worker."""
+    return Chain(steps)
+
+
+def group(members: Iterable[Signature]) -> Group:
+    """``group(resize.s(p) for p in paths)``: all of them, results in order."""
+    return Group(members)
+
+
+class App:
+    """Tasks and the store they go through. ``url`` defaults to ``$S3QUEUE_URL``,
+    else ``file://.s3queue`` (a directory beside the program); ``queue`` is the
+    queue of tasks that name none.
+
+    Close it (``app.close()``, ``await app.aclose()`` or ``with app:``) when a
+    program is done with it; a program that exits without closing loses nothing
+    (every enqueue is durable when it returns)."""
+
+    def __init__(self, url: str | None = None, *, queue: str = DEFAULT_QUEUE) -> None:
+        self.url = url or os.environ.get("S3QUEUE_URL") or DEFAULT_URL
+        open_storage(self.url)  # checks the URL now; connects nowhere yet
+        self.default_queue = check_queue_name(queue)
+        self.loop = LoopThread()
+        self.tasks: dict[str, Task[Any, Any]] = {}
+        self._queues: dict[str, asyncio.Task[Queue]] = {}
+        self._storage: Storage | None = None
+        self._bound: asyncio.AbstractEventLoop | None = None
+
+    def __repr__(self) -> str:
+        return f"App({redact_url(self.url)!r}, {len(self.tasks)} tasks)"
+
+    @overload
+    def task(self, fn: Callable[P, R], /) -> Task[P, R]: ...
+
+    @overload
+    def task(
+        self, fn: None = None, /, *, name: str | None = None, **options: Any
+    ) -> Callable[[Callable[P, R]], Task[P, R]]: ...
+
+    def task(
+        self, fn: Callable[P, R] | None = None, /, *, name: str | None = None, **options: Any
+    ) -> Task[P, R] | Callable[[Callable[P, R]], Task[P, R]]:
+        """Register a function as a task: ``@app.task`` or ``@app.task(queue=...,
+        max_attempts=..., timeout=..., priority=..., backoff=...)``. Its name is
+        ``module.function`` unless ``name=`` says otherwise."""
+        settings = TaskOptions(**{"queue": self.default_queue, **options})
+
+        def register(function: Callable[P, R]) -> Task[P, R]:
+            task = Task(self, function, name or _task_name(function), settings)
+            if task.name in self.tasks:
+                raise ConfigurationError(
+                    f"two tasks are named {task.name!r}",
+                    suggestion="give one of them another name=",
+                )
+            self.tasks[task.name] = task
+            return task
+
+        return register(fn) if fn is not None else register
+
+    def job(self, job_id: str) -> Job:
+        """A handle on any job, by the id ``job.id`` gave (``"queue:message id"``)."""
+        queue, message_id = parse_job_id(job_id)
+        return Job(self, queue, message_id)
+
+    @property
+    def queues(self) -> list[str]:
+        """The queues of the app's tasks."""
+        return sorted({task.queue for task in self.tasks.values()})
+
+    def router(self) -> TaskRouter:
+        """What a worker runs this app's tasks with."""
+        return TaskRouter(self.tasks, self.next_step)
+
+    # --- running a worker in this process ----------------------------------------------------
+
+    async def work(
+        self, queues: Sequence[str] | None = None, *, concurrency: int = 10, burst: bool = False
+    ) -> None:
+        """Run a worker of this app's tasks on the running loop: on ``queues`` (all the
+        app's by default), until cancelled, or with ``burst`` until they are drained.
+        ``s3queue worker -A module:app`` does the same with every worker option."""
+        names = list(queues) if queues is not None else self.queues
+        storage = open_storage(self.url)
+        opened: list[Queue] = []
+        try:
+            for name in names:
+                opened.append(await Queue.open(storage, name))
+            pool = Worker(opened, self.router(), concurrency=concurrency)
+            await pool.run(burst=burst)
+        finally:
+            for queue in opened:
+                await queue.close()
+            await storage.close()
+
+    def run_worker(
+        self, queues: Sequence[str] | None = None, *, concurrency: int = 10, burst: bool = False
+    ) -> None:
+        """The blocking twin of :meth:`work` (from a script, not inside an event loop)."""
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:
+            asyncio.run(self.work(queues, concurrency=concurrency, burst=burst))
+            return
+        raise ConfigurationError(
+            "run_worker() blocks, and an event loop is running here",
+            suggestion="await app.work(...) instead",
+        )
+
+    # --- on the app's loop -----------------------------------------------------------------
+
+    async def queue(self, name: str) -> Queue:
+        """The queue ``name``, opened (and created if new) once per app and process.
+        Only on the app's own loop (see :mod:`s3queue.app.loop`): the queue is bound
+        to it."""
+        if not self.loop.in_loop():
+            raise ConfigurationError(
+                "App.queue() runs on the app's own loop only",
+                suggestion="open a Queue of your own: await s3queue.Queue.open(app.url, name)",
+            )
+        loop = asyncio.get_running_loop()
+        if loop is not self._bound:  # a new loop (after fork or close): new queues
+            self._bound, self._queues, self._storage = loop, {}, None
+        opening = self._queues.get(name)
+        if opening is None or (opening.done() and opening.exception() is not None):
+            if self._storage is None:
+                self._storage = open_storage(self.url)
+            opening = loop.create_task(Queue.open(self._storage, check_queue_name(name)))
+            self._queues[name] = opening
+        return await asyncio.shield(opening)
+
+    async def send(self, call: Signature, chain: Sequence[Step] = ()) -> Job:
+        call.check()
+        queue = await self.queue(call.task.queue)
+        payload = call_payload(call.task.name, call.args, call.kwargs, chain=chain)
+        message_id = await queue.enqueue(
+            payload,
+            delay=call.when.seconds_from(queue.clock()),
+            priority=_first(call.when.priority, call.task.options.priority),
+            dedup_key=call.when.dedup_key,
+            max_attempts=call.task.options.max_attempts,
+        )
+        return Job(self, queue.name, message_id)
+
+    async def send_chain(self, steps: Sequence[Signature]) -> ChainJob:
+        for index, step in enumerate(steps):
+            step.check(extra_first=index > 0)
+        first = await self.send(steps[0], chain=[s.step() for s in steps[1:]])
+        return ChainJob(self, first, [s.task.queue for s in steps])
+
+    async def send_group(self, members: Sequence[Signature]) -> GroupJob:
+        for member in members:
+            member.check()
+        jobs = await asyncio.gather(*(self.send(member) for member in members))
+        return GroupJob(self, jobs)
+
+    async def next_step(self, step: Step, rest: list[Step], result: Any, ctx: JobContext) -> Any:
+        """Enqueue ``step`` after the chain step ``ctx`` runs, then link it (see
+        :mod:`s3queue.app.router`); called by the worker, from its own loop."""
+        parent = f"{ctx.queue.name}:{ctx.message_id}"
+        return await self.loop.call(self._next_step(step, rest, result, parent))
+
+    async def _next_step(self, step: Step, rest: list[Step], result: Any, parent: str) -> str:
+        queue = await self.queue(step.queue)
+        payload = call_payload(
+            step.task, [result, *step.args], step.kwargs, chain=rest, parent=parent
+        )
+        message_id = await queue.enqueue(
+            payload, priority=step.priority or 0, max_attempts=step.max_attempts
+        )
+        parent_queue, _, parent_id = parent.partition(":")
+        return await queue.link(parent_queue, parent_id, message_id)
+
+    async def _close(self) -> None:
+        opened, self._queues = self._queues, {}
+        for opening in opened.values():
+            if opening.done() and opening.exception() is None:
+                await opening.result().close()
+        if self._storage is not None:
+            await self._storage.close()
+            self._storage = None
+
+    # --- closing -------------------------------------------------------------------------------
+
+    def close(self) -> None:
+        """Close the app's queues and stop its loop (it starts again if used)."""
+        self.loop.stop(self._close())
+
+    async def aclose(self) -> None:
+        await asyncio.to_thread(self.close)
+
+    def __enter__(self) -> App:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    async def __aenter__(self) -> App:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+
+def _task_name(fn: Callable[..., Any]) -> str:
+    module = getattr(fn, "__module__", None) or "?"
+    main = sys.modules.get("__main__")
+    if module == "__main__" and main is not None:
+        # A module run as a program is "__main__" here but has its import name in a
+        # worker: take that name (python -m pkg.mod), else the one a worker started
+        # here would import it by (s3queue worker imports from the current directory).
+        spec = getattr(main, "__spec__", None)
+        module = spec.name if spec is not None else _import_name(getattr(main, "__file__", None))
+    return f"{module}.{getattr(fn, '__qualname__', repr(fn))}"
+
+
+def _import_name(path: str | None) -> str:
+    """``pkg.mod`` for ``./pkg/mod.py`` under the current directory, else ``mod``."""
+    if path is None:
+        return "__main__"
+    absolute = Path(os.path.abspath(path))  # as given: a symlinked directory keeps its name
+    try:
+        parts = absolute.with_suffix("").relative_to(Path.cwd()).parts
+    except ValueError:
+        parts = ()
+    if parts and all(part.isidentifier() for part in parts):
+        return ".".join(parts)
+    return absolute.stem
+
+
+def _first(*values: int | None) -> int:
+    return next((v for v in values if v is not None), 0)
+
+
+__all__ = ["App", "Chain", "Group", "Signature", "Task", "TaskOptions", "chain", "group"]
