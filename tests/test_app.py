@@ -163,7 +163,7 @@ async def test_delay_and_at_set_when_a_job_may_run(tasks: Tasks) -> None:
         assert visible_at is not None
         assert abs(visible_at - at.timestamp()) < 5
     assert await past.astatus() == "pending"
-    with pytest.raises(ConfigurationError, match="both delay= and at="):
+    with pytest.raises(ConfigurationError, match="both a delay and a time"):
         await tasks.add.aapply(args=(1,), delay=1, at=at)
 
 

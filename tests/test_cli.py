@@ -360,3 +360,16 @@ def test_worker_app_burst_runs_every_task_of_the_listed_queues(url: str, tmp_pat
     a_id, b_id = ids.stdout.split()
     assert json.loads(cli(url, "inspect", "a", a_id.split(":")[1], "--json").stdout)["result"] == 8
     assert json.loads(cli(url, "inspect", "b", b_id.split(":")[1], "--json").stdout)["result"] == -4
+
+
+def test_enqueue_at_a_time_delays_it_until_then(url: str) -> None:
+    at = time.time() + 3600
+    stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(at))  # naive: read as UTC
+    ran = cli(url, "enqueue", "q", "{}", "--at", stamp, "--json")
+    assert ran.returncode == 0, ran.stderr
+    info = json.loads(cli(url, "inspect", "q", json.loads(ran.stdout)["id"], "--json").stdout)
+    assert info["status"] == "delayed"
+    assert abs(info["visible_at"] - at) < 5
+    assert "not a time" in one_line_error(cli(url, "enqueue", "q", "{}", "--at", "noon"))
+    both = cli(url, "enqueue", "q", "{}", "--at", stamp, "--delay", "5")
+    assert "both a delay and a time" in one_line_error(both)

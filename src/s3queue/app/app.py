@@ -76,7 +76,7 @@ class When:
         """The delay from ``now`` (store time) that ``delay`` or ``at`` asks for."""
         if self.delay is not None and self.at is not None:
             raise ConfigurationError(
-                "both delay= and at= were given", suggestion="pass one of them"
+                "both a delay and a time to run at were given", suggestion="pass one of them"
             )
         if self.at is None:
             return limits.DELAY.check(self.delay or 0.0, "delay")

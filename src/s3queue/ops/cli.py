@@ -36,6 +36,7 @@ import sys
 import time
 import traceback
 from collections.abc import Awaitable, Callable
+from datetime import datetime
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
@@ -48,7 +49,7 @@ from rich.table import Table
 from typer.core import TyperCommand, TyperGroup
 
 from s3queue import limits
-from s3queue.app.app import App
+from s3queue.app.app import App, When
 from s3queue.backoff import Backoff
 from s3queue.core import layout
 from s3queue.core.catalog import list_queues
@@ -657,13 +658,20 @@ def emit(data: Any) -> None:
 
 
 @app.command(cls=Command)
-def enqueue(
+def enqueue(  # noqa: PLR0913 - typer reads a command's options from its parameters
     queue: Annotated[str, typer.Argument(help="Queue name.")],
     payload: Annotated[str | None, typer.Argument(help="JSON payload.")] = None,
     file: Annotated[
         Path | None, typer.Option("--file", "-f", help="A JSON-lines file: one payload per line.")
     ] = None,
     delay: Annotated[float, checked(limits.DELAY, "Seconds before it may run.")] = 0.0,
+    at: Annotated[
+        str | None,
+        typer.Option(
+            metavar="TIME",
+            help="When it may run: ISO 8601, e.g. 2026-12-01T09:00:00+01:00 (no offset: UTC).",
+        ),
+    ] = None,
     priority: Annotated[int, checked(limits.PRIORITY, "Higher runs first.")] = 0,
     dedup_key: Annotated[str | None, typer.Option(help="Enqueue only once per key.")] = None,
     max_attempts: Annotated[
@@ -673,6 +681,7 @@ def enqueue(
     as_json: _Json = False,
 ) -> None:
     """Enqueue one JSON payload (prints its id) or every line of --file."""
+    when = When(delay=delay or None, at=_parse_time(at))
     if (payload is None) == (file is None):
         raise ConfigurationError(
             "give a JSON payload or --file, not both or neither",
@@ -684,7 +693,7 @@ def enqueue(
                 "--dedup-key applies to a single payload", suggestion="drop --dedup-key with --file"
             )
         payloads = _read_jsonl(file)
-        ids = run(lambda: _enqueue_all(queue, payloads, delay, priority, max_attempts))
+        ids = run(lambda: _enqueue_all(queue, payloads, when, priority, max_attempts))
         if as_json:
             emit({"enqueued": len(ids), "ids": ids})
         else:
@@ -697,7 +706,7 @@ def enqueue(
         async with await open_queue(queue) as q:
             return await q.enqueue(
                 value,
-                delay=delay,
+                delay=when.seconds_from(q.clock()),
                 priority=priority,
                 dedup_key=dedup_key,
                 max_attempts=max_attempts,
@@ -710,12 +719,25 @@ def enqueue(
         print(message_id)
 
 
+def _parse_time(text: str | None) -> datetime | None:
+    if text is None:
+        return None
+    try:
+        return datetime.fromisoformat(text)
+    except ValueError:
+        raise ConfigurationError(
+            f"--at {text!r} is not a time",
+            suggestion="write it in ISO 8601, e.g. 2026-12-01T09:00:00Z (no offset: UTC)",
+        ) from None
+
+
 async def _enqueue_all(
-    queue: str, payloads: list[Any], delay: float, priority: int, max_attempts: int | None
+    queue: str, payloads: list[Any], when: When, priority: int, max_attempts: int | None
 ) -> list[str]:
     """Enqueue ``payloads`` in batches, with a progress bar on stderr; their ids."""
     ids: list[str] = []
     async with await open_queue(queue) as q:
+        delay = when.seconds_from(q.clock())
         with Progress(console=err, transient=True) as progress:
             task = progress.add_task("enqueue", total=len(payloads))
             for start in range(0, len(payloads), 500):
