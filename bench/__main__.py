@@ -50,7 +50,12 @@ def parser() -> argparse.ArgumentParser:
     )
     e.add_argument("--procs", type=ints, default="1,2,4", help="worker processes")
     e.add_argument("--concurrency", type=ints, default="1,8,32", help="slots per process")
-    e.add_argument("--handler", type=names, default="noop,sleep10", help="noop, sleep10")
+    e.add_argument(
+        "--handler",
+        type=names,
+        default="noop,sleep10",
+        help="noop, sleep10, task (a no-op task sent with enqueue())",
+    )
     e.add_argument("--shards", type=int, default=4)
     e.add_argument("--profile-dir", default="", help="pyinstrument profile of every worker")
     e.add_argument(

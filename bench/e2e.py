@@ -179,7 +179,12 @@ def run_cell(  # noqa: PLR0913 - one keyword per command-line knob of a cell
     profile_dir: str = "",
 ) -> Row:
     url = backends.url(backend)
-    producer = asyncio.run(produce(url, messages, shards, latency_ms, limit_scale))
+    if handler == "task":  # sent as task calls, one enqueue() per message
+        from bench import tasks
+
+        producer = asyncio.run(tasks.produce(url, messages, shards))
+    else:
+        producer = asyncio.run(produce(url, messages, shards, latency_ms, limit_scale))
     workers, reports = start_workers(
         url, procs, concurrency, handler, latency_ms, limit_scale, profile_dir
     )

@@ -1,6 +1,7 @@
-"""One benchmark worker process: a Worker with a no-op or a 10 ms async handler.
+"""One benchmark worker process: a Worker with a no-op or a 10 ms async handler, or
+the router of bench/tasks.py's app (``--handler task``: a no-op task).
 
-    python -m bench.worker URL QUEUE --concurrency C --handler noop|sleep10 --report FILE
+    python -m bench.worker URL QUEUE --concurrency C --handler noop|sleep10|task --report FILE
         [--latency-ms MS --share F --limit-scale S] [--wait-for-go] [--profile FILE]
 
 Opens the queue, prints ``ready``; with ``--wait-for-go`` it then waits for a line on
@@ -41,7 +42,16 @@ async def sleep10(payload: Any, ctx: Any) -> None:
     await asyncio.sleep(0.010)  # the simulated job
 
 
-HANDLERS = {"noop": noop, "sleep10": sleep10}
+HANDLERS: dict[str, Any] = {"noop": noop, "sleep10": sleep10}
+
+
+def handler_for(name: str) -> Any:
+    """A handler, or for "task" the router of bench/tasks.py's app."""
+    if name == "task":
+        from bench.tasks import app
+
+        return app.router()
+    return HANDLERS[name]
 
 
 def build_storage(
@@ -78,7 +88,7 @@ async def main(args: argparse.Namespace) -> None:
     q = await Queue.open(storage, args.queue, verify_store=False)
     worker = Worker(
         q,
-        HANDLERS[args.handler],
+        handler_for(args.handler),
         concurrency=args.concurrency,
         polling=Polling(poll_interval=0.2),
     )
@@ -132,7 +142,7 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("url")
     parser.add_argument("queue")
     parser.add_argument("--concurrency", type=int, default=8)
-    parser.add_argument("--handler", choices=sorted(HANDLERS), default="noop")
+    parser.add_argument("--handler", choices=[*sorted(HANDLERS), "task"], default="noop")
     parser.add_argument("--report", required=True)
     parser.add_argument("--latency-ms", type=float, default=0.0)
     parser.add_argument("--share", type=float, default=1.0)
