@@ -7,7 +7,8 @@ status or signal, then checks that every id a process printed is stored.
 
 Commands: ``s3queue enqueue``, ``s3queue stats``, ``s3queue worker --burst`` on an
 empty queue, a five-line ``asyncio.run`` script (``Queue.open``, ``enqueue``,
-``close``) and the same through the blocking client (``connect``).
+``close``) and the same through the blocking client (``connect``), and a task app's
+``delay()`` from a script that exits without closing the app (``task``).
 """
 
 from __future__ import annotations
@@ -45,9 +46,17 @@ with connect(sys.argv[1], sys.argv[2]) as q:
     print(q.enqueue({"n": int(sys.argv[3])}), flush=True)
 """
 
-COMMANDS = ("enqueue", "stats", "worker", "script", "blocking")
+TASK_SCRIPT = """\
+import sys, s3queue
+app = s3queue.App(sys.argv[1])
+@app.task(queue=sys.argv[2])
+def f(n: int) -> None: ...
+print(f.delay(int(sys.argv[3])).message_id, flush=True)
+"""
+
+COMMANDS = ("enqueue", "stats", "worker", "script", "blocking", "task")
 #: Commands that print the id of the message they enqueued.
-PRINTS_ID = ("enqueue", "script", "blocking")
+PRINTS_ID = ("enqueue", "script", "blocking", "task")
 
 COLUMNS = (
     ("command", "command"),
@@ -86,7 +95,7 @@ def argv_for(command: str, url: str, n: int, poll_interval: float) -> list[str]:
             "--poll-interval",
             str(poll_interval),
         ]
-    script = ASYNC_SCRIPT if command == "script" else BLOCKING_SCRIPT
+    script = {"script": ASYNC_SCRIPT, "task": TASK_SCRIPT}.get(command, BLOCKING_SCRIPT)
     return [sys.executable, "-c", script, url, QUEUE, str(n)]
 
 

@@ -14,9 +14,13 @@ and nothing is written before every argument was checked.
 from __future__ import annotations
 
 import asyncio
+import atexit
+import contextlib
 import inspect
 import os
 import sys
+import threading
+import weakref
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
@@ -269,6 +273,7 @@ class App:
         open_storage(self.url)  # checks the URL now; connects nowhere yet
         self.default_queue = check_queue_name(queue)
         self.loop = LoopThread()
+        _OPEN_APPS.add(self)
         self.tasks: dict[str, Task[Any, Any]] = {}
         self._queues: dict[str, asyncio.Task[Queue]] = {}
         self._storage: Storage | None = None
@@ -447,6 +452,24 @@ class App:
 
     async def __aexit__(self, *exc: object) -> None:
         await self.aclose()
+
+
+#: Apps to close when the interpreter exits: a request still in flight on an app's
+#: loop (a record written after a commit, a clock sample) then finishes first, rather
+#: than being cut off as the process ends.
+_OPEN_APPS: weakref.WeakSet[App] = weakref.WeakSet()
+
+
+def _close_apps() -> None:
+    for app in list(_OPEN_APPS):
+        with contextlib.suppress(Exception):
+            app.close()
+
+
+# Run as the main thread ends, before the interpreter starts finalizing (a plain atexit
+# handler runs later, and obstore's requests then sometimes abort the process), like
+# concurrent.futures' own exit hook; atexit when that private hook is gone.
+getattr(threading, "_register_atexit", atexit.register)(_close_apps)
 
 
 def _task_name(fn: Callable[..., Any]) -> str:
