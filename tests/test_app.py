@@ -151,6 +151,34 @@ async def test_blocking_calls_work_inside_a_running_event_loop(tasks: Tasks) -> 
     }
 
 
+async def test_threads_send_at_once_like_the_views_of_a_web_server(
+    tasks: Tasks, worker: Worker
+) -> None:
+    def view(n: int) -> list[s3queue.Job]:
+        return [tasks.add.delay(n, k) for k in range(10)]
+
+    sent = await asyncio.gather(*(asyncio.to_thread(view, n) for n in range(8)))
+    jobs = [job for batch in sent for job in batch]
+    assert len({job.id for job in jobs}) == 80
+    assert [await job.wait(timeout=30) for job in jobs] == [
+        n + k for n in range(8) for k in range(10)
+    ]
+
+
+async def test_waiting_costs_one_get_per_poll_and_no_write(tasks: Tasks) -> None:
+    job = await tasks.add.enqueue(1)  # no worker runs
+    store = tasks.app._storage
+    assert store is not None
+    before = store.counts.snapshot()
+    with pytest.raises(TimeoutError):
+        await job.wait(timeout=1.0)
+    after = store.counts.snapshot()
+    made = {kind: after[kind] - before[kind] for kind in after}
+    # Polls at 0, 0.05, 0.15, 0.35, 0.75 and 1.0 s: the backoff bounds them to six.
+    assert made["get"] <= 6
+    assert made["total"] == made["get"]
+
+
 async def test_delay_and_at_set_when_a_job_may_run(tasks: Tasks) -> None:
     later = await tasks.add.aapply(args=(1,), delay=3600)
     at = datetime.now(UTC) + timedelta(hours=2)

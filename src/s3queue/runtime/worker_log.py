@@ -128,6 +128,8 @@ def job_record(
     }
     if event.error is not None:
         fields["error"] = event.error
+    if event.queue is not None:
+        fields["queue"] = event.queue  # a message id is unique within its queue only
     job = (handler, event.message_id)
     took = event.duration or 0.0
     error = _summary(event.error)
