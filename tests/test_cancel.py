@@ -8,17 +8,27 @@ reported cancelled.
 
 from __future__ import annotations
 
+import asyncio
 import itertools
+import threading
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Coroutine
+from pathlib import Path
+from typing import Any
 
 import msgspec
 import pytest
 
 from s3queue import (
     Backoff,
+    CancelOutcome,
     ConfigurationError,
+    JobContext,
+    Leases,
     Queue,
+    Worker,
+    WorkerEvent,
+    connect,
 )
 from s3queue.core import layout
 from s3queue.core.cursor import (
@@ -49,6 +59,7 @@ from s3queue.core.cursor import (
 from s3queue.core.layout import SegmentRef
 from s3queue.core.records import ErrorRecord
 from s3queue.core.segment import Message, Segment
+from tests.conftest import FAST, run_until
 
 NOW = 1_800_000_000.0
 RULES = Rules(skew_margin=2.0)
@@ -434,6 +445,20 @@ async def test_purge_drops_the_records_of_cancelled_messages(queue: Queue) -> No
     assert (await queue.stats()).cancelled == 0
 
 
+def test_the_blocking_client_cancels_too(tmp_path: Path) -> None:
+    with connect(f"file://{tmp_path}", "jobs") as q:
+        mid = q.enqueue({"n": 1})
+        [outcome] = q.cancel([mid])
+        assert isinstance(outcome, CancelOutcome)
+        assert outcome.to_json() == {
+            "id": mid,
+            "status": "cancelled",
+            "detail": "cancelled; it will not run",
+            "finished_status": None,
+        }
+        assert q.get(mid).status == "cancelled"  # type: ignore[union-attr]
+
+
 class Clock:
     """Store time that a test moves forward: delays fall due without waiting."""
 
@@ -470,3 +495,182 @@ async def test_a_delayed_message_in_a_timer_bucket_is_cancelled_and_never_runs(
     cursor = await queue.committers[layout.parse_message_id(mid).shard].read()
     assert mid not in cursor.flights
     assert (await queue.get(mid)).status == "cancelled"  # type: ignore[union-attr]
+
+
+# --- with a worker -----------------------------------------------------------------------
+
+
+async def run_worker(worker: Worker, body: Callable[[], Coroutine[Any, Any, None]]) -> None:
+    """Run ``worker`` while ``body`` runs, then stop it (draining)."""
+    task = asyncio.create_task(worker.run())
+    try:
+        await asyncio.wait_for(body(), 60)
+    finally:
+        await worker.stop()
+        await task
+
+
+def events(worker: Worker, *names: Any) -> list[WorkerEvent]:
+    seen: list[WorkerEvent] = []
+    for name in names:
+        worker.on(name, seen.append)
+    return seen
+
+
+async def test_a_job_cancelled_before_it_started_never_runs(
+    timed: tuple[Queue, Clock],
+) -> None:
+    queue, clock = timed
+    ran: list[str] = []
+    control_done = asyncio.Event()
+
+    async def handler(payload: Any, ctx: JobContext) -> None:
+        ran.append(ctx.message_id)
+
+    worker = Worker(queue, handler, concurrency=4, polling=FAST)
+    worker.on("completed", lambda e: control_done.set())
+
+    async def trials() -> None:
+        for _ in range(200):
+            mid = await queue.enqueue("cancelled", delay=30)
+            [outcome] = await queue.cancel([mid])
+            assert outcome.status == "cancelled", outcome
+        control = await queue.enqueue("control", delay=30)
+        clock.offset += 60  # every one of them is due now
+        await control_done.wait()
+        stats = await queue.stats()
+        assert (stats.pending, stats.delayed, stats.processing) == (0, 0, 0)
+        assert stats.cancelled == 200
+        ran.remove(control)
+
+    await run_worker(worker, trials)
+    assert ran == []
+
+
+async def test_jobs_cancelled_before_the_worker_starts_never_run(queue: Queue) -> None:
+    ids = await queue.enqueue_many(["cancelled"] * 100)
+    assert {o.status for o in await queue.cancel(ids)} == {"cancelled"}
+    controls = await queue.enqueue_many(["control"] * 20)
+    ran: list[str] = []
+
+    async def handler(payload: Any, ctx: JobContext) -> None:
+        ran.append(payload)
+
+    worker = Worker(queue, handler, concurrency=8, polling=FAST)
+    await run_until(worker, "completed", count=len(controls))
+    assert ran == ["control"] * 20
+    stats = await queue.stats()
+    assert (stats.pending, stats.processing, stats.completed, stats.cancelled) == (0, 0, 20, 100)
+
+
+async def test_an_async_job_cancelled_while_it_runs_stops_and_ends_cancelled(
+    queue: Queue,
+) -> None:
+    started, stopped = asyncio.Event(), asyncio.Event()
+    caught: list[BaseException] = []
+
+    async def handler(payload: Any, ctx: JobContext) -> None:
+        started.set()
+        try:
+            await asyncio.Event().wait()  # until cancelled
+        except asyncio.CancelledError as error:
+            caught.append(error)
+            raise
+
+    worker = Worker(queue, handler, leases=Leases(visibility_timeout=0.6), polling=FAST)
+    seen = events(worker, "cancelled", "completed", "retry", "dead", "lease_lost")
+    worker.on("cancelled", lambda e: stopped.set())
+    mid = await queue.enqueue({"n": 1})
+
+    async def cancel_it() -> None:
+        await started.wait()
+        [outcome] = await queue.cancel([mid])
+        assert outcome.status == "cancelling"
+        await stopped.wait()
+
+    await run_worker(worker, cancel_it)
+    assert [(e.name, e.message_id) for e in seen] == [("cancelled", mid)]
+    assert len(caught) == 1
+    await queue.settle()
+    info = await queue.get(mid)
+    assert info is not None
+    assert (info.status, info.errors) == ("cancelled", [])
+    assert (await queue.stats()).cancelled == 1
+
+
+async def test_a_sync_job_sees_ctx_cancelled_and_its_end_is_cancelled(queue: Queue) -> None:
+    started = threading.Event()
+    stopped = asyncio.Event()
+    looked: list[bool] = []
+
+    def handler(payload: Any, ctx: JobContext) -> str:
+        started.set()
+        while not ctx.cancelled:
+            threading.Event().wait(0.005)  # a job's own work, between two looks
+        looked.append(ctx.cancelled)
+        return "stopped early"
+
+    worker = Worker(queue, handler, leases=Leases(visibility_timeout=0.6), polling=FAST)
+    seen = events(worker, "cancelled", "completed", "retry", "dead")
+    worker.on("cancelled", lambda e: stopped.set())
+    mid = await queue.enqueue({"n": 1})
+
+    async def cancel_it() -> None:
+        await asyncio.to_thread(started.wait)
+        [outcome] = await queue.cancel([mid])
+        assert outcome.status == "cancelling"
+        await stopped.wait()
+
+    await run_worker(worker, cancel_it)
+    assert looked == [True]
+    assert [e.name for e in seen] == ["cancelled"]
+    await queue.settle()
+    info = await queue.get(mid)
+    assert info is not None
+    assert (info.status, info.result) == ("cancelled", None)
+
+
+async def test_a_sync_job_that_raises_when_cancelled_is_not_a_failure(queue: Queue) -> None:
+    started = threading.Event()
+    stopped = asyncio.Event()
+
+    def handler(payload: Any, ctx: JobContext) -> None:
+        started.set()
+        while not ctx.cancelled:
+            threading.Event().wait(0.005)
+        raise RuntimeError("stopped: cancelled")
+
+    worker = Worker(queue, handler, leases=Leases(visibility_timeout=0.6), polling=FAST)
+    seen = events(worker, "cancelled", "retry", "dead")
+    worker.on("cancelled", lambda e: stopped.set())
+    mid = await queue.enqueue({"n": 1})
+
+    async def cancel_it() -> None:
+        await asyncio.to_thread(started.wait)
+        await queue.cancel([mid])
+        await stopped.wait()
+
+    await run_worker(worker, cancel_it)
+    assert [(e.name, e.error) for e in seen] == [("cancelled", "RuntimeError: stopped: cancelled")]
+    await queue.settle()
+    assert (await queue.get(mid)).status == "cancelled"  # type: ignore[union-attr]
+
+
+async def test_a_worker_stopping_still_releases_its_jobs_rather_than_cancelling_them(
+    queue: Queue,
+) -> None:
+    started = asyncio.Event()
+
+    async def handler(payload: Any, ctx: JobContext) -> None:
+        started.set()
+        await asyncio.Event().wait()
+
+    worker = Worker(queue, handler, leases=Leases(shutdown_timeout=0.01), polling=FAST)
+    seen = events(worker, "cancelled", "completed", "retry", "dead")
+    mid = await queue.enqueue({"n": 1})
+    task = asyncio.create_task(worker.run())
+    await started.wait()
+    await worker.stop()
+    await task
+    assert seen == []
+    assert (await queue.get(mid)).status == "pending"  # type: ignore[union-attr]
