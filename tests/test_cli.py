@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import BUCKET
+from tests.conftest import BUCKET, pythonpath
 from tests.s3server import S3Server
 
 TIMEOUT = 120
@@ -29,7 +29,7 @@ def cli(url: str, *args: str, cwd: Path | None = None) -> subprocess.CompletedPr
         text=True,
         timeout=TIMEOUT,
         cwd=cwd,
-        env={**os.environ, "PYTHONPATH": str(cwd or Path.cwd())},
+        env={**os.environ, "PYTHONPATH": pythonpath(cwd or Path.cwd())},
     )
 
 
@@ -222,7 +222,7 @@ def test_sigterm_lets_running_jobs_finish_and_exits_zero(url: str, tmp_path: Pat
             "0.05",
         ],
         cwd=tmp_path,
-        env={**os.environ, "PYTHONPATH": str(tmp_path)},
+        env={**os.environ, "PYTHONPATH": pythonpath(tmp_path)},
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
