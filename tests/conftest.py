@@ -24,6 +24,12 @@ os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "testing")
 os.environ.setdefault("AWS_REGION", "us-east-1")
 
 
+def pythonpath(first: Path) -> str:
+    """PYTHONPATH for an s3queue subprocess: ``first`` (where a test's handler modules
+    are), then the caller's own, from which the code under test may come."""
+    return os.pathsep.join(p for p in (str(first), os.environ.get("PYTHONPATH")) if p)
+
+
 @pytest.fixture(scope="session")
 def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
     server = start_s3_server(tmp_path_factory.mktemp("moto") / "moto.log")

@@ -4,6 +4,7 @@ chains and groups, on every backend."""
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -12,7 +13,7 @@ from typing import Any
 import pytest
 
 import s3queue
-from s3queue import App, Backoff, Queue, Worker
+from s3queue import App, Backoff, Leases, Queue, Worker
 from s3queue.app.app import _task_name
 from s3queue.errors import ConfigurationError, JobFailed, JobNotFound, PayloadError
 from tests.conftest import FAST, run_until
@@ -26,6 +27,8 @@ class Tasks:
     fail: s3queue.Task[..., None]
     email: s3queue.Task[..., Any]
     where: s3queue.Task[..., dict[str, object]]
+    hang: s3queue.Task[..., Any]
+    spin: s3queue.Task[..., str]
     runs: list[str]
 
 
@@ -51,13 +54,25 @@ def make_tasks(url: str) -> Tasks:
     async def email(to: str, subject: str = "") -> dict[str, str]:
         return {"to": to, "subject": subject}
 
+    @app.task(name="hang")
+    async def hang() -> None:
+        runs.append("hang")
+        await asyncio.Event().wait()
+
+    @app.task(name="spin")
+    def spin() -> str:
+        runs.append("spin")
+        while not s3queue.current_job().cancelled:
+            time.sleep(0.01)
+        return "stopped"
+
     @app.task(name="where")
     def where() -> dict[str, object]:
         ctx = s3queue.current_job()
         ctx.progress(0.5)
         return {"id": ctx.message_id, "attempt": ctx.attempt}
 
-    return Tasks(app, add, slow_add, fail, email, where, runs)
+    return Tasks(app, add, slow_add, fail, email, where, hang, spin, runs)
 
 
 @pytest.fixture
@@ -71,7 +86,9 @@ def tasks(store_url: str) -> Iterator[Tasks]:
 async def worker(tasks: Tasks, store_url: str) -> AsyncIterator[Worker]:
     """A worker serving every queue of the app, running in the test's loop."""
     queues = [await Queue.open(store_url, name) for name in ("default", "emails")]
-    pool = Worker(queues, tasks.app.router(), concurrency=4, polling=FAST)
+    # Short leases: renewed (and cancel requests learned) every third of a second.
+    leases = Leases(visibility_timeout=1.0)
+    pool = Worker(queues, tasks.app.router(), concurrency=4, polling=FAST, leases=leases)
     running = asyncio.create_task(pool.run())
     yield pool
     await pool.stop()
@@ -239,7 +256,7 @@ async def test_a_message_naming_an_unknown_task_is_dead_lettered_at_once(
     assert dead[stray].attempts == 1
     message = dead[stray].errors[0].message
     assert "'resize'" in message
-    assert "add, email, fail, slow_add, where" in message
+    assert "(it knows: add, email, fail, hang, slow_add, spin, where)" in message
     assert "not a task call" in dead[junk].errors[0].message
 
 
@@ -313,3 +330,50 @@ def test_a_task_is_named_after_its_module_and_function() -> None:
     assert _task_name(local) == (
         "tests.test_app.test_a_task_is_named_after_its_module_and_function.<locals>.local"
     )
+
+
+async def test_a_cancelled_job_never_runs(tasks: Tasks, store_url: str) -> None:
+    job = await tasks.add.enqueue(1)
+    flow = await s3queue.chain(tasks.add.s(1), tasks.add.s()).enqueue()
+    assert (await job.acancel()).status == "cancelled"
+    assert (await flow.acancel()).status == "cancelled"
+    async with await Queue.open(store_url, "default") as q:
+        await Worker(q, tasks.app.router(), polling=FAST).run(burst=True)
+    assert tasks.runs == []
+    with pytest.raises(s3queue.JobCancelled):
+        await job.wait(timeout=30)
+    with pytest.raises(s3queue.JobCancelled):
+        await flow.wait(timeout=30)
+    assert await job.astatus() == "cancelled"
+    again = await job.acancel()
+    assert (again.status, again.finished_status) == ("finished", "cancelled")
+
+
+async def test_a_running_async_task_is_cancelled(tasks: Tasks, worker: Worker) -> None:
+    seen = asyncio.Event()
+    worker.on("processing", lambda event: seen.set())
+    job = await tasks.hang.enqueue()
+    await seen.wait()
+    assert (await job.acancel()).status == "cancelling"
+    with pytest.raises(s3queue.JobCancelled):
+        await job.wait(timeout=30)
+    assert worker.failed == 0  # its CancelledError is not a failure
+
+
+async def test_a_running_sync_task_sees_it_is_cancelled(tasks: Tasks, worker: Worker) -> None:
+    seen = asyncio.Event()
+    worker.on("processing", lambda event: seen.set())
+    job = await tasks.spin.enqueue()
+    await seen.wait()
+    assert (await job.acancel()).status == "cancelling"
+    with pytest.raises(s3queue.JobCancelled):
+        await job.wait(timeout=30)
+    assert tasks.runs == ["spin"]
+
+
+async def test_cancelling_a_completed_job_says_so(tasks: Tasks, worker: Worker) -> None:
+    job = await tasks.add.enqueue(1)
+    assert await job.wait(timeout=30) == 2
+    outcome = await job.acancel()
+    assert (outcome.status, outcome.finished_status) == ("finished", "completed")
+    assert await job.wait(timeout=30) == 2

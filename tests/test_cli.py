@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import BUCKET
+from tests.conftest import BUCKET, pythonpath
 from tests.s3server import S3Server
 
 TIMEOUT = 120
@@ -29,7 +29,7 @@ def cli(url: str, *args: str, cwd: Path | None = None) -> subprocess.CompletedPr
         text=True,
         timeout=TIMEOUT,
         cwd=cwd,
-        env={**os.environ, "PYTHONPATH": str(cwd or Path.cwd())},
+        env={**os.environ, "PYTHONPATH": pythonpath(cwd or Path.cwd())},
     )
 
 
@@ -113,6 +113,36 @@ def test_unknown_message_is_exit_1(url: str) -> None:
     assert "no message 0-L99-0" in result.stderr
 
 
+def test_cancel_says_what_it_did_to_each_id(url: str) -> None:
+    pending = cli(url, "enqueue", "q", '{"x": 1}').stdout.strip()
+    done = cli(url, "cancel", "q", pending)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == f"{pending}: cancelled (cancelled; it will not run)\n"
+    again = json.loads(cli(url, "cancel", "q", pending, "--json").stdout)
+    assert again == [
+        {
+            "id": pending,
+            "status": "finished",
+            "detail": "already cancelled",
+            "finished_status": "cancelled",
+        }
+    ]
+    assert json.loads(cli(url, "inspect", "q", pending, "--json").stdout)["status"] == "cancelled"
+    assert json.loads(cli(url, "stats", "q", "--json").stdout)["cancelled"] == 1
+
+
+def test_cancel_of_an_unknown_id_exits_1_and_cancels_the_others(url: str) -> None:
+    pending = cli(url, "enqueue", "q", '{"x": 1}').stdout.strip()
+    result = cli(url, "cancel", "q", "0-L99-0", pending)
+    assert result.returncode == 1
+    assert f"{pending}: cancelled" in result.stdout
+    assert "0-L99-0: not_found" in result.stdout
+    assert one_line_error(result) == "error: no message 0-L99-0 in queue q"
+    malformed = cli(url, "cancel", "q", "bogus")
+    assert malformed.returncode == 2
+    assert "invalid message id 'bogus'" in one_line_error(malformed)
+
+
 HANDLERS = textwrap.dedent(
     """
     import pathlib, time
@@ -174,7 +204,15 @@ def test_redrive_of_an_id_that_is_not_dead_fails_and_redrives_nothing(
 
 
 @pytest.mark.parametrize(
-    "command", [("stats",), ("inspect", "0-L0-0"), ("dead",), ("redrive",), ("purge", "--yes")]
+    "command",
+    [
+        ("stats",),
+        ("inspect", "0-L0-0"),
+        ("cancel", "0-L0-0"),
+        ("dead",),
+        ("redrive",),
+        ("purge", "--yes"),
+    ],
 )
 def test_read_commands_on_a_missing_queue_fail_and_create_nothing(
     url: str, command: tuple[str, ...]
@@ -222,7 +260,7 @@ def test_sigterm_lets_running_jobs_finish_and_exits_zero(url: str, tmp_path: Pat
             "0.05",
         ],
         cwd=tmp_path,
-        env={**os.environ, "PYTHONPATH": str(tmp_path)},
+        env={**os.environ, "PYTHONPATH": pythonpath(tmp_path)},
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,

@@ -34,6 +34,7 @@ DATA_COMMANDS = {
     "create",
     "stats",
     "inspect",
+    "cancel",
     "dead",
     "redrive",
     "purge",
@@ -383,8 +384,11 @@ def test_every_data_command_prints_json(
     assert many["enqueued"] == 2
     assert len(set(many["ids"])) == 2
     assert as_json(s3q, url, "inspect", "q", message_id)["payload"] == {"n": 1}
+    [cancelled] = as_json(s3q, url, "cancel", "q", many["ids"][0])
+    assert (cancelled["id"], cancelled["status"]) == (many["ids"][0], "cancelled")
     stats = as_json(s3q, url, "stats", "q")
-    assert (stats["pending"], len(stats["shards"]), stats["problems"]) == (3, 2, [])
+    assert (stats["pending"], stats["cancelled"], len(stats["shards"])) == (2, 1, 2)
+    assert stats["problems"] == []
     assert as_json(s3q, url, "queues") == [{"name": "q"}]
     letter = dead_letter(url, "d")
     [dead] = as_json(s3q, url, "dead", "d")

@@ -77,6 +77,8 @@ def test_the_documented_fields_are_the_printed_ones(url: str, tmp_path: Path) ->
     assert keys(stats) == keys(example("stats"))
     assert keys(stats["shards"]) == keys(example("stats")["shards"])
     assert keys(s3queue(url, "inspect", "emails", "0-L0-0")) == message
+    assert keys(s3queue(url, "cancel", "emails", "0-L0-0", "0-L1-0")) == keys(example("cancel"))
+    assert keys(s3queue(url, "cancel", "emails", "0-L1-0")) == table_fields("cancel")
     [letter] = s3queue(url, "dead", "emails")
     assert keys(letter) == message
     assert keys(s3queue(url, "redrive", "emails")) == {"id", "redriven_to"}

@@ -5,13 +5,17 @@ from __future__ import annotations
 
 from typing import get_args
 
+import msgspec
+
 from s3queue.core.cursor import (
     Counter,
     Counters,
     Cursor,
+    Flight,
     Op,
     OpenSegment,
     Operation,
+    Outcome,
     RegisterTimer,
     apply,
     decode_cursor,
@@ -38,9 +42,22 @@ WRITTEN = (
 )
 
 
-def test_a_cursor_written_before_encodes_back_to_the_same_bytes() -> None:
+def test_a_cursor_written_before_encodes_back_to_the_same_bytes_and_new_counters() -> None:
     cursor = decode_cursor(WRITTEN, "q/shards/0003/cursor")
-    assert encode_cursor(cursor) == WRITTEN
+    # Counters are always written; fields of flights only when they are set.
+    counters_since = b',"cancelled":0}}'
+    assert encode_cursor(cursor) == WRITTEN[: -len(b"}}")] + counters_since
+
+
+def test_a_cancel_request_and_a_cancelled_outcome_are_written_only_where_they_are() -> None:
+    cursor = decode_cursor(WRITTEN, "q/shards/0003/cursor")
+    flights = dict(cursor.flights)
+    flights["3-L41-2"] = msgspec.structs.replace(flights["3-L41-2"], cancel_requested=True)
+    flights["3-L42-0"] = Flight(attempt=0, outcome=Outcome(status="cancelled", finished_at=5.0))
+    data = encode_cursor(msgspec.structs.replace(cursor, flights=flights))
+    assert data.count(b'"cancel_requested":true') == 1
+    assert b'"3-L42-0":{"attempt":0,"outcome":{"status":"cancelled","finished_at":5.0}}' in data
+    assert decode_cursor(data, "q/shards/0003/cursor").flights == flights
 
 
 def test_timer_buckets_are_written_as_json_object_keys_in_registration_order() -> None:

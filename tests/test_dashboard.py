@@ -39,11 +39,12 @@ async def port(storage: Storage) -> AsyncIterator[int]:
 
 async def test_overview_counts_every_queue(storage: Storage, port: int) -> None:
     emails = await Queue.open(storage, "emails", shards=2)
-    await emails.enqueue_many([{"n": n} for n in range(5)])
+    ids = await emails.enqueue_many([{"n": n} for n in range(5)])
     [lease] = await emails.claim(1, 30)
     await emails.ack(lease)
     [lease] = await emails.claim(1, 30)
     await emails.fail(lease, "smtp said no", retriable=False)
+    await emails.cancel(ids[-1:])
     reports = await Queue.open(storage, "reports", shards=1)
     await reports.enqueue({"month": 11}, delay=3600)
 
@@ -51,9 +52,10 @@ async def test_overview_counts_every_queue(storage: Storage, port: int) -> None:
     assert status == 200
     by_name = {q["name"]: q for q in data["queues"]}
     assert set(by_name) == {"emails", "reports"}
-    assert by_name["emails"]["pending"] == 3
+    assert by_name["emails"]["pending"] == 2
     assert by_name["emails"]["completed"] == 1
     assert by_name["emails"]["dead"] == 1
+    assert by_name["emails"]["cancelled"] == 1
     assert len(by_name["emails"]["shards"]) == 2
     assert by_name["reports"]["delayed"] == 1
 

@@ -36,7 +36,7 @@ from s3queue.storage import open_raw_storage, open_storage, redact, redact_url
 from s3queue.storage.faults import FaultyStorage
 from s3queue.storage.local import LocalStorage
 from s3queue.storage.memory import MemoryStorage
-from tests.conftest import BUCKET, FAST, run_until
+from tests.conftest import BUCKET, FAST, pythonpath, run_until
 from tests.s3server import S3Server, free_port
 
 KEY_ID = "AKIAS3QUEUETESTKEY01"
@@ -67,7 +67,7 @@ def s3queue(
         text=True,
         timeout=TIMEOUT,
         cwd=cwd,
-        env={**os.environ, "PYTHONPATH": str(cwd or Path.cwd()), **(env or {})},
+        env={**os.environ, "PYTHONPATH": pythonpath(cwd or Path.cwd()), **(env or {})},
     )
 
 

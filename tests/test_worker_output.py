@@ -187,6 +187,24 @@ async def test_a_dead_letter_logs_an_error_with_the_error(
     assert field(dead, "message_id") == mid
 
 
+async def test_a_cancelled_job_logs_one_info_line(
+    queue: Queue, caplog: pytest.LogCaptureFixture
+) -> None:
+    mid = await queue.enqueue("hello")
+
+    async def cancels_itself(payload: Any, ctx: JobContext) -> None:
+        await ctx.queue.cancel([ctx.message_id])
+
+    with caplog.at_level(logging.INFO, LOGGER):
+        [event] = await run_until(Worker(queue, cancels_itself, polling=FAST), "cancelled")
+    [record] = job_records(caplog, "cancelled")
+    assert record.levelno == logging.INFO
+    assert record.getMessage().endswith(
+        f"cancels_itself[{mid}] cancelled after {event.duration:.3f} s (attempt 1/3)"
+    )
+    assert job_records(caplog, "completed") == []
+
+
 async def test_a_lost_lease_logs_a_warning(queue: Queue, caplog: pytest.LogCaptureFixture) -> None:
     mid = await queue.enqueue("hello")
     other = await Queue.open(queue.storage.url, "mail")  # another worker's client

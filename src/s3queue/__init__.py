@@ -23,7 +23,7 @@ from s3queue.errors import (
     StorageUnavailable,
     Throttled,
 )
-from s3queue.info import Failure, Lease, MessageInfo, Stats
+from s3queue.info import CancelOutcome, Failure, Lease, MessageInfo, Stats
 from s3queue.queue import Queue
 from s3queue.runtime.cron import Cron
 from s3queue.runtime.worker import JobContext, Worker, WorkerEvent
@@ -35,6 +35,7 @@ __all__ = [
     "App",
     "Backoff",
     "BlockingQueue",
+    "CancelOutcome",
     "Chain",
     "ChainJob",
     "ConfigurationError",

@@ -14,7 +14,7 @@ from collections.abc import Coroutine, Iterable
 from typing import Any, TypeVar
 
 from s3queue.backoff import Backoff
-from s3queue.info import Failure, Lease, MessageInfo, Stats
+from s3queue.info import CancelOutcome, Failure, Lease, MessageInfo, Stats
 from s3queue.queue import Queue
 
 T = TypeVar("T")
@@ -100,6 +100,9 @@ class BlockingQueue:
 
     def release(self, lease: Lease) -> None:
         self._run(self.queue.release(lease))
+
+    def cancel(self, ids: Iterable[str]) -> list[CancelOutcome]:
+        return self._run(self.queue.cancel(list(ids) if not isinstance(ids, str) else ids))
 
     def get(self, message_id: str) -> MessageInfo | None:
         return self._run(self.queue.get(message_id))

@@ -8,8 +8,10 @@ from typing import Any, Literal
 from s3queue.core.records import ErrorRecord
 
 #: A message's status. A dead message leaves "dead" only by a redrive, which sends a
-#: copy under a new id (``redriven_to``) and leaves the old id "redriven".
-Status = Literal["pending", "delayed", "processing", "completed", "dead", "redriven"]
+#: copy under a new id (``redriven_to``) and leaves the old id "redriven". A message
+#: cancelled while it runs stays "processing" (``cancel_requested``) until its worker
+#: stops, then is "cancelled".
+Status = Literal["pending", "delayed", "processing", "completed", "dead", "redriven", "cancelled"]
 
 
 @dataclass(slots=True)
@@ -30,14 +32,43 @@ class Lease:
     errors: list[ErrorRecord] = field(default_factory=list)
     #: The name of the queue that leased it.
     queue: str = ""
+    #: Set when the queue answered an extend, ack, fail or release of this lease with
+    #: "the message was cancelled": stop working on it; however the lease ends now,
+    #: the message ends cancelled. Written by the event loop, read by any thread.
+    cancel_requested: bool = False
 
 
 @dataclass(frozen=True, slots=True)
 class Failure:
-    """What ``fail`` did: retry at ``visible_at``, or dead-lettered."""
+    """What ``fail`` did: retry at ``visible_at``, dead-lettered, or nothing more
+    than end a message that had been cancelled while it ran."""
 
-    status: Literal["retry", "dead"]
+    status: Literal["retry", "dead", "cancelled"]
     visible_at: float
+
+
+@dataclass(frozen=True, slots=True)
+class CancelOutcome:
+    """What :meth:`~s3queue.Queue.cancel` did to one message.
+
+    - "cancelled": it had not started (pending, delayed, waiting for a retry, or not
+      read by any worker yet) and never will;
+    - "cancelling": it is running; its worker is told at its next lease renewal, and
+      the message ends "cancelled" however that attempt ends;
+    - "finished": it had ended already, as ``finished_status`` says; nothing changed;
+    - "not_found": there is no such message (or it was purged).
+    """
+
+    id: str
+    status: Literal["cancelled", "cancelling", "finished", "not_found"]
+    #: The same in a sentence, e.g. "already completed".
+    detail: str
+    #: For "finished": how it ended ("completed", "dead", "redriven", "cancelled"),
+    #: None when that cannot be told (its segment was set aside as unreadable).
+    finished_status: Status | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {name: getattr(self, name) for name in self.__slots__}
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,6 +90,8 @@ class MessageInfo:
     dedup_key: str | None = None
     #: For status "redriven": the id of the copy that went back to the queue.
     redriven_to: str | None = None
+    #: A "processing" message someone cancelled: its worker is told to stop.
+    cancel_requested: bool = False
 
     def to_json(self) -> dict[str, Any]:
         out = {name: getattr(self, name) for name in self.__slots__}
@@ -83,6 +116,7 @@ class ShardStats:
     processing: int
     completed: int
     dead: int
+    cancelled: int
     retried: int
     recovered: int
     window_segments: int
@@ -95,9 +129,10 @@ class Stats:
 
     - ``pending``, ``delayed``, ``processing``: messages in that state now.
     - ``dead``: dead letters stored now (redrive and purge remove them).
-    - ``completed``, ``retried``, ``recovered``: events since the queue was created or
-      last purged: completions, failed attempts that will be retried, and expired
-      leases taken back from workers that stopped answering.
+    - ``completed``, ``cancelled``, ``retried``, ``recovered``: events since the queue
+      was created or last purged: completions, cancellations, failed attempts that
+      will be retried, and expired leases taken back from workers that stopped
+      answering.
     """
 
     pending: int
@@ -105,6 +140,7 @@ class Stats:
     processing: int
     completed: int
     dead: int
+    cancelled: int = 0
     retried: int = 0
     recovered: int = 0
     shards: list[ShardStats] = field(default_factory=list)
@@ -119,6 +155,7 @@ class Stats:
             "processing": self.processing,
             "completed": self.completed,
             "dead": self.dead,
+            "cancelled": self.cancelled,
             "retried": self.retried,
             "recovered": self.recovered,
             "shards": [{name: getattr(s, name) for name in s.__slots__} for s in self.shards],

@@ -28,6 +28,9 @@ from s3queue.core.clock import Clock, StoreClock
 from s3queue.core.commit import CommitContext, ShardCommitter
 from s3queue.core.cursor import (
     Ack,
+    Cancel,
+    Cancellation,
+    Cancelled,
     Claim,
     Claimed,
     Extend,
@@ -62,7 +65,7 @@ from s3queue.errors import (
     PreconditionFailed,
     QueueNotFound,
 )
-from s3queue.info import Failure, Lease, MessageInfo, Stats
+from s3queue.info import CancelOutcome, Failure, Lease, MessageInfo, Stats
 from s3queue.payload import decode_json, encode_json
 from s3queue.storage import Storage, UpdateVersion, open_storage, redact_url
 
@@ -684,7 +687,9 @@ class Queue:
         return result
 
     async def ack(self, lease: Lease, result: Any = None, *, linger: float = 0.0) -> None:
-        """Complete the message; store ``result`` (if not None) for :meth:`get`.
+        """Complete the message; store ``result`` (if not None) for :meth:`get`. If the
+        message was cancelled while it ran, it ends "cancelled" instead (no result is
+        kept) and ``lease.cancel_requested`` is set.
 
         ``linger`` (seconds) lets the ack wait for other operations of this process
         on the same shard, a claim above all, so that they share one cursor write.
@@ -698,7 +703,8 @@ class Queue:
         outcome = await self._committer(lease).submit(
             Ack(lease.id, lease.token, raw), linger=linger
         )
-        self._held(outcome, lease, "ack")
+        if self._held(outcome, lease, "ack") is not None:
+            lease.cancel_requested = True  # it ended cancelled, not completed
 
     async def fail(
         self,
@@ -710,8 +716,9 @@ class Queue:
         linger: float = 0.0,
     ) -> Failure:
         """Record a failed attempt: retry after a backoff delay, or dead-letter the
-        message when it is not ``retriable`` or has used all its attempts.
-        ``linger`` as for :meth:`ack`."""
+        message when it is not ``retriable`` or has used all its attempts; or, if it
+        was cancelled while it ran, end it "cancelled" (status "cancelled", and
+        ``lease.cancel_requested`` set). ``linger`` as for :meth:`ack`."""
         if not isinstance(backoff, Backoff | None):
             delay = limits.RETRY_DELAY.check(backoff, "backoff")
         else:
@@ -720,6 +727,9 @@ class Queue:
         outcome = await self._committer(lease).submit(
             Fail(lease.id, lease.token, record, retriable, delay), linger=linger
         )
+        if isinstance(outcome, Cancelled):
+            lease.cancel_requested = True
+            return Failure("cancelled", self.clock())
         failure = self._held(outcome, lease, "fail")
         if failure.status == "retry":
             # Another worker may be idle when the retry falls due (this one may stop).
@@ -727,17 +737,24 @@ class Queue:
         return failure
 
     async def extend(self, lease: Lease, seconds: float) -> float:
-        """Keep the lease for ``seconds`` more from now; return the new expiry."""
+        """Keep the lease for ``seconds`` more from now; return the new expiry. Sets
+        ``lease.cancel_requested`` when the message was cancelled meanwhile: stop
+        working on it, then ack (or fail) it, which ends it cancelled."""
         seconds = limits.VISIBILITY_TIMEOUT.check(seconds, "seconds")
         outcome = await self._committer(lease).submit(Extend(lease.id, lease.token, seconds))
         extended = self._held(outcome, lease, "extend")
         lease.expires_at = extended.expires_at
+        if extended.cancelled:
+            lease.cancel_requested = True
         return extended.expires_at
 
     async def release(self, lease: Lease) -> None:
-        """Give the message back unprocessed: claimable at once, the attempt not counted."""
+        """Give the message back unprocessed: claimable at once, the attempt not
+        counted; or ended "cancelled" if it was cancelled meanwhile."""
         outcome = await self._committer(lease).submit(Release(lease.id, lease.token))
-        self._held(outcome, lease, "release")
+        if self._held(outcome, lease, "release") is not None:
+            lease.cancel_requested = True
+            return
         self.wake.ring()  # claimable again now: idle workers should look
 
     async def progress(self, lease: Lease, value: Any) -> None:
@@ -745,6 +762,58 @@ class Queue:
         raw = encode_json(value, limit=16 * 1024, what="the progress value", exact=False)
         outcome = await self._committer(lease).submit(Progress(lease.id, lease.token, raw))
         self._held(outcome, lease, "record progress of")
+
+    # --- cancelling ------------------------------------------------------------------------
+
+    async def cancel(self, ids: Iterable[str]) -> list[CancelOutcome]:
+        """Cancel messages: one :class:`~s3queue.info.CancelOutcome` per id, in order.
+
+        A message that has not started never will ("cancelled"); a running one is
+        "cancelling": its worker learns it at its next lease renewal (within a third of
+        the visibility timeout), and the message ends "cancelled" however that attempt
+        ends. One that had finished is left as it is ("finished"). Each shard's cancels
+        share one cursor write. A malformed id raises ConfigurationError, and then
+        nothing is cancelled."""
+        if isinstance(ids, str):
+            raise ConfigurationError(
+                f"cancel takes a list of ids, not the string {ids!r}",
+                suggestion=f"queue.cancel([{ids!r}])",
+            )
+        given = list(ids)
+        wanted = list(dict.fromkeys(given))
+        by_shard: dict[int, list[Cancel]] = {}
+        for mid in wanted:
+            shard = layout.parse_message_id(mid).shard
+            if shard < self.settings.shards:
+                by_shard.setdefault(shard, []).append(Cancel(mid))
+        await self.sync_clock()
+        done = await asyncio.gather(
+            *(self.committers[k].submit_all(ops) for k, ops in by_shard.items())
+        )
+        found = {c.id: c for shard in done for c in shard}
+        outcomes = await asyncio.gather(*(self._cancel_outcome(m, found.get(m)) for m in wanted))
+        by_id = {outcome.id: outcome for outcome in outcomes}
+        return [by_id[mid] for mid in given]
+
+    async def _cancel_outcome(self, mid: str, done: Cancellation | None) -> CancelOutcome:
+        status = "not_found" if done is None else done.status
+        if status == "cancelled":
+            return CancelOutcome(mid, "cancelled", "cancelled; it will not run")
+        if status == "cancelling":
+            return CancelOutcome(
+                mid, "cancelling", "running: its worker is told to stop, and it ends cancelled"
+            )
+        if status == "finished":
+            if done is not None and done.finished is not None:
+                return CancelOutcome(mid, "finished", f"already {done.finished}", done.finished)
+            # The cursor is past it: only its records tell how it ended.
+            try:
+                info = await self.get(mid)
+            except CorruptData as error:
+                return CancelOutcome(mid, "finished", f"its status cannot be told: {error}")
+            if info is not None:
+                return CancelOutcome(mid, "finished", f"already {info.status}", info.status)
+        return CancelOutcome(mid, "not_found", f"no message {mid} in queue {self.name!r}")
 
     # --- what an idle worker polls --------------------------------------------------------
 

@@ -21,12 +21,13 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, Protocol
 
 from s3queue.core.layout import check_queue_name
-from s3queue.errors import ConfigurationError, JobFailed, JobNotFound
+from s3queue.errors import ConfigurationError, JobCancelled, JobFailed, JobNotFound
 from s3queue.info import MessageInfo
 from s3queue.queue import Queue
 
 if TYPE_CHECKING:
     from s3queue.app.loop import LoopThread
+    from s3queue.info import CancelOutcome
 
 #: Seconds between the polls of a wait: the first, and the longest.
 FIRST_POLL = 0.05
@@ -112,6 +113,16 @@ class Job:
         """The asyncio twin of :meth:`result`."""
         return await self._store.loop.call(self._wait(_deadline(timeout)))
 
+    def cancel(self) -> CancelOutcome:
+        """Cancel the job: a waiting job never runs; a running one is asked to stop
+        (an async task is cancelled, a sync one sees ``current_job().cancelled``),
+        and ends "cancelled" however its attempt ends. A finished job is left as it
+        is, and the outcome says so."""
+        return self._store.loop.run(self._cancel())
+
+    async def acancel(self) -> CancelOutcome:
+        return await self._store.loop.call(self._cancel())
+
     # --- on the app's loop -----------------------------------------------------------------
 
     async def _info(self) -> MessageInfo:
@@ -136,11 +147,18 @@ class Job:
                 return info.result
             if info.status == "dead":
                 raise _failed(self.id, info)
+            if info.status == "cancelled":
+                raise JobCancelled(f"job {self.id} was cancelled", metadata={"id": self.id})
             left = deadline - time.monotonic()
             if left <= 0:
                 raise TimeoutError(f"job {self.id} is still {info.status}")
             await asyncio.sleep(min(pause, left))
             pause = min(LONGEST_POLL, pause * 2)
+
+    async def _cancel(self) -> CancelOutcome:
+        queue = await self._store.queue(self.queue)
+        (outcome,) = await queue.cancel([self._current])
+        return outcome
 
 
 class GroupJob:
@@ -170,6 +188,16 @@ class GroupJob:
 
     async def astatuses(self) -> list[str]:
         return await self._store.loop.call(self._statuses())
+
+    def cancel(self) -> list[CancelOutcome]:
+        """Cancel every job of the group (see :meth:`Job.cancel`)."""
+        return self._store.loop.run(self._cancel())
+
+    async def acancel(self) -> list[CancelOutcome]:
+        return await self._store.loop.call(self._cancel())
+
+    async def _cancel(self) -> list[CancelOutcome]:
+        return [await job._cancel() for job in self.jobs]
 
     async def _wait(self, deadline: float) -> list[Any]:
         # One job at a time: a poll costs one look-up, and the group is done only
@@ -212,6 +240,18 @@ class ChainJob:
 
     async def ajobs(self) -> list[Job]:
         return await self._store.loop.call(self._jobs())
+
+    def cancel(self) -> CancelOutcome:
+        """Cancel the chain's furthest step enqueued so far, which stops the chain.
+        If that step had just finished ("finished" and its next step enqueued),
+        cancel again."""
+        return self._store.loop.run(self._cancel())
+
+    async def acancel(self) -> CancelOutcome:
+        return await self._store.loop.call(self._cancel())
+
+    async def _cancel(self) -> CancelOutcome:
+        return await (await self._jobs())[-1]._cancel()
 
     async def _wait(self, deadline: float) -> Any:
         job, result = self.first, None

@@ -17,7 +17,7 @@ import math
 import random
 import secrets
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar, cast
 
@@ -27,6 +27,7 @@ from s3queue.core import layout, quarantine
 from s3queue.core.clock import Clock, StoreClock
 from s3queue.core.cursor import (
     YIELDED,
+    Cancel,
     Claim,
     Cursor,
     Finalize,
@@ -44,6 +45,7 @@ from s3queue.core.cursor import (
     count_candidates,
     decode_cursor,
     encode_cursor,
+    is_ahead,
     is_unread,
     next_due,
 )
@@ -147,6 +149,15 @@ class ShardCommitter:
         share its write: a worker's acks ride on its next claim instead of costing a
         PUT of their own. Operations without linger go out in the next write.
         """
+        return await self._enqueue(op, linger)
+
+    async def submit_all(self, ops: Sequence[Op[R]]) -> list[R]:
+        """Commit ``ops`` together, in one write (unless it must be retried), and
+        return their results in order."""
+        futures = [self._enqueue(op, 0.0) for op in ops]
+        return list(await asyncio.gather(*futures))
+
+    def _enqueue(self, op: Op[R], linger: float) -> asyncio.Future[R]:
         if self._task is None:
             self._task = asyncio.create_task(self._run(), name=f"s3queue-commit-{self.shard}")
         future: asyncio.Future[R] = asyncio.get_running_loop().create_future()
@@ -155,7 +166,7 @@ class ShardCommitter:
         pending = _Pending(cast(Operation, op), future, time.monotonic() + max(0.0, linger))
         self._pending.append(pending)
         self._wake.set()
-        return await future
+        return future
 
     async def read(self) -> Cursor:
         """A fresh copy of the cursor from storage (the commit loop's cache is left
@@ -370,6 +381,7 @@ class ShardCommitter:
             segments = await self.context.segments.require(
                 self.shard, self._needed_segments(cursor, prepared + ops)
             )
+            segments.update(await self._segments_cancelled_ahead(cursor, ops))
         except CorruptData as error:
             if "ref" not in error.metadata:
                 raise
@@ -455,6 +467,24 @@ class ShardCommitter:
             refs.add(layout.parse_message_id(mid).segment)
         return sorted(refs - self._aside)
 
+    async def _segments_cancelled_ahead(
+        self, cursor: Cursor, ops: list[Operation]
+    ) -> dict[str, Segment]:
+        """The segments, not read yet, of messages being cancelled, when they exist: a
+        cancel of such a message waits in the cursor for its segment, so it must be
+        a message that exists (ids are not checked otherwise)."""
+        refs = sorted(
+            {
+                ref
+                for op in ops
+                if isinstance(op, Cancel)
+                and (ref := layout.parse_message_id(op.id).segment) not in self._aside
+                and is_ahead(cursor, ref)
+            }
+        )
+        found = await asyncio.gather(*(self.context.segments.fetch(self.shard, r) for r in refs))
+        return {str(r): segment for r, segment in zip(refs, found, strict=True) if segment}
+
     async def _set_aside(self, error: CorruptData, cursor: Cursor) -> None:
         """Quarantine a segment that cannot be read, so the rest of the shard keeps
         working: a record under quarantine/, then the segment leaves the window (or
@@ -538,6 +568,8 @@ class ShardCommitter:
             and mid not in self._finalizing
             and self._orphan_tried.get(mid, -math.inf) + grace < time.monotonic()
             and layout.parse_message_id(mid).segment not in self._aside
+            # Cancelled before its segment was read: finalized once it is.
+            and not is_ahead(cursor, layout.parse_message_id(mid).segment)
         ]
         done: list[str] = []
         for mid in orphans:

@@ -12,7 +12,11 @@ Invariants kept here:
 - a lease is recovered only after ``expires_at + skew_margin``, so a holder whose
   clock runs a little ahead and a recoverer never overlap;
 - the cursor's size is bounded by the open window and the in-flight messages,
-  never by the backlog behind them.
+  never by the backlog behind them (plus the messages cancelled before they were
+  read, each kept as a finished flight until its segment is taken in);
+- a cancelled message never completes afterwards, and a completed one is never
+  reported cancelled: a cancel request stays on the lease, and whatever ends that
+  lease (ack, fail, release, expiry) ends the message as cancelled.
 """
 
 from __future__ import annotations
@@ -21,7 +25,7 @@ import itertools
 import math
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Generic, Literal, TypeVar
+from typing import Generic, Literal, Protocol, TypeVar
 
 import msgspec
 
@@ -49,10 +53,15 @@ class Lease(msgspec.Struct, frozen=True, kw_only=True):
     expires_at: float
 
 
+#: How a message can end. Its outcome stays in the cursor until its side record is
+#: written (a dead letter, or results/<id> for the other two).
+FinalStatus = Literal["completed", "dead", "cancelled"]
+
+
 class Outcome(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
     """How a finished message ended, kept until its side records are written."""
 
-    status: Literal["completed", "dead"]
+    status: FinalStatus
     finished_at: float
     result: msgspec.Raw = NO_RAW
 
@@ -66,6 +75,9 @@ class Flight(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
     errors: list[ErrorRecord] = []
     progress: msgspec.Raw = NO_RAW
     outcome: Outcome | None = None
+    #: Someone cancelled the message while it was leased: its holder learns it from
+    #: its next extend, and however the lease ends, the message ends cancelled.
+    cancel_requested: bool = False
 
 
 class OpenSegment(msgspec.Struct, frozen=True, kw_only=True):
@@ -87,6 +99,7 @@ Counter = Literal[
     "released",
     "stale_rejected",
     "quarantined",
+    "cancelled",
 ]
 
 
@@ -100,6 +113,7 @@ class Counters(msgspec.Struct, frozen=True, kw_only=True):
     released: int = 0
     stale_rejected: int = 0
     quarantined: int = 0
+    cancelled: int = 0
 
 
 class Cursor(msgspec.Struct, frozen=True, kw_only=True):
@@ -155,6 +169,28 @@ class Stale:
 @dataclass(frozen=True, slots=True)
 class Extended:
     expires_at: float
+    #: The message was cancelled: the holder should stop (its ack ends it cancelled).
+    cancelled: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Cancelled:
+    """A holder's ack, failure or release that ended its message as cancelled,
+    because a cancel was requested while it ran."""
+
+
+CANCELLED = Cancelled()
+
+
+@dataclass(frozen=True, slots=True)
+class Cancellation:
+    """What a :class:`Cancel` did: "cancelled" (it will never run), "cancelling" (it is
+    running: its holder is told), "finished" (nothing to do; ``finished`` says how it
+    ended when the cursor still knows) or "not_found" (no such message)."""
+
+    id: str
+    status: Literal["cancelled", "cancelling", "finished", "not_found"]
+    finished: FinalStatus | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -167,7 +203,9 @@ YIELDED = Yielded()
 
 #: Any operation's result (a batch's results, in :attr:`Transition.results`); each
 #: operation's own is the type argument of its :class:`Op`.
-Result = list[Claimed] | Yielded | Stale | Failure | Extended | bool | None
+Result = (
+    list[Claimed] | Yielded | Stale | Failure | Extended | Cancelled | Cancellation | bool | None
+)
 
 
 # --- operations ----------------------------------------------------------------
@@ -202,14 +240,14 @@ class Claim(Op[list[Claimed] | Yielded]):
 
 
 @dataclass(frozen=True, slots=True)
-class Ack(Op[Stale | None]):
+class Ack(Op[Stale | Cancelled | None]):
     id: str
     token: str
     result: msgspec.Raw | None = None
 
 
 @dataclass(frozen=True, slots=True)
-class Fail(Op[Stale | Failure]):
+class Fail(Op[Stale | Cancelled | Failure]):
     id: str
     token: str
     error: ErrorRecord
@@ -225,8 +263,9 @@ class Extend(Op[Stale | Extended]):
 
 
 @dataclass(frozen=True, slots=True)
-class Release(Op[Stale | None]):
-    """Give a lease back unused: visible again at once, the attempt not counted."""
+class Release(Op[Stale | Cancelled | None]):
+    """Give a lease back unused: visible again at once, the attempt not counted
+    (unless it was cancelled meanwhile: then it ends cancelled)."""
 
     id: str
     token: str
@@ -237,6 +276,13 @@ class Progress(Op[Stale | None]):
     id: str
     token: str
     value: msgspec.Raw
+
+
+@dataclass(frozen=True, slots=True)
+class Cancel(Op[Cancellation]):
+    """Cancel one message of this shard, whatever its state (see :class:`Cancellation`)."""
+
+    id: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -284,6 +330,7 @@ Operation = (
     | Extend
     | Release
     | Progress
+    | Cancel
     | Finalize
     | RegisterTimer
     | SealTimer
@@ -300,6 +347,8 @@ class Recovered:
     owner: str
     attempt: int
     dead: bool
+    #: It had been cancelled while leased: taking it back ended it cancelled.
+    cancelled: bool = False
 
 
 @dataclass
@@ -338,13 +387,35 @@ def is_done(segment: OpenSegment, index: int) -> bool:
     return next(unfinished_indices(segment, (index,)), None) is None
 
 
-def is_unread(cursor: Cursor, ref: SegmentRef) -> bool:
+class Lanes(Protocol):
+    """Where a cursor (or the working copy of one) stands in each lane."""
+
+    @property
+    def next_seq(self) -> int: ...
+    @property
+    def next_high(self) -> int: ...
+    @property
+    def timers(self) -> Mapping[int, int]: ...
+    @property
+    def timers_sealed_before(self) -> int: ...
+
+
+def is_unread(cursor: Lanes, ref: SegmentRef) -> bool:
     """Whether the cursor has yet to take ``ref`` into its window: at or past the
     next seq of its lane (for a timer segment, of a bucket the cursor registered)."""
     if ref.is_timer:
         next_seq = cursor.timers.get(ref.bucket)
         return next_seq is not None and ref.seq >= next_seq
     return ref.seq >= (cursor.next_high if ref.is_high else cursor.next_seq)
+
+
+def is_ahead(cursor: Lanes, ref: SegmentRef) -> bool:
+    """Whether ``ref`` may still be taken into the window: unread, or in a timer
+    bucket not sealed yet, whether or not this cursor registered it (a producer
+    registers a bucket before it writes there, but a cancel may come in between)."""
+    if ref.is_timer and ref.bucket not in cursor.timers:
+        return ref.bucket >= cursor.timers_sealed_before
+    return is_unread(cursor, ref)
 
 
 def _with_bit(done: bytes, index: int) -> bytes:
@@ -401,26 +472,20 @@ class _State:
         self,
         mid: str,
         flight: Flight,
-        status: Literal["completed", "dead"],
+        status: FinalStatus,
         now: float,
-        result: msgspec.Raw | None,
         transition: Transition,
-        message: Message,
+        message: Message | None = None,
+        result: msgspec.Raw | None = None,
     ) -> None:
         """Record how a message ended. One that needs no side record (a first-try
-        completion without result or dedup key) is done at once; the others keep their outcome
-        in the cursor until the dead letter or result is written (two-phase), so a
-        crash between the commit and that write loses nothing."""
+        completion without result or dedup key: ``message`` tells) is done at once;
+        the others keep their outcome in the cursor until the dead letter or result
+        is written (two-phase), so a crash between the commit and that write loses
+        nothing. A cancelled message always has a record: a done bit alone reads as
+        completed."""
         self.count(status)
-        # Progress too is kept past the end (in the result record), so that a
-        # finished job does not appear to have lost it.
-        quiet = (
-            result is None
-            and message.dedup_key is None
-            and not flight.errors
-            and not flight.progress
-        )
-        if status == "completed" and quiet:
+        if status == "completed" and message is not None and _quiet(flight, message, result):
             del self.flights[mid]
             self.mark_done(mid)
             return
@@ -430,6 +495,10 @@ class _State:
             outcome=Outcome(status=status, finished_at=now, result=result or NO_RAW),
         )
         transition.finishing.append(mid)
+
+    def ahead(self, mid: str) -> bool:
+        """Whether the segment of ``mid`` has yet to be taken into the window."""
+        return is_ahead(self, parse_message_id(mid).segment)
 
     def holder(self, mid: str, token: str, now: float) -> Flight | Stale:
         """The flight if ``token`` holds a live lease on it, else why not."""
@@ -462,6 +531,14 @@ class _State:
         )
 
 
+def _quiet(flight: Flight, message: Message, result: msgspec.Raw | None) -> bool:
+    # Progress too is kept past the end (in the result record), so that a
+    # finished job does not appear to have lost it.
+    return (
+        result is None and message.dedup_key is None and not flight.errors and not flight.progress
+    )
+
+
 def _recover_expired(
     state: _State, segments: Mapping[str, Segment], now: float, rules: Rules, t: Transition
 ) -> None:
@@ -477,12 +554,15 @@ def _recover_expired(
             worker=lease.owner,
         )
         flight = msgspec.structs.replace(flight, errors=[*flight.errors, error])
-        max_attempts = message_of(segments, mid).max_attempts
-        dead = flight.attempt >= max_attempts
-        t.recovered.append(Recovered(mid, lease.owner, flight.attempt, dead))
+        cancelled = flight.cancel_requested
+        dead = not cancelled and flight.attempt >= message_of(segments, mid).max_attempts
+        t.recovered.append(Recovered(mid, lease.owner, flight.attempt, dead, cancelled))
         state.count("recovered")
-        if dead:
-            state.finish(mid, flight, "dead", now, None, t, message_of(segments, mid))
+        if cancelled:
+            # Cancelled while it ran: never retried, whatever attempts it has left.
+            state.finish(mid, flight, "cancelled", now, t)
+        elif dead:
+            state.finish(mid, flight, "dead", now, t)
         else:
             # Visible at once (0: to every process, whatever its clock estimate).
             state.flights[mid] = msgspec.structs.replace(flight, lease=None, visible_at=0.0)
@@ -575,7 +655,11 @@ def next_due(
     ``after`` are passed over (a claim made then found nothing to do with them), and
     messages of segments not in ``segments`` are left out (flights are not)."""
     dues = [
-        due for flight in cursor.flights.values() if (due := _flight_due(flight, rules)) > after
+        due
+        for mid, flight in cursor.flights.items()
+        if (due := _flight_due(flight, rules)) > after
+        # Cancelled before its segment was read: nothing to do until it is.
+        and not (flight.outcome is not None and is_ahead(cursor, parse_message_id(mid).segment))
     ]
     for open_segment in cursor.open:
         segment = segments.get(open_segment.ref)
@@ -654,14 +738,16 @@ def _apply_one(  # noqa: C901 - a match with one case per operation
         case Extend():
             return _extend(state, op, now)
         case Release():
-            return _release(state, op, now)
+            return _release(state, op, now, t)
         case Progress():
             return _progress(state, op, now)
+        case Cancel():
+            return _cancel(state, op, segments, now, t)
         # Operations on what the window holds: segments, timers, finished messages.
         case Ingest():
-            return _ingest(state, op)
+            return _ingest(state, op, t)
         case Quarantine():
-            return _step_over(state, op)
+            return _step_over(state, op, t)
         case RegisterTimer():
             return _register_timer(state, op)
         # Those without a result.
@@ -678,11 +764,16 @@ def _apply_one(  # noqa: C901 - a match with one case per operation
 
 def _ack(
     state: _State, op: Ack, segments: Mapping[str, Segment], now: float, t: Transition
-) -> Stale | None:
+) -> Stale | Cancelled | None:
     flight = state.holder(op.id, op.token, now)
     if isinstance(flight, Stale):
         return flight
-    state.finish(op.id, flight, "completed", now, op.result, t, message_of(segments, op.id))
+    if flight.cancel_requested:
+        # Its result is dropped: a cancelled message has none.
+        state.finish(op.id, flight, "cancelled", now, t)
+        return CANCELLED
+    message = message_of(segments, op.id)
+    state.finish(op.id, flight, "completed", now, t, message, op.result)
     return None
 
 
@@ -694,13 +785,17 @@ def _extend(state: _State, op: Extend, now: float) -> Stale | Extended:
     expires_at = max(flight.lease.expires_at, now + op.seconds)
     lease = msgspec.structs.replace(flight.lease, expires_at=expires_at)
     state.flights[op.id] = msgspec.structs.replace(flight, lease=lease)
-    return Extended(expires_at)
+    return Extended(expires_at, cancelled=flight.cancel_requested)
 
 
-def _release(state: _State, op: Release, now: float) -> Stale | None:
+def _release(state: _State, op: Release, now: float, t: Transition) -> Stale | Cancelled | None:
     flight = state.holder(op.id, op.token, now)
     if isinstance(flight, Stale):
         return flight
+    if flight.cancel_requested:
+        # Given back unused, but cancelled meanwhile: it must not run again.
+        state.finish(op.id, flight, "cancelled", now, t)
+        return CANCELLED
     state.count("released")
     if flight.attempt <= 1 and not flight.errors:
         del state.flights[op.id]
@@ -719,21 +814,70 @@ def _progress(state: _State, op: Progress, now: float) -> Stale | None:
     return None
 
 
-def _step_over(state: _State, op: Quarantine) -> bool | None:
+def _step_over(state: _State, op: Quarantine, t: Transition) -> bool | None:
     """A segment set aside: in the window it is gone already (:func:`apply` drops
     it first). Not taken in yet: skipped in its place in its lane, as if it held no
     message."""
     if any(s.ref == str(op.ref) for s in state.cursor.open):
         return None
-    return _ingest(state, Ingest(op.ref, 0))
+    return _ingest(state, Ingest(op.ref, 0), t)
 
 
 def _finalize(state: _State, op: Finalize) -> None:
     for mid in op.ids:
         finished = state.flights.get(mid)
-        if finished is not None and finished.outcome is not None:
+        # A message cancelled before its segment was read keeps its flight until the
+        # segment is in the window: forgotten earlier, the ingest would bring it back.
+        if finished is not None and finished.outcome is not None and not state.ahead(mid):
             del state.flights[mid]
             state.mark_done(mid)
+
+
+def _cancel(
+    state: _State, op: Cancel, segments: Mapping[str, Segment], now: float, t: Transition
+) -> Cancellation:
+    mid = op.id
+    address = parse_message_id(mid)
+    flight = state.flights.get(mid)
+    if address.shard != state.cursor.shard:
+        return Cancellation(mid, "not_found")
+    if flight is not None:
+        return _cancel_flight(state, mid, flight, now, t)
+    ref = str(address.segment)
+    window = state.open.get(ref)
+    if window is not None:
+        if address.index >= window.count:
+            return Cancellation(mid, "not_found")
+        if is_done(window, address.index):
+            return Cancellation(mid, "finished")  # how, only its side record can tell
+        state.finish(mid, Flight(attempt=0), "cancelled", now, t)
+        return Cancellation(mid, "cancelled")
+    if not state.ahead(mid):
+        # Behind the window: finished, purged or set aside (only records can tell).
+        return Cancellation(mid, "finished")
+    # Not read yet: a finished flight waits for the segment, so that the message is
+    # never claimed; the ingest then finalizes it. The segment must exist (the
+    # committer passes it when it does), or the flight would wait forever.
+    segment = segments.get(ref)
+    if segment is None or address.index >= len(segment.messages):
+        return Cancellation(mid, "not_found")
+    state.count("cancelled")
+    state.flights[mid] = Flight(attempt=0, outcome=Outcome(status="cancelled", finished_at=now))
+    return Cancellation(mid, "cancelled")
+
+
+def _cancel_flight(
+    state: _State, mid: str, flight: Flight, now: float, t: Transition
+) -> Cancellation:
+    if flight.outcome is not None:
+        return Cancellation(mid, "finished", flight.outcome.status)
+    if flight.lease is not None:
+        # Running: only its holder can stop it. Told by its next extend; however
+        # the lease ends (ack, fail, release, expiry), the message ends cancelled.
+        state.flights[mid] = msgspec.structs.replace(flight, cancel_requested=True)
+        return Cancellation(mid, "cancelling")
+    state.finish(mid, flight, "cancelled", now, t)  # waiting for a retry
+    return Cancellation(mid, "cancelled")
 
 
 def _register_timer(state: _State, op: RegisterTimer) -> bool:
@@ -774,7 +918,7 @@ def _quarantine(state: _State, ref: SegmentRef) -> None:
     state.count("quarantined")
 
 
-def _ingest(state: _State, op: Ingest) -> bool:
+def _ingest(state: _State, op: Ingest, t: Transition) -> bool:
     ref = op.ref
     if ref.is_timer:
         expected = state.timers.get(ref.bucket)
@@ -794,7 +938,20 @@ def _ingest(state: _State, op: Ingest) -> bool:
         state.open[str(ref)] = OpenSegment(
             ref=str(ref), count=op.count, done=bytes((op.count + 7) // 8)
         )
+    _ingested(state, str(ref), op.count > 0, t)
     return True
+
+
+def _ingested(state: _State, ref: str, opened: bool, t: Transition) -> None:
+    """Messages cancelled before their segment was read: now that it is in the window
+    their records can be written and their flights finalized; a segment stepped over
+    (set aside) takes them with it."""
+    prefix = f"{state.cursor.shard}-{ref}-"
+    for mid in [m for m, f in state.flights.items() if m.startswith(prefix) and f.outcome]:
+        if opened:
+            t.finishing.append(mid)
+        else:
+            del state.flights[mid]
 
 
 def _claim(
@@ -836,14 +993,18 @@ def _claim(
 
 def _fail(
     state: _State, op: Fail, segments: Mapping[str, Segment], now: float, t: Transition
-) -> Stale | Failure:
+) -> Stale | Cancelled | Failure:
     flight = state.holder(op.id, op.token, now)
     if isinstance(flight, Stale):
         return flight
     flight = msgspec.structs.replace(flight, errors=[*flight.errors, op.error])
+    if flight.cancel_requested:
+        # The error is kept: it is what the attempt ended with, cancelled or not.
+        state.finish(op.id, flight, "cancelled", now, t)
+        return CANCELLED
     max_attempts = message_of(segments, op.id).max_attempts
     if not op.retriable or flight.attempt >= max_attempts:
-        state.finish(op.id, flight, "dead", now, None, t, message_of(segments, op.id))
+        state.finish(op.id, flight, "dead", now, t)
         return Failure("dead", now)
     visible_at = now + max(0.0, op.delay)
     state.flights[op.id] = msgspec.structs.replace(flight, lease=None, visible_at=visible_at)

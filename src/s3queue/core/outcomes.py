@@ -1,4 +1,5 @@
-"""The records of finished messages: dead letters, stored results, dedup markers.
+"""The records of finished messages: dead letters, stored results (and
+cancellations), dedup markers.
 
 The commit loop writes them after a commit that finished a message, then commits
 ``Finalize``; until then the outcome stays in the cursor, so a message's status is
@@ -60,9 +61,15 @@ class OutcomeRecords:
                 progress=flight.progress,
             )
             await self.storage.put(layout.dead_key(self.queue, mid), encode(letter))
-        elif raw_or_none(outcome.result) is not None or flight.errors or flight.progress:
+        elif (
+            outcome.status == "cancelled"
+            or raw_or_none(outcome.result) is not None
+            or flight.errors
+            or flight.progress
+        ):
             record = ResultRecord(
                 id=mid,
+                status="cancelled" if outcome.status == "cancelled" else "completed",
                 result=raw_or_none(outcome.result) or NO_RAW,
                 completed_at=outcome.finished_at,
                 attempts=flight.attempt,

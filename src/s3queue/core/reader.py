@@ -136,6 +136,7 @@ class QueueReader:
                 owner=flight.lease.owner,
                 lease_expires_at=flight.lease.expires_at,
                 progress=progress,
+                cancel_requested=flight.cancel_requested,
             )
         return self._info(
             mid,
@@ -180,7 +181,7 @@ class QueueReader:
             return self._info(
                 mid,
                 message,
-                "completed",
+                record.status,
                 record.attempts,
                 result=decode_json(record.result),
                 finished_at=record.completed_at,
@@ -241,6 +242,7 @@ class QueueReader:
             processing=sum(s.processing for s in shards),
             completed=sum(s.completed for s in shards),
             dead=sum(s.dead for s in shards),
+            cancelled=sum(s.cancelled for s in shards),
             retried=sum(s.retried for s in shards),
             recovered=sum(s.recovered for s in shards),
             shards=shards,
@@ -278,7 +280,7 @@ class QueueReader:
     async def _shard_stats(self, shard: int) -> tuple[ShardStats, set[str], list[Problem]]:
         """One shard's counts (``dead`` left 0), the ids its cursor says died whose
         dead letters may not be written yet, and what could not be read."""
-        empty = ShardStats(shard, 0, 0, 0, 0, 0, 0, 0, 0, 0)
+        empty = ShardStats(shard, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0)
         try:
             cursor = await self.committers[shard].read()
         except CorruptData as error:
@@ -299,15 +301,18 @@ class QueueReader:
                     dying.add(mid)
                 elif status is not None:
                     counts[status] += 1
-        for segment in await self._backlog(shard, cursor, problems):
-            for message in segment.messages:
-                counts[_waiting_status(message.visible_at, now)] += 1
+        for ref, segment in await self._backlog(shard, cursor, problems):
+            prefix = f"{shard}-{ref}-"
+            for index, message in enumerate(segment.messages):
+                if prefix + str(index) not in cursor.flights:  # else cancelled before read
+                    counts[_waiting_status(message.visible_at, now)] += 1
         stats = dataclasses.replace(
             empty,
             pending=counts["pending"],
             delayed=counts["delayed"],
             processing=counts["processing"],
             completed=cursor.counters.completed,
+            cancelled=cursor.counters.cancelled,
             retried=cursor.counters.retried,
             recovered=cursor.counters.recovered,
             window_segments=len(cursor.open),
@@ -328,7 +333,9 @@ class QueueReader:
             problems.append(Problem(key, "missing although the cursor still needs it"))
         return segment
 
-    async def _backlog(self, shard: int, cursor: Cursor, problems: list[Problem]) -> list[Segment]:
+    async def _backlog(
+        self, shard: int, cursor: Cursor, problems: list[Problem]
+    ) -> list[tuple[SegmentRef, Segment]]:
         """Segments written but not yet taken into the cursor's window."""
         out = []
         for ref in await unread_segments(self.storage, self.name, shard, cursor):
@@ -338,7 +345,7 @@ class QueueReader:
                 problems.append(Problem(str(error.metadata.get("key")), error.message))
                 continue
             if segment is not None:
-                out.append(segment)
+                out.append((ref, segment))
         return out
 
     async def dead_letter_ids(self, limit: int | None = None) -> list[str]:

@@ -6,7 +6,7 @@ carries a ``format`` version so a newer s3queue can read what an older one wrote
 
 from __future__ import annotations
 
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 import msgspec
 
@@ -101,13 +101,21 @@ class QuarantineRecord(msgspec.Struct, frozen=True, kw_only=True):
 
 
 class ResultRecord(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
-    """``results/<id>``: a completed message's return value (omitted when None), the
-    errors of the attempts before the one that succeeded, and the last progress value
-    its handler recorded (omitted when none)."""
+    """``results/<id>``: how a message that did not die ended. A completed one keeps
+    its return value (omitted when None), the errors of the attempts before the one
+    that succeeded, and the last progress value its handler recorded (omitted when
+    none). A cancelled one says so in ``status``, with no result.
+
+    Cancellations share this record rather than a prefix of their own: it already
+    holds what a finished message leaves (attempts, errors, progress), ``get`` reads
+    it anyway, purge and lifecycle rules already cover it, and records written before
+    ``status`` existed read as completed, which they are."""
 
     format: int = FORMAT
     id: str
+    status: Literal["completed", "cancelled"] = "completed"
     result: msgspec.Raw = NO_RAW
+    #: When it completed (or was cancelled).
     completed_at: float
     attempts: int
     errors: list[ErrorRecord] = []

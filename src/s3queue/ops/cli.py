@@ -1,5 +1,5 @@
-"""The ``s3queue`` command line: worker, enqueue, create, stats, inspect, dead,
-redrive, purge, doctor, queues, dashboard and demo.
+"""The ``s3queue`` command line: worker, enqueue, create, stats, inspect, cancel,
+dead, redrive, purge, doctor, queues, dashboard and demo.
 
 Invariant: a user's mistake or a store's refusal prints one line, ``error: what
 happened (what to do)``, and exits with the code of the contract below; tracebacks
@@ -10,7 +10,8 @@ Exit codes (README and docs/CLI.md repeat them):
 
 - 0: done.
 - 1: the command was well formed but its operation failed: storage unreachable or
-  refusing, a queue or message that does not exist, an id that is not a dead letter,
+  refusing, a queue or message that does not exist (``cancel``: any of its ids), an
+  id that is not a dead letter,
   problems ``doctor`` leaves, a worker stopped by an error.
 - 2: the command line or the configuration is wrong, and running it again as it is
   cannot help: no command, an unknown command or option, a missing argument, a value
@@ -55,7 +56,7 @@ from s3queue.core import layout
 from s3queue.core.catalog import list_queues
 from s3queue.core.layout import check_queue_name
 from s3queue.errors import ConfigurationError, PayloadError, QueueError, QueueNotFound
-from s3queue.info import MessageInfo, Stats
+from s3queue.info import CancelOutcome, MessageInfo, Stats
 from s3queue.ops import logs
 from s3queue.ops.logs import LogFormat
 from s3queue.payload import MAX_DEPTH, check_value
@@ -810,7 +811,16 @@ def create(
 
 def stats_table(name: str, s: Stats, shards: bool) -> Table:
     table = Table(title=f"queue {name}")
-    columns = ("pending", "delayed", "processing", "completed", "dead", "retried", "recovered")
+    columns = (
+        "pending",
+        "delayed",
+        "processing",
+        "completed",
+        "dead",
+        "cancelled",
+        "retried",
+        "recovered",
+    )
     if shards:
         table.add_column("shard")
     for column in columns:
@@ -841,8 +851,9 @@ def stats(
 
     pending, delayed, processing: messages in that state now.
     dead: dead letters stored now (redrive and purge remove them).
-    completed, retried, recovered: since the queue was created or last purged
-    (completions, failed attempts to be retried, expired leases taken back).
+    completed, cancelled, retried, recovered: since the queue was created or last
+    purged (completions, cancellations, failed attempts to be retried, expired
+    leases taken back).
     """
 
     async def main() -> None:
@@ -878,8 +889,9 @@ def describe(info: MessageInfo) -> Table:
     table = Table(show_header=False, title=f"message {info.id}")
     table.add_column("field", style="bold")
     table.add_column("value")
+    status = f"{info.status} (cancel requested)" if info.cancel_requested else info.status
     rows: list[tuple[str, Any]] = [
-        ("status", info.status),
+        ("status", status),
         ("attempts", f"{info.attempts} of {info.max_attempts}"),
         ("priority", info.priority),
         ("enqueued", _when(info.enqueued_at)),
@@ -929,6 +941,35 @@ def inspect(
         emit(info.to_json())
     else:
         out.print(describe(info))
+
+
+@app.command(cls=Command)
+def cancel(
+    queue: Annotated[str, typer.Argument(help="Queue name.")],
+    ids: Annotated[list[str], typer.Argument(help="Message ids, as enqueue printed them.")],
+    as_json: _Json = False,
+) -> None:
+    """Cancel messages: one that has not started never runs; a running one's worker
+    is told to stop (within a third of its visibility timeout), and it ends cancelled.
+
+    Prints what happened to each id. Exits 1 if an id names no message (the others
+    are cancelled all the same).
+    """
+
+    async def main() -> list[CancelOutcome]:
+        async with await open_queue(queue, create=False) as q:
+            return await q.cancel(ids)
+
+    outcomes = run(main)
+    if as_json:
+        emit([outcome.to_json() for outcome in outcomes])
+    else:
+        for outcome in outcomes:
+            print(f"{outcome.id}: {outcome.status} ({outcome.detail})")
+    missing = [o.id for o in outcomes if o.status == "not_found"]
+    if missing:
+        print(f"error: no message {', '.join(missing)} in queue {queue}", file=sys.stderr)
+        raise typer.Exit(1)
 
 
 @app.command(cls=Command)

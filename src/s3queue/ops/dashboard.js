@@ -34,7 +34,7 @@ async function loadOverview() {
   const body = $("queues");
   body.replaceChildren();
   if (data.queues.length === 0) {
-    cell(body.insertRow(), "no queues under this URL yet").colSpan = 9;
+    cell(body.insertRow(), "no queues under this URL yet").colSpan = 10;
   }
   for (const q of data.queues) {
     const row = body.insertRow();
@@ -44,6 +44,7 @@ async function loadOverview() {
     for (const key of ["pending", "delayed", "processing", "completed"]) count(row, q[key]);
     cell(row, q.completed_per_s === null ? null : q.completed_per_s.toFixed(1));
     count(row, q.dead, true);
+    count(row, q.cancelled);
     count(row, q.retried);
     count(row, q.recovered);
     if (q.name === chosen) showShards(q);
@@ -75,6 +76,7 @@ function showShards(q) {
     cell(row, s.shard);
     for (const key of ["pending", "delayed", "processing", "completed"]) count(row, s[key]);
     count(row, s.dead, true);
+    count(row, s.cancelled);
     cell(row, s.window_segments);
     cell(row, s.cursor_bytes.toLocaleString());
   }

@@ -27,9 +27,11 @@ from prometheus_client.registry import Collector
 
 from s3queue import limits
 from s3queue.ops import webserver
-from s3queue.runtime.worker import Worker, WorkerEvent
+from s3queue.runtime.worker import EventName, Worker, WorkerEvent
 
 #: Job durations from a millisecond to ten minutes.
+#: The worker events that end an attempt, each a label of the finished-jobs metrics.
+OUTCOMES: tuple[EventName, ...] = ("completed", "retry", "dead", "cancelled")
 DURATION_BUCKETS = (0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1, 5, 10, 30, 60, 300, 600)
 
 
@@ -58,7 +60,7 @@ class WorkerMonitor:
             return Counter(name, doc, ["queue"], registry=self.registry).labels(queue)
 
         def by_outcome(metric: Counter | Histogram) -> dict[str, Any]:
-            return {o: metric.labels(queue, o) for o in ("completed", "retry", "dead")}
+            return {o: metric.labels(queue, o) for o in OUTCOMES}
 
         self.claimed = counter("s3queue_jobs_claimed", "Leases claimed by this worker.")
         self.leases_lost = counter(
@@ -72,7 +74,7 @@ class WorkerMonitor:
         self.finished = by_outcome(
             Counter(
                 "s3queue_jobs_finished",
-                "Attempts that ended, by outcome (completed, retry, dead).",
+                "Attempts that ended, by outcome (completed, retry, dead, cancelled).",
                 ["queue", "outcome"],
                 registry=self.registry,
             )
@@ -92,7 +94,7 @@ class WorkerMonitor:
         worker.on("claimed", lambda e: self.claimed.inc())
         worker.on("lease_lost", lambda e: self.leases_lost.inc())
         worker.on("recovered", lambda e: self.recovered.inc())
-        for outcome in ("completed", "retry", "dead"):
+        for outcome in OUTCOMES:
             worker.on(outcome, self._finished)
 
     def _finished(self, event: WorkerEvent) -> None:

@@ -58,6 +58,7 @@ EventName = Literal[
     "completed",
     "retry",
     "dead",
+    "cancelled",
     "recovered",
     "lease_lost",
     "workers_started",
@@ -77,8 +78,8 @@ class WorkerEvent:
     attempt: int | None = None
     #: The attempts the message may have in all (None when not known: ``recovered``).
     max_attempts: int | None = None
-    #: Seconds the handler ran (completed, retry, dead), not counting the ack or
-    #: failure written after it.
+    #: Seconds the handler ran (completed, retry, dead, cancelled), not counting the
+    #: ack or failure written after it.
     duration: float | None = None
     error: str | None = None
     next_visible_at: float | None = None
@@ -131,6 +132,15 @@ class JobContext:
         if not task.cancelled() and task.exception() is not None:
             log.warning("%s: %s", self.message_id, task.exception())
 
+    @property
+    def cancelled(self) -> bool:
+        """Whether the message was cancelled while this job runs: stop, and return or
+        raise (either way the message ends "cancelled"). Set at the worker's next
+        lease renewal after the cancel, within a third of the visibility timeout; an
+        async handler is also cancelled then (``asyncio.CancelledError``), a sync one
+        should look at this now and then. Safe to read from a handler's thread."""
+        return self.lease.cancel_requested
+
     def extend(self, seconds: float) -> Any:
         """Keep this job's lease ``seconds`` more. Await it in async handlers; in sync
         handlers it blocks until stored and returns the new expiry."""
@@ -146,6 +156,10 @@ class _Job:
     lease: Lease
     task: asyncio.Task[None] | None = None
     started_at: float = 0.0
+    #: Its task was cancelled because its message was: not a shutdown, not a failure.
+    cancelling: bool = False
+    #: How it runs, once its task has started.
+    route: Route | None = None
 
 
 def _key(lease: Lease) -> str:
@@ -305,7 +319,9 @@ class Worker:
 
     def _recovered(self, event: Recovered) -> None:
         error = f"the lease of worker {event.owner} expired"
-        if event.dead:
+        if event.cancelled:
+            error += " after its message was cancelled: cancelled"
+        elif event.dead:
             error += " and it had no attempts left: dead-lettered"
         self._emit(
             "recovered", message_id=event.id, attempt=event.attempt, error=error, dead=event.dead
@@ -622,15 +638,21 @@ class Worker:
             await self._extend_due()
 
     async def _extend_due(self) -> None:
+        # Every lease of a job running or waiting to start is extended at every beat,
+        # not only those near expiry: the answer says whether the message was
+        # cancelled, which a running job must learn within a beat. The extensions of
+        # one shard share one cursor write, so a beat costs a write per shard, not a
+        # request per job. A job whose ack is on its way is extended only if its lease
+        # is short (an extension behind its ack would be refused as stale).
         now = self.queue.clock()
         due = [
-            lease
-            for lease in [
-                *(job.lease for job in self._running.values()),
-                *self._settling.values(),
-                *self._buffer,
-            ]
-            if lease.expires_at - now < self.leases.visibility_timeout / 2
+            *(job.lease for job in self._running.values()),
+            *self._buffer,
+            *(
+                lease
+                for lease in self._settling.values()
+                if lease.expires_at - now < self.leases.visibility_timeout / 2
+            ),
         ]
         if not due:
             return
@@ -643,6 +665,19 @@ class Worker:
                 self._lease_lost(lease, outcome)
             elif isinstance(outcome, BaseException):
                 log.warning("could not extend the lease of %s: %s", lease.id, outcome)
+            elif lease.cancel_requested:
+                self._stop_cancelled(lease)
+
+    def _stop_cancelled(self, lease: Lease) -> None:
+        """The message of a running job was cancelled: a sync handler sees
+        ``ctx.cancelled``, an async one is cancelled too. (A lease waiting to start is
+        acked without running when its turn comes.)"""
+        job = self._running.get(_key(lease))
+        if job is None or job.cancelling or job.task is None:
+            return
+        job.cancelling = True
+        if job.route is not None and job.route.is_async:
+            job.task.cancel()
 
     def _lease_lost(self, lease: Lease, error: LeaseLost) -> None:
         self._emit(
@@ -654,7 +689,8 @@ class Worker:
         )
         job = self._running.get(_key(lease))
         if job is not None and job.task is not None:
-            # Another worker may own it now: stop working on it.
+            # Another worker may own it now: stop working on it (and not ack it).
+            job.cancelling = False
             job.task.cancel()
         if lease in self._buffer:
             self._buffer.remove(lease)
@@ -690,20 +726,27 @@ class Worker:
 
     async def _execute(self, job: _Job) -> None:
         lease = job.lease
-        route = self._route(lease)
+        job.route = route = self._route(lease)
         ctx = self._context(lease, route)
         facts = {"task": route.name, "queue": lease.queue, "attempt": lease.attempt}
-        self._emit("processing", message_id=lease.id, max_attempts=ctx.max_attempts, **facts)
+        if not lease.cancel_requested:
+            self._emit("processing", message_id=lease.id, max_attempts=ctx.max_attempts, **facts)
         started = time.monotonic()
         try:
             try:
-                result = await self._call(lease, ctx, route)
+                # Cancelled while it waited for a slot: its ack ends it, unrun.
+                result = None if lease.cancel_requested else await self._call(lease, ctx, route)
                 if ctx._tasks:
                     await asyncio.gather(*list(ctx._tasks), return_exceptions=True)
             except asyncio.CancelledError:
-                if self._forced or self._stopping.is_set():
-                    await self._release([lease])
-                raise
+                if not job.cancelling:
+                    if self._forced or self._stopping.is_set():
+                        await self._release([lease])
+                    raise
+                # Cancelled because its message was: not a failure. The ack below
+                # ends the message "cancelled".
+                _uncancel()
+                result = None
             except Exception as error:
                 self._settle(lease)
                 await self._failed(lease, ctx, error, time.monotonic() - started, route)
@@ -712,16 +755,7 @@ class Worker:
             # committed, so acks of consecutive rounds share cursor writes.
             ran = time.monotonic() - started  # the handler's time, as for failures
             self._settle(lease)
-            if await self._ack(lease, ctx, result, ran, route):
-                self.processed += 1
-                self._emit(
-                    "completed",
-                    message_id=lease.id,
-                    max_attempts=ctx.max_attempts,
-                    duration=ran,
-                    result=result,
-                    **facts,
-                )
+            await self._ack(lease, ctx, result, ran, route)
         finally:
             self._running.pop(_key(lease), None)
             self._settling.pop(_key(lease), None)
@@ -729,22 +763,27 @@ class Worker:
 
     async def _ack(
         self, lease: Lease, ctx: JobContext, result: Any, ran: float, route: Route
-    ) -> bool:
-        """Complete the message; whether it was (else it was failed, lost or left)."""
+    ) -> None:
         try:
             await ctx.queue.ack(lease, result, linger=ACK_LINGER)
         except LeaseLost as error:
             self._lease_lost(lease, error)
-            return False
+            return
         except PayloadError as error:
             # The result cannot be stored (not JSON, too large): every retry
             # would end the same way, so the message is dead with that reason.
             await self._failed(lease, ctx, error, ran, route)
-            return False
+            return
         except QueueError as error:
             log.error("could not ack %s (it will be retried): %s", lease.id, error)
-            return False
-        return True
+            return
+        facts = {"message_id": lease.id, "attempt": lease.attempt, "duration": ran}
+        facts |= {"task": route.name, "queue": lease.queue}
+        if lease.cancel_requested:  # the ack ended it cancelled
+            self._emit("cancelled", max_attempts=ctx.max_attempts, **facts)
+            return
+        self.processed += 1
+        self._emit("completed", max_attempts=ctx.max_attempts, result=result, **facts)
 
     def _settle(self, lease: Lease) -> None:
         """Move a job whose handler returned from running to settling (ack or fail
@@ -804,15 +843,16 @@ class Worker:
                 storage_error,
             )
             return
-        # Logged by _emit at WARNING (retry) or ERROR (dead), like every job outcome.
+        # Logged by _emit at WARNING (retry), ERROR (dead) or INFO (cancelled), like
+        # every job outcome.
         self._emit(
-            "dead" if failure.status == "dead" else "retry",
+            failure.status,
             message_id=lease.id,
             attempt=lease.attempt,
             max_attempts=ctx.max_attempts,
             duration=duration,
             error=f"{type(error).__name__}: {error}",
-            next_visible_at=None if failure.status == "dead" else failure.visible_at,
+            next_visible_at=failure.visible_at if failure.status == "retry" else None,
             task=route.name,
             queue=lease.queue,
         )
@@ -829,6 +869,14 @@ async def _resolved(call: Awaitable[Any]) -> Any:
     while inspect.isawaitable(result):
         result = await result
     return result
+
+
+def _uncancel() -> None:
+    """Take back the cancellation just caught: the job's task goes on to its ack, and
+    a later cancellation (a shutdown) must not be mistaken for this one."""
+    task = asyncio.current_task()
+    if task is not None:
+        task.uncancel()
 
 
 def _by_priority(lease: Lease) -> int:

@@ -4,8 +4,9 @@ finished job, and a line when it stops.
 The banner says what this process is about to do (version, store, queue, handler,
 concurrency, leases), one fact a line as RQ does, so that each line keeps the log
 format's prefix. A job's line names the message, the handler, the outcome, the
-duration and the attempt; a completed job logs at INFO, a retry, a lost lease or a
-lease taken back from a dead worker at WARNING, a dead letter at ERROR. Every line
+duration and the attempt; a completed or cancelled job logs at INFO, a retry, a
+lost lease or a lease taken back from a dead worker at WARNING, a dead letter at
+ERROR. Every line
 also carries its facts as ``extra`` record attributes (``message_id``, ``outcome``,
 ``duration``, ...), for log formatters that write them as fields.
 
@@ -30,6 +31,7 @@ if TYPE_CHECKING:
 #: a dead letter needs one (it stays until redriven or purged).
 LEVELS: dict[str, int] = {
     "completed": logging.INFO,
+    "cancelled": logging.INFO,
     "retry": logging.WARNING,
     "dead": logging.ERROR,
     "lease_lost": logging.WARNING,
@@ -135,6 +137,10 @@ def job_record(
     error = _summary(event.error)
     if event.name == "completed":
         return "%s[%s] completed in %.3f s (attempt %s)", (*job, took, attempt), fields
+    if event.name == "cancelled":
+        # Asked for: not a failure, even when the handler raised as it stopped.
+        form = "%s[%s] cancelled after %.3f s (attempt %s)"
+        return form, (*job, took, attempt), fields
     if event.name == "retry":
         fields["next_visible_at"] = event.next_visible_at
         wait = max(0.0, (event.next_visible_at or now) - now)
