@@ -377,3 +377,46 @@ async def test_cancelling_a_completed_job_says_so(tasks: Tasks, worker: Worker) 
     outcome = await job.acancel()
     assert (outcome.status, outcome.finished_status) == ("finished", "completed")
     assert await job.wait(timeout=30) == 2
+
+
+async def test_a_redriven_chain_step_runs_and_the_chain_goes_on(
+    tasks: Tasks, store_url: str
+) -> None:
+    broken = True
+
+    @tasks.app.task(name="flaky", max_attempts=1)
+    def flaky(x: int) -> int:
+        tasks.runs.append(f"flaky({x})")
+        if broken:
+            raise RuntimeError("bug")
+        return 10 * x
+
+    flow = await s3queue.chain(tasks.add.s(1), flaky.s(), tasks.add.s()).enqueue()
+    async with await Queue.open(store_url, "default") as q:
+        await Worker(q, tasks.app.router(), polling=FAST).run(burst=True)
+        with pytest.raises(JobFailed, match="bug"):
+            await flow.wait(timeout=30)
+        broken = False  # the fix is deployed: send the dead step back
+        assert len(await q.redrive()) == 1
+        await Worker(q, tasks.app.router(), polling=FAST).run(burst=True)
+    assert await flow.wait(timeout=30) == 21
+    assert tasks.runs == ["add(1,1)", "flaky(2)", "flaky(2)", "add(20,1)"]
+
+
+async def test_bad_options_refuse_a_group_or_chain_before_anything_is_written(
+    tasks: Tasks,
+) -> None:
+    with pytest.raises(ConfigurationError, match="priority"):
+        tasks.add.s(1).set(priority="high")
+    with pytest.raises(ConfigurationError, match="at="):
+        s3queue.group([tasks.add.s(1), tasks.add.s(2).set(at="tomorrow")])
+    with pytest.raises(ConfigurationError, match="only the first step"):
+        await s3queue.chain(tasks.add.s(1), tasks.add.s().set(delay=60)).enqueue()
+    with pytest.raises(ConfigurationError, match="result of the step before it"):
+        await s3queue.chain(tasks.add.s(1), tasks.add.s(1, 2)).enqueue()
+    with pytest.raises(ConfigurationError, match="as a list or tuple"):
+        await tasks.add.aapply(args="ab")
+    with pytest.raises(ConfigurationError, match="not a function"):
+        tasks.app.task("emails")  # type: ignore[call-overload]
+    async with await Queue.open(tasks.app.url, "default") as q:
+        assert (await q.stats()).pending == 0

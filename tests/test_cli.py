@@ -367,6 +367,7 @@ def test_worker_app_option_errors_are_one_line(url: str, tmp_path: Path) -> None
     both = cli(url, "worker", "q", "json:dumps", "-A", "notapp:app", cwd=tmp_path)
     assert "cannot be given with it" in one_line_error(both)
     assert "invalid app" in one_line_error(cli(url, "worker", "-A", "notapp"))
+    assert "needs --app" in one_line_error(cli(url, "worker", "q", "json:dumps", "-Q", "a"))
 
 
 def test_worker_app_burst_runs_every_task_of_the_listed_queues(url: str, tmp_path: Path) -> None:

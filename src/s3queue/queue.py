@@ -526,14 +526,21 @@ class Queue:
         :class:`~s3queue.core.records.Link`)."""
         key = layout.link_key(self.name, parent_queue, parent_id)
         record = Link(id=message_id, at=self.clock())
-        try:
-            await self.storage.put(key, encode(record), mode="create")
-            return message_id
-        except PreconditionFailed:
-            # Written before, or by our own request that timed out and was retried.
-            linked = await self.linked(parent_queue, parent_id)
-            assert linked is not None  # a link is never deleted but by purge
-            return linked
+        for _ in range(3):
+            try:
+                await self.storage.put(key, encode(record), mode="create")
+                return message_id
+            except PreconditionFailed:
+                # Written before, or by our own request that timed out and was retried.
+                linked = await self.linked(parent_queue, parent_id)
+                if linked is not None:
+                    return linked
+                # Deleted in between (a purge): create it again.
+        raise PreconditionFailed(
+            f"the link {key} kept changing (purged while it was written?)",
+            suggestion="retry when the queue is no longer being purged",
+            metadata={"key": key},
+        )
 
     async def linked(self, parent_queue: str, parent_id: str) -> str | None:
         """The message recorded by :meth:`link` as following ``parent_id``, if any."""

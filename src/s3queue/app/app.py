@@ -16,7 +16,9 @@ from __future__ import annotations
 import asyncio
 import atexit
 import contextlib
+import functools
 import inspect
+import logging
 import os
 import sys
 import threading
@@ -34,10 +36,14 @@ from s3queue.app.loop import LoopThread
 from s3queue.app.router import TaskRouter
 from s3queue.backoff import Backoff
 from s3queue.core.layout import check_queue_name
-from s3queue.errors import ConfigurationError
+from s3queue.core.records import MAX_RESULT_BYTES
+from s3queue.errors import ConfigurationError, QueueError
+from s3queue.payload import decode_json, encode_json
 from s3queue.queue import Queue
 from s3queue.runtime.worker import JobContext, Worker
 from s3queue.storage import Storage, open_storage, redact_url
+
+log = logging.getLogger("s3queue.app")
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -76,21 +82,39 @@ class When:
     priority: int | None = None
     dedup_key: str | None = None
 
-    def seconds_from(self, now: float) -> float:
-        """The delay from ``now`` (store time) that ``delay`` or ``at`` asks for."""
+    def __post_init__(self) -> None:
+        # Checked when made (by .set(), apply() or the CLI): a group or chain is
+        # refused before any of its calls is written.
         if self.delay is not None and self.at is not None:
             raise ConfigurationError(
                 "both a delay and a time to run at were given", suggestion="pass one of them"
             )
-        if self.at is None:
-            return limits.DELAY.check(self.delay or 0.0, "delay")
-        if not isinstance(self.at, datetime):
+        limits.DELAY.optional(self.delay, "delay")
+        if self.at is not None and not isinstance(self.at, datetime):
             raise ConfigurationError(
                 f"at={self.at!r}", suggestion="pass a datetime (naive ones are read as UTC)"
             )
+        limits.PRIORITY.optional(self.priority, "priority")
+        if self.dedup_key is not None and (
+            not isinstance(self.dedup_key, str) or not 0 < len(self.dedup_key) <= 1024
+        ):
+            raise ConfigurationError(
+                f"dedup_key={self.dedup_key!r}",
+                suggestion="a dedup key is a string of 1 to 1024 characters",
+            )
+
+    def seconds_from(self, now: float) -> float:
+        """The delay from ``now`` (store time) that ``delay`` or ``at`` asks for."""
+        if self.at is None:
+            return self.delay or 0.0
         at = self.at if self.at.tzinfo is not None else self.at.replace(tzinfo=UTC)
         # A time already past runs at once, as a delay of 0 would.
-        return limits.DELAY.check(max(0.0, at.timestamp() - now), "at (from now)")
+        return limits.DELAY.check(max(0.0, at.timestamp() - now), "at (its time from now)")
+
+    @property
+    def later_only(self) -> bool:
+        """Whether it sets what only a chain's first step can have."""
+        return self.delay is not None or self.at is not None or self.dedup_key is not None
 
 
 class Task(Generic[P, R]):
@@ -103,7 +127,7 @@ class Task(Generic[P, R]):
         self.name = name
         self.options = options
         self.is_async = inspect.iscoroutinefunction(fn)
-        functools_update(self, fn)
+        functools.update_wrapper(self, fn)  # its name and docstring, as help() shows them
 
     def __repr__(self) -> str:
         return f"<task {self.name} on {self.options.queue}>"
@@ -136,7 +160,7 @@ class Task(Generic[P, R]):
         """``delay`` with options: ``delay=`` seconds or ``at=`` a datetime (naive
         is UTC), ``priority=``, ``dedup_key=`` (a second call with the same key
         returns the first's job)."""
-        return self.s(*args, **(kwargs or {})).set(**when).delay()
+        return self._signature(args, kwargs).set(**when).delay()
 
     async def aapply(
         self,
@@ -145,14 +169,20 @@ class Task(Generic[P, R]):
         **when: Any,
     ) -> Job:
         """The asyncio twin of :meth:`apply`."""
-        return await self.s(*args, **(kwargs or {})).set(**when).enqueue()
+        return await self._signature(args, kwargs).set(**when).enqueue()
 
-
-def functools_update(task: Task[Any, Any], fn: Callable[..., Any]) -> None:
-    """Give the task its function's name and docstring (what help() shows)."""
-    for name in ("__module__", "__name__", "__qualname__", "__doc__"):
-        if hasattr(fn, name):
-            setattr(task, name, getattr(fn, name))
+    def _signature(self, args: Sequence[Any], kwargs: dict[str, Any] | None) -> Signature:
+        if isinstance(args, str | bytes | dict) or not isinstance(args, Sequence):
+            raise ConfigurationError(
+                f"args={args!r}: apply takes the positional arguments as a list or tuple",
+                suggestion=f"{self.name}.apply(args=[...], kwargs={{...}})",
+            )
+        if kwargs is not None and not isinstance(kwargs, dict):
+            raise ConfigurationError(
+                f"kwargs={kwargs!r}: apply takes the keyword arguments as a dict",
+                suggestion=f"{self.name}.apply(args=[...], kwargs={{...}})",
+            )
+        return self.s(*args, **(kwargs or {}))
 
 
 @dataclass(frozen=True)
@@ -189,15 +219,24 @@ class Signature:
             queue=self.task.queue,
             args=list(self.args),
             kwargs=dict(self.kwargs),
-            priority=self.when.priority,
+            priority=_first(self.when.priority, self.task.options.priority),
             max_attempts=self.task.options.max_attempts,
         )
 
     def check(self, extra_first: bool = False) -> None:
         """Refuse arguments now rather than in a worker (``extra_first``: a chain
         step, which also gets the previous result first)."""
-        args = (None, *self.args) if extra_first else self.args
-        check_arguments(self.task.name, self.task.fn, args, self.kwargs)
+        if not extra_first:
+            check_arguments(self.task.name, self.task.fn, self.args, self.kwargs)
+            return
+        try:
+            check_arguments(self.task.name, self.task.fn, (None, *self.args), self.kwargs)
+        except ConfigurationError as error:
+            raise ConfigurationError(
+                f"{error.message} (as a later step of a chain, it gets the result of the "
+                "step before it as its first argument)",
+                suggestion="leave the first argument to the step before it",
+            ) from None
 
 
 class Chain:
@@ -299,6 +338,11 @@ class App:
         settings = TaskOptions(**{"queue": self.default_queue, **options})
 
         def register(function: Callable[P, R]) -> Task[P, R]:
+            if not callable(function):
+                raise ConfigurationError(
+                    f"@app.task got {function!r}, not a function",
+                    suggestion="pass options by name: @app.task(queue='emails')",
+                )
             task = Task(self, function, name or _task_name(function), settings)
             if task.name in self.tasks:
                 raise ConfigurationError(
@@ -322,7 +366,7 @@ class App:
 
     def router(self) -> TaskRouter:
         """What a worker runs this app's tasks with."""
-        return TaskRouter(self.tasks, self.next_step)
+        return TaskRouter(self.tasks, self)
 
     # --- running a worker in this process ----------------------------------------------------
 
@@ -339,7 +383,9 @@ class App:
             for name in names:
                 opened.append(await Queue.open(storage, name))
             pool = Worker(opened, self.router(), concurrency=concurrency)
-            await pool.run(burst=burst)
+            # On the main thread, Ctrl-C and SIGTERM drain the pool (running jobs
+            # finish or are released) rather than cutting it off with leases held.
+            await pool.run(burst=burst, handle_signals=_on_main_thread())
         finally:
             for queue in opened:
                 await queue.close()
@@ -397,6 +443,13 @@ class App:
     async def send_chain(self, steps: Sequence[Signature]) -> ChainJob:
         for index, step in enumerate(steps):
             step.check(extra_first=index > 0)
+            if index > 0 and step.when.later_only:
+                raise ConfigurationError(
+                    f"step {index + 1} of the chain ({step.task.name}) sets delay, at or "
+                    "dedup_key, which only the first step can have (a later step runs "
+                    "when the one before it completes)",
+                    suggestion="set them on the chain's first step",
+                )
         first = await self.send(steps[0], chain=[s.step() for s in steps[1:]])
         return ChainJob(self, first, [s.task.queue for s in steps])
 
@@ -406,22 +459,41 @@ class App:
         jobs = await asyncio.gather(*(self.send(member) for member in members))
         return GroupJob(self, jobs)
 
-    async def next_step(self, step: Step, rest: list[Step], result: Any, ctx: JobContext) -> Any:
+    async def next_step(self, step: Step, rest: list[Step], result: Any, ctx: JobContext) -> str:
         """Enqueue ``step`` after the chain step ``ctx`` runs, then link it (see
-        :mod:`s3queue.app.router`); called by the worker, from its own loop."""
+        :mod:`s3queue.app.router`); its job id. Called by the worker, from its loop."""
         parent = f"{ctx.queue.name}:{ctx.message_id}"
         return await self.loop.call(self._next_step(step, rest, result, parent))
 
+    async def cancel_step(self, job_id: str) -> None:
+        await self.job(job_id).acancel()
+
     async def _next_step(self, step: Step, rest: list[Step], result: Any, parent: str) -> str:
         queue = await self.queue(step.queue)
+        # The result goes on as JSON makes it (a tuple as a list), as it is stored.
+        passed = decode_json(
+            encode_json(result, limit=MAX_RESULT_BYTES, what="the result", exact=False)
+        )
         payload = call_payload(
-            step.task, [result, *step.args], step.kwargs, chain=rest, parent=parent
+            step.task, [passed, *step.args], step.kwargs, chain=rest, parent=parent
         )
         message_id = await queue.enqueue(
             payload, priority=step.priority or 0, max_attempts=step.max_attempts
         )
         parent_queue, _, parent_id = parent.partition(":")
-        return await queue.link(parent_queue, parent_id, message_id)
+        try:
+            message_id = await queue.link(parent_queue, parent_id, message_id)
+        except QueueError as error:
+            # The next step is durable: it links itself before it runs. Failing this
+            # step now would run it again (or dead-letter it) while its successor runs.
+            log.warning(
+                "could not link %s:%s after %s (it links itself): %s",
+                queue.name,
+                message_id,
+                parent,
+                error,
+            )
+        return f"{queue.name}:{message_id}"
 
     async def _close(self) -> None:
         opened, self._queues = self._queues, {}
@@ -460,6 +532,15 @@ class App:
 _OPEN_APPS: weakref.WeakSet[App] = weakref.WeakSet()
 
 
+def _close_idle_apps() -> None:
+    # As the main thread ends: apps that other threads are still using (a web
+    # server's) are closed at exit instead, once those threads are done.
+    for app in list(_OPEN_APPS):
+        if not app.loop.in_flight:
+            with contextlib.suppress(Exception):
+                app.close()
+
+
 def _close_apps() -> None:
     for app in list(_OPEN_APPS):
         with contextlib.suppress(Exception):
@@ -468,8 +549,9 @@ def _close_apps() -> None:
 
 # Run as the main thread ends, before the interpreter starts finalizing (a plain atexit
 # handler runs later, and obstore's requests then sometimes abort the process), like
-# concurrent.futures' own exit hook; atexit when that private hook is gone.
-getattr(threading, "_register_atexit", atexit.register)(_close_apps)
+# concurrent.futures' own exit hook; atexit for the rest.
+getattr(threading, "_register_atexit", atexit.register)(_close_idle_apps)
+atexit.register(_close_apps)
 
 
 def _task_name(fn: Callable[..., Any]) -> str:
@@ -496,6 +578,10 @@ def _import_name(path: str | None) -> str:
     if parts and all(part.isidentifier() for part in parts):
         return ".".join(parts)
     return absolute.stem
+
+
+def _on_main_thread() -> bool:
+    return threading.current_thread() is threading.main_thread()
 
 
 def _first(*values: int | None) -> int:

@@ -34,7 +34,7 @@ FIRST_POLL = 0.05
 LONGEST_POLL = 1.0
 
 
-class Store(Protocol):
+class AppView(Protocol):
     """What a handle needs of the app: its loop and its open queues."""
 
     @property
@@ -58,8 +58,8 @@ class Job:
     """One task's message. ``id`` is ``"queue:message id"``; ``message_id`` is what
     the ``s3queue`` commands take beside the queue name."""
 
-    def __init__(self, store: Store, queue: str, message_id: str) -> None:
-        self._store = store
+    def __init__(self, app: AppView, queue: str, message_id: str) -> None:
+        self._app = app
         self.queue = queue
         self.message_id = message_id
         #: Where a redriven job went: a redrive enqueues a copy under a new id, and
@@ -83,10 +83,10 @@ class Job:
 
     def info(self) -> MessageInfo:
         """Everything the store says about the job (see :class:`MessageInfo`)."""
-        return self._store.loop.run(self._info())
+        return self._app.loop.run(self._info())
 
     async def ainfo(self) -> MessageInfo:
-        return await self._store.loop.call(self._info())
+        return await self._app.loop.call(self._info())
 
     def status(self) -> str:
         """ "pending", "delayed", "processing", "completed", "dead" or "cancelled"."""
@@ -107,26 +107,26 @@ class Job:
         """Wait until the job finished and return its result; raise JobFailed if it
         died, JobCancelled if it was cancelled, TimeoutError after ``timeout``
         seconds (the job is left alone)."""
-        return self._store.loop.run(self._wait(_deadline(timeout)))
+        return self._app.loop.run(self._wait(_deadline(timeout)))
 
     async def wait(self, timeout: float | None = None) -> Any:  # noqa: ASYNC109 - twin of result(timeout)
         """The asyncio twin of :meth:`result`."""
-        return await self._store.loop.call(self._wait(_deadline(timeout)))
+        return await self._app.loop.call(self._wait(_deadline(timeout)))
 
     def cancel(self) -> CancelOutcome:
         """Cancel the job: a waiting job never runs; a running one is asked to stop
         (an async task is cancelled, a sync one sees ``current_job().cancelled``),
         and ends "cancelled" however its attempt ends. A finished job is left as it
         is, and the outcome says so."""
-        return self._store.loop.run(self._cancel())
+        return self._app.loop.run(self._cancel())
 
     async def acancel(self) -> CancelOutcome:
-        return await self._store.loop.call(self._cancel())
+        return await self._app.loop.call(self._cancel())
 
     # --- on the app's loop -----------------------------------------------------------------
 
     async def _info(self) -> MessageInfo:
-        queue = await self._store.queue(self.queue)
+        queue = await self._app.queue(self.queue)
         while True:
             info = await queue.get(self._current)
             if info is None:
@@ -156,7 +156,7 @@ class Job:
             pause = min(LONGEST_POLL, pause * 2)
 
     async def _cancel(self) -> CancelOutcome:
-        queue = await self._store.queue(self.queue)
+        queue = await self._app.queue(self.queue)
         (outcome,) = await queue.cancel([self._current])
         return outcome
 
@@ -164,8 +164,8 @@ class Job:
 class GroupJob:
     """The jobs of a group, in the order the group listed them."""
 
-    def __init__(self, store: Store, jobs: Sequence[Job]) -> None:
-        self._store = store
+    def __init__(self, app: AppView, jobs: Sequence[Job]) -> None:
+        self._app = app
         self.jobs = list(jobs)
 
     def __repr__(self) -> str:
@@ -178,23 +178,23 @@ class GroupJob:
         """Every job's result, in order, once all finished; JobFailed (or
         JobCancelled) for the first job, in order, that did not complete;
         TimeoutError after ``timeout`` seconds in all."""
-        return self._store.loop.run(self._wait(_deadline(timeout)))
+        return self._app.loop.run(self._wait(_deadline(timeout)))
 
     async def wait(self, timeout: float | None = None) -> list[Any]:  # noqa: ASYNC109 - twin of result(timeout)
-        return await self._store.loop.call(self._wait(_deadline(timeout)))
+        return await self._app.loop.call(self._wait(_deadline(timeout)))
 
     def statuses(self) -> list[str]:
-        return self._store.loop.run(self._statuses())
+        return self._app.loop.run(self._statuses())
 
     async def astatuses(self) -> list[str]:
-        return await self._store.loop.call(self._statuses())
+        return await self._app.loop.call(self._statuses())
 
     def cancel(self) -> list[CancelOutcome]:
         """Cancel every job of the group (see :meth:`Job.cancel`)."""
-        return self._store.loop.run(self._cancel())
+        return self._app.loop.run(self._cancel())
 
     async def acancel(self) -> list[CancelOutcome]:
-        return await self._store.loop.call(self._cancel())
+        return await self._app.loop.call(self._cancel())
 
     async def _cancel(self) -> list[CancelOutcome]:
         return [await job._cancel() for job in self.jobs]
@@ -212,8 +212,8 @@ class ChainJob:
     """A chain's steps: the first is enqueued at once, each next one by the worker
     that completed the step before it (see :mod:`s3queue.app.router`)."""
 
-    def __init__(self, store: Store, first: Job, queues: Sequence[str]) -> None:
-        self._store = store
+    def __init__(self, app: AppView, first: Job, queues: Sequence[str]) -> None:
+        self._app = app
         self.first = first
         #: The queue of each step, in order.
         self.queues = list(queues)
@@ -229,26 +229,26 @@ class ChainJob:
     def result(self, timeout: float | None = None) -> Any:
         """The last step's result once it completed; JobFailed (or JobCancelled)
         for the step that stopped the chain; TimeoutError after ``timeout`` s."""
-        return self._store.loop.run(self._wait(_deadline(timeout)))
+        return self._app.loop.run(self._wait(_deadline(timeout)))
 
     async def wait(self, timeout: float | None = None) -> Any:  # noqa: ASYNC109 - twin of result(timeout)
-        return await self._store.loop.call(self._wait(_deadline(timeout)))
+        return await self._app.loop.call(self._wait(_deadline(timeout)))
 
     def jobs(self) -> list[Job]:
         """The steps enqueued so far, in order."""
-        return self._store.loop.run(self._jobs())
+        return self._app.loop.run(self._jobs())
 
     async def ajobs(self) -> list[Job]:
-        return await self._store.loop.call(self._jobs())
+        return await self._app.loop.call(self._jobs())
 
     def cancel(self) -> CancelOutcome:
         """Cancel the chain's furthest step enqueued so far, which stops the chain.
         If that step had just finished ("finished" and its next step enqueued),
         cancel again."""
-        return self._store.loop.run(self._cancel())
+        return self._app.loop.run(self._cancel())
 
     async def acancel(self) -> CancelOutcome:
-        return await self._store.loop.call(self._cancel())
+        return await self._app.loop.call(self._cancel())
 
     async def _cancel(self) -> CancelOutcome:
         return await (await self._jobs())[-1]._cancel()
@@ -265,7 +265,7 @@ class ChainJob:
 
     async def _next(self, job: Job, index: int, deadline: float) -> Job:
         """The step after ``job`` (completed): its worker linked it before the ack."""
-        queue = await self._store.queue(self.queues[index + 1])
+        queue = await self._app.queue(self.queues[index + 1])
         linked = await queue.linked(job.queue, job._current)
         if linked is None:
             raise JobNotFound(
@@ -274,7 +274,7 @@ class ChainJob:
                 suggestion="was that step enqueued by hand, or its queue purged?",
                 metadata={"id": self.id},
             )
-        return Job(self._store, queue.name, linked)
+        return Job(self._app, queue.name, linked)
 
     async def _jobs(self) -> list[Job]:
         jobs = [self.first]

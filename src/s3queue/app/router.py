@@ -17,14 +17,14 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import functools
-from collections.abc import Callable, Mapping
-from typing import TYPE_CHECKING, Any
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any, Protocol
 
 from s3queue.app.calls import Call, Step, read_call
 from s3queue.errors import QueueError
 from s3queue.info import Lease
 from s3queue.runtime.routes import Route
-from s3queue.runtime.worker import JobContext
+from s3queue.runtime.worker import JobContext, Worker, WorkerEvent
 
 if TYPE_CHECKING:
     from s3queue.app.app import Task
@@ -45,17 +45,37 @@ def current_job() -> JobContext:
         ) from None
 
 
-#: Enqueues the next step of a chain after ``ctx``'s message, with ``result`` as its
-#: first argument; returns its message id (the app provides it).
-NextStep = Callable[[Step, list[Step], Any, JobContext], Any]
+class ChainSteps(Protocol):
+    """What the router needs of the app to move a chain on (the app provides it)."""
+
+    async def next_step(self, step: Step, rest: list[Step], result: Any, ctx: JobContext) -> str:
+        """Enqueue ``step`` with ``result`` first after ``ctx``'s message, link it, and
+        return its job id."""
+        ...
+
+    async def cancel_step(self, job_id: str) -> None: ...
 
 
 class TaskRouter:
     """The router of a worker serving an app's tasks (see the module docstring)."""
 
-    def __init__(self, tasks: Mapping[str, Task[Any, Any]], next_step: NextStep) -> None:
+    def __init__(self, tasks: Mapping[str, Task[Any, Any]], chains: ChainSteps) -> None:
         self.tasks = dict(tasks)
-        self._next_step = next_step
+        self._chains = chains
+        #: The next step each running chain step enqueued (by "queue:id" of the step):
+        #: cancelled too if the step's ack comes back cancelled.
+        self._successors: dict[str, str] = {}
+
+    def bind(self, worker: Worker) -> None:
+        for outcome in ("completed", "retry", "dead", "lease_lost", "cancelled"):
+            worker.on(outcome, self._finished)
+
+    async def _finished(self, event: WorkerEvent) -> None:
+        successor = self._successors.pop(f"{event.queue}:{event.message_id}", None)
+        if successor is not None and event.name == "cancelled":
+            # Cancelled after it enqueued the next step, before its ack: the chain
+            # stops here, so the next step must not run either.
+            await self._chains.cancel_step(successor)
 
     def describe(self) -> str:
         names = sorted(self.tasks)
@@ -103,8 +123,7 @@ class TaskRouter:
         self, task: Task[Any, Any], call: Call, payload: Any, ctx: JobContext
     ) -> Any:
         if call.parent is not None:
-            parent_queue, _, parent_id = call.parent.partition(":")
-            winner = await ctx.queue.link(parent_queue, parent_id, ctx.message_id)
+            winner = await _linked_step(call.parent, ctx)
             if winner != ctx.message_id:
                 # Our parent ran twice: the step it linked first is the one that runs.
                 return {"duplicate_of": f"{ctx.queue.name}:{winner}"}
@@ -116,9 +135,25 @@ class TaskRouter:
                 result = await asyncio.to_thread(task.fn, *call.args, **call.kwargs)
         finally:
             _current.reset(token)
-        if call.chain:
-            await self._next_step(call.chain[0], call.chain[1:], result, ctx)
+        if call.chain and not ctx.cancelled:
+            successor = await self._chains.next_step(call.chain[0], call.chain[1:], result, ctx)
+            self._successors[f"{ctx.queue.name}:{ctx.message_id}"] = successor
         return result
+
+
+async def _linked_step(parent: str, ctx: JobContext) -> str:
+    """The step the link after ``parent`` names (``ctx``'s own message if none did),
+    followed through redrives: a dead step sent back runs as a copy with a new id."""
+    parent_queue, _, parent_id = parent.partition(":")
+    winner = await ctx.queue.link(parent_queue, parent_id, ctx.message_id)
+    seen: set[str] = set()
+    while winner != ctx.message_id and winner not in seen:
+        seen.add(winner)
+        info = await ctx.queue.get(winner)
+        if info is None or info.status != "redriven" or info.redriven_to is None:
+            break
+        winner = info.redriven_to
+    return winner
 
 
 def _run_sync(task: Task[Any, Any], call: Call, payload: Any, ctx: JobContext) -> Any:

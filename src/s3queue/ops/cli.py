@@ -547,7 +547,13 @@ def _what_to_run(
 ) -> tuple[list[str], Handler | Router]:
     """The queues a worker serves and what runs their messages."""
     if app_spec is None:
-        if queue is None or handler is None or queues is not None:
+        if queues is not None:
+            raise ConfigurationError(
+                "--queues picks queues of an app: it needs --app MODULE:APP",
+                suggestion="s3queue worker -A myapp.tasks:app -Q emails "
+                "(a handler worker serves its one QUEUE)",
+            )
+        if queue is None or handler is None:
             raise ConfigurationError(
                 "the worker needs QUEUE and HANDLER, or --app MODULE:APP",
                 suggestion="e.g. s3queue worker emails myapp.jobs:send, "

@@ -44,7 +44,13 @@ class QueueSet:
 
     def of(self, lease: Lease) -> Queue:
         """The queue that leased ``lease``."""
-        return self._by_name.get(lease.queue, self.queues[0])
+        queue = self._by_name.get(lease.queue)
+        if queue is None:  # acking through another queue would touch another message
+            raise ConfigurationError(
+                f"lease {lease.id} is of queue {lease.queue!r}, which this pool does not serve",
+                suggestion="give a lease back to the worker (or Queue) that claimed it",
+            )
+        return queue
 
     def clock(self) -> float:
         return self.primary.clock()

@@ -21,7 +21,7 @@ from s3queue.info import Lease
 from s3queue.runtime.worker_log import handler_name
 
 if TYPE_CHECKING:
-    from s3queue.runtime.worker import JobContext
+    from s3queue.runtime.worker import JobContext, Worker
 
 Handler = Callable[[Any, "JobContext"], Any]
 
@@ -49,6 +49,10 @@ class Router(Protocol):
         """What the worker's banner says it runs."""
         ...
 
+    def bind(self, worker: Worker) -> None:
+        """Called once by the worker it serves (to subscribe to its events)."""
+        ...
+
 
 class OneHandler:
     """The router of a worker built with one handler."""
@@ -61,6 +65,9 @@ class OneHandler:
 
     def describe(self) -> str:
         return self._route.name
+
+    def bind(self, worker: Worker) -> None:
+        pass
 
     @property
     def is_async(self) -> bool:

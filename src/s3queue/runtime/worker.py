@@ -219,8 +219,7 @@ class Worker:
         )
         self.backoff = leases.backoff or self.queue.backoff
         self.worker_id = worker_id or f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(3)}"
-        #: Periodic jobs this worker enqueues (every worker may run the same ones:
-        #: each tick is enqueued once).
+        #: Periodic jobs this worker enqueues (each tick is enqueued once).
         self.scheduler = Scheduler(self.queue, cron or [])
         self._listeners: dict[str, list[Listener]] = {name: [] for name in EVENTS}
         self._executor: ThreadPoolExecutor | None = None
@@ -243,6 +242,7 @@ class Worker:
         #: (storage unreachable or refusing), None while claims succeed.
         self.claim_failing_since: float | None = None
         self.exit_error: BaseException | None = None
+        self.router.bind(self)
         self.queues.on_recovered(self._recovered)
         # Handlers that enqueue follow-up work through ctx.queue show up as events.
         self.queues.on_enqueued(self._announce_enqueued)
