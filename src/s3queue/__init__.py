@@ -2,6 +2,7 @@
 
 from s3queue.backoff import Backoff
 from s3queue.client import BlockingQueue, connect
+from s3queue.core.rates import RateLimit
 from s3queue.errors import (
     AmbiguousWrite,
     ConfigurationError,
@@ -44,6 +45,7 @@ __all__ = [
     "Queue",
     "QueueError",
     "QueueNotFound",
+    "RateLimit",
     "Scaling",
     "Stats",
     "StorageAuthError",
