@@ -23,9 +23,9 @@ from pathlib import Path
 
 import pytest
 
-from s3queue import ConfigurationError, Queue, RateLimit
+from s3queue import ConfigurationError, JobContext, Queue, RateLimit, Worker
 from s3queue.core.layout import parse_message_id
-from tests.conftest import BUCKET
+from tests.conftest import BUCKET, run_until
 from tests.s3server import S3Server
 from tests.test_multiprocess import stats
 
@@ -124,6 +124,30 @@ async def test_a_redriven_dead_letter_keeps_its_rate_key() -> None:
         segment = await q.segments.fetch(address.shard, address.segment)
         assert segment is not None
         assert segment.messages[address.index].rate_key == "email"
+    finally:
+        await q.close()
+
+
+async def test_a_worker_waits_for_its_tokens_without_a_request() -> None:
+    """Between two tokens a worker sleeps until the next is due: a job costs its
+    claim's cursor write (its ack rides on the next claim), not a wake-object read
+    or an idle check per token."""
+    q = await Queue.open("memory://rate-worker", "q", shards=1)
+    try:
+        await q.enqueue_many([{"n": n} for n in range(20)])
+        q.set_rate_limit("40/s")
+        q.storage.counts.reset()
+
+        async def noop(payload: object, ctx: JobContext) -> None:
+            return None
+
+        worker = Worker(q, noop, concurrency=4)  # idle checks a second apart
+        await run_until(worker, "completed", count=20)
+        # 20 claims, the last ack, the first looks at the shard and, once the work
+        # is done, the arming of the wake object: 31. Arming it and checking it
+        # between tokens (idling) made 89.
+        assert q.storage.counts.total <= 35
+        assert q.storage.counts.conditional_put >= 20  # one claim per token
     finally:
         await q.close()
 
