@@ -108,7 +108,13 @@ def start(url: str, limit: str, report: Path, starts: Path) -> subprocess.Popen[
 def drain(url: str, procs: int, limit: str, messages: int) -> tuple[list[float], list[Any]]:
     """Run ``procs`` workers until ``messages`` jobs started: the start times and the
     workers' reports."""
-    tmp = Path(tempfile.mkdtemp(prefix="bench-rate-"))
+    with tempfile.TemporaryDirectory(prefix="bench-rate-") as tmp:
+        return _drain(url, procs, limit, messages, Path(tmp))
+
+
+def _drain(
+    url: str, procs: int, limit: str, messages: int, tmp: Path
+) -> tuple[list[float], list[Any]]:
     reports = [tmp / f"report-{i}.json" for i in range(procs)]
     starts = [tmp / f"starts-{i}.txt" for i in range(procs)]
     workers = [start(url, limit, reports[i], starts[i]) for i in range(procs)]
