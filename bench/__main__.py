@@ -3,7 +3,9 @@
 Scenarios: ``e2e`` (a backlog drained by P worker processes x C slots), ``enqueue``
 (producer throughput), ``latency`` (enqueue to handler start at low load), ``simulate``
 (25 ms per request and S3's per-prefix limits), ``all`` (all four with their defaults,
-about 12 minutes on 2 cores). Each scenario writes bench/results/<scenario>-<time>.json
+about 12 minutes on 2 cores), and, not part of ``all``, ``ratelimit`` (a backlog
+drained under a queue-wide rate limit, and without it: about 3 minutes for both
+backends). Each scenario writes bench/results/<scenario>-<time>.json
 and prints a table; ``e2e`` with more than one cell also draws the chart.
 
 Examples::
@@ -12,6 +14,7 @@ Examples::
     python -m bench e2e --backend s3 --procs 4 --concurrency 8 --handler noop
     python -m bench latency --backend s3 --seconds 20
     python -m bench simulate --shards-grid 4 --sim-procs 1,4
+    python -m bench ratelimit --backend s3,file --rate-limit 50/s --rate-messages 3000
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from bench import e2e, enqueue, latency, simulate
+from bench import e2e, enqueue, latency, ratelimit, simulate
 from bench.chart import throughput_chart
 from bench.common import RESULTS, Backends, Row, ints, names, save
 
@@ -32,7 +35,10 @@ SCENARIOS: dict[str, Callable[[Any, Backends], list[Row]]] = {
     "enqueue": enqueue.run,
     "latency": latency.run,
     "simulate": simulate.run,
+    "ratelimit": ratelimit.run,
 }
+#: What ``all`` runs (``make bench``).
+ALL = ("e2e", "enqueue", "latency", "simulate")
 
 
 def parser() -> argparse.ArgumentParser:
@@ -79,12 +85,16 @@ def parser() -> argparse.ArgumentParser:
         help="S3 limits x this in the throttling run (1 skips that run)",
     )
     s.add_argument("--stress-shards", type=int, default=4)
+    r = p.add_argument_group("ratelimit")
+    r.add_argument("--rate-limit", default="50/s", help="on the whole queue")
+    r.add_argument("--rate-procs", type=int, default=4, help="worker processes")
+    r.add_argument("--rate-messages", type=int, default=3000)
     return p
 
 
 def main(argv: list[str]) -> None:
     args = parser().parse_args(argv)
-    scenarios = list(SCENARIOS) if args.scenario == "all" else [args.scenario]
+    scenarios = list(ALL) if args.scenario == "all" else [args.scenario]
     backends = Backends()
     began = time.monotonic()
     try:

@@ -3,13 +3,16 @@ the router of bench/tasks.py's app (``--handler task``: a no-op task).
 
     python -m bench.worker URL QUEUE --concurrency C --handler noop|sleep10|task --report FILE
         [--latency-ms MS --share F --limit-scale S] [--wait-for-go] [--profile FILE]
+        [--poll-interval S] [--rate-limit N/s --starts FILE]
 
 Opens the queue, prints ``ready``; with ``--wait-for-go`` it then waits for a line on
 standard input before it starts claiming (so that the driver starts every process's
-clock at once). Runs ``Worker(polling=Polling(poll_interval=0.2))`` with the
-default prefetch until SIGTERM, lets running jobs finish, and writes JSON to FILE: its
-storage requests by kind, messages processed, and every error that got past the retry
-layer (handler failures, lost leases, warnings logged by s3queue).
+clock at once). Runs ``Worker(polling=Polling(poll_interval=0.2))`` (or
+``--poll-interval``) with the default prefetch until SIGTERM, lets running jobs
+finish, and writes JSON to FILE: its storage requests by kind, messages processed,
+and every error that got past the retry layer (handler failures, lost leases,
+warnings logged by s3queue). ``--rate-limit`` sets a limit on the whole queue
+(``Queue.set_rate_limit``); ``--starts`` appends each job's start time to a file.
 
 With ``--latency-ms`` the store is ``RetryingStorage(LatencyStore(raw))`` (see
 bench/latency_store.py): a Storage object cannot cross processes, so each worker
@@ -26,7 +29,7 @@ import logging
 import signal
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 from s3queue import Polling, Queue, Worker
 from s3queue.runtime.worker import WorkerEvent
@@ -81,17 +84,34 @@ class _CountWarnings(logging.Handler):
             self.samples.append(record.getMessage()[:300])
 
 
+def _record_starts(worker: Worker, path: Path) -> TextIO:
+    """Append the wall-clock time of every job start to ``path``, a line each, flushed
+    at once: the driver counts the lines while the workers run."""
+    out = path.open("a")
+
+    def on_processing(event: WorkerEvent) -> None:
+        out.write(f"{event.at:.6f}\n")
+        out.flush()
+
+    worker.on("processing", on_processing)
+    return out
+
+
 async def main(args: argparse.Namespace) -> None:
     warnings = _CountWarnings()
     logging.getLogger("s3queue").addHandler(warnings)
     storage = build_storage(args.url, args.latency_ms, args.share, args.limit_scale)
     q = await Queue.open(storage, args.queue, verify_store=False)
+    if args.rate_limit:
+        q.set_rate_limit(args.rate_limit)
+        await q.sync_clock()  # with a limit, the clock's first estimate settles here
     worker = Worker(
         q,
         handler_for(args.handler),
         concurrency=args.concurrency,
-        polling=Polling(poll_interval=0.2),
+        polling=Polling(poll_interval=args.poll_interval),
     )
+    starts = _record_starts(worker, Path(args.starts)) if args.starts else None
     lease_lost = 0
     last_completed_at = 0.0
 
@@ -121,6 +141,8 @@ async def main(args: argparse.Namespace) -> None:
         profiler.stop()
         Path(args.profile).write_text(profiler.output_text(unicode=False, color=False))  # noqa: ASYNC240
     await q.close()
+    if starts is not None:
+        starts.close()
     inner = getattr(storage, "inner", None)
     report = {
         **storage.counts.snapshot(),
@@ -148,6 +170,9 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--share", type=float, default=1.0)
     parser.add_argument("--limit-scale", type=float, default=1.0)
     parser.add_argument("--wait-for-go", action="store_true")
+    parser.add_argument("--poll-interval", type=float, default=0.2)
+    parser.add_argument("--rate-limit", default="", help="e.g. 50/s, on the whole queue")
+    parser.add_argument("--starts", default="", help="append each job's start time here")
     parser.add_argument("--profile", default="")
     return parser.parse_args(argv)
 

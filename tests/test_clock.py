@@ -98,6 +98,28 @@ def test_a_wide_first_estimate_is_narrowed_by_a_few_more_samples() -> None:
     assert not clock.stale()  # narrowed: the next sample is RESAMPLE_INTERVAL away
 
 
+async def test_settling_takes_the_narrowing_samples_at_once() -> None:
+    """A caller that must not see the estimate move (rate limits count tokens on it)
+    takes the narrowing samples in one go, instead of one at each sync."""
+    mono = Ticks()
+    mono.now = 100.3
+
+    class Sampled(StoreClock):
+        async def measure(self, storage: object, key: str) -> None:
+            start = mono.now
+            mono.now += 0.05
+            self.observe(start, mono.now, float(int(mono.now - 30.0)), 1.0)
+            mono.now += NARROW_STEP  # the next sample's spacing, without a real wait
+
+    clock = Sampled(lambda: mono.now - 30.0, monotonic=mono)
+    clock.observe(100.2, 100.3, 70.0, 1.0)
+    mono.now += NARROW_STEP
+    assert clock.narrowing
+    await clock.settle(open_storage("memory://settle"), "clock")
+    assert not clock.narrowing
+    assert not clock.stale()
+
+
 def test_a_stepped_wall_clock_changes_nothing() -> None:
     wall = [1000.0]
     mono = Ticks()

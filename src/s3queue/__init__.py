@@ -5,6 +5,7 @@ from s3queue.app.jobs import ChainJob, GroupJob, Job
 from s3queue.app.router import current_job
 from s3queue.backoff import Backoff
 from s3queue.client import BlockingQueue, connect
+from s3queue.core.rates import RateLimit
 from s3queue.errors import (
     AmbiguousWrite,
     ConfigurationError,
@@ -60,6 +61,7 @@ __all__ = [
     "Queue",
     "QueueError",
     "QueueNotFound",
+    "RateLimit",
     "Scaling",
     "Signature",
     "Stats",

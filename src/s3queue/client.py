@@ -55,6 +55,7 @@ class BlockingQueue:
         priority: int = 0,
         dedup_key: str | None = None,
         max_attempts: int | None = None,
+        rate_key: str | None = None,
     ) -> str:
         return self._run(
             self.queue.enqueue(
@@ -63,6 +64,7 @@ class BlockingQueue:
                 priority=priority,
                 dedup_key=dedup_key,
                 max_attempts=max_attempts,
+                rate_key=rate_key,
             )
         )
 
@@ -73,10 +75,15 @@ class BlockingQueue:
         delay: float = 0.0,
         priority: int = 0,
         max_attempts: int | None = None,
+        rate_key: str | None = None,
     ) -> list[str]:
         return self._run(
             self.queue.enqueue_many(
-                list(payloads), delay=delay, priority=priority, max_attempts=max_attempts
+                list(payloads),
+                delay=delay,
+                priority=priority,
+                max_attempts=max_attempts,
+                rate_key=rate_key,
             )
         )
 

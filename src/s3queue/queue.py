@@ -45,6 +45,7 @@ from s3queue.core.cursor import (
 from s3queue.core.layout import check_queue_name
 from s3queue.core.outcomes import OutcomeRecords
 from s3queue.core.producer import Producer
+from s3queue.core.rates import QUEUE_WIDE, RateLimit, ShardRate, check_rate_key
 from s3queue.core.reader import QueueReader, list_segments
 from s3queue.core.records import (
     MAX_PAYLOAD_BYTES,
@@ -218,6 +219,10 @@ class ClaimRound:
     #: A shard was given way to another process writing it: an empty claim does
     #: not mean there is nothing to claim.
     contended: bool
+    #: Work waits for rate-limit tokens (see :meth:`Queue.set_rate_limit`): an
+    #: empty claim does not mean there is nothing to claim either, and
+    #: :meth:`Queue.next_due` says when the next token comes.
+    throttled: bool = False
 
 
 class Queue:
@@ -273,6 +278,7 @@ class Queue:
         self._high_checked_at = -math.inf
         self._broken_logged: dict[int, float] = {}
         self._look_everywhere = False
+        self._rate_limits: dict[str, RateLimit] = {}
 
     def __repr__(self) -> str:
         return f"Queue({self.name!r}, url={redact_url(self.storage.url)!r})"
@@ -386,8 +392,15 @@ class Queue:
         old (or there is none). Every write calls it before it uses the time (the
         commit loop too); a no-op for a plain clock. Raises ClockSkewError when the
         skew is over the limit."""
-        if self.store_clock is not None:
-            await self.store_clock.sync(self.storage, layout.clock_key(self.name))
+        if self.store_clock is None:
+            return
+        key = layout.clock_key(self.name)
+        if self.context.rates and self.store_clock.narrowing:
+            # Tokens are counted on this clock: an estimate still moving by tenths
+            # of a second would mint some (the first second of a process on S3).
+            await self.store_clock.settle(self.storage, key)
+        else:
+            await self.store_clock.sync(self.storage, key)
 
     # --- enqueue -----------------------------------------------------------------------
 
@@ -399,6 +412,7 @@ class Queue:
         priority: int,
         max_attempts: int | None,
         dedup_key: str | None,
+        rate_key: str | None,
         now: float,
     ) -> Message:
         delay = limits.DELAY.check(delay, "delay")
@@ -413,6 +427,8 @@ class Queue:
                 f"dedup_key={dedup_key!r}",
                 suggestion="a dedup key is a string of 1 to 1024 characters",
             )
+        if rate_key is not None:
+            check_rate_key(rate_key)
         return Message(
             payload=encode_json(payload, limit=MAX_PAYLOAD_BYTES, what="the payload"),
             enqueued_at=now,
@@ -422,6 +438,7 @@ class Queue:
             priority=priority,
             max_attempts=attempts,
             dedup_key=dedup_key,
+            rate_key=rate_key,
         )
 
     async def enqueue(
@@ -432,12 +449,15 @@ class Queue:
         priority: int = 0,
         dedup_key: str | None = None,
         max_attempts: int | None = None,
+        rate_key: str | None = None,
     ) -> str:
         """Store one message; return its id once it is durable.
 
         With ``dedup_key``, a second enqueue of the same key returns the first
         message's id and stores nothing, until the first message finished more than
-        the queue's ``dedup_retention`` ago.
+        the queue's ``dedup_retention`` ago. With ``rate_key`` (1 to 256 characters,
+        e.g. a task's name) the message falls under that key's rate limit, if the
+        workers set one (:meth:`set_rate_limit`).
         """
         await self.sync_clock()
         message = self._message(
@@ -446,6 +466,7 @@ class Queue:
             priority=priority,
             max_attempts=max_attempts,
             dedup_key=dedup_key,
+            rate_key=rate_key,
             now=self.clock(),
         )
         if dedup_key is not None:
@@ -459,9 +480,11 @@ class Queue:
         delay: float = 0.0,
         priority: int = 0,
         max_attempts: int | None = None,
+        rate_key: str | None = None,
     ) -> list[str]:
         """Store many messages in as few writes as their size allows; ids in order.
-        Every payload is checked before anything is written."""
+        Every payload is checked before anything is written. ``rate_key`` as for
+        :meth:`enqueue`, for every message."""
         await self.sync_clock()
         now = self.clock()
         messages = [
@@ -471,6 +494,7 @@ class Queue:
                 priority=priority,
                 max_attempts=max_attempts,
                 dedup_key=None,
+                rate_key=rate_key,
                 now=now,
             )
             for payload in payloads
@@ -563,7 +587,9 @@ class Queue:
 
         Higher priority first across every shard (a message with priority > 0 goes
         before the whole backlog of lower ones), then roughly in enqueue order.
-        Returns an empty list when nothing is claimable now.
+        Returns an empty list when nothing is claimable now. Under rate limits
+        (:meth:`set_rate_limit`) a message is taken only with its tokens, and a claim
+        takes from one shard at most.
         """
         return (await self.claim_round(max_messages, visibility_timeout, owner=owner)).leases
 
@@ -590,25 +616,53 @@ class Queue:
         # lower than the best any other shard holds, then look again.
         for _ in range(2 * len(best)):
             known = [k for k in self._preference if best[k] is not None]
-            remaining = max_messages - len(round_.leases)
-            if not known or remaining <= 0:
+            if not known or self._round_done(round_, max_messages):
                 break
+            remaining = max_messages - len(round_.leases)
             shard = max(known, key=lambda k: best[k] or 0)
             others = [b for k in known if k != shard and (b := best[k]) is not None]
-            claim = Claim(owner, remaining, visibility_timeout, max(others) if others else None)
+            floor = max(others) if others else None
+            claim = self._claim_op(shard, owner, remaining, visibility_timeout, floor)
             taken = await self._claim_from(shard, claim, round_)
             # Nothing taken (the shard was given way): move on to the others.
             best[shard] = self.committers[shard].best_waiting(now) if taken else None
         # Then shards with nothing known to claim: their logs may hold more (a look
-        # just made costs nothing again: an empty log is not read twice in a row).
+        # just made costs nothing again: an empty log is not read twice in a row),
+        # unless whatever they hold waits for tokens of the queue's limit.
         for shard in list(self._preference):
-            remaining = max_messages - len(round_.leases)
-            if remaining <= 0:
+            if self._round_done(round_, max_messages):
                 break
-            if best.get(shard) is None:
-                claim = Claim(owner, remaining, visibility_timeout)
+            remaining = max_messages - len(round_.leases)
+            if best.get(shard) is None and not self.committers[shard].starved(now):
+                claim = self._claim_op(shard, owner, remaining, visibility_timeout)
                 await self._claim_from(shard, claim, round_)
+        if self.context.rates:
+            now = self.clock()
+            round_.throttled = any(c.rate_due(now) is not None for c in self.committers)
         return round_
+
+    def _round_done(self, round_: ClaimRound, max_messages: int) -> bool:
+        """Whether a claim round has what it wants. With rate limits, it ends at the
+        first shard that gave leases: those are a message or two, and the worker
+        starts them at once rather than after the writes of other shards' claims,
+        which would bunch together start times the limit spaces out."""
+        got = len(round_.leases)
+        return got >= max_messages or (got > 0 and bool(self.context.rates))
+
+    def _claim_op(
+        self,
+        shard: int,
+        owner: str,
+        max_messages: int,
+        visibility_timeout: float,
+        min_priority: int | None = None,
+    ) -> Claim:
+        """A claim on ``shard``, carrying this process's rate limits if it has any."""
+        rates = self.context.rates
+        if not rates:
+            return Claim(owner, max_messages, visibility_timeout, min_priority)
+        hold = self.committers[shard].held()
+        return Claim(owner, max_messages, visibility_timeout, min_priority, rates, hold)
 
     async def _claim_from(self, shard: int, claim: Claim, round_: ClaimRound) -> int:
         try:
@@ -822,6 +876,35 @@ class Queue:
                 return CancelOutcome(mid, "finished", f"already {info.status}", info.status)
         return CancelOutcome(mid, "not_found", f"no message {mid} in queue {self.name!r}")
 
+    # --- rate limits --------------------------------------------------------------------------
+
+    def set_rate_limit(self, limit: RateLimit | str | None, *, key: str | None = None) -> None:
+        """Start at most ``limit`` jobs (``"100/s"``, ``"30/m"``, ``"2/h"`` or a
+        :class:`RateLimit`) across every worker process of the queue: of all its
+        messages, or with ``key``, of those enqueued with that ``rate_key``. None
+        removes the limit. A message falls under the queue's limit and its key's.
+
+        The limit is this process's configuration: give every worker process the
+        same (a process without it claims as if there were none). It is kept as
+        each shard's share of the rate in the shard's cursor, spent by the claims
+        themselves, so it costs no request; a queue whose backlog sits on few
+        shards runs below the limit (see docs/GUIDE.md, "Rate limits").
+        """
+        bucket = QUEUE_WIDE if key is None else check_rate_key(key, "key")
+        if limit is None:
+            self._rate_limits.pop(bucket, None)
+        else:
+            self._rate_limits[bucket] = RateLimit.of(limit)
+        shards = self.settings.shards
+        self.context.rates = tuple(
+            ShardRate.share(name, rate, shards) for name, rate in sorted(self._rate_limits.items())
+        )
+
+    @property
+    def rate_limits(self) -> dict[str | None, RateLimit]:
+        """The limits set in this process: None for the queue's own, else by key."""
+        return {(None if k == QUEUE_WIDE else k): v for k, v in self._rate_limits.items()}
+
     # --- what an idle worker polls --------------------------------------------------------
 
     async def arm_wake(self) -> None:
@@ -850,7 +933,8 @@ class Queue:
     def next_due(self, after: float = -math.inf) -> float | None:
         """When, by the store's clock, something this process knows of needs a
         claim (a delay or retry ends, a lease can be recovered, a timer bucket falls
-        due, a dead process's records are overdue); None if nothing. Times up to
+        due, a dead process's records are overdue, work waiting for rate-limit
+        tokens gets one); None if nothing. Times up to
         ``after`` are passed over: pass when a claim last found nothing. No I/O."""
         now = self.clock()
         dues = [due for c in self.committers if (due := c.next_due(now, after)) is not None]

@@ -139,6 +139,18 @@ class StoreClock:
         age = self._monotonic() - last
         return age >= RESAMPLE_INTERVAL or (self.narrowing and age >= NARROW_STEP)
 
+    async def settle(self, storage: Storage, key: str) -> None:
+        """Take the samples that narrow a young, wide estimate now, NARROW_STEP
+        apart (about a second on S3), rather than one at each sync: for a caller
+        that must not see the estimate move by tenths of a second meanwhile."""
+        await self.sync(storage, key)
+        while self.narrowing:
+            assert self._sampled_at is not None
+            # Spacing, not synchronisation: each sample must land at another phase
+            # of the store's second.
+            await asyncio.sleep(max(0.0, self._sampled_at + NARROW_STEP - self._monotonic()))
+            await self.sync(storage, key)
+
     @property
     def narrowing(self) -> bool:
         """Whether a young, wide estimate still wants samples at other phases (see

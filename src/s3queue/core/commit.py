@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar, cast
 
 import msgspec
+from msgspec import UnsetType
 
 from s3queue.core import layout, quarantine
 from s3queue.core.clock import Clock, StoreClock
@@ -42,15 +43,18 @@ from s3queue.core.cursor import (
     Transition,
     apply,
     best_waiting,
+    buckets_of,
     count_candidates,
     decode_cursor,
     encode_cursor,
     is_ahead,
     is_unread,
     next_due,
+    rate_due,
 )
 from s3queue.core.layout import HIGH_LANE, TIMER_BUCKET, TIMER_SEAL_MARGIN, SegmentRef
 from s3queue.core.outcomes import OutcomeRecords
+from s3queue.core.rates import QUEUE_WIDE, Bucket, ShardRate, Tokens, held_keys
 from s3queue.core.records import QueueSettings
 from s3queue.core.segment import Segment, SegmentCache
 from s3queue.errors import (
@@ -78,6 +82,10 @@ EMPTY_LOG_COOLDOWN = 0.1
 #: nor written it for this long (seconds): others' releases, retries and timer
 #: registrations change the cursor without this process knowing.
 CURSOR_MAX_AGE = 5.0
+#: With a limit on the whole queue, claims come as often as tokens, and every
+#: message waits for one anyway: a log found empty is not looked at again for this
+#: long (a wake-up still makes the next claim look at once).
+RATE_EMPTY_LOG_COOLDOWN = 1.0
 
 
 @dataclass
@@ -92,6 +100,8 @@ class CommitContext:
     #: Writes dead letters, results and dedup updates of finished messages.
     outcomes: OutcomeRecords
     on_recovered: list[Callable[[Recovered], None]] = field(default_factory=list)
+    #: This process's rate limits as each shard's share (``Queue.set_rate_limit``).
+    rates: tuple[ShardRate, ...] = ()
 
 
 R = TypeVar("R")
@@ -137,6 +147,10 @@ class ShardCommitter:
         self.high_pending = True
         self._high_generation = 0
         self._high_probed = -1
+        #: The rate-limit buckets this process wrote last, and the store time when
+        #: the cached cursor was last current (see rates.held_keys).
+        self._mine: dict[str, Bucket] = {}
+        self._seen_at = -math.inf
         self.commits = 0
         self.conflicts = 0
 
@@ -242,7 +256,45 @@ class ShardCommitter:
         segments = self._window()
         if segments is None or self._known is None:
             return None
-        return best_waiting(self._known, segments, now)
+        rates, hold = self.context.rates, self.held()
+        return best_waiting(self._known, segments, now, rates, hold=hold)
+
+    # --- rate limits -------------------------------------------------------------------
+
+    def held(self) -> tuple[str, ...]:
+        """The rate-limit buckets of this shard whose tokens another process was
+        spending and keeping up with when the cached cursor was read: claims here
+        leave them alone (no I/O; see rates.held_keys)."""
+        cursor = self._known
+        if cursor is None or not self.context.rates:
+            return ()
+        return held_keys(buckets_of(cursor), self.context.rates, self._mine, self._seen_at)
+
+    def starved(self, now: float) -> bool:
+        """Whether a claim here could take nothing now for want of tokens of the
+        queue's own limit, as far as the cached cursor knows (no I/O). Not when
+        they are left to another process and the copy is old: a claim that takes
+        nothing from an old copy reads it again, and so learns whether that process
+        still spends them."""
+        cursor = self._known
+        if cursor is None or not any(r.key == QUEUE_WIDE for r in self.context.rates):
+            return False
+        hold = self.held()
+        if QUEUE_WIDE in hold and time.monotonic() - self._current_at > CURSOR_MAX_AGE:
+            return False
+        tokens = Tokens(buckets_of(cursor), self.context.rates, now, hold=hold, shard=self.shard)
+        return tokens.exhausted
+
+    def rate_due(self, now: float) -> float | None:
+        """When work that waits here for rate-limit tokens gets them (see
+        :func:`cursor.rate_due`); None if none waits (no I/O). Tokens another
+        process is spending are not waited for."""
+        cursor = self._known
+        if cursor is None or not self.context.rates:
+            return None
+        hold = set(self.held())
+        rates = [r for r in self.context.rates if r.key not in hold]
+        return rate_due(cursor, self._cached_window(), now, rates) if rates else None
 
     def next_due(self, now: float, after: float = -math.inf) -> float | None:
         """When the cursor as this process knows it next has work (see
@@ -254,7 +306,11 @@ class ShardCommitter:
         if self._finalizing:
             flights = {m: f for m, f in cursor.flights.items() if m not in self._finalizing}
             cursor = msgspec.structs.replace(cursor, flights=flights)
-        return next_due(cursor, self._cached_window(), now, self.context.rules, after=after)
+        due = next_due(cursor, self._cached_window(), now, self.context.rules, after=after)
+        token = self.rate_due(now)
+        if token is not None and token > after:
+            due = max(token, now) if due is None else min(due, max(token, now))
+        return due
 
     @property
     def _known(self) -> Cursor | None:
@@ -316,6 +372,7 @@ class ShardCommitter:
         else:
             self._cursor, self._etag = decode_cursor(stored.data, self.key), stored.etag
         self._current_at = time.monotonic()
+        self._seen_at = self.context.clock()
         self._view = None
 
     async def _commit(self, ops: list[Operation]) -> list[Result]:
@@ -366,6 +423,7 @@ class ShardCommitter:
                 conflicts = await self._conflict(conflicts)
                 continue
             self.commits += 1
+            self._spent(cursor, transition.cursor)
             self._settled(transition.cursor)
             self._after_commit(transition.cursor, transition.finishing, transition.recovered)
             return results
@@ -387,6 +445,10 @@ class ShardCommitter:
                 raise
             await self._set_aside(error, cursor)
             return None
+        # Decided as of after the reads that prepared it (segments, timers): leases and
+        # rate-limit tokens then date from just before the write, not from before
+        # reads that may have taken a while. What was prepared holds later too.
+        now = max(now, self.context.clock())
         transition = apply(
             cursor,
             prepared + ops,
@@ -436,6 +498,13 @@ class ShardCommitter:
             self._current_at = time.monotonic()
         self._view = None
         return "done"
+
+    def _spent(self, before: Cursor, after: Cursor) -> None:
+        """Remember the buckets a commit of this process wrote (see :meth:`held`)."""
+        if not isinstance(after.buckets, UnsetType):
+            old = buckets_of(before)
+            self._mine.update((k, b) for k, b in after.buckets.items() if old.get(k) != b)
+        self._seen_at = self.context.clock()
 
     def _stale_and_idle(self, ops: list[Operation], results: list[Result]) -> bool:
         claims = [r for op, r in zip(ops, results, strict=True) if isinstance(op, Claim)]
@@ -547,7 +616,7 @@ class ShardCommitter:
         # A look before claiming (demand 0, see Queue.claim) only needs to know
         # whether the shard holds anything: one log segment at most.
         enough = demand + LOOKAHEAD if demand > 0 else 1
-        available = count_candidates(view, segments, now, enough)
+        available = count_candidates(view, segments, now, enough, self.context.rates)
         if available < enough:
             wanted = enough - available
             found, _ = await self._probe_lane(SegmentRef.log, cursor.next_seq, wanted, room)
@@ -601,7 +670,11 @@ class ShardCommitter:
         had nothing new, do not pay a request per claim to look again while other
         shards keep a busy worker fed."""
         at = self._misses.get((lane, seq))
-        return at is not None and time.monotonic() - at < EMPTY_LOG_COOLDOWN
+        if at is None:
+            return False
+        queue_limited = any(r.key == QUEUE_WIDE for r in self.context.rates)
+        cooldown = RATE_EMPTY_LOG_COOLDOWN if queue_limited else EMPTY_LOG_COOLDOWN
+        return time.monotonic() - at < cooldown
 
     async def _probe_lane(
         self, make: Callable[[int], SegmentRef], seq: int, wanted: float, room: int

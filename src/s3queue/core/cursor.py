@@ -28,8 +28,10 @@ from dataclasses import dataclass, field
 from typing import Generic, Literal, Protocol, TypeVar
 
 import msgspec
+from msgspec import UNSET, UnsetType
 
 from s3queue.core.layout import SegmentRef, parse_message_id
+from s3queue.core.rates import Bucket, ShardRate, Tokens
 from s3queue.core.records import FORMAT, NO_RAW, ErrorRecord, decode, encode
 from s3queue.core.segment import Message, Segment
 from s3queue.info import Failure
@@ -40,6 +42,9 @@ FINALIZE_GRACE = 30.0
 #: How many commit tokens a cursor remembers, so that a writer whose request timed
 #: out can tell whether its commit landed even after others committed on top.
 RECENT_COMMITS = 32
+#: Messages waiting for a token of their rate key that a claim reads past to find
+#: others, at most (see :func:`count_candidates`).
+BLOCKED_AHEAD = 1024
 
 
 def raw_or_none(raw: msgspec.Raw | None) -> msgspec.Raw | None:
@@ -134,6 +139,13 @@ class Cursor(msgspec.Struct, frozen=True, kw_only=True):
     purged_before: int = 0
     purged_high_before: int = 0
     counters: Counters = Counters()
+    #: Token buckets of rate limits (see rates.py), by key; left out of the JSON
+    #: while there are none, so cursors of queues without limits stay as they were.
+    buckets: dict[str, Bucket] | UnsetType = UNSET
+
+
+def buckets_of(cursor: Cursor) -> dict[str, Bucket]:
+    return {} if isinstance(cursor.buckets, UnsetType) else dict(cursor.buckets)
 
 
 def encode_cursor(cursor: Cursor) -> bytes:
@@ -237,6 +249,12 @@ class Claim(Op[list[Claimed] | Yielded]):
     max_messages: int
     visibility_timeout: float
     min_priority: int | None = None
+    #: The claiming process's rate limits as this shard's share: a message under one
+    #: is taken only with a token of each bucket it falls under. The buckets of
+    #: ``hold`` are left to another process that is spending them (rates.RATE_HOLD):
+    #: messages under them are not taken.
+    rates: tuple[ShardRate, ...] = ()
+    hold: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -450,6 +468,7 @@ class _State:
         self.purged_before = cursor.purged_before
         self.purged_high_before = cursor.purged_high_before
         self.counters = msgspec.structs.asdict(cursor.counters)
+        self.buckets = buckets_of(cursor)
 
     def count(self, name: Counter, n: int = 1) -> None:
         self.counters[name] += n
@@ -528,6 +547,7 @@ class _State:
             purged_before=self.purged_before,
             purged_high_before=self.purged_high_before,
             counters=Counters(**self.counters),
+            buckets=self.buckets or UNSET,
         )
 
 
@@ -568,19 +588,86 @@ def _recover_expired(
             state.flights[mid] = msgspec.structs.replace(flight, lease=None, visible_at=0.0)
 
 
+#: Claimable messages, best first (see :func:`_ranked`).
+Ranked = Iterator[tuple[str, Message]]
+
+
 def count_candidates(
-    cursor: Cursor, segments: Mapping[str, Segment], now: float, enough: int
+    cursor: Cursor,
+    segments: Mapping[str, Segment],
+    now: float,
+    enough: int,
+    rates: Sequence[ShardRate] = (),
 ) -> int:
     """How many messages of the window are claimable, counting no further than
-    ``enough`` (a claim only needs to know whether the window holds that many)."""
-    return sum(1 for _ in itertools.islice(_ranked(_State(cursor), segments, now), enough))
+    ``enough`` (a claim only needs to know whether the window holds that many).
+
+    Messages whose rate key has no token now do not count, so that a claim reads
+    past them to the others, but only up to BLOCKED_AHEAD of them: a backlog of one
+    key must not draw the whole log into the window. The queue's own bucket is left
+    out: when it is empty, no message of the log could be taken either."""
+    ranked = _ranked(_State(cursor), segments, now)
+    if rates:
+        ranked = _unblocked(ranked, Tokens(buckets_of(cursor), rates, now, shard=cursor.shard))
+    return sum(1 for _ in itertools.islice(ranked, enough))
 
 
-def best_waiting(cursor: Cursor, segments: Mapping[str, Segment], now: float) -> int | None:
-    """The priority of the best message claimable now, None when there is none."""
-    for _, message in _ranked(_State(cursor), segments, now):
+def _unblocked(ranked: Ranked, tokens: Tokens) -> Ranked:
+    """``ranked`` without the messages whose key has no token, up to BLOCKED_AHEAD."""
+    blocked = 0
+    for mid, message in ranked:
+        if blocked < BLOCKED_AHEAD and tokens.blocked(message.rate_key):
+            blocked += 1
+            continue
+        yield mid, message
+
+
+def best_waiting(
+    cursor: Cursor,
+    segments: Mapping[str, Segment],
+    now: float,
+    rates: Sequence[ShardRate] = (),
+    *,
+    hold: Sequence[str] = (),
+) -> int | None:
+    """The priority of the best message claimable now (with a token, when it falls
+    under a limit of ``rates``), None when there is none."""
+    ranked = _ranked(_State(cursor), segments, now)
+    if rates:
+        tokens = Tokens(buckets_of(cursor), rates, now, hold=hold, shard=cursor.shard)
+        ranked = _admitted(ranked, tokens)
+    for _, message in ranked:
         return message.priority
     return None
+
+
+def _admitted(ranked: Ranked, tokens: Tokens) -> Ranked:
+    """The messages of ``ranked`` that get their tokens, spending them as they go."""
+    for mid, message in ranked:
+        if tokens.exhausted:
+            return
+        if tokens.take(message.rate_key):
+            yield mid, message
+
+
+def rate_due(
+    cursor: Cursor, segments: Mapping[str, Segment], now: float, rates: Sequence[ShardRate]
+) -> float | None:
+    """When the first message claimable now but for its tokens gets them (it may be
+    past); None when no such message waits. A worker whose claim was held back by
+    rate limits comes back then."""
+    tokens = Tokens(buckets_of(cursor), rates, now, shard=cursor.shard)
+    # No message can have its tokens before the queue's bucket has one.
+    queue_wide = tokens.arrival(None)
+    floor = -math.inf if queue_wide is None else queue_wide
+    due = math.inf
+    for _, message in _ranked(_State(cursor), segments, now):
+        arrival = tokens.arrival(message.rate_key)
+        if arrival is not None and arrival < due:
+            due = arrival
+            if due <= max(floor, now):
+                break
+    return None if due == math.inf else due
 
 
 Levels = tuple[tuple[int, Sequence[int]], ...]
@@ -965,7 +1052,16 @@ def _claim(
     if op.max_messages <= 0:
         return claimed
     ranked = _ranked(state, segments, now, op.min_priority)
-    for mid, message in list(itertools.islice(ranked, op.max_messages)):
+    if op.rates:
+        tokens = Tokens(state.buckets, op.rates, now, hold=op.hold, shard=state.cursor.shard)
+        chosen = list(itertools.islice(_admitted(ranked, tokens), op.max_messages))
+        if chosen:
+            # Written only with what it claimed: a claim that took nothing leaves
+            # the cursor as it was (refilling is a function of time alone).
+            state.buckets = tokens.buckets()
+    else:
+        chosen = list(itertools.islice(ranked, op.max_messages))
+    for mid, message in chosen:
         previous = state.flights.get(mid)
         attempt = (previous.attempt if previous else 0) + 1
         errors = previous.errors if previous else []

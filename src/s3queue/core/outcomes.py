@@ -59,6 +59,7 @@ class OutcomeRecords:
                 max_attempts=message.max_attempts,
                 dedup_key=message.dedup_key,
                 progress=flight.progress,
+                rate_key=message.rate_key,
             )
             await self.storage.put(layout.dead_key(self.queue, mid), encode(letter))
         elif (

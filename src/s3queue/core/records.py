@@ -62,6 +62,8 @@ class DeadLetter(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
     max_attempts: int = 3
     dedup_key: str | None = None
     progress: msgspec.Raw = NO_RAW
+    #: Kept so that a redriven copy falls under the same rate limit.
+    rate_key: str | None = None
 
 
 class RedriveRecord(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):

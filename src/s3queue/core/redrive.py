@@ -124,6 +124,7 @@ class Redrive:
                 visible_at=0.0,
                 priority=c.letter.priority,
                 max_attempts=c.letter.max_attempts,
+                rate_key=c.letter.rate_key,
             )
             for c in mine
         ]

@@ -30,6 +30,8 @@ class Message(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
     priority: int = 0
     max_attempts: int = 3
     dedup_key: str | None = None
+    #: The rate limit the message falls under besides the queue's (see rates.py).
+    rate_key: str | None = None
 
 
 class Segment(msgspec.Struct, frozen=True, kw_only=True):

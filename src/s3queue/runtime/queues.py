@@ -70,7 +70,7 @@ class QueueSet:
             return await self.primary.claim_round(want, visibility_timeout, owner=owner)
         start, self._first = self._first, (self._first + 1) % len(self.queues)
         leases: list[Lease] = []
-        contended = False
+        contended = throttled = False
         for step in range(len(self.queues)):
             if len(leases) >= want:
                 break
@@ -78,7 +78,8 @@ class QueueSet:
             got = await q.claim_round(want - len(leases), visibility_timeout, owner=owner)
             leases.extend(got.leases)
             contended = contended or got.contended
-        return ClaimRound(leases, contended)
+            throttled = throttled or got.throttled
+        return ClaimRound(leases, contended, throttled)
 
     async def arm_wake(self) -> None:
         await asyncio.gather(*(q.arm_wake() for q in self.queues))

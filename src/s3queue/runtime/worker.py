@@ -433,7 +433,7 @@ class Worker:
                     self._slot_free.clear()
                     await self._slot_free.wait()
                     continue
-                leases, contended = await self._claim(want)
+                leases, contended, throttled = await self._claim(want)
                 if contended and not leases:
                     # Another process was writing the shards that hold work: give it
                     # a moment, then claim again (idling would leave the work there).
@@ -447,6 +447,8 @@ class Worker:
                     self._autoscale(busy=True)
                     continue
                 self._autoscale(busy=False)
+                if throttled and await self._await_token():
+                    continue
                 if not self._armed:
                     # Ask producers to announce what they write next, then claim once
                     # more: what they wrote before the arming is found by that claim.
@@ -459,8 +461,9 @@ class Worker:
             finally:
                 self._jobs_done.set()
 
-    async def _claim(self, want: int) -> tuple[list[Lease], bool]:
-        """Leases claimed, and whether a busy shard was given way to another process."""
+    async def _claim(self, want: int) -> tuple[list[Lease], bool, bool]:
+        """Leases claimed, whether a busy shard was given way to another process, and
+        whether work waits for rate-limit tokens."""
         try:
             asked = time.monotonic()
             self._claimed_at = self.queue.clock()
@@ -469,11 +472,22 @@ class Worker:
             )
         except QueueError as error:
             self._storage_failed(error)
-            return [], False
+            return [], False, False
         self.claim_failing_since = None
         if got.leases:
             self.pacing.claimed(time.monotonic() - asked)
-        return got.leases, got.contended
+        return got.leases, got.contended, got.throttled
+
+    async def _await_token(self) -> bool:
+        """Work waits for rate-limit tokens: wait for the next, without a request, if
+        it comes before an idle check would; whether it did. (Idling instead would
+        arm the wake object, a request per token; a later token is waited for by
+        the idle loop, whose checks find other work meanwhile.)"""
+        due = self.queues.next_due(after=self._claimed_at)
+        if due is None or due - self.queue.clock() > self.polling.poll_interval:
+            return False
+        await self._wait_stopping(max(0.0, due - self.queue.clock()))
+        return True
 
     async def _wait_stopping(self, seconds: float) -> None:
         with contextlib.suppress(TimeoutError):
