@@ -420,3 +420,48 @@ async def test_bad_options_refuse_a_group_or_chain_before_anything_is_written(
         tasks.app.task("emails")  # type: ignore[call-overload]
     async with await Queue.open(tasks.app.url, "default") as q:
         assert (await q.stats()).pending == 0
+
+
+async def test_a_task_rate_limit_holds_back_its_own_messages_only(store_url: str) -> None:
+    async with await Queue.open(store_url, "limited", shards=1):
+        pass  # one shard: its bucket is the whole limit
+    app = App(store_url)
+
+    @app.task(name="slow", queue="limited", rate_limit="1/h")
+    def slow(n: int) -> int:
+        return n
+
+    @app.task(name="free", queue="limited")
+    def free(n: int) -> int:
+        return n
+
+    held = [await slow.enqueue(n) for n in range(3)]
+    others = [await free.enqueue(n) for n in range(3)]
+    async with await Queue.open(store_url, "limited") as q:
+        pool = Worker(q, app.router(), polling=FAST)
+        assert q.rate_limits == {"slow": s3queue.RateLimit.parse("1/h")}
+        await run_until(pool, "completed", count=4)  # one token, and the free ones
+    assert sorted([await job.astatus() for job in held]) == ["completed", "pending", "pending"]
+    assert [await job.astatus() for job in others] == ["completed"] * 3
+    await app.aclose()
+
+
+async def test_a_queue_rate_limit_holds_back_every_task_of_the_queue(store_url: str) -> None:
+    async with await Queue.open(store_url, "limited", shards=1):
+        pass
+    app = App(store_url)
+    app.set_rate_limit("limited", "1/h")
+
+    @app.task(name="free", queue="limited")
+    def free(n: int) -> int:
+        return n
+
+    jobs = [await free.enqueue(n) for n in range(3)]
+    async with await Queue.open(store_url, "limited") as q:
+        await run_until(Worker(q, app.router(), polling=FAST), "completed", count=1)
+    assert sorted([await job.astatus() for job in jobs]) == ["completed", "pending", "pending"]
+    with pytest.raises(ConfigurationError, match="100/s"):
+        app.task(name="bad", rate_limit="100 per second")(lambda: None)
+    with pytest.raises(ConfigurationError, match="unknown task option"):
+        app.task(name="bad", ratelimit="1/s")(lambda: None)
+    await app.aclose()

@@ -36,6 +36,7 @@ from s3queue.app.loop import LoopThread
 from s3queue.app.router import TaskRouter
 from s3queue.backoff import Backoff
 from s3queue.core.layout import check_queue_name
+from s3queue.core.rates import RateLimit
 from s3queue.core.records import MAX_RESULT_BYTES
 from s3queue.errors import ConfigurationError, QueueError
 from s3queue.payload import decode_json, encode_json
@@ -61,9 +62,12 @@ class TaskOptions:
     timeout: float | None = None
     priority: int = 0
     backoff: Backoff | None = None
+    rate_limit: RateLimit | str | None = None
 
     def __post_init__(self) -> None:
         check_queue_name(self.queue)
+        if self.rate_limit is not None:
+            object.__setattr__(self, "rate_limit", RateLimit.of(self.rate_limit))
         limits.MAX_ATTEMPTS.optional(self.max_attempts, "max_attempts")
         limits.JOB_TIMEOUT.optional(self.timeout, "timeout")
         limits.PRIORITY.check(self.priority, "priority")
@@ -138,6 +142,11 @@ class Task(Generic[P, R]):
     @property
     def queue(self) -> str:
         return self.options.queue
+
+    @property
+    def rate_key(self) -> str | None:
+        """What its messages carry to fall under its rate limit (its name), if any."""
+        return self.name if self.options.rate_limit is not None else None
 
     def s(self, *args: Any, **kwargs: Any) -> Signature:
         """This task with these arguments, to be sent later (in a chain or group)."""
@@ -221,6 +230,7 @@ class Signature:
             kwargs=dict(self.kwargs),
             priority=_first(self.when.priority, self.task.options.priority),
             max_attempts=self.task.options.max_attempts,
+            rate_key=self.task.rate_key,
         )
 
     def check(self, extra_first: bool = False) -> None:
@@ -317,6 +327,8 @@ class App:
         self._queues: dict[str, asyncio.Task[Queue]] = {}
         self._storage: Storage | None = None
         self._bound: asyncio.AbstractEventLoop | None = None
+        #: Limits on whole queues, applied by the app's workers (see set_rate_limit).
+        self.queue_rate_limits: dict[str, RateLimit] = {}
 
     def __repr__(self) -> str:
         return f"App({redact_url(self.url)!r}, {len(self.tasks)} tasks)"
@@ -335,7 +347,13 @@ class App:
         """Register a function as a task: ``@app.task`` or ``@app.task(queue=...,
         max_attempts=..., timeout=..., priority=..., backoff=...)``. Its name is
         ``module.function`` unless ``name=`` says otherwise."""
-        settings = TaskOptions(**{"queue": self.default_queue, **options})
+        try:
+            settings = TaskOptions(**{"queue": self.default_queue, **options})
+        except TypeError:
+            known = "queue, max_attempts, timeout, priority, backoff, rate_limit, name"
+            raise ConfigurationError(
+                f"unknown task option in {sorted(options)}", suggestion=f"options are: {known}"
+            ) from None
 
         def register(function: Callable[P, R]) -> Task[P, R]:
             if not callable(function):
@@ -354,6 +372,17 @@ class App:
 
         return register(fn) if fn is not None else register
 
+    def set_rate_limit(self, queue: str, limit: RateLimit | str | None) -> None:
+        """Start at most ``limit`` (``"50/s"``, ``"30/m"``, ``"2/h"``) jobs of
+        ``queue`` across all of this app's workers, whatever their task (None
+        removes it). A task's own ``rate_limit`` applies too. Every worker process
+        must run an app that says the same (it is the workers' configuration)."""
+        check_queue_name(queue)
+        if limit is None:
+            self.queue_rate_limits.pop(queue, None)
+        else:
+            self.queue_rate_limits[queue] = RateLimit.of(limit)
+
     def job(self, job_id: str) -> Job:
         """A handle on any job, by the id ``job.id`` gave (``"queue:message id"``)."""
         queue, message_id = parse_job_id(job_id)
@@ -366,7 +395,7 @@ class App:
 
     def router(self) -> TaskRouter:
         """What a worker runs this app's tasks with."""
-        return TaskRouter(self.tasks, self)
+        return TaskRouter(self.tasks, self, self.queue_rate_limits)
 
     # --- running a worker in this process ----------------------------------------------------
 
@@ -437,6 +466,7 @@ class App:
             priority=_first(call.when.priority, call.task.options.priority),
             dedup_key=call.when.dedup_key,
             max_attempts=call.task.options.max_attempts,
+            rate_key=call.task.rate_key,
         )
         return Job(self, queue.name, message_id)
 
@@ -478,7 +508,10 @@ class App:
             step.task, [passed, *step.args], step.kwargs, chain=rest, parent=parent
         )
         message_id = await queue.enqueue(
-            payload, priority=step.priority or 0, max_attempts=step.max_attempts
+            payload,
+            priority=step.priority or 0,
+            max_attempts=step.max_attempts,
+            rate_key=step.rate_key,
         )
         parent_queue, _, parent_id = parent.partition(":")
         try:

@@ -33,6 +33,7 @@ class Step(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
     kwargs: dict[str, Any] = {}
     priority: int | None = None
     max_attempts: int | None = None
+    rate_key: str | None = None
 
 
 class Call(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):

@@ -21,6 +21,7 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, Protocol
 
 from s3queue.app.calls import Call, Step, read_call
+from s3queue.core.rates import RateLimit
 from s3queue.errors import QueueError
 from s3queue.info import Lease
 from s3queue.runtime.routes import Route
@@ -59,9 +60,15 @@ class ChainSteps(Protocol):
 class TaskRouter:
     """The router of a worker serving an app's tasks (see the module docstring)."""
 
-    def __init__(self, tasks: Mapping[str, Task[Any, Any]], chains: ChainSteps) -> None:
+    def __init__(
+        self,
+        tasks: Mapping[str, Task[Any, Any]],
+        chains: ChainSteps,
+        queue_limits: Mapping[str, RateLimit] | None = None,
+    ) -> None:
         self.tasks = dict(tasks)
         self._chains = chains
+        self._queue_limits = dict(queue_limits or {})
         #: The next step each running chain step enqueued (by "queue:id" of the step):
         #: cancelled too if the step's ack comes back cancelled.
         self._successors: dict[str, str] = {}
@@ -69,6 +76,13 @@ class TaskRouter:
     def bind(self, worker: Worker) -> None:
         for outcome in ("completed", "retry", "dead", "lease_lost", "cancelled"):
             worker.on(outcome, self._finished)
+        for queue in worker.queues.queues:
+            # The limits are the workers' configuration: each claim carries them.
+            for task in self.tasks.values():
+                if task.queue == queue.name and task.options.rate_limit is not None:
+                    queue.set_rate_limit(task.options.rate_limit, key=task.name)
+            if queue.name in self._queue_limits:
+                queue.set_rate_limit(self._queue_limits[queue.name])
 
     async def _finished(self, event: WorkerEvent) -> None:
         successor = self._successors.pop(f"{event.queue}:{event.message_id}", None)
