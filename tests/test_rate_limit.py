@@ -3,10 +3,16 @@ sharing one queue's limit of 50 jobs a second start at most 55 jobs in any one
 second and at least 45 a second on average, on the local directory and on
 moto-served S3.
 
-The jobs' start times are what is counted: each worker process writes the time of
-every job it starts, and the test slides a one-second window over all of them. 500
-jobs keep the test near ten seconds a backend; ``python -m bench ratelimit`` runs
-3,000 and records the figures in docs/BENCHMARKS.md.
+Each worker process writes, for every job it starts, the wall-clock time it started
+and the store time of its claim, and the test slides a one-second window over them.
+The claims are what the limiter spaces, by the store's clock, and what the test
+holds to the bar (the bucket arithmetic allows 54 in a second: one token and a bit
+per shard, plus the rate). The start times add the delay between a claim and its
+job's start, which a loaded machine stretches (a process that stalls for 150 ms
+starts its jobs late, next to the ones claimed after the stall): they are printed,
+and ``python -m bench ratelimit`` measures them on 3,000 jobs, recorded in
+docs/BENCHMARKS.md (52 to 55 in the busiest second on moto). 500 jobs keep the test
+near ten seconds a backend.
 """
 
 from __future__ import annotations
@@ -194,9 +200,10 @@ def test_busiest_second_counts_a_sliding_window() -> None:
     assert busiest_second([0.0, 1.0, 2.0]) == 1
 
 
-def started(starts: list[Path]) -> list[float]:
+def started(starts: list[Path], field: int = 0) -> list[float]:
+    """Every job's start time (``field`` 0), or the store time of its claim (2)."""
     return [
-        float(line.split()[0])
+        float(line.split()[field])
         for path in starts
         if path.exists()
         for line in path.read_text().splitlines()
@@ -205,9 +212,10 @@ def started(starts: list[Path]) -> list[float]:
 
 def run_workers(
     url: str, queue: str, tmp: Path, jobs: int
-) -> tuple[list[float], list[dict[str, int]]]:
+) -> tuple[list[float], list[float], list[dict[str, int]]]:
     """Start WORKERS rate-limited worker processes, wait until they started ``jobs``
-    jobs, stop them: every start time, and each process's request counts."""
+    jobs, stop them: every start time, every claim's store time, and each process's
+    request counts."""
     starts = [tmp / f"starts-{i}.txt" for i in range(WORKERS)]
     reports = [tmp / f"report-{i}.json" for i in range(WORKERS)]
     procs = [
@@ -250,19 +258,21 @@ def run_workers(
             proc.terminate()
         for proc in procs:
             proc.wait(timeout=60)
-    return started(starts), [json.loads(path.read_text()) for path in reports]
+    reported = [json.loads(path.read_text()) for path in reports]
+    return started(starts), started(starts, 2), reported
 
 
 def test_four_workers_keep_a_queue_limit_of_50_a_second(url: str, tmp_path: Path) -> None:
     producer = enqueue_evenly(url, "rated", JOBS)
-    starts, reports = run_workers(url, "rated", tmp_path, JOBS)
+    starts, claims, reports = run_workers(url, "rated", tmp_path, JOBS)
     assert len(starts) == JOBS  # each job once: no lease was lost or taken twice
-    busiest = busiest_second(starts)
-    average = (len(starts) - 1) / (max(starts) - min(starts))
+    busiest = busiest_second(claims)
+    average = (len(claims) - 1) / (max(claims) - min(claims))
     requests = producer["total"] + sum(r["total"] for r in reports)
     conflicts = sum(r["conflicts"] for r in reports)
     print(
-        f"\n{url.split(':')[0]}: busiest second {busiest} jobs, {average:.1f} jobs/s on average, "
+        f"\n{url.split(':')[0]}: busiest second {busiest} claims "
+        f"({busiest_second(starts)} starts), {average:.1f} jobs/s on average, "
         f"{requests / JOBS:.3f} requests per job, {conflicts} lost races"
     )
     assert busiest <= MOST_IN_A_SECOND
