@@ -412,3 +412,31 @@ def test_enqueue_at_a_time_delays_it_until_then(url: str) -> None:
     assert "not a time" in one_line_error(cli(url, "enqueue", "q", "{}", "--at", "noon"))
     both = cli(url, "enqueue", "q", "{}", "--at", stamp, "--delay", "5")
     assert "both a delay and a time" in one_line_error(both)
+
+
+def test_worker_rate_limit_holds_back_the_queue_and_bad_limits_are_one_line(
+    url: str, tmp_path: Path
+) -> None:
+    assert "N/s" in one_line_error(cli(url, "worker", "q", "json:dumps", "--rate-limit", "fast"))
+    assert cli(url, "create", "q", "--shards", "1").returncode == 0  # one bucket: the limit
+    for n in range(3):
+        assert cli(url, "enqueue", "q", json.dumps({"n": n}), "--rate-key", "k").returncode == 0
+    (tmp_path / "quiet.py").write_text("def ok(payload, ctx):\n    return None\n")
+    command = ["worker", "q", "quiet:ok", "--rate-limit", "1/h", "--poll-interval", "0.05"]
+    worker = subprocess.Popen(
+        [sys.executable, "-m", "s3queue", "--url", url, "-q", *command],
+        cwd=tmp_path,
+        env={**os.environ, "PYTHONPATH": pythonpath(tmp_path)},
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while json.loads(cli(url, "stats", "q", "--json").stdout)["completed"] < 1:
+            assert time.monotonic() < deadline
+            time.sleep(0.1)  # watching another process: no event crosses the boundary
+    finally:
+        worker.terminate()
+        worker.wait(timeout=60)
+    stats = json.loads(cli(url, "stats", "q", "--json").stdout)
+    assert (stats["completed"], stats["pending"]) == (1, 2)  # the next token is an hour away

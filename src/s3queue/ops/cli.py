@@ -55,6 +55,7 @@ from s3queue.backoff import Backoff
 from s3queue.core import layout
 from s3queue.core.catalog import list_queues
 from s3queue.core.layout import check_queue_name
+from s3queue.core.rates import RateLimit
 from s3queue.errors import ConfigurationError, PayloadError, QueueError, QueueNotFound
 from s3queue.info import CancelOutcome, MessageInfo, Stats
 from s3queue.ops import logs
@@ -469,6 +470,14 @@ _MetricsHost = Annotated[
     str, typer.Option(help="Address for --metrics-port; 0.0.0.0 in a container.")
 ]
 _ReportCounts = Annotated[Path | None, typer.Option(hidden=True)]
+_RateLimitOption = Annotated[
+    str | None,
+    typer.Option(
+        metavar="N/s|N/m|N/h",
+        help="Start at most this many jobs of each queue served, across every worker "
+        "given the same limit (not per worker), e.g. 50/s.",
+    ),
+]
 
 
 _AppOption = Annotated[
@@ -512,12 +521,14 @@ def worker(  # noqa: PLR0913 - typer reads a command's options from its paramete
     cron: _CronOption = None,
     metrics_port: _MetricsPort = None,
     metrics_host: _MetricsHost = "127.0.0.1",
+    rate_limit: _RateLimitOption = None,
     report_counts: _ReportCounts = None,
 ) -> None:
     """Run a worker pool until SIGTERM/SIGINT (or, with --burst, until the queue is
     empty): of QUEUE with HANDLER, or of an app's tasks with --app."""
     names, function = _what_to_run(queue, handler, app_spec, queues)
     crons = [parse_cron(text) for text in cron or []]
+    limit = None if rate_limit is None else RateLimit.parse(rate_limit)
 
     def build(q: list[Queue]) -> Worker:
         # Built once the queue is open: a refused --backoff-max is reported after it.
@@ -528,7 +539,7 @@ def worker(  # noqa: PLR0913 - typer reads a command's options from its paramete
             max_attempts=max_attempts,
             backoff=_backoff(backoff_initial, backoff_max),
         )
-        return Worker(
+        pool = Worker(
             q,
             function,
             concurrency=concurrency,
@@ -537,6 +548,9 @@ def worker(  # noqa: PLR0913 - typer reads a command's options from its paramete
             scaling=Scaling(min_concurrency=min_concurrency, max_concurrency=max_concurrency),
             cron=crons,
         )
+        for queue in q if limit is not None else []:
+            queue.set_rate_limit(limit)  # after the app's own limits (-A): this one wins
+        return pool
 
     metrics = None if metrics_port is None else (metrics_host, metrics_port)
     run(lambda: _work(names, build, burst=burst, metrics=metrics, report_counts=report_counts))
@@ -664,27 +678,41 @@ def emit(data: Any) -> None:
     print(json.dumps(data), flush=True)
 
 
+# The enqueue command's options, one alias each (as the worker's).
+_FileOption = Annotated[
+    Path | None, typer.Option("--file", "-f", help="A JSON-lines file: one payload per line.")
+]
+_Delay = Annotated[float, checked(limits.DELAY, "Seconds before it may run.")]
+_At = Annotated[
+    str | None,
+    typer.Option(
+        metavar="TIME",
+        help="When it may run: ISO 8601, e.g. 2026-12-01T09:00:00+01:00 (no offset: UTC).",
+    ),
+]
+_Priority = Annotated[int, checked(limits.PRIORITY, "Higher runs first.")]
+_DedupKey = Annotated[str | None, typer.Option(help="Enqueue only once per key.")]
+_Attempts = Annotated[
+    int | None,
+    checked(limits.MAX_ATTEMPTS, "Attempts before it is dead. Default: the queue's."),
+]
+_RateKey = Annotated[
+    str | None,
+    typer.Option(help="Fall under the workers' rate limit of this key (Queue.set_rate_limit)."),
+]
+
+
 @app.command(cls=Command)
 def enqueue(  # noqa: PLR0913 - typer reads a command's options from its parameters
     queue: Annotated[str, typer.Argument(help="Queue name.")],
     payload: Annotated[str | None, typer.Argument(help="JSON payload.")] = None,
-    file: Annotated[
-        Path | None, typer.Option("--file", "-f", help="A JSON-lines file: one payload per line.")
-    ] = None,
-    delay: Annotated[float, checked(limits.DELAY, "Seconds before it may run.")] = 0.0,
-    at: Annotated[
-        str | None,
-        typer.Option(
-            metavar="TIME",
-            help="When it may run: ISO 8601, e.g. 2026-12-01T09:00:00+01:00 (no offset: UTC).",
-        ),
-    ] = None,
-    priority: Annotated[int, checked(limits.PRIORITY, "Higher runs first.")] = 0,
-    dedup_key: Annotated[str | None, typer.Option(help="Enqueue only once per key.")] = None,
-    max_attempts: Annotated[
-        int | None,
-        checked(limits.MAX_ATTEMPTS, "Attempts before it is dead. Default: the queue's."),
-    ] = None,
+    file: _FileOption = None,
+    delay: _Delay = 0.0,
+    at: _At = None,
+    priority: _Priority = 0,
+    dedup_key: _DedupKey = None,
+    max_attempts: _Attempts = None,
+    rate_key: _RateKey = None,
     as_json: _Json = False,
 ) -> None:
     """Enqueue one JSON payload (prints its id) or every line of --file."""
@@ -700,7 +728,8 @@ def enqueue(  # noqa: PLR0913 - typer reads a command's options from its paramet
                 "--dedup-key applies to a single payload", suggestion="drop --dedup-key with --file"
             )
         payloads = _read_jsonl(file)
-        ids = run(lambda: _enqueue_all(queue, payloads, when, priority, max_attempts))
+        extra = {"max_attempts": max_attempts, "rate_key": rate_key}
+        ids = run(lambda: _enqueue_all(queue, payloads, when, priority, extra))
         if as_json:
             emit({"enqueued": len(ids), "ids": ids})
         else:
@@ -717,6 +746,7 @@ def enqueue(  # noqa: PLR0913 - typer reads a command's options from its paramet
                 priority=priority,
                 dedup_key=dedup_key,
                 max_attempts=max_attempts,
+                rate_key=rate_key,
             )
 
     message_id = run(one)
@@ -739,7 +769,7 @@ def _parse_time(text: str | None) -> datetime | None:
 
 
 async def _enqueue_all(
-    queue: str, payloads: list[Any], when: When, priority: int, max_attempts: int | None
+    queue: str, payloads: list[Any], when: When, priority: int, extra: dict[str, Any]
 ) -> list[str]:
     """Enqueue ``payloads`` in batches, with a progress bar on stderr; their ids."""
     ids: list[str] = []
@@ -749,9 +779,7 @@ async def _enqueue_all(
             task = progress.add_task("enqueue", total=len(payloads))
             for start in range(0, len(payloads), 500):
                 batch = payloads[start : start + 500]
-                ids += await q.enqueue_many(
-                    batch, delay=delay, priority=priority, max_attempts=max_attempts
-                )
+                ids += await q.enqueue_many(batch, delay=delay, priority=priority, **extra)
                 progress.advance(task, len(batch))
     return ids
 
