@@ -265,6 +265,9 @@ async def test_a_chain_passes_each_result_to_the_next_step(tasks: Tasks, worker:
     assert await flow.wait(timeout=30) == 113
     steps = await flow.ajobs()
     assert [(await job.ainfo()).result for job in steps] == [3, 13, 113]
+    again = await tasks.app.achain_job(flow.id)  # as another process would
+    assert again.queues == flow.queues
+    assert await again.wait(timeout=30) == 113
     assert tasks.runs == ["add(1,2)", "add(3,10)", "add(13,100)"]
 
 

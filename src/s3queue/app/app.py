@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any, Generic, ParamSpec, TypeVar, overload
 
 from s3queue import limits
-from s3queue.app.calls import Step, call_payload, check_arguments
+from s3queue.app.calls import Step, call_payload, check_arguments, read_call
 from s3queue.app.jobs import ChainJob, GroupJob, Job, parse_job_id
 from s3queue.app.loop import LoopThread
 from s3queue.app.router import TaskRouter
@@ -387,6 +387,19 @@ class App:
         """A handle on any job, by the id ``job.id`` gave (``"queue:message id"``)."""
         queue, message_id = parse_job_id(job_id)
         return Job(self, queue, message_id)
+
+    def chain_job(self, job_id: str) -> ChainJob:
+        """A handle on a chain from any process, by its id (``chain_job.id``, the
+        first step's job id): the first step's message lists the steps' queues."""
+        return self.loop.run(self._chain_job(job_id))
+
+    async def achain_job(self, job_id: str) -> ChainJob:
+        return await self.loop.call(self._chain_job(job_id))
+
+    async def _chain_job(self, job_id: str) -> ChainJob:
+        first = self.job(job_id)
+        call = read_call((await first._info()).payload, job_id)
+        return ChainJob(self, first, [first.queue, *(step.queue for step in call.chain)])
 
     @property
     def queues(self) -> list[str]:
