@@ -41,6 +41,7 @@ from s3queue.core.records import MAX_RESULT_BYTES
 from s3queue.errors import ConfigurationError, QueueError
 from s3queue.payload import decode_json, encode_json
 from s3queue.queue import Queue
+from s3queue.runtime.queues import open_queues
 from s3queue.runtime.worker import JobContext, Worker
 from s3queue.storage import Storage, open_storage, redact_url
 
@@ -419,19 +420,11 @@ class App:
         app's by default), until cancelled, or with ``burst`` until they are drained.
         ``s3queue worker -A module:app`` does the same with every worker option."""
         names = list(queues) if queues is not None else self.queues
-        storage = open_storage(self.url)
-        opened: list[Queue] = []
-        try:
-            for name in names:
-                opened.append(await Queue.open(storage, name))
+        async with open_queues(self.url, names) as opened:
             pool = Worker(opened, self.router(), concurrency=concurrency)
             # On the main thread, Ctrl-C and SIGTERM drain the pool (running jobs
             # finish or are released) rather than cutting it off with leases held.
             await pool.run(burst=burst, handle_signals=_on_main_thread())
-        finally:
-            for queue in opened:
-                await queue.close()
-            await storage.close()
 
     def run_worker(
         self, queues: Sequence[str] | None = None, *, concurrency: int = 10, burst: bool = False

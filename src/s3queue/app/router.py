@@ -17,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import functools
-from collections.abc import Mapping
+from collections.abc import Awaitable, Mapping
 from typing import TYPE_CHECKING, Any, Protocol
 
 from s3queue.app.calls import Call, Step, read_call
@@ -84,12 +84,17 @@ class TaskRouter:
             if queue.name in self._queue_limits:
                 queue.set_rate_limit(self._queue_limits[queue.name])
 
-    async def _finished(self, event: WorkerEvent) -> None:
+    def _finished(self, event: WorkerEvent) -> Awaitable[None] | None:
+        # Plain, not async: it runs for every job, and an async listener would cost
+        # every job a task of its own. Only a cancelled chain step returns work.
+        if not self._successors:
+            return None
         successor = self._successors.pop(f"{event.queue}:{event.message_id}", None)
         if successor is not None and event.name == "cancelled":
             # Cancelled after it enqueued the next step, before its ack: the chain
             # stops here, so the next step must not run either.
-            await self._chains.cancel_step(successor)
+            return self._chains.cancel_step(successor)
+        return None
 
     def describe(self) -> str:
         names = sorted(self.tasks)

@@ -63,6 +63,7 @@ from s3queue.ops.logs import LogFormat
 from s3queue.payload import MAX_DEPTH, check_value
 from s3queue.queue import DEFAULT_SHARDS, Queue
 from s3queue.runtime.cron import parse_cron
+from s3queue.runtime.queues import open_queues
 from s3queue.runtime.routes import Handler, Router
 from s3queue.runtime.worker import Worker
 from s3queue.runtime.worker_settings import Leases, Polling, Scaling
@@ -621,18 +622,8 @@ async def _work(
     report_counts: Path | None,
 ) -> None:
     """Open the queues, run ``build(queues)`` on them until it stops, then close them."""
-    storage = open_storage(options.url)  # one connection pool for every queue served
-    opened: list[Queue] = []
-    try:
-        for name in names:
-            opened.append(await Queue.open(storage, name))
+    async with open_queues(options.url, names) as opened:
         await _serve(build(opened), burst=burst, metrics=metrics, report_counts=report_counts)
-    finally:
-        try:
-            for q in opened:
-                await q.close()
-        finally:
-            await storage.close()
 
 
 async def _serve(

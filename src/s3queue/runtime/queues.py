@@ -8,14 +8,34 @@ queue that leased it (a message id is unique within its queue only).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any
 
 from s3queue.core.cursor import Recovered
 from s3queue.errors import ConfigurationError
 from s3queue.info import Lease
 from s3queue.queue import ClaimRound, Queue
+from s3queue.storage import open_storage
+
+
+@contextlib.asynccontextmanager
+async def open_queues(url: str, names: Sequence[str]) -> AsyncIterator[list[Queue]]:
+    """The queues ``names`` at ``url``, opened over one store (one connection pool for
+    every queue a pool serves), and closed with it on the way out."""
+    storage = open_storage(url)
+    opened: list[Queue] = []
+    try:
+        for name in names:
+            opened.append(await Queue.open(storage, name))
+        yield opened
+    finally:
+        try:
+            for queue in opened:
+                await queue.close()
+        finally:
+            await storage.close()  # waits for its requests still running
 
 
 class QueueSet:
