@@ -25,10 +25,12 @@ from __future__ import annotations
 import asyncio
 import random
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from s3queue.errors import Throttled
 from s3queue.storage.base import (
+    DELETE_BATCH,
     ObjectEntry,
     PutMode,
     RequestCounts,
@@ -123,6 +125,11 @@ class LatencyStore:
     async def delete(self, key: str) -> None:
         await self._round_trip(key, "delete")
         await self.inner.delete(key)
+
+    async def delete_many(self, keys: Sequence[str]) -> None:
+        for start in range(0, len(keys), DELETE_BATCH):
+            await self._round_trip(keys[start], "delete")
+        await self.inner.delete_many(keys)
 
     async def list(
         self, prefix: str, *, start_after: str | None = None, limit: int | None = None

@@ -444,6 +444,9 @@ class IgnoresConditions:
     async def delete(self, key: str) -> None:
         await self.inner.delete(key)
 
+    async def delete_many(self, keys: Any) -> None:
+        await self.inner.delete_many(keys)
+
     async def list(
         self, prefix: str, *, start_after: str | None = None, limit: int | None = None
     ) -> list[ObjectEntry]:

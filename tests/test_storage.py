@@ -179,6 +179,37 @@ async def test_delete_is_idempotent(store: Storage) -> None:
     assert k not in [e.key for e in await store.list("k/")]
 
 
+async def test_delete_many_removes_every_key_in_batches(store: Storage, backend: str) -> None:
+    root = f"d{uuid.uuid4().hex[:8]}"
+    gate = asyncio.Semaphore(32)
+
+    async def write(n: int) -> None:
+        async with gate:
+            await store.put(f"{root}/{n:05d}", b"x")
+
+    await asyncio.gather(*(write(n) for n in range(1100)))
+    kept = f"{root}/keep"
+    await store.put(kept, b"y")
+    store.counts.reset()
+    # Missing keys among them are not an error.
+    await store.delete_many([f"{root}/{n:05d}" for n in range(1105)])
+    assert [e.key for e in await store.list(f"{root}/")] == [kept]
+    # S3 deletes 1,000 keys per request; the others pay one request per key.
+    assert store.counts.delete == (2 if backend == "s3" else 1105)
+    await store.delete_many([])
+
+
+async def test_listing_says_when_each_object_was_written(store: Storage) -> None:
+    k = key()
+    written = await store.put(k, b"x")
+    stored = await store.get(k)
+    assert stored is not None and stored.etag == written
+    (entry,) = [e for e in await store.list("k/") if e.key == k]
+    assert entry.modified is not None and stored.modified is not None
+    # Both from the store's clock (S3 gives whole seconds).
+    assert abs(entry.modified - stored.modified) <= 1.0
+
+
 async def test_requests_are_counted_by_kind(store: Storage) -> None:
     k = key()
     store.counts.reset()

@@ -25,8 +25,25 @@ MAX_RESULT_BYTES = 256 * 1024
 NO_RAW = msgspec.Raw(b"")
 
 
+#: How long finished messages are kept by default (see :class:`QueueSettings`).
+RESULT_TTL = 7 * 24 * 3600.0
+DEAD_TTL = 14 * 24 * 3600.0
+#: Payloads and results larger than this (JSON-encoded) are stored as objects of
+#: their own by default, referenced from their segment or result record.
+BLOB_THRESHOLD = 256 * 1024
+
+
 class QueueSettings(msgspec.Struct, frozen=True, kw_only=True):
-    """``queue.json``: fixed when the queue is created."""
+    """``queue.json``: written when the queue is created. ``name``, ``shards`` and
+    ``max_attempts`` are fixed; the retention settings may be changed later (by
+    compare-and-swap, ``revision`` counting the changes so that no two versions
+    have the same bytes).
+
+    Retention: a finished message's status, result and segment are kept at least
+    ``result_ttl`` seconds after it finished, a dead letter (and the record of its
+    redrive) at least ``dead_ttl`` after it died; then they are collected, and
+    ``get`` says "expired". Payloads and results over ``blob_threshold`` bytes are
+    stored as objects of their own."""
 
     format: int = FORMAT
     name: str
@@ -34,6 +51,10 @@ class QueueSettings(msgspec.Struct, frozen=True, kw_only=True):
     created_at: float
     max_attempts: int = 3
     dedup_retention: float = 24 * 3600.0
+    result_ttl: float = RESULT_TTL
+    dead_ttl: float = DEAD_TTL
+    blob_threshold: int = BLOB_THRESHOLD
+    revision: int = 0
 
 
 class ErrorRecord(msgspec.Struct, frozen=True, kw_only=True):

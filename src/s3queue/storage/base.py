@@ -9,6 +9,7 @@ of :mod:`s3queue.errors`, never their library's or the OS's exceptions.
 from __future__ import annotations
 
 import threading
+from collections.abc import Sequence
 from dataclasses import dataclass, field, fields
 from typing import Literal, Protocol, runtime_checkable
 
@@ -17,6 +18,8 @@ from s3queue.errors import PreconditionFailed
 #: S3 returns at most this many keys per LIST request; every backend counts LIST
 #: requests per page of this size so that request accounting matches S3's bill.
 LIST_PAGE_SIZE = 1000
+#: S3's DeleteObjects removes at most this many keys per request.
+DELETE_BATCH = 1000
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,10 +40,12 @@ class StoredObject:
 
 @dataclass(frozen=True, slots=True)
 class ObjectEntry:
-    """One key of a listing."""
+    """One key of a listing, with when the store last wrote it by its own clock
+    (unix seconds, None if the store cannot say): what retention ages objects by."""
 
     key: str
     size: int
+    modified: float | None = None
 
 
 @dataclass(slots=True)
@@ -135,6 +140,12 @@ class Storage(Protocol):
 
     async def delete(self, key: str) -> None:
         """Remove ``key``; removing a missing key is not an error."""
+        ...
+
+    async def delete_many(self, keys: Sequence[str]) -> None:
+        """Remove every key of ``keys`` (missing ones are not an error): in requests
+        of up to DELETE_BATCH keys where the store deletes in bulk (S3's
+        DeleteObjects), one request per key otherwise."""
         ...
 
     async def list(

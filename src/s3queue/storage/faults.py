@@ -7,7 +7,7 @@ before it reaches the store (the store is unchanged) or after the store applied 
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from s3queue.errors import StorageError, StorageUnavailable, Throttled
@@ -84,6 +84,12 @@ class FaultyStorage:
         if (error := self._take("delete", key, after=False)) is not None:
             raise error
         await self.inner.delete(key)
+
+    async def delete_many(self, keys: Sequence[str]) -> None:
+        for key in keys[:1]:
+            if (error := self._take("delete", key, after=False)) is not None:
+                raise error
+        await self.inner.delete_many(keys)
 
     async def list(
         self, prefix: str, *, start_after: str | None = None, limit: int | None = None

@@ -17,7 +17,7 @@ import fcntl
 import hashlib
 import os
 import secrets
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import TypeVar
 from urllib.parse import unquote, urlsplit
@@ -223,6 +223,11 @@ class LocalStorage:
         self._counts.add("delete")
         await self._io(path, lambda: self._delete(key))
 
+    async def delete_many(self, keys: Sequence[str]) -> None:
+        # One request per key, as on any store without a bulk delete.
+        for start in range(0, len(keys), 64):
+            await asyncio.gather(*(self.delete(key) for key in keys[start : start + 64]))
+
     # --- listing ---------------------------------------------------------------------------
 
     def _list(self, prefix: str, start_after: str | None, limit: int | None) -> list[ObjectEntry]:
@@ -260,10 +265,10 @@ class LocalStorage:
                 if start_after is not None and key <= start_after:
                     continue
                 try:
-                    size = (directory / name).stat().st_size - HEADER
+                    stat = (directory / name).stat()
                 except FileNotFoundError:
                     continue
-                out.append(ObjectEntry(key, max(0, size)))
+                out.append(ObjectEntry(key, max(0, stat.st_size - HEADER), stat.st_mtime_ns / 1e9))
                 if limit is not None and len(out) >= limit:
                     return False
             return True

@@ -11,6 +11,7 @@ import bisect
 import itertools
 import threading
 import time
+from collections.abc import Sequence
 
 from s3queue.storage.base import (
     LIST_PAGE_SIZE,
@@ -93,6 +94,10 @@ class MemoryStorage:
                 index = bisect.bisect_left(self._sorted_keys, key)
                 del self._sorted_keys[index]
 
+    async def delete_many(self, keys: Sequence[str]) -> None:
+        for key in keys:
+            await self.delete(key)
+
     async def list(
         self, prefix: str, *, start_after: str | None = None, limit: int | None = None
     ) -> list[ObjectEntry]:
@@ -105,7 +110,8 @@ class MemoryStorage:
                     break
                 if start_after is not None and key <= start_after:
                     continue
-                out.append(ObjectEntry(key, len(self._objects[key][0])))
+                data, _, modified = self._objects[key]
+                out.append(ObjectEntry(key, len(data), modified))
                 if limit is not None and len(out) >= limit:
                     break
         self._counts.add("list", max(1, -(-len(out) // LIST_PAGE_SIZE)))

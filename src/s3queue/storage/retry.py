@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import random
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import TypeVar
 
@@ -81,6 +81,9 @@ class RetryingStorage:
 
     async def delete(self, key: str) -> None:
         await self._retry(lambda: self.inner.delete(key))
+
+    async def delete_many(self, keys: Sequence[str]) -> None:
+        await self._retry(lambda: self.inner.delete_many(keys))
 
     async def list(
         self, prefix: str, *, start_after: str | None = None, limit: int | None = None

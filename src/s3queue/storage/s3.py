@@ -22,7 +22,7 @@ import re
 import sys
 import threading
 import time
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Sequence
 from datetime import timedelta
 from typing import Any, TypeVar
 from urllib.parse import SplitResult, parse_qsl, unquote, urlsplit
@@ -41,6 +41,7 @@ from s3queue.errors import (
     Throttled,
 )
 from s3queue.storage.base import (
+    DELETE_BATCH,
     LIST_PAGE_SIZE,
     ObjectEntry,
     PutMode,
@@ -359,6 +360,20 @@ class S3Storage:
         except _NATIVE as error:
             raise translate(error, endpoint=self._endpoint, key=key) from error
 
+    async def delete_many(self, keys: Sequence[str]) -> None:
+        for key in keys:
+            check_key(key)
+        for start in range(0, len(keys), DELETE_BATCH):
+            batch = list(keys[start : start + DELETE_BATCH])
+            # obstore sends a list of paths as one DeleteObjects request per 1,000.
+            self._counts.add("delete")
+            try:
+                await self._in_flight.run(obstore.delete_async(self._store, batch))
+            except FileNotFoundError:
+                continue
+            except _NATIVE as error:
+                raise translate(error, endpoint=self._endpoint, key=batch[0]) from error
+
     async def list(
         self, prefix: str, *, start_after: str | None = None, limit: int | None = None
     ) -> list[ObjectEntry]:
@@ -382,7 +397,9 @@ class S3Storage:
                 for meta in batch:
                     key = str(meta["path"])
                     if key.startswith(prefix) and (start_after is None or key > start_after):
-                        out.append(ObjectEntry(key, int(meta["size"])))
+                        modified = meta.get("last_modified")
+                        stamp = modified.timestamp() if modified is not None else None
+                        out.append(ObjectEntry(key, int(meta["size"]), stamp))
         except _NATIVE as error:
             raise translate(error, endpoint=self._endpoint, key=prefix) from error
         finally:
