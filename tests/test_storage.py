@@ -203,9 +203,11 @@ async def test_listing_says_when_each_object_was_written(store: Storage) -> None
     k = key()
     written = await store.put(k, b"x")
     stored = await store.get(k)
-    assert stored is not None and stored.etag == written
+    assert stored is not None
+    assert stored.etag == written
     (entry,) = [e for e in await store.list("k/") if e.key == k]
-    assert entry.modified is not None and stored.modified is not None
+    assert entry.modified is not None
+    assert stored.modified is not None
     # Both from the store's clock (S3 gives whole seconds).
     assert abs(entry.modified - stored.modified) <= 1.0
 

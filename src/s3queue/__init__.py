@@ -6,10 +6,13 @@ from s3queue.app.router import current_job
 from s3queue.backoff import Backoff
 from s3queue.client import BlockingQueue, connect
 from s3queue.core.rates import RateLimit
+from s3queue.core.retention import Retention
+from s3queue.core.sweep import SweepReport
 from s3queue.errors import (
     AmbiguousWrite,
     ConfigurationError,
     JobCancelled,
+    JobExpired,
     JobFailed,
     JobNotFound,
     JobTimeout,
@@ -47,6 +50,7 @@ __all__ = [
     "Job",
     "JobCancelled",
     "JobContext",
+    "JobExpired",
     "JobFailed",
     "JobNotFound",
     "JobTimeout",
@@ -62,12 +66,14 @@ __all__ = [
     "QueueError",
     "QueueNotFound",
     "RateLimit",
+    "Retention",
     "Scaling",
     "Signature",
     "Stats",
     "StorageAuthError",
     "StorageError",
     "StorageUnavailable",
+    "SweepReport",
     "Task",
     "Throttled",
     "Worker",

@@ -108,6 +108,13 @@ class JobNotFound(QueueError):
     default_retriable = False
 
 
+class JobExpired(QueueError):
+    """A task's job finished longer ago than its queue keeps results (``result_ttl``,
+    or ``dead_ttl`` for a dead one): its result and status were collected."""
+
+    default_retriable = False
+
+
 class LeaseLost(QueueError):
     """The lease expired and the message may belong to another worker now (fencing).
 

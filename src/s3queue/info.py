@@ -10,8 +10,12 @@ from s3queue.core.records import ErrorRecord
 #: A message's status. A dead message leaves "dead" only by a redrive, which sends a
 #: copy under a new id (``redriven_to``) and leaves the old id "redriven". A message
 #: cancelled while it runs stays "processing" (``cancel_requested``) until its worker
-#: stops, then is "cancelled".
-Status = Literal["pending", "delayed", "processing", "completed", "dead", "redriven", "cancelled"]
+#: stops, then is "cancelled". A message that finished longer ago than the queue's
+#: retention (``result_ttl``; ``dead_ttl`` for dead letters) is "expired": its records
+#: were collected, and only its id and that status are known.
+Status = Literal[
+    "pending", "delayed", "processing", "completed", "dead", "redriven", "cancelled", "expired"
+]
 
 
 @dataclass(slots=True)

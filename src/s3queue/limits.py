@@ -96,6 +96,11 @@ MAX_ATTEMPTS = Integer(1, 1000, fix="a message that fails that often belongs in 
 SHARDS = Integer(1, 1024, fix="a few shards per worker process is plenty")
 #: How long a finished message's dedup key keeps refusing duplicates: a year.
 DEDUP_RETENTION = Real(0.0, 365 * DAY, fix="keep keys that must never repeat in your database")
+#: How long finished messages and dead letters are kept: a second to ten years (a
+#: test may want seconds; S3 lifecycle rules count in days).
+TTL = Real(0.0, 3650 * DAY, above_low=True, fix="e.g. 7 days for results, 14 for dead letters")
+#: How often a worker offers to sweep each queue it serves.
+SWEEP_INTERVAL = Real(0.0, DAY, above_low=True, fix="every minute or so suits most queues")
 #: Tolerated clock skew: S3 itself refuses requests signed 15 min off
 #: (RequestTimeTooSkewed), so a larger margin only delays recovery of dead workers' leases.
 SKEW_MARGIN = Real(0.0, 15 * MINUTE, fix="fix the clock (NTP) rather than widen the margin")
@@ -229,6 +234,8 @@ __all__ = [
     "SHARDS",
     "SHUTDOWN_TIMEOUT",
     "SKEW_MARGIN",
+    "SWEEP_INTERVAL",
+    "TTL",
     "UNHEALTHY_AFTER",
     "VISIBILITY_TIMEOUT",
     "Integer",

@@ -20,12 +20,15 @@ from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
+import msgspec
+
 from s3queue import limits
 from s3queue.backoff import Backoff
 from s3queue.core import layout
 from s3queue.core.catalog import list_queues
 from s3queue.core.clock import Clock, StoreClock
 from s3queue.core.commit import CommitContext, ShardCommitter
+from s3queue.core.config import check_retention, reconfigure
 from s3queue.core.cursor import (
     Ack,
     Cancel,
@@ -58,7 +61,9 @@ from s3queue.core.records import (
     encode,
 )
 from s3queue.core.redrive import Redrive
+from s3queue.core.retention import Retention
 from s3queue.core.segment import Message, SegmentCache
+from s3queue.core.sweep import Budget, Sweeper, SweepReport
 from s3queue.errors import (
     ConfigurationError,
     CorruptData,
@@ -73,6 +78,9 @@ from s3queue.storage import Storage, UpdateVersion, open_storage, redact_url
 log = logging.getLogger("s3queue.queue")
 
 DEFAULT_SHARDS = 4
+#: The sweeper lease a pass run by hand takes: long enough for a large pass, short
+#: enough that the workers' sweeper takes over soon after.
+COLLECT_LEASE = 300.0
 #: Seconds between two log lines about one shard whose cursor cannot be read.
 BROKEN_LOG_INTERVAL = 60.0
 #: Seconds between two reads of the high wake object by a claiming process: how soon
@@ -140,19 +148,11 @@ async def _read_settings(storage: Storage, name: str) -> QueueSettings | None:
 
 
 async def _create_settings(
-    storage: Storage,
-    name: str,
-    shards: int | None,
-    max_attempts: int,
-    dedup_retention: float,
-    now: float,
+    storage: Storage, fresh: QueueSettings, retention: Retention
 ) -> QueueSettings:
-    fresh = QueueSettings(
-        name=name,
-        shards=shards or DEFAULT_SHARDS,
-        created_at=now,
-        max_attempts=max_attempts,
-        dedup_retention=dedup_retention,
+    name = fresh.name
+    fresh = msgspec.structs.replace(
+        fresh, result_ttl=retention.result_ttl, dead_ttl=retention.dead_ttl
     )
     try:
         await storage.put(layout.settings_key(name), encode(fresh), mode="create")
@@ -257,7 +257,7 @@ class Queue:
             segments=self.segments,
             clock=clock,
             rules=rules or Rules(),
-            outcomes=OutcomeRecords(storage, settings.name, self.segments),
+            outcomes=OutcomeRecords(storage, settings, self.segments),
         )
         self.committers = [ShardCommitter(self.context, k) for k in range(settings.shards)]
         self.producer = Producer(
@@ -294,6 +294,7 @@ class Queue:
         shards: int | None = None,
         max_attempts: int = 3,
         dedup_retention: float = 24 * 3600.0,
+        retention: Retention | None = None,
         clock: Clock | None = None,
         skew_margin: float = 2.0,
         backoff: Backoff | None = None,
@@ -302,24 +303,24 @@ class Queue:
     ) -> Queue:
         """Open the queue ``name`` in the store at ``url``, creating it on first use.
 
-        ``shards``, ``max_attempts`` and ``dedup_retention`` are fixed when the queue
-        is created; reopening reads them (a different ``shards`` is an error). With
+        ``shards``, ``max_attempts``, ``dedup_retention`` and ``retention`` (how long
+        results and dead letters are kept: :class:`~s3queue.Retention`) are stored
+        when the queue is created; reopening reads them (a different ``shards`` or
+        ``retention`` is an error: :meth:`configure` changes the latter). With
         ``create=False`` (read-only views) a missing queue raises
         :class:`~s3queue.errors.QueueNotFound` and nothing is written.
 
-        ``clock`` defaults to a :class:`~s3queue.core.clock.StoreClock`: this machine's
-        clock corrected by its measured offset to the store's, measured here (unless
-        read-only) and every few minutes. A plain function is trusted as is: pass one
-        only when every process shares it (tests, simulations).
+        ``clock`` defaults to a :class:`~s3queue.core.clock.StoreClock` (this machine's
+        clock corrected by its measured offset to the store's); a plain function is
+        trusted as is: pass one only when every process shares it (tests).
         """
-        check_queue_name(name)
         shards = limits.SHARDS.optional(shards, "shards")
         max_attempts = limits.MAX_ATTEMPTS.check(max_attempts, "max_attempts")
         dedup_retention = limits.DEDUP_RETENTION.check(dedup_retention, "dedup_retention")
         skew_margin = limits.SKEW_MARGIN.check(skew_margin, "skew_margin")
         storage = open_storage(url) if isinstance(url, str) else url
         try:
-            settings = await _read_settings(storage, name)
+            settings = await _read_settings(storage, check_queue_name(name))
             if settings is None and not create:
                 raise await _missing(storage, name)
             if create and verify_store:
@@ -328,23 +329,23 @@ class Queue:
                 await probe_conditional_writes(storage, name)
             clock = await _clock_for(clock, storage, name, skew_margin, measure=create)
             if settings is None:
-                settings = await _create_settings(
-                    storage, name, shards, max_attempts, dedup_retention, clock()
+                fresh = QueueSettings(
+                    name=name,
+                    shards=shards or DEFAULT_SHARDS,
+                    created_at=clock(),
+                    max_attempts=max_attempts,
+                    dedup_retention=dedup_retention,
+                    results_by_segment=True,
                 )
+                settings = await _create_settings(storage, fresh, retention or Retention())
             _check_shards(settings, shards)
+            check_retention(settings, retention)
         except BaseException:
             if isinstance(url, str):
                 await storage.close()
             raise
-        rules = Rules(skew_margin=skew_margin)
-        return cls(
-            storage,
-            settings,
-            clock=clock,
-            rules=rules,
-            backoff=backoff,
-            owns_storage=isinstance(url, str),
-        )
+        rules, owns = Rules(skew_margin=skew_margin), isinstance(url, str)
+        return cls(storage, settings, clock=clock, rules=rules, backoff=backoff, owns_storage=owns)
 
     async def settle(self) -> None:
         """Wait until the records of every message this process finished so far
@@ -992,6 +993,31 @@ class Queue:
         :class:`~s3queue.core.redrive.NotDeadLetter` and nothing is redriven."""
         chosen = None if ids is None else list(ids)
         return await Redrive(self.storage, self.name, self.producer, self.clock).run(chosen)
+
+    # --- retention ---------------------------------------------------------------------------
+
+    async def configure(self, retention: Retention) -> QueueSettings:
+        """Change how long the queue keeps results and dead letters (stored in
+        queue.json; the sweeper applies it from its next pass, to everything
+        finished, not only to what finishes from now on)."""
+        self.settings = await reconfigure(self.storage, self.name, retention)
+        return self.settings
+
+    def sweeper(self, owner: str | None = None) -> Sweeper:
+        """A sweeper of this queue for ``owner`` (this process by default); each
+        :meth:`Sweeper.run` is one collection pass (see :mod:`s3queue.core.sweep`)."""
+        margin = self.context.rules.skew_margin
+        return Sweeper(self.storage, self.name, self.clock, owner or self.owner, skew_margin=margin)
+
+    async def collect(self, *, budget: int | None = None) -> SweepReport:
+        """One collection pass now, by hand (taking the sweeper lease over from a
+        worker if need be): delete what retention says is over and report it."""
+        sweeper = self.sweeper()
+        try:
+            return await sweeper.run(lease_for=COLLECT_LEASE, budget=Budget(budget), steal=True)
+        finally:
+            # Given back at once: the workers' sweeper goes on at its next interval.
+            await sweeper.release()
 
     async def purge(self) -> None:
         """Drop every pending, delayed and in-flight message, every dead letter,

@@ -21,7 +21,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, Protocol
 
 from s3queue.core.layout import check_queue_name
-from s3queue.errors import ConfigurationError, JobCancelled, JobFailed, JobNotFound
+from s3queue.errors import ConfigurationError, JobCancelled, JobExpired, JobFailed, JobNotFound
 from s3queue.info import MessageInfo
 from s3queue.queue import Queue
 
@@ -89,7 +89,8 @@ class Job:
         return await self._app.loop.call(self._info())
 
     def status(self) -> str:
-        """ "pending", "delayed", "processing", "completed", "dead" or "cancelled"."""
+        """ "pending", "delayed", "processing", "completed", "dead", "cancelled" or
+        "expired" (finished longer ago than the queue keeps results)."""
         return self.info().status
 
     async def astatus(self) -> str:
@@ -149,6 +150,8 @@ class Job:
                 raise _failed(self.id, info)
             if info.status == "cancelled":
                 raise JobCancelled(f"job {self.id} was cancelled", metadata={"id": self.id})
+            if info.status == "expired":
+                raise _expired(self.id)
             left = deadline - time.monotonic()
             if left <= 0:
                 raise TimeoutError(f"job {self.id} is still {info.status}")
@@ -294,6 +297,17 @@ def _deadline(timeout: float | None) -> float:
             f"timeout={timeout!r}", suggestion="a timeout is seconds (0 or more), or None"
         )
     return time.monotonic() + timeout
+
+
+def _expired(job_id: str) -> JobExpired:
+    queue = job_id.split(":")[0]
+    return JobExpired(
+        f"job {job_id} finished longer ago than queue {queue!r} keeps results: "
+        "its result and status were collected",
+        suggestion=f"read results within the queue's result_ttl, or keep them longer: "
+        f"s3queue config {queue} --result-ttl 30d",
+        metadata={"id": job_id},
+    )
 
 
 def _failed(job_id: str, info: MessageInfo) -> JobFailed:

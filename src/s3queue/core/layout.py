@@ -12,7 +12,10 @@ A queue named ``emails`` under a store keeps::
     emails/shards/0003/timers/0001732480020/000007   delayed segment, due bucket
     emails/shards/0003/cursor                 consumer state of shard 3 (CAS only)
     emails/dead/<message id>                  dead letter with its error history
-    emails/results/<message id>               a handler's return value
+    emails/results/0003/L000000000042/000007  a handler's return value, or how a message
+                                              ended when that needs saying (keys sort by
+                                              segment; queues made before 0.x keep
+                                              results/<message id>)
     emails/redriven/<message id>              where a redriven dead letter went
     emails/dedup/<sha256 of the key>          dedup marker
     emails/probe/<random>                     conditional-write probe, deleted after
@@ -21,6 +24,10 @@ A queue named ``emails`` under a store keeps::
                                               0003-cursor.data, queue.json.data)
     emails/clock                              rewritten to read the store's time
     emails/wake/any, emails/wake/high         rewritten to wake idle workers (wake.py)
+    emails/sweeper                            the sweeper's lease and what it collected
+                                              (retention.py; CAS only)
+    emails/blobs/p-<random>                   a payload too large for its segment
+    emails/blobs/r-<message id>-<random>      a result too large for its record
 """
 
 from __future__ import annotations
@@ -138,12 +145,85 @@ def redriven_key(queue: str, message_id: str) -> str:
     return f"{redriven_prefix(queue)}{message_id}"
 
 
-def result_key(queue: str, message_id: str) -> str:
-    return f"{queue}/results/{message_id}"
+def result_key(queue: str, message_id: str, *, by_segment: bool = True) -> str:
+    """Where a message's result record is: under its shard and segment, so that a
+    listing is in segment order and retention can stop where collection stops (or by
+    id alone, in queues created before: ``by_segment`` from their settings)."""
+    if not by_segment:
+        return f"{results_prefix(queue)}{message_id}"
+    address = parse_message_id(message_id)
+    return (
+        f"{results_prefix(queue)}{address.shard:04d}/"
+        f"{_sortable(address.segment)}/{address.index:06d}"
+    )
 
 
 def results_prefix(queue: str) -> str:
     return f"{queue}/results/"
+
+
+def lane_results_prefix(queue: str, shard: int, lane: str) -> str:
+    """The results of one lane of a shard ("log", "high" or "timers"), in segment order."""
+    letter = {"log": "L", "high": "H", "timers": "T"}[lane]
+    return f"{results_prefix(queue)}{shard:04d}/{letter}"
+
+
+def _sortable(ref: SegmentRef) -> str:
+    if ref.is_timer:
+        return f"T{ref.bucket:0{TIMER_BUCKET_DIGITS}d}.{ref.seq:0{TIMER_SEQ_DIGITS}d}"
+    return f"{'H' if ref.is_high else 'L'}{ref.seq:0{LOG_DIGITS}d}"
+
+
+_RESULT_BY_SEGMENT = re.compile(r"(\d{4})/(?:([LH])(\d{12})|T(\d{13})\.(\d{6}))/(\d{6})", re.ASCII)
+
+
+def result_id(queue: str, key: str) -> str | None:
+    """The message id of a result record's key (either layout); None for any other key."""
+    prefix = results_prefix(queue)
+    if not key.startswith(prefix):
+        return None
+    rest = key[len(prefix) :]
+    match = _RESULT_BY_SEGMENT.fullmatch(rest)
+    if match is None:
+        return rest if parse_id(rest) is not None else None
+    shard, lane, seq, bucket, timer_seq, index = match.groups()
+    if lane is None:
+        ref = SegmentRef.timer(int(bucket), int(timer_seq))
+    else:
+        ref = SegmentRef.high(int(seq)) if lane == "H" else SegmentRef.log(int(seq))
+    return message_id(int(shard), ref, int(index))
+
+
+def sweeper_key(queue: str) -> str:
+    return f"{queue}/sweeper"
+
+
+#: A producer references a payload blob from a segment only within BLOB_GRACE / 2
+#: seconds of starting to write it; the sweeper deletes a payload blob only once it
+#: is older than every segment kept by BLOB_GRACE (see sweep.py).
+BLOB_GRACE = 3600.0
+
+
+def blobs_prefix(queue: str) -> str:
+    return f"{queue}/blobs/"
+
+
+_BLOB = re.compile(
+    r"(?:p-[0-9a-f]{32}|r-("
+    + r"\d{1,4}-(?:[LH]\d{1,12}|T\d{1,13}\.\d{1,6})-\d{1,6}"
+    + r")-[0-9a-f]{16})",
+    re.ASCII,
+)
+
+
+def blob_of(queue: str, key: str) -> tuple[str, str | None] | None:
+    """("payload", None) or ("result", its message id) for a blob's key; None for
+    any other key."""
+    prefix = blobs_prefix(queue)
+    match = _BLOB.fullmatch(key[len(prefix) :]) if key.startswith(prefix) else None
+    if match is None:
+        return None
+    return ("payload", None) if match[1] is None else ("result", match[1])
 
 
 def dedup_key(queue: str, key: str) -> str:
@@ -277,6 +357,9 @@ _KINDS = [
     ("timer", re.compile(r"^shards/\d{4}/timers/\d{13}/\d{6}$", re.ASCII)),
     ("dead", re.compile(rf"^dead/{_ID}$", re.ASCII)),
     ("result", re.compile(rf"^results/{_ID}$", re.ASCII)),
+    ("result", re.compile(r"^results/\d{4}/(?:[LH]\d{12}|T\d{13}\.\d{6})/\d{6}$", re.ASCII)),
+    ("blob", re.compile(rf"^blobs/(?:p-[0-9a-f]{{32}}|r-{_ID}-[0-9a-f]{{16}})$", re.ASCII)),
+    ("sweeper", re.compile(r"^sweeper$", re.ASCII)),
     ("redriven", re.compile(rf"^redriven/{_ID}$", re.ASCII)),
     ("dedup", re.compile(r"^dedup/[0-9a-f]{64}$", re.ASCII)),
     ("link", re.compile(rf"^links/[A-Za-z0-9][A-Za-z0-9_\-]{{0,79}}/{_ID}$", re.ASCII)),
@@ -396,6 +479,11 @@ class MessageAddress:
 
 def message_id(shard: int, segment: SegmentRef, index: int) -> str:
     return str(MessageAddress(shard, segment, index))
+
+
+def parse_id(text: str) -> MessageAddress | None:
+    """The address a message id names, or None when ``text`` is not one."""
+    return _parse_message_id(text) if isinstance(text, str) else None
 
 
 def parse_message_id(text: str) -> MessageAddress:

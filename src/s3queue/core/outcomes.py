@@ -17,7 +17,15 @@ import msgspec
 
 from s3queue.core import layout
 from s3queue.core.cursor import Cursor, message_of, raw_or_none
-from s3queue.core.records import NO_RAW, DeadLetter, DedupMarker, ResultRecord, decode, encode
+from s3queue.core.records import (
+    NO_RAW,
+    DeadLetter,
+    DedupMarker,
+    QueueSettings,
+    ResultRecord,
+    decode,
+    encode,
+)
 from s3queue.core.segment import Segment, SegmentCache
 from s3queue.errors import PreconditionFailed
 from s3queue.storage import Storage, UpdateVersion
@@ -30,9 +38,10 @@ DEDUP_ATTEMPTS = 8
 class OutcomeRecords:
     """Writes what finished messages leave behind in one queue."""
 
-    def __init__(self, storage: Storage, queue: str, segments: SegmentCache) -> None:
+    def __init__(self, storage: Storage, settings: QueueSettings, segments: SegmentCache) -> None:
         self.storage = storage
-        self.queue = queue
+        self.queue = settings.name
+        self.by_segment = settings.results_by_segment
         self.segments = segments
 
     async def write(self, shard: int, cursor: Cursor, ids: list[str]) -> None:
@@ -77,7 +86,8 @@ class OutcomeRecords:
                 errors=flight.errors,
                 progress=flight.progress,
             )
-            await self.storage.put(layout.result_key(self.queue, mid), encode(record))
+            key = layout.result_key(self.queue, mid, by_segment=self.by_segment)
+            await self.storage.put(key, encode(record))
         if message.dedup_key is not None:
             await self._mark_dedup_finished(message.dedup_key, mid, outcome.finished_at)
 

@@ -25,6 +25,7 @@ from s3queue.core.records import (
     decode,
     encode,
 )
+from s3queue.core.retention import SweeperRecord, is_collected
 from s3queue.core.segment import Message, Segment, SegmentCache
 from s3queue.errors import CorruptData
 from s3queue.info import MessageInfo, Problem, ShardStats, Stats, Status
@@ -156,7 +157,7 @@ class QueueReader:
         dead = await self.storage.get(layout.dead_key(self.name, mid))
         redriven, result, aside = await asyncio.gather(
             self.storage.get(layout.redriven_key(self.name, mid)),
-            self.storage.get(layout.result_key(self.name, mid)),
+            self.storage.get(self._result_key(mid)),
             self.storage.get(layout.quarantine_key(self.name, address.shard, address.segment)),
         )
         if redriven is not None:
@@ -169,6 +170,10 @@ class QueueReader:
             return self._dead_info(decode(dead.data, DeadLetter, what="dead letter", key=key))
         if result is None and aside is not None:
             self._set_aside(mid, aside.data)
+        # Read after the records: the watermark is written before any of them is
+        # deleted, so a record found missing because it was collected shows here.
+        if await self._collected(address):
+            return self._expired_info(mid)
         if message is None:
             return None
         segment = address.segment
@@ -176,7 +181,7 @@ class QueueReader:
         if not segment.is_timer and segment.seq < purged_before and result is None:
             return None  # purged before it ran
         if result is not None:
-            key = layout.result_key(self.name, mid)
+            key = self._result_key(mid)
             record = decode(result.data, ResultRecord, what="result", key=key)
             return self._info(
                 mid,
@@ -190,6 +195,32 @@ class QueueReader:
             )
         # Done without a side record: it completed on its first attempt.
         return self._info(mid, message, "completed", 1)
+
+    async def _collected(self, address: layout.MessageAddress) -> bool:
+        """Whether the sweeper collected (or is collecting) the message's segment."""
+        key = layout.sweeper_key(self.name)
+        stored = await self.storage.get(key)
+        if stored is None:
+            return False
+        record = decode(stored.data, SweeperRecord, what="sweeper record", key=key)
+        return is_collected(record, address.shard, address.segment)
+
+    @staticmethod
+    def _expired_info(mid: str) -> MessageInfo:
+        # Nothing but the id is known any more: the rest reads as empty, not as
+        # values it might have had.
+        return MessageInfo(
+            id=mid,
+            status="expired",
+            payload=None,
+            attempts=0,
+            max_attempts=0,
+            priority=0,
+            enqueued_at=0.0,
+        )
+
+    def _result_key(self, mid: str) -> str:
+        return layout.result_key(self.name, mid, by_segment=self.settings.results_by_segment)
 
     def _set_aside(self, mid: str, data: bytes) -> None:
         """The cursor is past a message of a segment that was set aside: raise

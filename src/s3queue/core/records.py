@@ -55,6 +55,9 @@ class QueueSettings(msgspec.Struct, frozen=True, kw_only=True):
     dead_ttl: float = DEAD_TTL
     blob_threshold: int = BLOB_THRESHOLD
     revision: int = 0
+    #: Result records are keyed by segment (layout.result_key): False in queues
+    #: created before, whose records stay keyed by message id.
+    results_by_segment: bool = False
 
 
 class ErrorRecord(msgspec.Struct, frozen=True, kw_only=True):

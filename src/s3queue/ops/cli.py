@@ -1294,4 +1294,8 @@ def main() -> None:
         raise SystemExit(exit_code(error)) from None
 
 
-__all__ = ["app", "exit_code", "layout", "main"]
+__all__ = ["app", "cli_retention", "exit_code", "layout", "main"]
+
+
+# Registers its commands on ``app`` (imported last: it imports this module).
+from s3queue.ops import cli_retention  # noqa: E402

@@ -37,6 +37,7 @@ from s3queue.runtime.pacing import MAX_PREFETCH_FACTOR as MAX_PREFETCH_FACTOR  #
 from s3queue.runtime.pacing import Pacing
 from s3queue.runtime.queues import QueueSet
 from s3queue.runtime.routes import Handler, OneHandler, Route, Router
+from s3queue.runtime.upkeep import Upkeep
 from s3queue.runtime.worker_log import LEVELS, log_banner, log_job, log_stopped
 from s3queue.runtime.worker_settings import Leases, Polling, Scaling
 
@@ -221,7 +222,16 @@ class Worker:
         self.worker_id = worker_id or f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(3)}"
         #: Periodic jobs this worker enqueues (each tick is enqueued once).
         self.scheduler = Scheduler(self.queue, cron or [])
+        self.upkeep = Upkeep(list(self.queues.queues), self.worker_id, polling.sweep_interval)
         self._listeners: dict[str, list[Listener]] = {name: [] for name in EVENTS}
+        self._start_state()
+        self.router.bind(self)
+        self.queues.on_recovered(self._recovered)
+        # Handlers that enqueue follow-up work through ctx.queue show up as events.
+        self.queues.on_enqueued(self._announce_enqueued)
+
+    def _start_state(self) -> None:
+        """The state of a worker that has not run yet."""
         self._executor: ThreadPoolExecutor | None = None
         self._buffer: list[Lease] = []
         self._running: dict[str, _Job] = {}
@@ -242,10 +252,6 @@ class Worker:
         #: (storage unreachable or refusing), None while claims succeed.
         self.claim_failing_since: float | None = None
         self.exit_error: BaseException | None = None
-        self.router.bind(self)
-        self.queues.on_recovered(self._recovered)
-        # Handlers that enqueue follow-up work through ctx.queue show up as events.
-        self.queues.on_enqueued(self._announce_enqueued)
 
     @property
     def prefetch(self) -> int:
@@ -342,6 +348,8 @@ class Worker:
                 group.create_task(self._claim_loop(), name="s3queue-claim")
                 group.create_task(self._heartbeat_loop(), name="s3queue-heartbeat")
                 group.create_task(self.scheduler.run(self._stopping), name="s3queue-cron")
+                if not burst:
+                    group.create_task(self.upkeep.run(self._stopping), name="s3queue-sweep")
                 if burst:
                     group.create_task(self._burst_loop(), name="s3queue-burst")
         finally:

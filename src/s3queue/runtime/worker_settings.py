@@ -55,19 +55,28 @@ class Leases:
 
 @dataclass(frozen=True, slots=True)
 class Polling:
-    """How the worker looks for work.
+    """How the worker reads the bucket besides claiming.
 
     With nothing to claim, it makes one storage request per ``poll_interval`` seconds
     on average. ``prefetch`` leases are held beyond the running jobs; None adapts it
-    to how fast jobs finish (see :class:`s3queue.runtime.pacing.Pacing`).
+    to how fast jobs finish (see :class:`s3queue.runtime.pacing.Pacing`). Every
+    ``sweep_interval`` seconds (jittered) it offers to sweep each queue it serves
+    (collect what retention says is over, :mod:`s3queue.runtime.upkeep`); None
+    leaves that to other workers or to ``s3queue sweep``.
     """
 
     poll_interval: float = 1.0
     prefetch: int | None = None
+    sweep_interval: float | None = 60.0
 
     def __post_init__(self) -> None:
         _set(self, "poll_interval", limits.POLL_INTERVAL.check(self.poll_interval, "poll_interval"))
         _set(self, "prefetch", limits.PREFETCH.optional(self.prefetch, "prefetch"))
+        _set(
+            self,
+            "sweep_interval",
+            limits.SWEEP_INTERVAL.optional(self.sweep_interval, "sweep_interval"),
+        )
 
 
 @dataclass(frozen=True, slots=True)

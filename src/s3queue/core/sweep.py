@@ -1,0 +1,434 @@
+"""One pass of collection over a queue: what retention says is over is deleted.
+
+A pass (a worker's background duty, or ``s3queue sweep``) takes the sweeper lease
+in ``<queue>/sweeper`` and, in the same compare-and-swap write, the watermarks
+:mod:`s3queue.core.retention` computes from fresh cursor reads. Only then does it
+delete, in this order:
+
+1. segments below each lane's ``collected_before`` (the lanes are listed from their
+   start, so what an interrupted pass left is found again), with the results of
+   their messages (result keys sort by segment, so they are listed the same way);
+2. dead letters and redrive records older than ``dead_ttl`` whose segment is
+   collected, chain links older than ``result_ttl``, dedup markers whose retention
+   ran out, and blobs (large payloads and results) nothing can reference any more.
+
+Every deletion is of an object no reader can need: a crash at any point loses
+nothing, and leaves only objects that a later pass deletes. Deleting is batched
+(``delete_many``), and what a pass may spend beyond its fixed reads is bounded by
+its :class:`Budget`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import msgspec
+
+from s3queue.core import layout
+from s3queue.core.clock import Clock
+from s3queue.core.cursor import Cursor, decode_cursor
+from s3queue.core.records import DedupMarker, QueueSettings, decode, encode
+from s3queue.core.retention import (
+    LANES,
+    SweeperLease,
+    SweeperRecord,
+    advance,
+    is_collected,
+    may_take,
+)
+from s3queue.errors import CorruptData, PreconditionFailed, QueueNotFound
+from s3queue.storage import ObjectEntry, PutMode, Storage, UpdateVersion
+from s3queue.storage.base import LIST_PAGE_SIZE
+
+#: How long a dedup reservation without a message may be kept by a producer that is
+#: still writing it (as ``queue.DEDUP_RESERVATION_TIMEOUT``, with room to spare).
+RESERVATION_TIMEOUT = 600.0
+#: What kinds of objects a pass removes, as its report names them.
+KINDS = ("segments", "results", "dead", "redriven", "links", "dedup", "blobs")
+
+
+@dataclass
+class Budget:
+    """Requests a pass may still make (None: no limit, for a pass run by hand)."""
+
+    left: int | None = None
+    spent: int = 0
+
+    def spend(self, n: int = 1) -> None:
+        self.spent += n
+        if self.left is not None:
+            self.left -= n
+
+    @property
+    def exhausted(self) -> bool:
+        return self.left is not None and self.left <= 0
+
+
+@dataclass
+class SweepReport:
+    """What one pass did. ``held_by`` names the holder of the sweeper lease when the
+    pass left the work to it; ``complete`` is False when the budget ran out first
+    (the next pass goes on)."""
+
+    queue: str
+    removed: dict[str, int] = field(default_factory=lambda: dict.fromkeys(KINDS, 0))
+    requests: int = 0
+    held_by: str | None = None
+    complete: bool = True
+
+    @property
+    def total(self) -> int:
+        return sum(self.removed.values())
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "queue": self.queue,
+            "removed": dict(self.removed),
+            "total": self.total,
+            "requests": self.requests,
+            "held_by": self.held_by,
+            "complete": self.complete,
+        }
+
+
+class Sweeper:
+    """Runs collection passes over one queue on behalf of ``owner``."""
+
+    def __init__(
+        self, storage: Storage, name: str, clock: Clock, owner: str, *, skew_margin: float = 2.0
+    ) -> None:
+        self.storage = storage
+        self.name = name
+        self.clock = clock
+        self.owner = owner
+        self.skew_margin = skew_margin
+        self.key = layout.sweeper_key(name)
+        #: Where each unordered prefix's scan goes on from (kept in memory: a new
+        #: holder starts over, which only costs it one more listing).
+        self._scans: dict[str, str] = {}
+
+    async def read(self) -> tuple[SweeperRecord, str | None]:
+        stored = await self.storage.get(self.key)
+        if stored is None:
+            return SweeperRecord(), None
+        return decode(stored.data, SweeperRecord, what="sweeper record", key=self.key), stored.etag
+
+    async def run(self, *, lease_for: float, budget: Budget, steal: bool = False) -> SweepReport:
+        """One pass. Without ``steal`` it does nothing while another owner's lease
+        runs; with it (a pass run by hand) it takes the lease over."""
+        report = SweepReport(self.name)
+        record, etag = await self.read()
+        budget.spend()
+        now = self.clock()
+        if not steal and not may_take(record, self.owner, now, self.skew_margin):
+            assert record.lease is not None
+            report.held_by = record.lease.owner
+            report.requests = budget.spent
+            return report
+        settings = await self._settings()
+        cursors = await self._cursors(settings.shards)
+        budget.spend(1 + settings.shards)
+        committed = await self._commit(record, etag, cursors, settings, lease_for)
+        budget.spend()
+        if committed is None:
+            report.held_by = "another sweeper (it took the lease meanwhile)"
+        else:
+            await self._collect(committed, settings, budget, report)
+        report.requests = budget.spent
+        return report
+
+    async def _settings(self) -> QueueSettings:
+        key = layout.settings_key(self.name)
+        stored = await self.storage.get(key)
+        if stored is None:
+            raise QueueNotFound(
+                f"queue {self.name!r} does not exist (its queue.json is gone)",
+                suggestion="nothing to sweep; s3queue queues lists the queues",
+            )
+        return decode(stored.data, QueueSettings, what="queue settings", key=key)
+
+    async def _cursors(self, shards: int) -> dict[int, Cursor]:
+        keys = [layout.cursor_key(self.name, k) for k in range(shards)]
+        stored = await asyncio.gather(*(self.storage.get(key) for key in keys))
+        cursors: dict[int, Cursor] = {}
+        for shard, (key, found) in enumerate(zip(keys, stored, strict=True)):
+            if found is None:
+                continue  # never written: nothing of this shard can be collected
+            try:
+                cursors[shard] = decode_cursor(found.data, key)
+            except CorruptData:
+                continue  # doctor's business; nothing of it is collected meanwhile
+        return cursors
+
+    async def _commit(
+        self,
+        record: SweeperRecord,
+        etag: str | None,
+        cursors: dict[int, Cursor],
+        settings: QueueSettings,
+        lease_for: float,
+    ) -> SweeperRecord | None:
+        """Write the lease and the new watermarks; None if another took the lease."""
+        now = self.clock()
+        lease = SweeperLease(
+            owner=self.owner, token=secrets.token_hex(8), expires_at=now + lease_for
+        )
+        updated = msgspec.structs.replace(
+            record,
+            version=record.version + 1,
+            lease=lease,
+            shards=advance(record, cursors, now, settings.result_ttl),
+            passes=record.passes + 1,
+        )
+        try:
+            mode: PutMode = "create" if etag is None else UpdateVersion(etag)
+            await self.storage.put(self.key, encode(updated), mode=mode)
+        except PreconditionFailed:
+            return None
+        return updated
+
+    async def release(self) -> None:
+        """Give the lease up (a worker stopping), so another takes it at once."""
+        record, etag = await self.read()
+        if etag is None or record.lease is None or record.lease.owner != self.owner:
+            return
+        released = msgspec.structs.replace(record, version=record.version + 1, lease=None)
+        try:
+            await self.storage.put(self.key, encode(released), mode=UpdateVersion(etag))
+        except PreconditionFailed:
+            return
+
+    # --- deleting --------------------------------------------------------------------
+
+    async def _collect(
+        self, record: SweeperRecord, settings: QueueSettings, budget: Budget, report: SweepReport
+    ) -> None:
+        oldest: list[float] = []
+        for shard in sorted(record.shards):
+            for lane in LANES:
+                if budget.exhausted:
+                    report.complete = False
+                    return
+                await self._lane(record, shard, lane, budget, report, oldest)
+                if settings.results_by_segment:
+                    await self._lane_results(record, shard, lane, budget, report)
+        now = self.clock()
+        if not settings.results_by_segment:
+            await self._scan(
+                layout.results_prefix(self.name),
+                lambda e: self._result_collected(record, e.key),
+                budget,
+                report,
+                "results",
+            )
+        await self._scan_records(record, settings, now, budget, report)
+        floor = min(oldest, default=now)
+        await self._scan(
+            layout.blobs_prefix(self.name),
+            lambda e: self._blob_unreferenced(record, e, floor),
+            budget,
+            report,
+            "blobs",
+        )
+        await self._dedup(settings, record, now, budget, report)
+
+    async def _lane(
+        self,
+        record: SweeperRecord,
+        shard: int,
+        lane: str,
+        budget: Budget,
+        report: SweepReport,
+        oldest: list[float],
+    ) -> None:
+        """Delete the lane's segments below its watermark; note when the first one
+        kept was written (blobs older than every segment kept are unreferenced)."""
+        prefix = _lane_prefix(self.name, shard, lane)
+        doomed: list[str] = []
+        async for entry in self._listed(prefix, budget):
+            found = layout.segment_of(self.name, entry.key)
+            if found is None:
+                continue
+            if not is_collected(record, shard, found[1]):
+                if entry.modified is not None:
+                    oldest.append(entry.modified)
+                if lane != "timers":
+                    break  # sorted by seq: the rest are kept too
+                continue
+            doomed.append(entry.key)
+        await self._delete(doomed, budget, report, "segments")
+
+    async def _lane_results(
+        self, record: SweeperRecord, shard: int, lane: str, budget: Budget, report: SweepReport
+    ) -> None:
+        prefix = layout.lane_results_prefix(self.name, shard, lane)
+        doomed: list[str] = []
+        async for entry in self._listed(prefix, budget):
+            if not self._result_collected(record, entry.key):
+                break  # sorted by segment: the rest are kept too
+            doomed.append(entry.key)
+        await self._delete(doomed, budget, report, "results")
+
+    def _result_collected(self, record: SweeperRecord, key: str) -> bool:
+        mid = layout.result_id(self.name, key)
+        if mid is None:
+            return False
+        address = layout.parse_message_id(mid)
+        return is_collected(record, address.shard, address.segment)
+
+    def _blob_unreferenced(self, record: SweeperRecord, entry: ObjectEntry, floor: float) -> bool:
+        found = layout.blob_of(self.name, entry.key)
+        if found is None:
+            return False
+        kind, mid = found
+        if kind == "result":
+            assert mid is not None
+            address = layout.parse_message_id(mid)
+            return is_collected(record, address.shard, address.segment)
+        # A payload blob is referenced only by a segment written at most BLOB_GRACE/2
+        # after it: older than every segment kept by more than that, none can.
+        return entry.modified is not None and entry.modified < floor - layout.BLOB_GRACE
+
+    async def _scan_records(
+        self,
+        record: SweeperRecord,
+        settings: QueueSettings,
+        now: float,
+        budget: Budget,
+        report: SweepReport,
+    ) -> None:
+        def letter_over(entry: ObjectEntry, prefix: str) -> bool:
+            mid = entry.key[len(prefix) :]
+            if not _aged(entry, settings.dead_ttl, now) or layout.parse_id(mid) is None:
+                return False
+            address = layout.parse_message_id(mid)
+            # Kept while its segment is: until then the segment would read as
+            # completed without it.
+            return is_collected(record, address.shard, address.segment)
+
+        dead, redriven = layout.dead_prefix(self.name), layout.redriven_prefix(self.name)
+        await self._scan(dead, lambda e: letter_over(e, dead), budget, report, "dead")
+        await self._scan(redriven, lambda e: letter_over(e, redriven), budget, report, "redriven")
+        await self._scan(
+            layout.links_prefix(self.name),
+            lambda e: _aged(e, settings.result_ttl, now),
+            budget,
+            report,
+            "links",
+        )
+
+    async def _dedup(
+        self,
+        settings: QueueSettings,
+        record: SweeperRecord,
+        now: float,
+        budget: Budget,
+        report: SweepReport,
+    ) -> None:
+        """Dedup markers whose key may be used again: read (one GET each) only once
+        they are old enough to be over."""
+        candidates: list[str] = []
+
+        def candidate(entry: ObjectEntry) -> bool:
+            if _aged(entry, settings.dedup_retention, now):
+                candidates.append(entry.key)
+            return False
+
+        await self._scan(layout.dedup_prefix(self.name), candidate, budget, report, "dedup")
+        doomed = []
+        for key in candidates:
+            if budget.exhausted:
+                report.complete = False
+                break
+            stored = await self.storage.get(key)
+            budget.spend()
+            if stored is not None and self._marker_over(stored.data, key, record, settings, now):
+                doomed.append(key)
+        await self._delete(doomed, budget, report, "dedup")
+
+    def _marker_over(
+        self, data: bytes, key: str, record: SweeperRecord, settings: QueueSettings, now: float
+    ) -> bool:
+        try:
+            marker = decode(data, DedupMarker, what="dedup marker", key=key)
+        except CorruptData:
+            return False  # doctor's business
+        if marker.finished_at is not None:
+            return marker.finished_at + settings.dedup_retention <= now
+        if not marker.id:
+            return marker.reserved_at + RESERVATION_TIMEOUT <= now
+        # Its message finished long ago (its segment is collected) but the marker was
+        # never told: the producer's enqueue time plus both retentions is past.
+        if layout.parse_id(marker.id) is None:
+            return False
+        address = layout.parse_message_id(marker.id)
+        return is_collected(record, address.shard, address.segment) and (
+            marker.reserved_at + settings.dedup_retention + settings.result_ttl <= now
+        )
+
+    async def _scan(
+        self,
+        prefix: str,
+        doomed: Callable[[ObjectEntry], bool],
+        budget: Budget,
+        report: SweepReport,
+        kind: str,
+    ) -> None:
+        """Go on scanning ``prefix`` from where the last pass stopped, deleting what
+        ``doomed`` picks, until the end or the budget."""
+        start = self._scans.get(prefix)
+        picked: list[str] = []
+        last: str | None = None
+        async for entry in self._listed(prefix, budget, start_after=start):
+            last = entry.key
+            if doomed(entry):
+                picked.append(entry.key)
+        ended = not budget.exhausted
+        if ended:
+            self._scans.pop(prefix, None)
+        else:
+            report.complete = False
+            if last is not None:
+                self._scans[prefix] = last
+        await self._delete(picked, budget, report, kind)
+
+    async def _listed(
+        self, prefix: str, budget: Budget, *, start_after: str | None = None
+    ) -> AsyncIterator[ObjectEntry]:
+        """The keys under ``prefix`` page by page, while the budget lasts."""
+        after = start_after
+        while not budget.exhausted:
+            page = await self.storage.list(prefix, start_after=after, limit=LIST_PAGE_SIZE)
+            budget.spend()
+            for entry in page:
+                yield entry
+            if len(page) < LIST_PAGE_SIZE:
+                return
+            after = page[-1].key
+
+    async def _delete(
+        self, keys: list[str], budget: Budget, report: SweepReport, kind: str
+    ) -> None:
+        if not keys:
+            return
+        # Billed as the store sends them: 1,000 keys a request on S3, one per key
+        # elsewhere (the store counts them).
+        before = self.storage.counts.delete
+        await self.storage.delete_many(keys)
+        budget.spend(max(1, self.storage.counts.delete - before))
+        report.removed[kind] += len(keys)
+
+
+def _aged(entry: ObjectEntry, ttl: float, now: float) -> bool:
+    return entry.modified is not None and entry.modified + ttl <= now
+
+
+def _lane_prefix(queue: str, shard: int, lane: str) -> str:
+    if lane == "timers":
+        return layout.timers_prefix(queue, shard)
+    bucket = layout.HIGH_LANE if lane == "high" else layout.LOG_LANE
+    return layout.lane_prefix(queue, shard, bucket)
