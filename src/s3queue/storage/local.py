@@ -19,7 +19,7 @@ import os
 import secrets
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import TypeVar
+from typing import BinaryIO, TypeVar
 from urllib.parse import unquote, urlsplit
 
 from s3queue.errors import (
@@ -46,6 +46,9 @@ MAGIC = b"S3Q1 "
 ETAG_BYTES = 32  # hex characters of the random ETag
 HEADER = len(MAGIC) + ETAG_BYTES + 1  # magic, etag, newline
 LOCK_DIR = ".s3queue-locks"
+#: Tries to create a key's directory and its temporary file while deletes of other
+#: keys may remove that directory again as soon as it is empty.
+DIRECTORY_ATTEMPTS = 8
 #: File times come from the kernel's coarse clock, which ticks every few milliseconds.
 MTIME_RESOLUTION = 0.01
 
@@ -172,10 +175,9 @@ class LocalStorage:
                     self._counts.add("precondition_failed")
                     raise refused
             etag = secrets.token_hex(ETAG_BYTES // 2)
-            path.parent.mkdir(parents=True, exist_ok=True)
-            temp = path.parent / f".tmp-{path.name}-{secrets.token_hex(6)}"
+            temp, handle = self._open_temp(path)
             try:
-                with temp.open("wb") as handle:
+                with handle:
                     handle.write(MAGIC + etag.encode("ascii") + b"\n")
                     handle.write(data)
                     handle.flush()
@@ -187,6 +189,20 @@ class LocalStorage:
                 raise
             self._fsync_dir(path.parent)
             return f'"{etag}"'
+
+    @staticmethod
+    def _open_temp(path: Path) -> tuple[Path, BinaryIO]:
+        # A delete of another key, the last in this directory, removes the directory
+        # (and its empty parents) without our lock, so it can do so between our mkdir
+        # and our open, or inside mkdir (which then sees the directory exist, looks
+        # again and finds none); once the temporary file is there, the directory stays.
+        temp = path.parent / f".tmp-{path.name}-{secrets.token_hex(6)}"
+        for _ in range(DIRECTORY_ATTEMPTS - 1):
+            with contextlib.suppress(FileNotFoundError, FileExistsError):
+                path.parent.mkdir(parents=True, exist_ok=True)
+                return temp, temp.open("wb")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return temp, temp.open("wb")
 
     @staticmethod
     def _fsync_dir(directory: Path) -> None:
