@@ -1,11 +1,18 @@
 """The embedded default store: a local directory (``file:///path``).
 
-Real and persistent, and safe for many processes on one machine: every write of a
-key happens under an exclusive ``flock`` on that key's lock file, goes to a
-temporary file that is fsynced, and is renamed into place, so a reader never sees a
-partial object and a crash never leaves one. Invariant: each stored file starts
-with a header holding a fresh random ETag, written in the same rename as the data,
-so the ETag changes on every write even when the bytes are equal (no ABA).
+Real and persistent, and safe for many processes on one machine: every write or
+delete of a key happens under an exclusive ``flock`` on one of a fixed set of lock
+files (``.s3queue-locks/stripe-00`` to ``stripe-ff``, chosen by the key's hash), goes
+to a temporary file that is fsynced, and is renamed into place, so a reader never
+sees a partial object and a crash never leaves one. Invariant: each stored file
+starts with a header holding a fresh random ETag, written in the same rename as the
+data, so the ETag changes on every write even when the bytes are equal (no ABA).
+
+The lock directory never holds more than :data:`STRIPES` files, however many keys
+are written. Versions of s3queue before the stripes locked one file per key (named
+by the key's SHA-1, 40 hex digits); opening the directory deletes those in bounded
+batches. Old and new versions must not run on one directory at the same time: they
+lock different files, so they would not exclude each other.
 """
 
 from __future__ import annotations
@@ -16,10 +23,11 @@ import errno
 import fcntl
 import hashlib
 import os
+import re
 import secrets
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import TypeVar
+from typing import BinaryIO, TypeVar
 from urllib.parse import unquote, urlsplit
 
 from s3queue.errors import (
@@ -46,6 +54,16 @@ MAGIC = b"S3Q1 "
 ETAG_BYTES = 32  # hex characters of the random ETag
 HEADER = len(MAGIC) + ETAG_BYTES + 1  # magic, etag, newline
 LOCK_DIR = ".s3queue-locks"
+#: Lock files, chosen by the first byte of a key's SHA-1: two keys wait for each other
+#: with odds of 1 in 256, and the directory never grows past 256 files.
+STRIPES = 256
+#: Per-key lock files of earlier versions deleted each time a directory is opened:
+#: enough to clear a busy directory in a few opens, few enough to open in milliseconds.
+LEGACY_LOCKS_PER_OPEN = 2000
+#: Tries to create a key's directory and its temporary file while deletes of other
+#: keys may remove that directory again as soon as it is empty.
+DIRECTORY_ATTEMPTS = 8
+_LEGACY_LOCK = re.compile(r"^[0-9a-f]{40}$")
 #: File times come from the kernel's coarse clock, which ticks every few milliseconds.
 MTIME_RESOLUTION = 0.01
 
@@ -64,6 +82,28 @@ def _translate(error: OSError, path: Path) -> StorageError:
             metadata={"path": str(path)},
         )
     return StorageUnavailable(f"{error.strerror or error} on {path}", metadata={"path": str(path)})
+
+
+def stripe_name(key: str) -> str:
+    """The lock file that serializes writes and deletes of ``key``."""
+    return f"stripe-{hashlib.sha1(key.encode()).digest()[0] % STRIPES:02x}"
+
+
+def remove_legacy_locks(locks: Path, limit: int) -> int:
+    """Delete up to ``limit`` per-key lock files left by earlier versions; how many.
+
+    Best effort: another process may delete the same file first, and a directory
+    this user may not clean up is still usable."""
+    removed = 0
+    with contextlib.suppress(OSError), os.scandir(locks) as entries:
+        for entry in entries:
+            if removed >= limit:
+                break
+            if _LEGACY_LOCK.match(entry.name):
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(entry.path)
+                    removed += 1
+    return removed
 
 
 class LocalStorage:
@@ -104,6 +144,7 @@ class LocalStorage:
                 f"the queue directory {root} is not writable",
                 suggestion="fix its permissions or choose another directory",
             )
+        remove_legacy_locks(root / LOCK_DIR, LEGACY_LOCKS_PER_OPEN)
         return cls(root, f"file://{root}")
 
     def __repr__(self) -> str:
@@ -128,8 +169,11 @@ class LocalStorage:
 
     @contextlib.contextmanager
     def _locked(self, key: str) -> Iterator[None]:
-        name = hashlib.sha1(key.encode()).hexdigest()
-        fd = os.open(self._locks / name, os.O_RDWR | os.O_CREAT, 0o644)
+        # Every call opens its own descriptor: flock belongs to the open file
+        # description, so a descriptor shared between threads would let them all
+        # "hold" the lock at once. Callers hold one stripe at a time, never two, so
+        # keys that share a stripe wait for each other but cannot deadlock.
+        fd = os.open(self._locks / stripe_name(key), os.O_RDWR | os.O_CREAT, 0o644)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)
             yield
@@ -172,10 +216,9 @@ class LocalStorage:
                     self._counts.add("precondition_failed")
                     raise refused
             etag = secrets.token_hex(ETAG_BYTES // 2)
-            path.parent.mkdir(parents=True, exist_ok=True)
-            temp = path.parent / f".tmp-{path.name}-{secrets.token_hex(6)}"
+            temp, handle = self._open_temp(path)
             try:
-                with temp.open("wb") as handle:
+                with handle:
                     handle.write(MAGIC + etag.encode("ascii") + b"\n")
                     handle.write(data)
                     handle.flush()
@@ -187,6 +230,20 @@ class LocalStorage:
                 raise
             self._fsync_dir(path.parent)
             return f'"{etag}"'
+
+    @staticmethod
+    def _open_temp(path: Path) -> tuple[Path, BinaryIO]:
+        # A delete of another key, the last in this directory, removes the directory
+        # (and its empty parents) without our lock, so it can do so between our mkdir
+        # and our open, or inside mkdir (which then sees the directory exist, looks
+        # again and finds none); once the temporary file is there, the directory stays.
+        temp = path.parent / f".tmp-{path.name}-{secrets.token_hex(6)}"
+        for _ in range(DIRECTORY_ATTEMPTS - 1):
+            with contextlib.suppress(FileNotFoundError, FileExistsError):
+                path.parent.mkdir(parents=True, exist_ok=True)
+                return temp, temp.open("wb")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return temp, temp.open("wb")
 
     @staticmethod
     def _fsync_dir(directory: Path) -> None:
