@@ -21,6 +21,7 @@ A queue named ``emails`` under a store keeps::
                                               0003-cursor.data, queue.json.data)
     emails/clock                              rewritten to read the store's time
     emails/wake/any, emails/wake/high         rewritten to wake idle workers (wake.py)
+    emails/blobs/...                          large payloads and results, stored apart
 """
 
 from __future__ import annotations
@@ -206,6 +207,11 @@ def wake_key(queue: str, *, high: bool = False) -> str:
 
 def probe_key(queue: str, token: str) -> str:
     return f"{queue}/probe/{token}"
+
+
+def blobs_prefix(queue: str) -> str:
+    """Where payloads and results too large for their segment or record are kept."""
+    return f"{queue}/blobs/"
 
 
 # --- parsing keys back ------------------------------------------------------------

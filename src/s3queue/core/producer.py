@@ -15,10 +15,12 @@ import itertools
 import logging
 import random
 import secrets
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 from s3queue.core import layout
+from s3queue.core.catalog import ensure_exists
 from s3queue.core.clock import Clock
 from s3queue.core.commit import ShardCommitter
 from s3queue.core.cursor import RegisterTimer, decode_cursor
@@ -47,6 +49,10 @@ log = logging.getLogger("s3queue.producer")
 
 #: A batch is spread over the shards in parts of at least this many messages.
 SPREAD_MIN = 250
+#: A producer writing to a queue checks at most this often (seconds) that the queue
+#: still exists (one GET of queue.json): a segment number it remembers is free in a
+#: deleted queue too, so without the check it would write on where nobody reads.
+EXISTS_CHECK_INTERVAL = 10.0
 
 
 @dataclass
@@ -120,6 +126,8 @@ class Producer:
         self._next_seq: dict[tuple[int, int], int] = {}
         self._locks: dict[tuple[int, int], asyncio.Lock] = {}
         self._registered: set[tuple[int, int]] = set()
+        #: time.monotonic() when the queue was last known to exist (just opened).
+        self._exists_at = time.monotonic()
         self._waiting: list[_Waiting] = []
         self._flushing = 0
         self._tasks: set[asyncio.Task[None]] = set()
@@ -270,9 +278,17 @@ class Producer:
         # race each other for the same number, and every lost race costs a LIST.
         # A number is never reserved ahead of its write, because a write that then
         # failed would leave a gap that hides every later segment from consumers.
+        if time.monotonic() - self._exists_at > EXISTS_CHECK_INTERVAL:
+            await ensure_exists(self.storage, self.settings.name)
+            self._exists_at = time.monotonic()
         lock = self._locks.setdefault((shard, bucket), asyncio.Lock())
         async with lock:
             return await self._create_next(shard, bucket, data)
+
+    def forget_sequences(self) -> None:
+        """Forget the next free segment numbers remembered: a purge deleted the
+        segments they follow, so a remembered number may be free below the cursor."""
+        self._next_seq.clear()
 
     async def _create_next(self, shard: int, bucket: int, data: bytes) -> int:
         seq = self._next_seq.get((shard, bucket))
@@ -295,6 +311,9 @@ class Producer:
         key = layout.cursor_key(self.settings.name, shard)
         stored = await self.storage.get(key)
         if stored is None:
+            # A new shard, or a deleted queue: never write segments nobody reads.
+            await ensure_exists(self.storage, self.settings.name)
+            self._exists_at = time.monotonic()
             return 0
         cursor = decode_cursor(stored.data, key)
         return cursor.next_high if bucket == HIGH_LANE else cursor.next_seq

@@ -328,10 +328,16 @@ class QueueReader:
         except CorruptData as error:
             problems.append(Problem(str(error.metadata.get("key")), error.message))
             return None
-        if segment is None:
+        if segment is None and await self._still_needed(shard, ref):
             key = ref.key(self.name, shard)
             problems.append(Problem(key, "missing although the cursor still needs it"))
         return segment
+
+    async def _still_needed(self, shard: int, ref: SegmentRef) -> bool:
+        """Whether the shard's cursor, read again, still has ``ref`` in its window: a
+        purge since the first read deleted the segments it stepped past."""
+        cursor = await self.committers[shard].read()
+        return any(s.ref == str(ref) for s in cursor.open)
 
     async def _backlog(
         self, shard: int, cursor: Cursor, problems: list[Problem]
@@ -375,6 +381,16 @@ async def list_segments(
         last = SegmentRef(start.bucket, start.seq - 1)
         after = last.key(queue, shard) if start.seq > 0 else None
         refs.extend(await _listed(storage, queue, shard, prefix, after))
+    refs.extend(await _listed(storage, queue, shard, layout.timers_prefix(queue, shard)))
+    return refs
+
+
+async def all_segments(storage: Storage, queue: str, shard: int) -> list[SegmentRef]:
+    """Every segment of a shard in storage: both log lanes from their start, then
+    every timer segment, seals included (what a purge covers and deletes)."""
+    refs: list[SegmentRef] = []
+    for lane in (layout.LOG_LANE, layout.HIGH_LANE):
+        refs.extend(await _listed(storage, queue, shard, layout.lane_prefix(queue, shard, lane)))
     refs.extend(await _listed(storage, queue, shard, layout.timers_prefix(queue, shard)))
     return refs
 
