@@ -188,6 +188,20 @@ def test_dead_letters_can_be_listed_redriven_and_purged(url: str, tmp_path: Path
     assert cli(url, "queues").stdout.split() == ["q"]
 
 
+def test_delete_refuses_without_yes_then_removes_the_queue(url: str) -> None:
+    cli(url, "enqueue", "q", '{"x": 1}')
+    cli(url, "enqueue", "other", '{"x": 2}')
+    refused = cli(url, "delete", "q")
+    assert refused.returncode == 2
+    assert "add --yes to confirm" in one_line_error(refused)
+    assert cli(url, "queues").stdout.split() == ["other", "q"]
+    deleted = cli(url, "delete", "q", "--yes", "--json")
+    assert deleted.returncode == 0, deleted.stderr
+    assert json.loads(deleted.stdout) == {"queue": "q", "deleted": True}
+    assert cli(url, "queues").stdout.split() == ["other"]
+    assert cli(url, "stats", "q").returncode == 1
+
+
 def test_redrive_of_an_id_that_is_not_dead_fails_and_redrives_nothing(
     url: str, tmp_path: Path
 ) -> None:
@@ -212,6 +226,7 @@ def test_redrive_of_an_id_that_is_not_dead_fails_and_redrives_nothing(
         ("dead",),
         ("redrive",),
         ("purge", "--yes"),
+        ("delete", "--yes"),
     ],
 )
 def test_read_commands_on_a_missing_queue_fail_and_create_nothing(

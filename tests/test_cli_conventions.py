@@ -38,6 +38,7 @@ DATA_COMMANDS = {
     "dead",
     "redrive",
     "purge",
+    "delete",
     "doctor",
     "queues",
 }
@@ -226,6 +227,7 @@ def test_a_bad_choice_is_one_line_listing_the_choices(s3q: Run, url: str) -> Non
         (("stat", "q"), "No such command 'stat'"),
         (("enqueue", "q"), "give a JSON payload or --file"),
         (("purge", "q"), "add --yes to confirm"),
+        (("delete", "q"), "add --yes to confirm"),
         (("enqueue", "q", "{oops"), "invalid JSON payload"),
     ],
 )

@@ -85,6 +85,7 @@ def test_the_documented_fields_are_the_printed_ones(url: str, tmp_path: Path) ->
     assert keys(s3queue(url, "doctor", "emails")) == keys(example("doctor"))
     assert keys(s3queue(url, "queues")) == keys(example("queues"))
     assert keys(s3queue(url, "purge", "emails", "--yes")) == keys(example("purge"))
+    assert keys(s3queue(url, "delete", "emails", "--yes")) == keys(example("delete"))
 
 
 def test_a_problem_is_documented_as_printed(url: str, tmp_path: Path) -> None:

@@ -126,6 +126,9 @@ class BlockingQueue:
     def purge(self) -> None:
         self._run(self.queue.purge())
 
+    def delete(self) -> None:
+        self._run(self.queue.delete())
+
     def close(self) -> None:
         if self._loop.is_closed():
             return

@@ -39,17 +39,17 @@ from s3queue.core.cursor import (
     Extend,
     Fail,
     Progress,
-    Purge,
     Release,
     Rules,
     Stale,
     Yielded,
+    purge_of,
 )
 from s3queue.core.layout import check_queue_name
 from s3queue.core.outcomes import OutcomeRecords
 from s3queue.core.producer import Producer
 from s3queue.core.rates import QUEUE_WIDE, RateLimit, ShardRate, check_rate_key
-from s3queue.core.reader import QueueReader, list_segments
+from s3queue.core.reader import QueueReader, all_segments
 from s3queue.core.records import (
     MAX_PAYLOAD_BYTES,
     MAX_RESULT_BYTES,
@@ -1021,28 +1021,62 @@ class Queue:
 
     async def purge(self) -> None:
         """Drop every pending, delayed and in-flight message, every dead letter,
-        stored result and dedup key. Messages enqueued during the purge may stay."""
-        for shard, committer in enumerate(self.committers):
-            cursor = await committer.read()
-            # Where each lane and timer bucket ends now.
-            ends: dict[int, int] = {}
-            for ref in await list_segments(self.storage, self.name, shard, cursor):
-                ends[ref.bucket] = max(ends.get(ref.bucket, 0), ref.seq + 1)
-            log_end = max(cursor.next_seq, ends.pop(layout.LOG_LANE, 0))
-            high_end = max(cursor.next_high, ends.pop(layout.HIGH_LANE, 0))
-            await committer.submit(Purge(log_end, tuple(sorted(ends.items())), high_end))
+        stored result, dedup key, chain link, quarantine record and large payload,
+        deleting their objects (segments too, in DeleteObjects batches on S3).
+
+        Each shard drops exactly the segments its listing found, once its cursor
+        has stepped past them: a segment written after that listing (messages
+        enqueued during the purge) is neither dropped nor deleted. Producers in
+        other processes that wrote to the queue before the purge may remember a
+        segment number it freed: see docs/ARCHITECTURE.md ("Purge and delete")."""
+        doomed: list[str] = []
+        for shard in range(self.settings.shards):
+            doomed.extend(await self._purge_shard(shard))
+        self.producer.forget_sequences()
         for prefix in (
             layout.dead_prefix(self.name),
             layout.redriven_prefix(self.name),
             layout.results_prefix(self.name),
             layout.dedup_prefix(self.name),
             layout.links_prefix(self.name),
+            layout.quarantine_prefix(self.name),
+            layout.blobs_prefix(self.name),
         ):
-            entries = await self.storage.list(prefix)
-            for start in range(0, len(entries), 256):
-                await asyncio.gather(
-                    *(self.storage.delete(e.key) for e in entries[start : start + 256])
-                )
+            doomed.extend(entry.key for entry in await self.storage.list(prefix))
+        await self.storage.delete_many(doomed)
+
+    async def _purge_shard(self, shard: int) -> list[str]:
+        """Commit a purge of the segments ``shard`` holds now; their keys, to delete
+        (the cursor no longer needs any of them once the purge is committed)."""
+        listed = await all_segments(self.storage, self.name, shard)
+        await self.committers[shard].submit(purge_of(ref for ref, _ in listed))
+        for ref, _ in listed:
+            self.segments.forget(shard, ref)
+        # A segment younger than SEGMENT_MIN_AGE may be the next number a producer
+        # in another process remembers: deleted, its create-if-absent would succeed
+        # behind the cursor. The sweeper deletes those once they are old enough.
+        young = self.clock() - layout.SEGMENT_MIN_AGE
+        return [ref.key(self.name, shard) for ref, at in listed if at is None or at <= young]
+
+    async def delete(self) -> None:
+        """Remove the queue: every object under its prefix, queue.json first.
+
+        With queue.json gone, every process still using the queue learns of it
+        where it would otherwise recreate part of it: a worker whose cursor
+        vanished or that would create one, a producer at its next check (within
+        EXISTS_CHECK_INTERVAL seconds) or when a cursor is missing; each gets
+        :class:`~s3queue.errors.QueueNotFound` ("queue X was deleted"). Deleting
+        queue.json last would instead let them recreate cursors and segments under
+        a queue that is half gone. Opening the queue again with ``create=True``
+        (after this returns) creates a fresh, empty queue. This object is unusable
+        afterwards: close it."""
+        # This process's own writes in progress land before, not after, the delete.
+        await self.settle()
+        await self.producer.close()
+        await self.storage.delete(layout.settings_key(self.name))
+        entries = await self.storage.list(layout.queue_prefix(self.name))
+        await self.storage.delete_many([entry.key for entry in entries])
+        self.segments.clear()
 
 
 __all__ = ["Queue"]

@@ -10,6 +10,7 @@ whatever the queues hold.
 from __future__ import annotations
 
 from s3queue.core import layout
+from s3queue.errors import QueueNotFound
 from s3queue.storage import Storage
 
 #: Sorts after every key under a prefix: S3 and the local backend list keys in
@@ -30,3 +31,18 @@ async def list_queues(storage: Storage) -> list[str]:
         if name is not None and await storage.get(layout.settings_key(name)) is not None:
             names.append(name)
         after = f"{layout.queue_prefix(key if name is None else name)}{_PAST_EVERYTHING}"
+
+
+async def ensure_exists(storage: Storage, name: str) -> None:
+    """Raise QueueNotFound unless the queue's settings are there (one GET).
+
+    Called where a process finds an object of the queue missing that it would
+    otherwise create afresh (a cursor that vanished, a first cursor or segment): a
+    queue deleted under a running worker or producer is then reported, never
+    recreated in part."""
+    if await storage.get(layout.settings_key(name)) is None:
+        raise QueueNotFound(
+            f"queue {name!r} was deleted (its queue.json is gone from {storage.url})",
+            suggestion="stop using it, or open it again to create a fresh queue of that name",
+            metadata={"queue": name},
+        )

@@ -25,6 +25,7 @@ import msgspec
 from msgspec import UnsetType
 
 from s3queue.core import layout, quarantine
+from s3queue.core.catalog import ensure_exists
 from s3queue.core.clock import Clock, StoreClock
 from s3queue.core.cursor import (
     YIELDED,
@@ -368,6 +369,10 @@ class ShardCommitter:
     async def _refresh(self) -> None:
         stored = await self.context.storage.get(self.key)
         if stored is None:
+            if self._etag is not None:
+                # The cursor this process knew is gone: the queue was deleted (or the
+                # cursor by hand). Never go on as if the shard were new.
+                await ensure_exists(self.context.storage, self.context.settings.name)
             self._cursor, self._etag = Cursor(shard=self.shard), None
         else:
             self._cursor, self._etag = decode_cursor(stored.data, self.key), stored.etag
@@ -443,7 +448,8 @@ class ShardCommitter:
         except CorruptData as error:
             if "ref" not in error.metadata:
                 raise
-            await self._set_aside(error, cursor)
+            if not await self._purged_since(error):
+                await self._set_aside(error, self._cursor or cursor)
             return None
         # Decided as of after the reads that prepared it (segments, timers): leases and
         # rate-limit tokens then date from just before the write, not from before
@@ -481,6 +487,8 @@ class ShardCommitter:
         storage = self.context.storage
         try:
             if etag is None:
+                # A first cursor: only for a queue that exists (not one just deleted).
+                await ensure_exists(storage, self.context.settings.name)
                 new_etag = await storage.put(self.key, data, mode="create")
             else:
                 new_etag = await storage.put(self.key, data, mode=UpdateVersion(etag))
@@ -570,6 +578,17 @@ class ShardCommitter:
             quarantine.unfinished(self.shard, window),
         )
         self._aside.add(ref)
+
+    async def _purged_since(self, error: CorruptData) -> bool:
+        """A segment the cached cursor needs is missing: whether a purge (which
+        deletes the segments it covers) left it behind since the cursor was read.
+        Then the cursor is re-read, and nothing is set aside: nothing was lost."""
+        if not error.metadata.get("missing"):
+            return False
+        ref = SegmentRef.parse(str(error.metadata["ref"]))
+        await self._refresh()
+        assert self._cursor is not None
+        return ref not in self._needed_segments(self._cursor, [])
 
     async def set_aside(self, ref: SegmentRef, reason: str) -> None:
         """Quarantine a segment of the window now (``s3queue doctor --fix``)."""

@@ -30,7 +30,7 @@ from typing import Generic, Literal, Protocol, TypeVar
 import msgspec
 from msgspec import UNSET, UnsetType
 
-from s3queue.core.layout import SegmentRef, parse_message_id
+from s3queue.core.layout import HIGH_LANE, LOG_LANE, SegmentRef, parse_message_id
 from s3queue.core.rates import Bucket, ShardRate, Tokens
 from s3queue.core.records import FORMAT, NO_RAW, ErrorRecord, decode, encode
 from s3queue.core.segment import Message, Segment
@@ -338,6 +338,19 @@ class Purge(Op[None]):
     log_end: int
     timer_ends: tuple[tuple[int, int], ...] = ()
     high_end: int = 0
+
+
+def purge_of(refs: Iterable[SegmentRef]) -> Purge:
+    """The purge of exactly the segments ``refs`` (a shard's listing): each lane
+    and timer bucket ends after the last of them. Segments not listed, written
+    later, lie at or past those ends and stay, so ``refs`` are the segments a
+    purge may delete once it is committed."""
+    ends: dict[int, int] = {}
+    for ref in refs:
+        ends[ref.bucket] = max(ends.get(ref.bucket, 0), ref.seq + 1)
+    log_end = ends.pop(LOG_LANE, 0)
+    high_end = ends.pop(HIGH_LANE, 0)
+    return Purge(log_end, tuple(sorted(ends.items())), high_end)
 
 
 Operation = (
@@ -980,14 +993,26 @@ def _seal_timer(state: _State, op: SealTimer) -> None:
 
 
 def _purge(state: _State, op: Purge) -> None:
-    state.open.clear()
-    state.flights.clear()
+    ends = {LOG_LANE: op.log_end, HIGH_LANE: op.high_end, **dict(op.timer_ends)}
+
+    def covered(ref: SegmentRef) -> bool:
+        # Timer buckets sealed before the purge are covered whole: every segment
+        # of theirs was taken in before the seal.
+        sealed = ref.is_timer and ref.bucket < state.timers_sealed_before
+        return sealed or ref.seq < ends.get(ref.bucket, 0)
+
+    # What the purge's listing found goes; a segment written since (taken into the
+    # window already, or a message of it cancelled before it was read) stays.
+    for ref in [r for r in state.open if covered(SegmentRef.parse(r))]:
+        del state.open[ref]
+    for mid in [m for m in state.flights if covered(parse_message_id(m).segment)]:
+        del state.flights[mid]
     # Counts restart with the queue's contents: "completed since the last purge".
     state.counters = msgspec.structs.asdict(Counters())
     state.next_seq = max(state.next_seq, op.log_end)
-    state.purged_before = state.next_seq
+    state.purged_before = max(state.purged_before, op.log_end)
     state.next_high = max(state.next_high, op.high_end)
-    state.purged_high_before = state.next_high
+    state.purged_high_before = max(state.purged_high_before, op.high_end)
     # Buckets stay registered (a producer may still be adding to them); only the
     # segments that exist now are skipped.
     for bucket, end in op.timer_ends:

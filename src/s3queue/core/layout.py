@@ -194,6 +194,13 @@ def result_id(queue: str, key: str) -> str | None:
     return message_id(int(shard), ref, int(index))
 
 
+#: No segment younger than this (by the store's clock) is deleted, and a producer
+#: trusts the next free sequence number it remembers for a lane only half as long
+#: after its last write there (it re-reads the cursor after that): a number freed
+#: by a deletion can never be reused behind the cursor (see sweep.py).
+SEGMENT_MIN_AGE = 60.0
+
+
 def sweeper_key(queue: str) -> str:
     return f"{queue}/sweeper"
 

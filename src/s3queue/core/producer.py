@@ -15,16 +15,19 @@ import itertools
 import logging
 import random
 import secrets
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 from s3queue.core import layout
+from s3queue.core.catalog import ensure_exists
 from s3queue.core.clock import Clock
 from s3queue.core.commit import ShardCommitter
 from s3queue.core.cursor import RegisterTimer, decode_cursor
 from s3queue.core.layout import (
     HIGH_LANE,
     LOG_LANE,
+    SEGMENT_MIN_AGE,
     TIMER_BUCKET,
     TIMER_SEAL_MARGIN,
     TIMER_THRESHOLD,
@@ -47,6 +50,10 @@ log = logging.getLogger("s3queue.producer")
 
 #: A batch is spread over the shards in parts of at least this many messages.
 SPREAD_MIN = 250
+#: A producer writing to a queue checks at most this often (seconds) that the queue
+#: still exists (one GET of queue.json): a segment number it remembers is free in a
+#: deleted queue too, so without the check it would write on where nobody reads.
+EXISTS_CHECK_INTERVAL = 10.0
 
 
 @dataclass
@@ -117,9 +124,13 @@ class Producer:
         self.writer = secrets.token_hex(8)
         self._nonce = itertools.count()
         self._shards = itertools.cycle(random.sample(range(settings.shards), settings.shards))
-        self._next_seq: dict[tuple[int, int], int] = {}
+        #: Per lane: the next free sequence number as last seen, and when (monotonic)
+        #: the write that showed it started.
+        self._next_seq: dict[tuple[int, int], tuple[int, float]] = {}
         self._locks: dict[tuple[int, int], asyncio.Lock] = {}
         self._registered: set[tuple[int, int]] = set()
+        #: time.monotonic() when the queue was last known to exist (just opened).
+        self._exists_at = time.monotonic()
         self._waiting: list[_Waiting] = []
         self._flushing = 0
         self._tasks: set[asyncio.Task[None]] = set()
@@ -270,15 +281,33 @@ class Producer:
         # race each other for the same number, and every lost race costs a LIST.
         # A number is never reserved ahead of its write, because a write that then
         # failed would leave a gap that hides every later segment from consumers.
+        if time.monotonic() - self._exists_at > EXISTS_CHECK_INTERVAL:
+            await ensure_exists(self.storage, self.settings.name)
+            self._exists_at = time.monotonic()
         lock = self._locks.setdefault((shard, bucket), asyncio.Lock())
         async with lock:
             return await self._create_next(shard, bucket, data)
 
+    def forget_sequences(self) -> None:
+        """Forget the next free segment numbers remembered: a purge deleted the
+        segments they follow, so a remembered number may be free below the cursor."""
+        self._next_seq.clear()
+
+    async def _next_candidate(self, shard: int, bucket: int) -> int:
+        remembered = self._next_seq.get((shard, bucket))
+        if remembered is None:
+            return await self._find_end(shard, bucket, await self._first_candidate(shard, bucket))
+        seq, seen_at = remembered
+        if bucket < 0 and time.monotonic() - seen_at > SEGMENT_MIN_AGE / 2:
+            # The sweeper may have deleted segments at that number since (it never
+            # deletes one younger than SEGMENT_MIN_AGE): never write behind the cursor.
+            seq = max(seq, await self._first_candidate(shard, bucket))
+        return seq
+
     async def _create_next(self, shard: int, bucket: int, data: bytes) -> int:
-        seq = self._next_seq.get((shard, bucket))
-        if seq is None:
-            seq = await self._find_end(shard, bucket, await self._first_candidate(shard, bucket))
+        seq = await self._next_candidate(shard, bucket)
         while True:
+            started = time.monotonic()
             try:
                 await self.storage.put(self._key(shard, bucket, seq), data, mode="create")
             except PreconditionFailed:
@@ -286,7 +315,7 @@ class Producer:
                 # there): list from it on, past everything written since.
                 seq = await self._find_end(shard, bucket, seq)
                 continue
-            self._next_seq[(shard, bucket)] = seq + 1
+            self._next_seq[(shard, bucket)] = (seq + 1, started)
             return seq
 
     async def _first_candidate(self, shard: int, bucket: int) -> int:
@@ -295,6 +324,9 @@ class Producer:
         key = layout.cursor_key(self.settings.name, shard)
         stored = await self.storage.get(key)
         if stored is None:
+            # A new shard, or a deleted queue: never write segments nobody reads.
+            await ensure_exists(self.storage, self.settings.name)
+            self._exists_at = time.monotonic()
             return 0
         cursor = decode_cursor(stored.data, key)
         return cursor.next_high if bucket == HIGH_LANE else cursor.next_seq

@@ -170,16 +170,16 @@ class QueueReader:
             return self._dead_info(decode(dead.data, DeadLetter, what="dead letter", key=key))
         if result is None and aside is not None:
             self._set_aside(mid, aside.data)
+        segment = address.segment
+        purged_before = cursor.purged_high_before if segment.is_high else cursor.purged_before
+        if not segment.is_timer and segment.seq < purged_before and result is None:
+            return None  # purged before it ran
         # Read after the records: the watermark is written before any of them is
         # deleted, so a record found missing because it was collected shows here.
         if await self._collected(address):
             return self._expired_info(mid)
         if message is None:
             return None
-        segment = address.segment
-        purged_before = cursor.purged_high_before if segment.is_high else cursor.purged_before
-        if not segment.is_timer and segment.seq < purged_before and result is None:
-            return None  # purged before it ran
         if result is not None:
             key = self._result_key(mid)
             record = decode(result.data, ResultRecord, what="result", key=key)
@@ -359,10 +359,16 @@ class QueueReader:
         except CorruptData as error:
             problems.append(Problem(str(error.metadata.get("key")), error.message))
             return None
-        if segment is None:
+        if segment is None and await self._still_needed(shard, ref):
             key = ref.key(self.name, shard)
             problems.append(Problem(key, "missing although the cursor still needs it"))
         return segment
+
+    async def _still_needed(self, shard: int, ref: SegmentRef) -> bool:
+        """Whether the shard's cursor, read again, still has ``ref`` in its window: a
+        purge since the first read deleted the segments it stepped past."""
+        cursor = await self.committers[shard].read()
+        return any(s.ref == str(ref) for s in cursor.open)
 
     async def _backlog(
         self, shard: int, cursor: Cursor, problems: list[Problem]
@@ -408,6 +414,25 @@ async def list_segments(
         refs.extend(await _listed(storage, queue, shard, prefix, after))
     refs.extend(await _listed(storage, queue, shard, layout.timers_prefix(queue, shard)))
     return refs
+
+
+async def all_segments(
+    storage: Storage, queue: str, shard: int
+) -> list[tuple[SegmentRef, float | None]]:
+    """Every segment of a shard in storage, with when it was written: both log lanes
+    from their start, then every timer segment, seals included (what a purge covers
+    and deletes)."""
+    prefixes = [
+        layout.lane_prefix(queue, shard, lane) for lane in (layout.LOG_LANE, layout.HIGH_LANE)
+    ]
+    prefixes.append(layout.timers_prefix(queue, shard))
+    out: list[tuple[SegmentRef, float | None]] = []
+    for prefix in prefixes:
+        for entry in await storage.list(prefix):
+            ref = layout.parse_segment_key(queue, shard, entry.key)
+            if ref is not None:
+                out.append((ref, entry.modified))
+    return out
 
 
 async def unread_segments(

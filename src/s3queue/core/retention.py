@@ -135,9 +135,12 @@ def advance(
     for shard, cursor in cursors.items():
         current = shards.get(shard, ShardRetention())
         seen = frontiers(cursor)
-        shards[shard] = ShardRetention(
-            **{name: observe(current.lane(name), seen[name], now, ttl) for name in LANES}
-        )
+        lanes = {name: observe(current.lane(name), seen[name], now, ttl) for name in LANES}
+        # Purged segments have no status to keep: collected at once.
+        for name, purged in (("log", cursor.purged_before), ("high", cursor.purged_high_before)):
+            if purged > lanes[name].collected_before:
+                lanes[name] = msgspec.structs.replace(lanes[name], collected_before=purged)
+        shards[shard] = ShardRetention(**lanes)
     return shards
 
 

@@ -69,6 +69,13 @@ class SegmentCache:
         while len(self._items) > self._capacity:
             self._items.popitem(last=False)
 
+    def forget(self, shard: int, ref: SegmentRef) -> None:
+        """Drop a segment that was deleted (a purge)."""
+        self._items.pop((shard, str(ref)), None)
+
+    def clear(self) -> None:
+        self._items.clear()
+
     async def fetch(self, shard: int, ref: SegmentRef) -> Segment | None:
         """The segment, from cache or storage; None if it does not exist (yet).
 

@@ -31,6 +31,7 @@ import msgspec
 from s3queue.core import layout
 from s3queue.core.clock import Clock
 from s3queue.core.cursor import Cursor, decode_cursor
+from s3queue.core.layout import SegmentRef
 from s3queue.core.records import DedupMarker, QueueSettings, decode, encode
 from s3queue.core.retention import (
     LANES,
@@ -47,6 +48,9 @@ from s3queue.storage.base import LIST_PAGE_SIZE
 #: How long a dedup reservation without a message may be kept by a producer that is
 #: still writing it (as ``queue.DEDUP_RESERVATION_TIMEOUT``, with room to spare).
 RESERVATION_TIMEOUT = 600.0
+#: How far behind a producer's clock may run (S3 refuses requests signed 15 min
+#: off): a timer bucket is deleted only once such a producer is past it too.
+MAX_PRODUCER_SKEW = 900.0
 #: What kinds of objects a pass removes, as its report names them.
 KINDS = ("segments", "results", "dead", "redriven", "links", "dedup", "blobs")
 
@@ -249,11 +253,12 @@ class Sweeper:
         kept was written (blobs older than every segment kept are unreferenced)."""
         prefix = _lane_prefix(self.name, shard, lane)
         doomed: list[str] = []
+        now = self.clock()
         async for entry in self._listed(prefix, budget):
             found = layout.segment_of(self.name, entry.key)
             if found is None:
                 continue
-            if not is_collected(record, shard, found[1]):
+            if not is_collected(record, shard, found[1]) or not _old_enough(found[1], entry, now):
                 if entry.modified is not None:
                     oldest.append(entry.modified)
                 if lane != "timers":
@@ -421,6 +426,19 @@ class Sweeper:
         await self.storage.delete_many(keys)
         budget.spend(max(1, self.storage.counts.delete - before))
         report.removed[kind] += len(keys)
+
+
+def _old_enough(ref: SegmentRef, entry: ObjectEntry, now: float) -> bool:
+    """Whether a segment below the watermark may go now. Not while younger than
+    SEGMENT_MIN_AGE: a producer may still take its number for free. A timer bucket
+    not before a producer whose clock is as far behind as tolerated would stop
+    writing to it (its seal goes with it)."""
+    if entry.modified is not None and entry.modified > now - layout.SEGMENT_MIN_AGE:
+        return False
+    if ref.is_timer:
+        end = ref.bucket + layout.TIMER_BUCKET + layout.TIMER_SEAL_MARGIN
+        return end + MAX_PRODUCER_SKEW <= now
+    return True
 
 
 def _aged(entry: ObjectEntry, ttl: float, now: float) -> bool:

@@ -39,6 +39,7 @@ from collections.abc import Awaitable, Callable
 import msgspec
 
 from s3queue.core import layout
+from s3queue.core.catalog import ensure_exists
 from s3queue.errors import QueueError
 from s3queue.storage import Storage
 
@@ -121,6 +122,7 @@ class Wake:
 
     def __init__(self, storage: Storage, queue: str, writer: str) -> None:
         self.storage = storage
+        self.queue = queue
         self.writer = writer
         self.key = layout.wake_key(queue)
         self.high_key = layout.wake_key(queue, high=True)
@@ -162,6 +164,9 @@ class Wake:
         if stored is not None and _listening(stored.data):
             self._seen[self.key] = stored.etag
             return
+        if stored is None:
+            # Never armed, or the queue was deleted: never recreate it in part.
+            await ensure_exists(self.storage, self.queue)
         self._seen[self.key] = await self.storage.put(self.key, self._body(True))
 
     async def changed(self, *, high: bool = False) -> bool:

@@ -1,5 +1,5 @@
 """The ``s3queue`` command line: worker, enqueue, create, stats, inspect, cancel,
-dead, redrive, purge, doctor, queues, dashboard and demo.
+dead, redrive, purge, delete, doctor, queues, dashboard and demo.
 
 Invariant: a user's mistake or a store's refusal prints one line, ``error: what
 happened (what to do)``, and exits with the code of the contract below; tracebacks
@@ -1094,6 +1094,30 @@ def purge(
         emit({"queue": queue, "purged": True})
     else:
         out.print(f"purged {queue}")
+
+
+@app.command(cls=Command)
+def delete(
+    queue: Annotated[str, typer.Argument(help="Queue name.")],
+    yes: Annotated[bool, flag("--yes", "-y", help="Really delete the queue.")] = False,
+    as_json: _Json = False,
+) -> None:
+    """Delete the queue: every object under its prefix, its settings first."""
+    if not yes:
+        raise ConfigurationError(
+            f"delete removes queue {queue!r} and everything in it",
+            suggestion="add --yes to confirm",
+        )
+
+    async def main() -> None:
+        async with await open_queue(queue, create=False) as q:
+            await q.delete()
+
+    run(main)
+    if as_json:
+        emit({"queue": queue, "deleted": True})
+    else:
+        out.print(f"deleted {queue}")
 
 
 @app.command(cls=Command)

@@ -9,15 +9,18 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import math
 from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any
 
 from s3queue.core.cursor import Recovered
-from s3queue.errors import ConfigurationError
+from s3queue.errors import ConfigurationError, QueueNotFound
 from s3queue.info import Lease
 from s3queue.queue import ClaimRound, Queue
 from s3queue.storage import open_storage
+
+log = logging.getLogger("s3queue.worker")
 
 
 @contextlib.asynccontextmanager
@@ -91,18 +94,38 @@ class QueueSet:
         start, self._first = self._first, (self._first + 1) % len(self.queues)
         leases: list[Lease] = []
         contended = throttled = False
-        for step in range(len(self.queues)):
+        for q in [
+            self.queues[(start + step) % len(self.queues)] for step in range(len(self.queues))
+        ]:
             if len(leases) >= want:
                 break
-            q = self.queues[(start + step) % len(self.queues)]
-            got = await q.claim_round(want - len(leases), visibility_timeout, owner=owner)
+            try:
+                got = await q.claim_round(want - len(leases), visibility_timeout, owner=owner)
+            except QueueNotFound as error:
+                self._deleted(q, error)
+                continue
             leases.extend(got.leases)
             contended = contended or got.contended
             throttled = throttled or got.throttled
         return ClaimRound(leases, contended, throttled)
 
+    def _deleted(self, queue: Queue, error: QueueNotFound) -> None:
+        """Stop serving a queue that was deleted; raise if it was the last one (the
+        worker then stops with this error)."""
+        if len(self.queues) == 1 or queue not in self.queues:
+            raise error
+        log.error("no longer serving queue %r: %s", queue.name, error)
+        self.queues.remove(queue)
+        self._first %= len(self.queues)
+
     async def arm_wake(self) -> None:
-        await asyncio.gather(*(q.arm_wake() for q in self.queues))
+        queues = list(self.queues)
+        armed = await asyncio.gather(*(q.arm_wake() for q in queues), return_exceptions=True)
+        for q, outcome in zip(queues, armed, strict=True):
+            if isinstance(outcome, QueueNotFound):
+                self._deleted(q, outcome)
+            elif isinstance(outcome, BaseException):
+                raise outcome
 
     async def wake_changed(self) -> bool:
         """One GET per queue: whether any announced new work."""
@@ -129,4 +152,8 @@ class QueueSet:
         steps = len(Queue.SWEEP_STEPS)
         places = [(q, shard) for q in self.queues for shard in range(q.settings.shards)]
         q, shard = places[self._sweeps // steps % len(places)]
-        return await q.sweep(shard, Queue.SWEEP_STEPS[self._sweeps % steps])
+        try:
+            return await q.sweep(shard, Queue.SWEEP_STEPS[self._sweeps % steps])
+        except QueueNotFound as error:
+            self._deleted(q, error)
+            return False
