@@ -271,6 +271,18 @@ async def test_a_missing_result_blob_is_a_clear_error(queue: Queue) -> None:
     assert info.value.metadata == {"key": key, "id": mid, "missing": True}
 
 
+async def test_a_blob_the_store_fails_to_return_releases_its_message(store_url: str) -> None:
+    faulty = FaultyStorage(open_raw_storage(store_url))
+    async with await Queue.open(faulty, "big", shards=1) as queue:
+        large = await queue.enqueue("m" * (2 * BLOB_THRESHOLD))
+        small = await queue.enqueue("fine")
+        faulty.inject(Fault("get", times=1000, when=lambda key: "/blobs/" in key))
+        assert [lease.id for lease in await queue.claim(2)] == [small]
+        faulty.faults.clear()
+        [again] = await queue.claim(2)  # given back, its attempt not counted
+        assert (again.id, again.attempt, again.payload) == (large, 1, "m" * (2 * BLOB_THRESHOLD))
+
+
 # --- the collection contract -----------------------------------------------------------------
 
 

@@ -67,6 +67,7 @@ from s3queue.errors import (
     CorruptData,
     LeaseLost,
     PreconditionFailed,
+    QueueError,
     QueueNotFound,
 )
 from s3queue.info import CancelOutcome, Failure, Lease, MessageInfo, Stats
@@ -703,6 +704,15 @@ class Queue:
                 log.error("message %s is dead-lettered: %s", lease.id, error)
                 with contextlib.suppress(LeaseLost):  # then whoever holds it does this
                     await self.fail(lease, error, retriable=False)
+                return None
+            except QueueError as error:
+                # The store failed (after its retries): give the message back
+                # unprocessed rather than lose the round's other leases with it.
+                log.warning(
+                    "message %s released: its payload blob cannot be read: %s", lease.id, error
+                )
+                with contextlib.suppress(QueueError):
+                    await self.release(lease)
                 return None
             return lease
 
