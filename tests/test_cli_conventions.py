@@ -41,6 +41,8 @@ DATA_COMMANDS = {
     "delete",
     "doctor",
     "queues",
+    "config",
+    "sweep",
 }
 
 

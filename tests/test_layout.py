@@ -86,3 +86,40 @@ def test_copies_kept_under_quarantine_are_told_from_records() -> None:
     assert layout.is_quarantine_copy(layout.quarantined_cursor_key("emails", 3))
     assert layout.is_quarantine_copy(layout.quarantined_settings_key("emails"))
     assert layout.classify("emails", copy) == "quarantine"
+
+
+def test_blob_keys_are_classified_and_parsed() -> None:
+    payload = layout.payload_blob_key("emails")
+    result = layout.result_blob_key("emails", "3-L42-7")
+    assert payload.startswith("emails/blobs/p-")
+    assert len(payload.removeprefix("emails/blobs/p-")) == 32
+    assert result.startswith("emails/blobs/r-3-L42-7-")
+    assert layout.classify("emails", payload) == "blob"
+    assert layout.classify("emails", result) == "blob"
+    assert layout.blob_of("emails", payload) == ("payload", None)
+    assert layout.blob_of("emails", result) == ("result", "3-L42-7")
+    timer = "emails/blobs/r-0-T1732480020.3-12-0123456789abcdef"
+    assert layout.blob_of("emails", timer) == ("result", "0-T1732480020.3-12")
+    # Two keys made for the same thing never collide.
+    assert layout.payload_blob_key("emails") != payload
+    assert layout.result_blob_key("emails", "3-L42-7") != result
+
+
+@pytest.mark.parametrize(
+    "key",
+    [
+        "emails/blobs/p-" + "0" * 31,
+        "emails/blobs/p-" + "A" * 32,
+        "emails/blobs/p-" + "0" * 32 + ".data",
+        "emails/blobs/r-3-L42-7",
+        "emails/blobs/r-3-L42-" + "0" * 16,
+        "emails/blobs/r-3-X42-7-" + "0" * 16,
+        "emails/blobs/x-" + "0" * 32,
+        "other/blobs/p-" + "0" * 32,
+        "emails/results/3-L42-7",
+        "emails/blobs/p-" + "٣" * 32,
+    ],
+)
+def test_other_keys_are_not_blobs(key: str) -> None:
+    assert layout.blob_of("emails", key) is None
+    assert layout.classify("emails", key) != "blob"

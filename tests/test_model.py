@@ -1,11 +1,13 @@
 """The life cycle of a message, checked against a simple model by hypothesis.
 
-Random sequences of enqueue, claim, ack, fail, extend, release, cancel and the
-passing of time run against a real queue (memory and local-directory backends) and
+Random sequences of enqueue, claim, ack, fail, extend, release, cancel, sweeper
+passes (collection) and the passing of time run against a real queue (memory and local-directory backends) and
 against a model of a few dictionaries; after every step both must agree on every
 message's status, attempts and errors, and no message may ever be held by two live
 leases. A message a cancel accepted never completes, and one that completed is never
-reported cancelled.
+reported cancelled. A sweeper pass never touches a live message (every later claim
+still agrees with the model), and a message reads "expired" only once it finished
+at least the queue's result_ttl ago, and never anything else afterwards.
 
 A second machine races cancellation against the lease life cycle on the pure cursor,
 with finalization as a step of its own.
@@ -33,7 +35,7 @@ from hypothesis.stateful import (
     rule,
 )
 
-from s3queue import Backoff, LeaseLost, Queue
+from s3queue import Backoff, LeaseLost, Queue, Retention
 from s3queue.core import layout
 from s3queue.core.cursor import (
     CANCELLED,
@@ -62,6 +64,8 @@ from s3queue.core.segment import Message, Segment
 from s3queue.info import Failure, Lease
 
 MARGIN = 2.0
+TTL = 20.0
+FINAL = ("completed", "dead", "cancelled")
 
 
 @dataclass
@@ -93,6 +97,9 @@ class World:
     #: as completed.
     cancelled: set[str] = field(default_factory=set)
     completed: set[str] = field(default_factory=set)
+    #: When each message was first seen finished, and those read as expired.
+    finished_at: dict[str, float] = field(default_factory=dict)
+    expired: set[str] = field(default_factory=set)
 
 
 def order_of(mid: str) -> tuple[int, int]:
@@ -135,6 +142,7 @@ class MessageLifeCycle(RuleBasedStateMachine):
                 skew_margin=MARGIN,
                 backoff=Backoff(initial=1, factor=2, max=8, jitter=False),
                 verify_store=False,
+                retention=Retention(result_ttl=TTL, dead_ttl=TTL),
             )
         )
 
@@ -310,6 +318,9 @@ class MessageLifeCycle(RuleBasedStateMachine):
         elif m.status == "processing":
             assert outcome.status == "cancelling", (mid, outcome, m)
             m.cancel_requested = True
+        elif outcome.finished_status == "expired":
+            assert outcome.status == "finished"
+            assert self.world.finished_at[mid] + TTL <= self.world.now, (mid, outcome, m)
         else:
             assert (outcome.status, outcome.finished_status) == ("finished", m.status)
         if outcome.status in ("cancelled", "cancelling"):
@@ -321,6 +332,17 @@ class MessageLifeCycle(RuleBasedStateMachine):
         for m in self.world.messages.values():
             if m.status == "delayed" and m.visible_at <= self.world.now:
                 m.status = "pending"
+
+    @rule()
+    def sweep(self) -> None:
+        """A collection pass (the clock is far ahead of the store's, so every object
+        is old enough by its listing: only the retention watermarks decide)."""
+        report = self.run(self.queue.collect())
+        assert report.held_by is None
+
+    @rule()
+    def advance_past_the_ttl(self) -> None:
+        self.advance(TTL + 1.0)
 
     @precondition(lambda self: self.world.held)
     @rule(data=st.data(), offset=st.sampled_from([-0.5, 0.0, 1.0, MARGIN, MARGIN + 0.5]))
@@ -340,6 +362,14 @@ class MessageLifeCycle(RuleBasedStateMachine):
         for mid, m in self.world.messages.items():
             info = self.run(self.queue.get(mid))
             assert info is not None
+            if m.status in FINAL:
+                self.world.finished_at.setdefault(mid, self.world.now)
+            if info.status == "expired" or mid in self.world.expired:
+                assert info.status == "expired", (mid, info, m)  # and stays so
+                assert m.status in FINAL, (mid, info, m)
+                assert self.world.finished_at[mid] + TTL <= self.world.now, (mid, info, m)
+                self.world.expired.add(mid)
+                continue
             expected = m.status
             if expected in ("pending", "delayed"):
                 expected = "delayed" if m.visible_at > self.world.now else "pending"
@@ -365,6 +395,7 @@ class MessageLifeCycle(RuleBasedStateMachine):
             info = self.run(self.queue.get(mid))
             assert info is not None
             assert info.status != ("cancelled" if mid in self.world.completed else "completed")
+            # Expiry is checked by every_message_agrees_with_the_model.
 
     @invariant()
     def counts_agree_with_the_model(self) -> None:

@@ -10,6 +10,7 @@ was unknown, settled it by reading it back).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import math
 import random
@@ -25,6 +26,7 @@ import msgspec
 from s3queue import limits
 from s3queue.backoff import Backoff
 from s3queue.core import layout
+from s3queue.core.blobs import payload_of, write_blob
 from s3queue.core.catalog import list_queues
 from s3queue.core.clock import Clock, StoreClock
 from s3queue.core.commit import CommitContext, ShardCommitter
@@ -59,6 +61,7 @@ from s3queue.core.records import (
     QueueSettings,
     decode,
     encode,
+    inline_result_limit,
 )
 from s3queue.core.redrive import Redrive
 from s3queue.core.retention import Retention
@@ -69,6 +72,7 @@ from s3queue.errors import (
     CorruptData,
     LeaseLost,
     PreconditionFailed,
+    QueueError,
     QueueNotFound,
 )
 from s3queue.info import CancelOutcome, Failure, Lease, MessageInfo, Stats
@@ -679,8 +683,44 @@ class Queue:
             self._preference.remove(shard)
             self._preference.append(shard)
         round_.contended = round_.contended or isinstance(result, Yielded)
-        round_.leases.extend(self._lease(c, claim.owner) for c in taken)
+        leases = [self._lease(c, claim.owner) for c in taken]
+        if any(c.message.blob is not None for c in taken):
+            leases = await self._read_blobs(taken, leases)
+        round_.leases.extend(leases)
         return len(taken)
+
+    async def _read_blobs(self, taken: list[Claimed], leases: list[Lease]) -> list[Lease]:
+        """The leases with the payloads of their blobs. A message whose blob is gone
+        can never run: it is dead-lettered at once (not retriable) with the error
+        naming the blob, and left out; its letter's payload is null."""
+
+        async def read(claimed: Claimed, lease: Lease) -> Lease | None:
+            if claimed.message.blob is None:
+                return lease
+            try:
+                lease.payload = await payload_of(self.storage, claimed.message, lease.id)
+            except CorruptData as error:
+                if not error.metadata.get("missing"):
+                    raise
+                log.error("message %s is dead-lettered: %s", lease.id, error)
+                with contextlib.suppress(LeaseLost):  # then whoever holds it does this
+                    await self.fail(lease, error, retriable=False)
+                return None
+            except QueueError as error:
+                # The store failed (after its retries): give the message back
+                # unprocessed rather than lose the round's other leases with it.
+                log.warning(
+                    "message %s released: its payload blob cannot be read: %s", lease.id, error
+                )
+                with contextlib.suppress(QueueError):
+                    await self.release(lease)
+                return None
+            return lease
+
+        read_ = await asyncio.gather(
+            *(read(c, lease) for c, lease in zip(taken, leases, strict=True))
+        )
+        return [lease for lease in read_ if lease is not None]
 
     async def _look_around(self, owner: str) -> None:
         """Before claiming: learn of express-lane messages written to any shard (one
@@ -719,7 +759,8 @@ class Queue:
         message = claimed.message
         return Lease(
             id=claimed.id,
-            payload=decode_json(message.payload),
+            # A blob's payload is read by _read_blobs.
+            payload=None if message.blob is not None else decode_json(message.payload),
             attempt=claimed.attempt,
             max_attempts=message.max_attempts,
             token=claimed.token,
@@ -762,8 +803,15 @@ class Queue:
             if result is None
             else encode_json(result, limit=MAX_RESULT_BYTES, what="the result", exact=False)
         )
+        blob = None
+        if raw is not None and len(raw) > inline_result_limit(self.settings):
+            # Written before the ack that names it: the cursor (rewritten on every
+            # commit) and the result record hold only its key.
+            blob = layout.result_blob_key(self.name, lease.id)
+            await write_blob(self.storage, blob, bytes(raw))
+            raw = None
         outcome = await self._committer(lease).submit(
-            Ack(lease.id, lease.token, raw), linger=linger
+            Ack(lease.id, lease.token, raw, blob), linger=linger
         )
         if self._held(outcome, lease, "ack") is not None:
             lease.cancel_requested = True  # it ended cancelled, not completed

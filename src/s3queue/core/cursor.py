@@ -69,6 +69,9 @@ class Outcome(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
     status: FinalStatus
     finished_at: float
     result: msgspec.Raw = NO_RAW
+    #: The key of a result over the blob threshold (then ``result`` is empty): the
+    #: cursor, rewritten on every commit, holds only the key.
+    result_blob: str | None = None
 
 
 class Flight(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
@@ -262,6 +265,8 @@ class Ack(Op[Stale | Cancelled | None]):
     id: str
     token: str
     result: msgspec.Raw | None = None
+    #: A result over the blob threshold, written to this key before the ack.
+    result_blob: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -508,7 +513,7 @@ class _State:
         now: float,
         transition: Transition,
         message: Message | None = None,
-        result: msgspec.Raw | None = None,
+        ack: Ack | None = None,
     ) -> None:
         """Record how a message ended. One that needs no side record (a first-try
         completion without result or dedup key: ``message`` tells) is done at once;
@@ -517,15 +522,17 @@ class _State:
         nothing. A cancelled message always has a record: a done bit alone reads as
         completed."""
         self.count(status)
-        if status == "completed" and message is not None and _quiet(flight, message, result):
+        if status == "completed" and message is not None and _quiet(flight, message, ack):
             del self.flights[mid]
             self.mark_done(mid)
             return
-        self.flights[mid] = msgspec.structs.replace(
-            flight,
-            lease=None,
-            outcome=Outcome(status=status, finished_at=now, result=result or NO_RAW),
+        outcome = Outcome(
+            status=status,
+            finished_at=now,
+            result=(ack.result if ack is not None else None) or NO_RAW,
+            result_blob=ack.result_blob if ack is not None else None,
         )
+        self.flights[mid] = msgspec.structs.replace(flight, lease=None, outcome=outcome)
         transition.finishing.append(mid)
 
     def ahead(self, mid: str) -> bool:
@@ -564,11 +571,14 @@ class _State:
         )
 
 
-def _quiet(flight: Flight, message: Message, result: msgspec.Raw | None) -> bool:
+def _quiet(flight: Flight, message: Message, ack: Ack | None) -> bool:
     # Progress too is kept past the end (in the result record), so that a
     # finished job does not appear to have lost it.
     return (
-        result is None and message.dedup_key is None and not flight.errors and not flight.progress
+        (ack is None or (ack.result is None and ack.result_blob is None))
+        and message.dedup_key is None
+        and not flight.errors
+        and not flight.progress
     )
 
 
@@ -873,7 +883,7 @@ def _ack(
         state.finish(op.id, flight, "cancelled", now, t)
         return CANCELLED
     message = message_of(segments, op.id)
-    state.finish(op.id, flight, "completed", now, t, message, op.result)
+    state.finish(op.id, flight, "completed", now, t, message, op)
     return None
 
 

@@ -18,6 +18,11 @@ A queue named ``emails`` under a store keeps::
                                               results/<message id>)
     emails/redriven/<message id>              where a redriven dead letter went
     emails/dedup/<sha256 of the key>          dedup marker
+    emails/blobs/p-<32 hex>                   a payload over the blob threshold,
+                                              referenced by one segment's message
+    emails/blobs/r-<message id>-<16 hex>      a result over the blob threshold,
+                                              referenced by the message's Ack,
+                                              cursor outcome and result record
     emails/probe/<random>                     conditional-write probe, deleted after
     emails/quarantine/0003-L42                why segment L42 of shard 3 was set aside
     emails/quarantine/0003-L42.data           its bytes as they were found (also
@@ -36,7 +41,9 @@ import functools
 import hashlib
 import logging
 import re
+import secrets
 from dataclasses import dataclass
+from typing import Literal
 
 from s3queue.errors import ConfigurationError
 
@@ -205,34 +212,6 @@ def sweeper_key(queue: str) -> str:
     return f"{queue}/sweeper"
 
 
-#: A producer references a payload blob from a segment only within BLOB_GRACE / 2
-#: seconds of starting to write it; the sweeper deletes a payload blob only once it
-#: is older than every segment kept by BLOB_GRACE (see sweep.py).
-BLOB_GRACE = 3600.0
-
-
-def blobs_prefix(queue: str) -> str:
-    return f"{queue}/blobs/"
-
-
-_BLOB = re.compile(
-    r"(?:p-[0-9a-f]{32}|r-("
-    + r"\d{1,4}-(?:[LH]\d{1,12}|T\d{1,13}\.\d{1,6})-\d{1,6}"
-    + r")-[0-9a-f]{16})",
-    re.ASCII,
-)
-
-
-def blob_of(queue: str, key: str) -> tuple[str, str | None] | None:
-    """("payload", None) or ("result", its message id) for a blob's key; None for
-    any other key."""
-    prefix = blobs_prefix(queue)
-    match = _BLOB.fullmatch(key[len(prefix) :]) if key.startswith(prefix) else None
-    if match is None:
-        return None
-    return ("payload", None) if match[1] is None else ("result", match[1])
-
-
 def dedup_key(queue: str, key: str) -> str:
     digest = hashlib.sha256(key.encode("utf-8")).hexdigest()
     return f"{queue}/dedup/{digest}"
@@ -240,6 +219,31 @@ def dedup_key(queue: str, key: str) -> str:
 
 def dedup_prefix(queue: str) -> str:
     return f"{queue}/dedup/"
+
+
+def blobs_prefix(queue: str) -> str:
+    return f"{queue}/blobs/"
+
+
+#: Seconds of the payload-blob collection contract. A producer never writes a segment
+#: that references a payload blob whose PUT started more than BLOB_GRACE / 2 seconds
+#: earlier by its monotonic clock (it writes the blob again under a new key first),
+#: so a collector may delete a payload blob older than the oldest segment still in
+#: the queue minus BLOB_GRACE: no segment written later can reference it. A result
+#: blob goes when its message's segment has been collected. Payload blobs are
+#: therefore referenced by segments only: a dead letter holds its payload inline.
+BLOB_GRACE = 3600.0
+
+
+def payload_blob_key(queue: str) -> str:
+    """A fresh key for a payload too large for its segment (128 random bits)."""
+    return f"{blobs_prefix(queue)}p-{secrets.token_hex(16)}"
+
+
+def result_blob_key(queue: str, message_id: str) -> str:
+    """A fresh key for a result of ``message_id`` too large for its records (random,
+    so that the results of two attempts never share a key)."""
+    return f"{blobs_prefix(queue)}r-{message_id}-{secrets.token_hex(8)}"
 
 
 def link_key(queue: str, parent_queue: str, parent_id: str) -> str:
@@ -356,6 +360,7 @@ def queue_of(key: str) -> str | None:
 
 
 _ID = r"\d{1,4}-(?:[LH]\d{1,12}|T\d{1,13}\.\d{1,6})-\d{1,6}"
+_BLOB = re.compile(rf"blobs/(?:p-[0-9a-f]{{32}}|r-({_ID})-[0-9a-f]{{16}})", re.ASCII)
 _KINDS = [
     ("settings", re.compile(r"^queue\.json$", re.ASCII)),
     ("cursor", re.compile(r"^shards/\d{4}/cursor$", re.ASCII)),
@@ -365,10 +370,10 @@ _KINDS = [
     ("dead", re.compile(rf"^dead/{_ID}$", re.ASCII)),
     ("result", re.compile(rf"^results/{_ID}$", re.ASCII)),
     ("result", re.compile(r"^results/\d{4}/(?:[LH]\d{12}|T\d{13}\.\d{6})/\d{6}$", re.ASCII)),
-    ("blob", re.compile(rf"^blobs/(?:p-[0-9a-f]{{32}}|r-{_ID}-[0-9a-f]{{16}})$", re.ASCII)),
     ("sweeper", re.compile(r"^sweeper$", re.ASCII)),
     ("redriven", re.compile(rf"^redriven/{_ID}$", re.ASCII)),
     ("dedup", re.compile(r"^dedup/[0-9a-f]{64}$", re.ASCII)),
+    ("blob", re.compile(rf"^{_BLOB.pattern}$", re.ASCII)),
     ("link", re.compile(rf"^links/[A-Za-z0-9][A-Za-z0-9_\-]{{0,79}}/{_ID}$", re.ASCII)),
     (
         "quarantine",
@@ -393,6 +398,16 @@ def classify(queue: str, key: str) -> str | None:
         return None
     rest = key[len(prefix) :]
     return next((kind for kind, pattern in _KINDS if pattern.fullmatch(rest)), None)
+
+
+def blob_of(queue: str, key: str) -> tuple[Literal["payload", "result"], str | None] | None:
+    """What a blob key of ``queue`` holds: ("payload", None), or ("result", the id
+    of the message whose result it is); None for any other key."""
+    prefix = queue_prefix(queue)
+    match = _BLOB.fullmatch(key[len(prefix) :]) if key.startswith(prefix) else None
+    if match is None:
+        return None
+    return ("payload", None) if match[1] is None else ("result", match[1])
 
 
 def timers_prefix(queue: str, shard: int) -> str:

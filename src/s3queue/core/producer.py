@@ -20,6 +20,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from s3queue.core import layout
+from s3queue.core.blobs import PayloadBlobs
 from s3queue.core.catalog import ensure_exists
 from s3queue.core.clock import Clock
 from s3queue.core.commit import ShardCommitter
@@ -33,7 +34,7 @@ from s3queue.core.layout import (
     TIMER_THRESHOLD,
     SegmentRef,
 )
-from s3queue.core.records import QueueSettings
+from s3queue.core.records import QueueSettings, inline_payload_limit
 from s3queue.core.segment import (
     MAX_SEGMENT_BYTES,
     MAX_SEGMENT_MESSAGES,
@@ -135,10 +136,13 @@ class Producer:
         self._flushing = 0
         self._tasks: set[asyncio.Task[None]] = set()
         self.wake = Wake(storage, settings.name, self.writer)
+        #: Payloads over the blob threshold, written before their segments.
+        self.blobs = PayloadBlobs(storage, settings.name, inline_payload_limit(settings))
 
     # --- batching of single enqueues ----------------------------------------------------
 
     async def enqueue(self, message: Message) -> str:
+        (message,) = await self.blobs.externalize([message])
         if message.visible_at - self.clock() > TIMER_THRESHOLD:
             return (await self.write([message]))[0]
         future: asyncio.Future[str] = asyncio.get_running_loop().create_future()
@@ -184,7 +188,9 @@ class Producer:
     async def write(self, messages: list[Message]) -> list[str]:
         """Write ``messages`` in as few segments as their size allows, a large batch
         spread over the shards so that workers share it without contending for one
-        cursor; their ids in order."""
+        cursor; their ids in order. Payloads over the blob threshold are written
+        first, as blobs of their own."""
+        messages = await self.blobs.externalize(messages)
         now = self.clock()
         soon = [m for m in messages if m.visible_at - now <= TIMER_THRESHOLD]
         plan: list[tuple[int, int, list[Message]]] = []
@@ -223,8 +229,10 @@ class Producer:
         return segment, encode_segment(segment)
 
     async def _write_lane(self, shard: int, lane: int, messages: list[Message]) -> list[str]:
-        segment, data = self._encode(messages)
-        seq = await self._create(shard, lane, data)
+        try:
+            seq, segment = await self._create(shard, lane, messages)
+        finally:
+            self.blobs.forget(messages)
         ref = SegmentRef(lane, seq)
         self.segments.put(shard, ref, segment)
         self.committers[shard].log_grew(lane)
@@ -238,11 +246,12 @@ class Producer:
             if not await self.committers[shard].submit(RegisterTimer(bucket)):
                 return await self._write_late(shard, messages)
             self._registered.add((shard, bucket))
-        segment, data = self._encode(messages)
         try:
-            seq = await self._create(shard, bucket, data)
+            seq, segment = await self._create(shard, bucket, messages)
         except BucketSealed:
             return await self._write_late(shard, messages)
+        finally:
+            self.blobs.forget(messages)
         ref = SegmentRef.timer(bucket, seq)
         self.segments.put(shard, ref, segment)
         self._forget_past_buckets()
@@ -275,8 +284,11 @@ class Producer:
     def _key(self, shard: int, bucket: int, seq: int) -> str:
         return SegmentRef(bucket, seq).key(self.settings.name, shard)
 
-    async def _create(self, shard: int, bucket: int, data: bytes) -> int:
-        """Create the segment at the first free sequence number; return it."""
+    async def _create(
+        self, shard: int, bucket: int, messages: list[Message]
+    ) -> tuple[int, Segment]:
+        """Create the segment of ``messages`` at the first free sequence number;
+        return the number and the segment written."""
         # This process's writes to one log go one at a time: concurrent ones would
         # race each other for the same number, and every lost race costs a LIST.
         # A number is never reserved ahead of its write, because a write that then
@@ -286,7 +298,7 @@ class Producer:
             self._exists_at = time.monotonic()
         lock = self._locks.setdefault((shard, bucket), asyncio.Lock())
         async with lock:
-            return await self._create_next(shard, bucket, data)
+            return await self._create_next(shard, bucket, messages)
 
     def forget_sequences(self) -> None:
         """Forget the next free segment numbers remembered: a purge deleted the
@@ -304,9 +316,17 @@ class Producer:
             seq = max(seq, await self._first_candidate(shard, bucket))
         return seq
 
-    async def _create_next(self, shard: int, bucket: int, data: bytes) -> int:
+    async def _create_next(
+        self, shard: int, bucket: int, messages: list[Message]
+    ) -> tuple[int, Segment]:
         seq = await self._next_candidate(shard, bucket)
+        segment, data = self._encode(messages)
         while True:
+            # Just before each attempt (after the lock's wait, after lost races): a
+            # payload blob written too long ago is written again (see PayloadBlobs).
+            refreshed = await self.blobs.refresh(segment.messages)
+            if refreshed is not None:
+                segment, data = self._encode(refreshed)
             started = time.monotonic()
             try:
                 await self.storage.put(self._key(shard, bucket, seq), data, mode="create")
@@ -316,7 +336,7 @@ class Producer:
                 seq = await self._find_end(shard, bucket, seq)
                 continue
             self._next_seq[(shard, bucket)] = (seq + 1, started)
-            return seq
+            return seq, segment
 
     async def _first_candidate(self, shard: int, bucket: int) -> int:
         if bucket >= 0:

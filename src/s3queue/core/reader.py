@@ -12,6 +12,7 @@ import time
 from typing import Any
 
 from s3queue.core import layout
+from s3queue.core.blobs import payload_of, result_of
 from s3queue.core.clock import Clock
 from s3queue.core.commit import ShardCommitter
 from s3queue.core.cursor import Cursor, Flight, is_done, is_unread, unfinished_indices
@@ -65,14 +66,16 @@ class QueueReader:
         flight = cursor.flights.get(message_id)
         now = self.clock()
         if message is not None and flight is not None:
-            return self._flight_info(message_id, message, flight, now)
+            return await self._flight_info(message_id, message, flight, now)
         state = _coverage(cursor, message_id)
         if state == "open" and message is not None:
-            return self._info(message_id, message, _waiting_status(message.visible_at, now), 0)
+            waiting = _waiting_status(message.visible_at, now)
+            return await self._info(message_id, message, waiting, 0)
         if state == "future":
             if message is None:
                 return None
-            return self._info(message_id, message, _waiting_status(message.visible_at, now), 0)
+            waiting = _waiting_status(message.visible_at, now)
+            return await self._info(message_id, message, waiting, 0)
         return await self._finished_info(message_id, message, cursor)
 
     async def _unreadable(self, mid: str, error: CorruptData) -> CorruptData:
@@ -94,9 +97,11 @@ class QueueReader:
             metadata={**error.metadata, "id": mid},
         )
 
-    def _info(
+    async def _info(
         self, mid: str, message: Message, status: Status, attempts: int, **extra: Any
     ) -> MessageInfo:
+        """The message's status, with its payload (read from its blob if it has
+        one: CorruptData naming the key if the blob is gone)."""
         # When a waiting message may run; 0 (visible at once) reads as its enqueue
         # time, not 1970. A message that is not waiting has none.
         visible_at = extra.pop("visible_at", message.visible_at)
@@ -104,7 +109,7 @@ class QueueReader:
         return MessageInfo(
             id=mid,
             status=status,
-            payload=decode_json(message.payload),
+            payload=await payload_of(self.storage, message, mid),
             attempts=attempts,
             max_attempts=message.max_attempts,
             priority=message.priority,
@@ -114,21 +119,24 @@ class QueueReader:
             **extra,
         )
 
-    def _flight_info(self, mid: str, message: Message, flight: Any, now: float) -> MessageInfo:
+    async def _flight_info(
+        self, mid: str, message: Message, flight: Flight, now: float
+    ) -> MessageInfo:
         progress = decode_json(flight.progress)
         if flight.outcome is not None:
-            return self._info(
+            outcome = flight.outcome
+            return await self._info(
                 mid,
                 message,
-                flight.outcome.status,
+                outcome.status,
                 flight.attempt,
-                result=decode_json(flight.outcome.result),
+                result=await result_of(self.storage, outcome.result, outcome.result_blob, mid),
                 errors=list(flight.errors),
                 finished_at=flight.outcome.finished_at,
                 progress=progress,
             )
         if flight.lease is not None:
-            return self._info(
+            return await self._info(
                 mid,
                 message,
                 "processing",
@@ -139,7 +147,7 @@ class QueueReader:
                 progress=progress,
                 cancel_requested=flight.cancel_requested,
             )
-        return self._info(
+        return await self._info(
             mid,
             message,
             _waiting_status(flight.visible_at, now),
@@ -183,18 +191,18 @@ class QueueReader:
         if result is not None:
             key = self._result_key(mid)
             record = decode(result.data, ResultRecord, what="result", key=key)
-            return self._info(
+            return await self._info(
                 mid,
                 message,
                 record.status,
                 record.attempts,
-                result=decode_json(record.result),
+                result=await result_of(self.storage, record.result, record.result_blob, mid),
                 finished_at=record.completed_at,
                 errors=list(record.errors),
                 progress=decode_json(record.progress),
             )
         # Done without a side record: it completed on its first attempt.
-        return self._info(mid, message, "completed", 1)
+        return await self._info(mid, message, "completed", 1)
 
     async def _collected(self, address: layout.MessageAddress) -> bool:
         """Whether the sweeper collected (or is collecting) the message's segment."""

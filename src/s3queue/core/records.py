@@ -14,11 +14,26 @@ from s3queue.errors import CorruptData, QueueError
 
 FORMAT = 1
 
-#: A payload (JSON-encoded) may be at most this large. Larger data belongs in its own
-#: object, with its key in the payload.
-MAX_PAYLOAD_BYTES = 1024 * 1024
+#: The largest payload or result (JSON-encoded) s3queue stores, as an object of its
+#: own (a blob). 256 MiB, because of what carries it, not of S3 (a single PUT takes up
+#: to 5 GB, and obstore sends bytes in one PUT, without multipart, which moto serves
+#: too): every request of the S3 backend must end within its 30 s timeout
+#: (storage/s3.py), so a blob this large already needs about 9 MB/s to the store; and
+#: a value is held whole in memory several times over (the value, its JSON, the
+#: check that it decodes back; a worker's lease, the handler's copy), per message in
+#: flight. Larger data belongs in an object of the caller's, with its key in the
+#: payload.
+MAX_BLOB_BYTES = 256 * 1024 * 1024
+#: A payload (JSON-encoded) may be at most this large.
+MAX_PAYLOAD_BYTES = MAX_BLOB_BYTES
 #: A handler's JSON-encoded return value may be at most this large.
-MAX_RESULT_BYTES = 256 * 1024
+MAX_RESULT_BYTES = MAX_BLOB_BYTES
+#: Whatever ``blob_threshold`` says, a payload larger than this goes to a blob: a
+#: segment (8 MiB, one GET by every worker that reads it) holds small payloads only.
+MAX_INLINE_PAYLOAD_BYTES = 1024 * 1024
+#: Likewise for a result: until its record is written it sits in the cursor, which
+#: is rewritten on every commit of its shard.
+MAX_INLINE_RESULT_BYTES = 256 * 1024
 
 #: msgspec cannot decode ``Raw | None``; this empty Raw means "none". Fields default
 #: to this very object, which ``omit_defaults`` leaves out of the JSON.
@@ -43,7 +58,7 @@ class QueueSettings(msgspec.Struct, frozen=True, kw_only=True):
     ``result_ttl`` seconds after it finished, a dead letter (and the record of its
     redrive) at least ``dead_ttl`` after it died; then they are collected, and
     ``get`` says "expired". Payloads and results over ``blob_threshold`` bytes are
-    stored as objects of their own."""
+    stored as objects of their own (see :func:`inline_payload_limit`)."""
 
     format: int = FORMAT
     name: str
@@ -60,6 +75,18 @@ class QueueSettings(msgspec.Struct, frozen=True, kw_only=True):
     results_by_segment: bool = False
 
 
+def inline_payload_limit(settings: QueueSettings) -> int:
+    """The largest payload (JSON-encoded) a segment holds inline; larger ones are
+    blobs (``blobs/p-...``)."""
+    return max(0, min(settings.blob_threshold, MAX_INLINE_PAYLOAD_BYTES))
+
+
+def inline_result_limit(settings: QueueSettings) -> int:
+    """The largest result (JSON-encoded) kept inline in the cursor and result record;
+    larger ones are blobs (``blobs/r-...``)."""
+    return max(0, min(settings.blob_threshold, MAX_INLINE_RESULT_BYTES))
+
+
 class ErrorRecord(msgspec.Struct, frozen=True, kw_only=True):
     """One failed attempt: what was raised, where, when."""
 
@@ -73,7 +100,11 @@ class ErrorRecord(msgspec.Struct, frozen=True, kw_only=True):
 
 class DeadLetter(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
     """``dead/<id>``: a message that exhausted its attempts, with every error and the
-    last progress value its handler recorded (omitted when none)."""
+    last progress value its handler recorded (omitted when none).
+
+    The payload is always inline, even one that was a blob in its segment: a letter
+    lives ``dead_ttl``, however long the blob does. A blob that was missing when the
+    letter was written leaves a null payload, and an error naming the blob's key."""
 
     format: int = FORMAT
     id: str
@@ -141,6 +172,9 @@ class ResultRecord(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True
     id: str
     status: Literal["completed", "cancelled"] = "completed"
     result: msgspec.Raw = NO_RAW
+    #: Where a result over the blob threshold is (``blobs/r-<id>-<random>``); then
+    #: ``result`` is empty.
+    result_blob: str | None = None
     #: When it completed (or was cancelled).
     completed_at: float
     attempts: int

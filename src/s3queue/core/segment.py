@@ -18,12 +18,14 @@ from s3queue.errors import CorruptData
 from s3queue.storage import Storage
 
 #: A segment holds at most this many messages and about this many bytes, so that
-#: one GET stays fast and one PUT stays far below S3's 5 GB single-PUT limit.
+#: one GET stays fast and one PUT stays far below S3's 5 GB single-PUT limit. The
+#: bytes are those of the segment itself: large payloads are blobs of their own.
 MAX_SEGMENT_MESSAGES = 1000
 MAX_SEGMENT_BYTES = 8 * 1024 * 1024
 
 
 class Message(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
+    #: The payload as JSON; ``null`` when it is in a blob.
     payload: msgspec.Raw
     enqueued_at: float
     visible_at: float
@@ -32,6 +34,9 @@ class Message(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
     dedup_key: str | None = None
     #: The rate limit the message falls under besides the queue's (see rates.py).
     rate_key: str | None = None
+    #: The key of the blob that holds a payload over the queue's blob threshold
+    #: (``blobs/p-<random>``, see core/blobs.py); the segment holds only this key.
+    blob: str | None = None
 
 
 class Segment(msgspec.Struct, frozen=True, kw_only=True):
