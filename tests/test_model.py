@@ -1,13 +1,14 @@
 """The life cycle of a message, checked against a simple model by hypothesis.
 
 Random sequences of enqueue, claim, ack, fail, extend, release, cancel, sweeper
-passes (collection) and the passing of time run against a real queue (memory and local-directory backends) and
-against a model of a few dictionaries; after every step both must agree on every
-message's status, attempts and errors, and no message may ever be held by two live
-leases. A message a cancel accepted never completes, and one that completed is never
-reported cancelled. A sweeper pass never touches a live message (every later claim
-still agrees with the model), and a message reads "expired" only once it finished
-at least the queue's result_ttl ago, and never anything else afterwards.
+passes (collection) and the passing of time run against a real queue (memory and
+local-directory backends) and against a model of a few dictionaries; after every
+step both must agree on every message's status, attempts and errors, and no message
+may ever be held by two live leases. A message a cancel accepted never completes,
+and one that completed is never reported cancelled. A sweeper pass never touches a
+live message (every later claim still agrees with the model), and a message reads
+"expired" only once it finished at least the queue's result_ttl ago, and never
+anything else afterwards.
 
 A second machine races cancellation against the lease life cycle on the pure cursor,
 with finalization as a step of its own.
