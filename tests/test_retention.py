@@ -27,6 +27,7 @@ from s3queue.core.retention import (
     observe,
 )
 from s3queue.core.sweep import Budget
+from s3queue.ops.doctor import Doctor
 from s3queue.runtime.worker_settings import Polling
 from s3queue.storage import Storage, open_storage
 
@@ -303,3 +304,112 @@ async def test_workers_sweep_in_the_background(store: Storage, clock: Clock) -> 
     record = await q.sweeper().read()
     assert record[0].lease is None  # given back when the worker stopped
     await q.close()
+
+
+async def test_timer_segments_go_once_their_bucket_is_long_past(
+    store: Storage, clock: Clock
+) -> None:
+    q = await open_queue(store, clock)
+    mid = await q.enqueue({"later": True}, delay=600.0)
+    assert any(layout.classify("q", k) == "timer" for k in await keys(store))
+    clock.advance(601.0)
+    [lease] = await q.claim(1)
+    await q.ack(lease, "done")
+    await q.settle()
+    await q.collect()
+    # Past the TTL, and past any producer whose clock is as far behind as tolerated.
+    clock.advance(TTL + 600.0 + 900.0)
+    assert await q.claim(1) == []  # a claim seals the buckets that are past
+    await q.collect()
+    clock.advance(TTL + 1)
+    report = await q.collect()
+    assert report.removed["segments"] >= 1
+    assert report.removed["results"] == 1
+    assert not any(layout.classify("q", k) == "timer" for k in await keys(store))
+    assert (await q.get(mid)).status == "expired"  # type: ignore[union-attr]
+    await q.close()
+
+
+async def test_dedup_keys_links_and_blobs_are_collected(store: Storage, clock: Clock) -> None:
+    q = await open_queue(store, clock, dedup_retention=30.0)
+    big = "x" * (300 * 1024)  # over the blob threshold: a payload blob, a result blob
+    first = await q.enqueue({"big": big}, dedup_key="order-1")
+    await q.link("other", "0-L0-0", first)
+    [lease] = await q.claim(1)
+    await q.ack(lease, {"echo": lease.payload["big"]})
+    await q.settle()
+    kinds = [layout.classify("q", k) for k in await keys(store)]
+    assert kinds.count("blob") == 2
+    assert "dedup" in kinds
+    assert "link" in kinds
+    await q.collect()
+    # A payload blob goes once it is older than every segment kept by BLOB_GRACE.
+    clock.advance(layout.BLOB_GRACE + TTL)
+    report = await q.collect()
+    assert report.removed["blobs"] == 2
+    assert report.removed["dedup"] == 1
+    assert report.removed["links"] == 1
+    left = {layout.classify("q", k) for k in await keys(store)}
+    assert left <= {"settings", "cursor", "sweeper", "clock", "wake"}, await keys(store)
+    # The dedup key may be used again: a new message.
+    assert await q.enqueue({"big": "no"}, dedup_key="order-1") != first
+    await q.close()
+
+
+async def test_a_fresh_dedup_key_is_kept(store: Storage, clock: Clock) -> None:
+    q = await open_queue(store, clock)  # dedup_retention: a day
+    first = await q.enqueue({"n": 1}, dedup_key="k")
+    [lease] = await q.claim(1)
+    await q.ack(lease)
+    await q.settle()
+    await q.collect()
+    clock.advance(TTL + 1)
+    report = await q.collect()
+    assert report.removed["dedup"] == 0
+    assert await q.enqueue({"n": 2}, dedup_key="k") == first
+    await q.close()
+
+
+async def test_a_swept_queue_is_healthy_to_the_doctor(store: Storage, clock: Clock) -> None:
+    q = await open_queue(store, clock)
+    ids = await finish(q, 6)
+    await q.enqueue({"live": True})
+    await q.collect()
+    clock.advance(TTL + 1)
+    await q.collect()
+    assert await Doctor(q).examine() == []
+    stats = await q.stats()
+    assert stats.pending == 1
+    assert stats.problems == []
+    # An unreadable sweeper record: found, and rebuilt from what is left.
+    await store.put(layout.sweeper_key("q"), b"garbage")
+    [finding] = await Doctor(q).examine()
+    assert finding.key == layout.sweeper_key("q")
+    assert finding.repair is not None
+    await finding.repair()
+    assert await Doctor(q).examine() == []
+    assert (await q.get(ids["quiet"][0])).status == "expired"  # type: ignore[union-attr]
+    await q.close()
+
+
+def test_inspect_shows_nothing_made_up_for_an_expired_message() -> None:
+    from rich.console import Console
+
+    from s3queue.info import MessageInfo
+    from s3queue.ops.cli import describe
+
+    info = MessageInfo(
+        id="0-L3-1",
+        status="expired",
+        payload=None,
+        attempts=0,
+        max_attempts=0,
+        priority=0,
+        enqueued_at=0.0,
+    )
+    console = Console(record=True, width=120)
+    console.print(describe(info))
+    shown = console.export_text()
+    assert "expired" in shown
+    assert "attempts" not in shown
+    assert "1970" not in shown

@@ -154,6 +154,18 @@ def is_collected(record: SweeperRecord | None, shard: int, ref: SegmentRef) -> b
     return position(ref) < retention.lane(lane_of(ref)).collected_before
 
 
+def rebuilt_retention(cursor: Cursor, segments: list[SegmentRef]) -> ShardRetention:
+    """A shard's retention rebuilt from its cursor and the segments it still has (for
+    ``s3queue doctor --fix`` of an unreadable sweeper record): what is gone below
+    the first segment left, and below the cursor's frontier, was collected."""
+    seen = frontiers(cursor)
+    lanes = {}
+    for name in LANES:
+        left = [position(ref) for ref in segments if lane_of(ref) == name]
+        lanes[name] = LaneRetention(collected_before=min([seen[name], *left]))
+    return ShardRetention(**lanes)
+
+
 def may_take(record: SweeperRecord, owner: str, now: float, margin: float) -> bool:
     """Whether ``owner`` may take (or keep) the sweeper lease at ``now``."""
     lease = record.lease

@@ -915,6 +915,10 @@ def describe(info: MessageInfo) -> Table:
     table.add_column("field", style="bold")
     table.add_column("value")
     status = f"{info.status} (cancel requested)" if info.cancel_requested else info.status
+    if info.status == "expired":
+        # Nothing else is known any more: no made-up attempts, payload or times.
+        table.add_row("status", "expired (finished longer ago than the queue keeps results)")
+        return table
     rows: list[tuple[str, Any]] = [
         ("status", status),
         ("attempts", f"{info.attempts} of {info.max_attempts}"),

@@ -37,6 +37,7 @@ from s3queue.core.records import (
     encode,
 )
 from s3queue.core.records import decode as decode_record
+from s3queue.core.retention import SweeperRecord, rebuilt_retention
 from s3queue.core.segment import Segment, decode_segment, encode_segment
 from s3queue.errors import CorruptData, QueueError
 from s3queue.queue import DEFAULT_SHARDS, Queue, probe_conditional_writes
@@ -99,7 +100,40 @@ class Doctor:
         for shard in range(self.queue.settings.shards):
             findings.extend(await self._check_shard(shard, listing))
         findings.extend(await self._check_records(listing))
+        findings.extend(await self._check_sweeper(listing))
         return findings
+
+    async def _check_sweeper(self, listing: _Listing) -> list[Finding]:
+        """An unreadable sweeper record stops collection and the telling of expired
+        messages: rebuilt, each lane counts as collected up to its first segment left
+        (or the cursor's frontier, whichever is lower)."""
+        key = layout.sweeper_key(self.name)
+        stored = await self.storage.get(key)
+        if stored is None:
+            return []
+        try:
+            decode_record(stored.data, SweeperRecord, what="sweeper record", key=key)
+            return []
+        except CorruptData as error:
+            problem = error.message
+
+        async def rewrite() -> str:
+            shards = {}
+            for shard in range(self.queue.settings.shards):
+                cursor = await self.queue.committers[shard].read()
+                shards[shard] = rebuilt_retention(cursor, listing.segments[shard])
+            await self.storage.put(key, encode(SweeperRecord(shards=shards)))
+            return f"rewrote {key}"
+
+        return [
+            Finding(
+                key,
+                problem,
+                "rewrite it: every lane collected up to its first segment left; the rest "
+                "is collected again from now on",
+                rewrite,
+            )
+        ]
 
     async def _list(self) -> _Listing:
         out = _Listing()
