@@ -398,15 +398,7 @@ def test_inspect_shows_nothing_made_up_for_an_expired_message() -> None:
     from s3queue.info import MessageInfo
     from s3queue.ops.cli import describe
 
-    info = MessageInfo(
-        id="0-L3-1",
-        status="expired",
-        payload=None,
-        attempts=0,
-        max_attempts=0,
-        priority=0,
-        enqueued_at=0.0,
-    )
+    info = MessageInfo.expired("0-L3-1")
     console = Console(record=True, width=120)
     console.print(describe(info))
     shown = console.export_text()

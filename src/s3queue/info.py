@@ -97,6 +97,20 @@ class MessageInfo:
     #: A "processing" message someone cancelled: its worker is told to stop.
     cancel_requested: bool = False
 
+    @classmethod
+    def expired(cls, mid: str) -> MessageInfo:
+        """A message whose records were collected: nothing but its id is known any
+        more, so the rest reads as empty, not as values it might have had."""
+        return cls(
+            id=mid,
+            status="expired",
+            payload=None,
+            attempts=0,
+            max_attempts=0,
+            priority=0,
+            enqueued_at=0.0,
+        )
+
     def to_json(self) -> dict[str, Any]:
         out = {name: getattr(self, name) for name in self.__slots__}
         out["errors"] = [{f: getattr(e, f) for f in e.__struct_fields__} for e in self.errors]

@@ -185,7 +185,7 @@ class QueueReader:
         # Read after the records: the watermark is written before any of them is
         # deleted, so a record found missing because it was collected shows here.
         if await self._collected(address):
-            return self._expired_info(mid)
+            return MessageInfo.expired(mid)
         if message is None:
             return None
         if result is not None:
@@ -212,20 +212,6 @@ class QueueReader:
             return False
         record = decode(stored.data, SweeperRecord, what="sweeper record", key=key)
         return is_collected(record, address.shard, address.segment)
-
-    @staticmethod
-    def _expired_info(mid: str) -> MessageInfo:
-        # Nothing but the id is known any more: the rest reads as empty, not as
-        # values it might have had.
-        return MessageInfo(
-            id=mid,
-            status="expired",
-            payload=None,
-            attempts=0,
-            max_attempts=0,
-            priority=0,
-            enqueued_at=0.0,
-        )
 
     def _result_key(self, mid: str) -> str:
         return layout.result_key(self.name, mid, by_segment=self.settings.results_by_segment)
