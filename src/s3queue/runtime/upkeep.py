@@ -3,8 +3,9 @@
 Every worker runs this loop, but the sweeper lease (in ``<queue>/sweeper``) lets one
 process at a time do a queue's pass; the others only read the lease (one GET per
 interval) and take over when its holder stops renewing it. A pass may spend at
-most ``share`` of the requests the process made since its last pass (never less
-than a small floor, so that an idle queue is still collected).
+most 5% of the requests the process made since its last pass, and is due only when
+that share covers a small floor of requests, or, in an idle queue, every
+IDLE_PASSES intervals (so an idle queue is still collected, cheaply).
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import asyncio
 import contextlib
 import logging
 import random
+import time
 
 from s3queue.core.sweep import Budget, SweepReport
 from s3queue.errors import QueueError
@@ -24,8 +26,12 @@ log = logging.getLogger("s3queue.sweep")
 #: spend: sweeping never costs the queue more than this.
 SHARE = 0.05
 #: Requests a pass may always spend, whatever the process did meanwhile: the fixed
-#: reads of a pass over a few shards, and a few pages of listings and deletions.
+#: reads of a pass over a few shards, and a few pages of listings and deletions. A
+#: pass is due once 5% of the process's requests since the last one reach it...
 FLOOR = 64
+#: ...or, in a queue too quiet for that, once this many intervals went by: an idle
+#: queue is still collected, at a small fraction of its idle polling.
+IDLE_PASSES = 10
 
 
 class Upkeep:
@@ -36,6 +42,8 @@ class Upkeep:
         self.sweepers = [(q, q.sweeper(owner)) for q in queues]
         #: The process's requests at the end of each queue's last pass.
         self._seen = [q.storage.counts.total for q in queues]
+        #: time.monotonic() of each queue's last pass.
+        self._last = [time.monotonic() for _ in queues]
         self.passes = 0
         self.removed = 0
         #: Set after every pass this process made (tests and monitors wait on it).
@@ -55,11 +63,18 @@ class Upkeep:
                 if stopping.is_set():
                     break
                 for index in range(len(self.sweepers)):
-                    await self._pass(index, lease_for=interval * 3)
+                    if self._due(index, interval):
+                        await self._pass(index, lease_for=interval * 3)
         finally:
             for _, sweeper in self.sweepers:
                 with contextlib.suppress(QueueError):
                     await sweeper.release()
+
+    def _due(self, index: int, interval: float) -> bool:
+        queue = self.sweepers[index][0]
+        others = queue.storage.counts.total - self._seen[index]
+        idle_for = time.monotonic() - self._last[index]
+        return others * SHARE >= FLOOR or idle_for >= IDLE_PASSES * interval
 
     async def _pass(self, index: int, *, lease_for: float) -> SweepReport | None:
         queue, sweeper = self.sweepers[index]
@@ -73,6 +88,7 @@ class Upkeep:
             return None
         finally:
             self._seen[index] = counts.total
+            self._last[index] = time.monotonic()
         if report.held_by is None:
             self.passes += 1
             self.removed += report.total
