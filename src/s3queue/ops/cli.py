@@ -434,6 +434,17 @@ _MaxConcurrency = Annotated[
         "this. Default: --concurrency.",
     ),
 ]
+_SweepInterval = Annotated[
+    float,
+    checked(
+        limits.SWEEP_INTERVAL,
+        "Offer to sweep each queue served this often (collect what its retention says "
+        "is over; one worker at a time does it).",
+    ),
+]
+_NoSweep = Annotated[
+    bool, flag("--no-sweep", help="Never sweep: leave it to other workers or s3queue sweep.")
+]
 _Prefetch = Annotated[
     int | None,
     checked(
@@ -516,6 +527,8 @@ def worker(  # noqa: PLR0913 - typer reads a command's options from its paramete
     min_concurrency: _MinConcurrency = None,
     max_concurrency: _MaxConcurrency = None,
     prefetch: _Prefetch = None,
+    sweep_interval: _SweepInterval = 60.0,
+    no_sweep: _NoSweep = False,
     backoff_initial: _BackoffInitial = None,
     backoff_max: _BackoffMax = None,
     burst: _Burst = False,
@@ -545,7 +558,11 @@ def worker(  # noqa: PLR0913 - typer reads a command's options from its paramete
             function,
             concurrency=concurrency,
             leases=leases,
-            polling=Polling(poll_interval=poll_interval, prefetch=prefetch),
+            polling=Polling(
+                poll_interval=poll_interval,
+                prefetch=prefetch,
+                sweep_interval=None if no_sweep else sweep_interval,
+            ),
             scaling=Scaling(min_concurrency=min_concurrency, max_concurrency=max_concurrency),
             cron=crons,
         )
