@@ -132,8 +132,10 @@ def test_checkpoints_stay_few_however_often_the_frontier_moves() -> None:
     for step in range(10_000):
         lane = observe(lane, step + 1, now=float(step), ttl=1_000_000.0)
     assert len(lane.checkpoints) <= CHECKPOINTS + 1
-    # Merged checkpoints only ever delay collection: the newest covers the frontier.
-    assert lane.checkpoints[-1] == Checkpoint(10_000, 9999.0)
+    # Observations closer than ttl / CHECKPOINTS to the newest are left out (which only
+    # delays collection); the newest is never moved later, or it would never ripen.
+    assert lane.checkpoints[0] == Checkpoint(1, 0.0)
+    assert observe(lane, 10_001, now=1_000_000.0, ttl=1_000_000.0).collected_before == 1
 
 
 def test_collected_is_per_shard_and_lane() -> None:
@@ -405,3 +407,148 @@ def test_inspect_shows_nothing_made_up_for_an_expired_message() -> None:
     assert "expired" in shown
     assert "attempts" not in shown
     assert "1970" not in shown
+
+
+# --- found in review: each was a failing test first ------------------------------------
+
+
+async def open_q(store: Storage, clock: Clock, **more: Any) -> Queue:
+    more.setdefault("retention", Retention(result_ttl=60.0, dead_ttl=120.0))
+    return await Queue.open(store, "q", shards=more.pop("shards", 2), clock=clock, **more)
+
+
+async def test_busy_queue_segments_are_collected_after_their_ttl(
+    store: Storage, clock: Clock
+) -> None:
+    """End to end: a message finishes between passes a second apart (TTL 60 s)."""
+    q = await open_q(store, clock, shards=1)
+    removed = 0
+    for _ in range(180):  # three TTLs
+        await q.enqueue({"n": 1})
+        (lease,) = await q.claim(1)
+        await q.ack(lease)
+        await q.settle()
+        removed += (await q.collect()).removed["segments"]
+        clock.advance(1.0)
+    assert removed > 0
+    await q.close()
+
+
+# --- F2: payload blobs of messages in shards without a cursor --------------------------------
+
+
+async def test_a_pending_payload_blob_survives_a_pass_before_any_worker_read_its_shard(
+    store: Storage, clock: Clock
+) -> None:
+    q = await open_q(store, clock)
+    mid = await q.enqueue({"big": "x" * 300_000})  # over the 256 KiB blob threshold
+    assert any(layout.classify("q", k) == "blob" for k in [e.key for e in await store.list("q/")])
+    clock.advance(layout.BLOB_GRACE + 60)  # nobody has claimed yet (e.g. workers start late)
+    report = await q.collect()
+    assert report.removed["blobs"] == 0, report.to_json()
+    info = await q.get(mid)
+    assert info is not None
+    assert info.status == "pending"
+    assert info.payload == {"big": "x" * 300_000}
+    await q.close()
+
+
+# --- F3: a pass restarts at shard 0 every time ------------------------------------------------
+
+
+async def test_a_budgeted_pass_over_many_shards_still_reaches_the_dead_letters(
+    store: Storage, clock: Clock
+) -> None:
+    q = await open_q(store, clock, shards=16)
+    ids = [await q.enqueue({"n": i}, max_attempts=1) for i in range(16)]
+    while leases := await q.claim(16):
+        for lease in leases:
+            await q.fail(lease, RuntimeError("boom"))
+    await q.settle()
+    await q.collect()  # checkpoints at the current frontiers
+    clock.advance(120.0 + 60.0 + 61)  # past dead_ttl and result_ttl
+    removed = {"dead": 0, "segments": 0}
+    sweeper = q.sweeper("worker-1")  # as runtime/upkeep.py keeps it
+    for _ in range(20):  # twenty passes of a worker in an idle queue (Budget = FLOOR)
+        report = await sweeper.run(lease_for=180.0, budget=Budget(64))
+        for kind in removed:
+            removed[kind] += report.removed[kind]
+    assert removed == {"dead": 16, "segments": 16}, removed
+    assert {(await q.get(m)).status for m in ids} == {"expired"}  # type: ignore[union-attr]
+    await q.close()
+
+
+# --- F4: a purge deletes the payload blobs of messages enqueued while it runs ----------------
+
+
+async def test_a_message_enqueued_during_a_purge_keeps_its_payload(
+    store: Storage, clock: Clock
+) -> None:
+    q = await open_q(store, clock)
+    producer = await open_q(store, clock)
+    await q.enqueue({"old": 1})
+    purge_shard = q._purge_shard
+    late: list[str] = []
+
+    async def purge_shard_then_enqueue(shard: int) -> list[str]:
+        doomed = await purge_shard(shard)
+        if shard == q.settings.shards - 1:  # after the last shard's listing and commit
+            late.append(await producer.enqueue({"big": "x" * 300_000}))
+        return doomed
+
+    q._purge_shard = purge_shard_then_enqueue  # type: ignore[method-assign]
+    await q.purge()
+    # The purge promises that a message enqueued after its listing stays, with its messages.
+    info = await producer.get(late[0])
+    assert info is not None
+    assert info.status == "pending"
+    assert info.payload == {"big": "x" * 300_000}
+    await producer.close()
+    await q.close()
+
+
+# --- F5: chain links go by age alone, while the step they name still waits ---------------------
+
+
+async def test_a_link_to_a_step_still_pending_is_kept(store: Storage, clock: Clock) -> None:
+    q = await open_q(store, clock)
+    child = await q.enqueue({"step": 2})  # the next step of a chain, not run yet
+    await q.link("parents", "0-L0-0", child)
+    clock.advance(60.0 + 61)  # older than result_ttl, but the step has not even run
+    await q.collect()
+    assert (await q.get(child)).status == "pending"  # type: ignore[union-attr]
+    # Chain.jobs() / Chain.result() follow this link; gone, they raise JobNotFound
+    # ("step 1 completed without a link to it") for a chain whose step 2 is pending.
+    assert await q.linked("parents", "0-L0-0") == child
+    await q.close()
+
+
+# --- F6: a sweeper record left over from a deleted queue of the same name ---------------------
+
+
+async def test_a_recreated_queue_ignores_a_sweeper_record_of_its_predecessor(
+    store: Storage, clock: Clock
+) -> None:
+    old = await open_q(store, clock, shards=1)
+    for i in range(5):
+        await old.enqueue({"n": i})
+        (lease,) = await old.claim(1)
+        await old.ack(lease)
+    await old.settle()
+    await old.collect()
+    clock.advance(121)
+    await old.collect()
+    stale = (await store.get(layout.sweeper_key("q"))).data  # type: ignore[union-attr]
+    await old.delete()
+    await old.close()
+    # A worker's first pass that read queue.json just before the delete creates the
+    # record (mode="create") after the delete's listing: it outlives the delete.
+    await store.put(layout.sweeper_key("q"), stale, mode="create")
+    new = await open_q(store, clock, shards=1)
+    mid = await new.enqueue({"fresh": True})
+    assert (await new.get(mid)).status == "pending"  # type: ignore[union-attr]
+    clock.advance(61)
+    await new.collect()
+    segment = layout.parse_message_id(mid).segment.key("q", 0)
+    assert await store.get(segment) is not None  # a pending message's segment
+    await new.close()

@@ -1078,6 +1078,11 @@ class Queue:
         other processes that wrote to the queue before the purge may remember a
         segment number it freed: see docs/ARCHITECTURE.md ("Purge and delete")."""
         doomed: list[str] = []
+        # A message enqueued after a shard's listing stays: a payload blob it may
+        # reference is at most BLOB_GRACE / 2 older than its segment, so only blobs
+        # older than that (with room for the clocks) go now; the sweeper takes the
+        # rest once no segment left can reference them.
+        blobs_before = self.clock() - layout.BLOB_GRACE
         for shard in range(self.settings.shards):
             doomed.extend(await self._purge_shard(shard))
         self.producer.forget_sequences()
@@ -1088,9 +1093,11 @@ class Queue:
             layout.dedup_prefix(self.name),
             layout.links_prefix(self.name),
             layout.quarantine_prefix(self.name),
-            layout.blobs_prefix(self.name),
         ):
             doomed.extend(entry.key for entry in await self.storage.list(prefix))
+        for entry in await self.storage.list(layout.blobs_prefix(self.name)):
+            if entry.modified is not None and entry.modified < blobs_before:
+                doomed.append(entry.key)
         await self.storage.delete_many(doomed)
 
     async def _purge_shard(self, shard: int) -> list[str]:

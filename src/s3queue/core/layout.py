@@ -152,6 +152,19 @@ def redriven_key(queue: str, message_id: str) -> str:
     return f"{redriven_prefix(queue)}{message_id}"
 
 
+def letter_id(queue: str, key: str) -> str | None:
+    """The message id of a dead letter's key; None for any other key."""
+    rest = dead_letter_id(queue, key) if key.startswith(dead_prefix(queue)) else ""
+    return rest if parse_id(rest) is not None else None
+
+
+def redriven_id(queue: str, key: str) -> str | None:
+    """The message id of a redrive record's key; None for any other key."""
+    prefix = redriven_prefix(queue)
+    rest = key[len(prefix) :] if key.startswith(prefix) else ""
+    return rest if parse_id(rest) is not None else None
+
+
 def result_key(queue: str, message_id: str, *, by_segment: bool = True) -> str:
     """Where a message's result record is: under its shard and segment, so that a
     listing is in segment order and retention can stop where collection stops (or by
@@ -206,6 +219,14 @@ def result_id(queue: str, key: str) -> str | None:
 #: after its last write there (it re-reads the cursor after that): a number freed
 #: by a deletion can never be reused behind the cursor (see sweep.py).
 SEGMENT_MIN_AGE = 60.0
+
+
+def lane_segments_prefix(queue: str, shard: int, lane: str) -> str:
+    """Where the segments of one lane of a shard ("log", "high" or "timers": every
+    timer bucket) are listed."""
+    if lane == "timers":
+        return timers_prefix(queue, shard)
+    return lane_prefix(queue, shard, HIGH_LANE if lane == "high" else LOG_LANE)
 
 
 def sweeper_key(queue: str) -> str:

@@ -305,34 +305,44 @@ class Producer:
         segments they follow, so a remembered number may be free below the cursor."""
         self._next_seq.clear()
 
-    async def _next_candidate(self, shard: int, bucket: int) -> int:
-        remembered = self._next_seq.get((shard, bucket))
-        if remembered is None:
-            return await self._find_end(shard, bucket, await self._first_candidate(shard, bucket))
-        seq, seen_at = remembered
-        if bucket < 0 and time.monotonic() - seen_at > SEGMENT_MIN_AGE / 2:
-            # The sweeper may have deleted segments at that number since (it never
-            # deletes one younger than SEGMENT_MIN_AGE): never write behind the cursor.
-            seq = max(seq, await self._first_candidate(shard, bucket))
-        return seq
+    async def _trusted(
+        self, shard: int, bucket: int, seq: int, known_at: float
+    ) -> tuple[int, float]:
+        """``seq``, the end of a log lane as known at ``known_at`` (monotonic), or
+        when that is too long ago the end as it is now, from the cursor on: since
+        then the sweeper may have deleted segments at that number (never one younger
+        than SEGMENT_MIN_AGE), and a segment written behind the cursor is never read."""
+        if bucket >= 0 or time.monotonic() - known_at <= SEGMENT_MIN_AGE / 2:
+            return seq, known_at
+        now = time.monotonic()
+        start = max(seq, await self._first_candidate(shard, bucket))
+        return await self._find_end(shard, bucket, start), now
 
     async def _create_next(
         self, shard: int, bucket: int, messages: list[Message]
     ) -> tuple[int, Segment]:
-        seq = await self._next_candidate(shard, bucket)
+        remembered = self._next_seq.get((shard, bucket))
+        if remembered is None:
+            known_at = time.monotonic()
+            seq = await self._find_end(shard, bucket, await self._first_candidate(shard, bucket))
+        else:
+            seq, known_at = remembered
         segment, data = self._encode(messages)
         while True:
             # Just before each attempt (after the lock's wait, after lost races): a
-            # payload blob written too long ago is written again (see PayloadBlobs).
+            # payload blob written too long ago is written again (see PayloadBlobs),
+            # and a lane's end known too long ago is looked up again.
             refreshed = await self.blobs.refresh(segment.messages)
             if refreshed is not None:
                 segment, data = self._encode(refreshed)
+            seq, known_at = await self._trusted(shard, bucket, seq, known_at)
             started = time.monotonic()
             try:
                 await self.storage.put(self._key(shard, bucket, seq), data, mode="create")
             except PreconditionFailed:
                 # Another producer took this number (or consumers sealed the bucket
                 # there): list from it on, past everything written since.
+                known_at = time.monotonic()
                 seq = await self._find_end(shard, bucket, seq)
                 continue
             self._next_seq[(shard, bucket)] = (seq + 1, started)

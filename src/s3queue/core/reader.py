@@ -211,6 +211,7 @@ class QueueReader:
         if stored is None:
             return False
         record = decode(stored.data, SweeperRecord, what="sweeper record", key=key)
+        record = record.of_queue(self.settings)
         return is_collected(record, address.shard, address.segment)
 
     def _result_key(self, mid: str) -> str:

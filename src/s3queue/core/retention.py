@@ -30,9 +30,10 @@ from s3queue.core.cursor import Cursor
 from s3queue.core.layout import HIGH_LANE, LOG_LANE, SegmentRef
 from s3queue.core.records import DEAD_TTL, FORMAT, RESULT_TTL, QueueSettings
 
-#: Checkpoints kept per lane at most: a new one replaces the newest while that is
-#: younger than ``result_ttl / CHECKPOINTS`` (so a segment is kept at most that much
-#: longer than its TTL).
+#: Checkpoints kept per lane, about: a new one is added only once the newest is
+#: ``result_ttl / CHECKPOINTS`` old (so a segment is kept at most that much, plus a
+#: pass interval, longer than its TTL). The newest is never moved later: in a busy
+#: lane it would never ripen.
 CHECKPOINTS = 32
 
 #: A lane of a shard as the sweeper tracks it: the log, the express lane, or the
@@ -74,10 +75,18 @@ class SweeperRecord(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=Tru
     version: int = 0
     lease: SweeperLease | None = None
     shards: dict[int, ShardRetention] = {}
-    #: Where the scans of unordered prefixes (dead letters, links...) stopped last,
-    #: by prefix; they go on from there, so each pass costs a bounded share.
-    scans: dict[str, str] = {}
     passes: int = 0
+    #: The ``created_at`` of the queue it belongs to: a record left behind by a
+    #: deleted queue of the same name (a pass that wrote it during the delete)
+    #: must not collect anything of a queue created since.
+    queue_created_at: float = 0.0
+
+    def of_queue(self, settings: QueueSettings) -> SweeperRecord:
+        """This record if it belongs to the queue of ``settings``, else an empty one
+        (whose version still counts on from this one's)."""
+        if self.queue_created_at == settings.created_at:
+            return self
+        return SweeperRecord(version=self.version, queue_created_at=settings.created_at)
 
 
 def lane_of(ref: SegmentRef) -> str:
@@ -115,11 +124,12 @@ def observe(lane: LaneRetention, frontier: int, now: float, ttl: float) -> LaneR
     """``lane`` with the frontier seen at ``now``, and its collectable watermark."""
     checkpoints = list(lane.checkpoints)
     newest = checkpoints[-1] if checkpoints else None
-    if newest is None or frontier > newest.frontier:
-        if newest is not None and now - newest.seen_at < ttl / CHECKPOINTS:
-            checkpoints[-1] = Checkpoint(frontier, now)  # later: collected a bit later
-        else:
-            checkpoints.append(Checkpoint(frontier, now))
+    # A new checkpoint at most every ttl / CHECKPOINTS: a frontier seen sooner after
+    # the newest is left for a later pass to record (collected a bit later). Never
+    # replace the newest: refreshing its time at every pass would keep it from
+    # ever becoming ripe while the frontier moves.
+    if newest is None or (frontier > newest.frontier and now - newest.seen_at >= ttl / CHECKPOINTS):
+        checkpoints.append(Checkpoint(frontier, now))
     ripe = [c for c in checkpoints if c.seen_at + ttl <= now]
     collected = max([lane.collected_before, *(c.frontier for c in ripe)])
     # The ripe ones are used up; only the last is kept, to show how far they went.

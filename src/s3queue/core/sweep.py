@@ -32,7 +32,7 @@ from s3queue.core import layout
 from s3queue.core.clock import Clock
 from s3queue.core.cursor import Cursor, decode_cursor
 from s3queue.core.layout import SegmentRef
-from s3queue.core.records import DedupMarker, QueueSettings, decode, encode
+from s3queue.core.records import DedupMarker, Link, QueueSettings, decode, encode
 from s3queue.core.retention import (
     LANES,
     SweeperLease,
@@ -114,6 +114,10 @@ class Sweeper:
         #: Where each unordered prefix's scan goes on from (kept in memory: a new
         #: holder starts over, which only costs it one more listing).
         self._scans: dict[str, str] = {}
+        #: The shard the next pass lists first, and per shard a time no payload blob
+        #: its segments reference is older than by more than BLOB_GRACE / 2.
+        self._next_shard = 0
+        self._floors: dict[int, float] = {}
 
     async def read(self) -> tuple[SweeperRecord, str | None]:
         stored = await self.storage.get(self.key)
@@ -134,6 +138,7 @@ class Sweeper:
             report.requests = budget.spent
             return report
         settings = await self._settings()
+        record = record.of_queue(settings)
         cursors = await self._cursors(settings.shards)
         budget.spend(1 + settings.shards)
         committed = await self._commit(record, etag, cursors, settings, lease_for)
@@ -211,15 +216,31 @@ class Sweeper:
     async def _collect(
         self, record: SweeperRecord, settings: QueueSettings, budget: Budget, report: SweepReport
     ) -> None:
-        oldest: list[float] = []
-        for shard in sorted(record.shards):
+        # The lanes may take half of what is left, so that the unordered scans (dead
+        # letters, links, dedup markers, blobs) move on at every pass too; and the
+        # lanes go on from the shard where the last pass stopped, so that every
+        # shard is reached however small the budget.
+        lanes = Budget(None if budget.left is None else max(1, budget.left // 2))
+        shards = settings.shards
+        for step in range(shards):
+            shard = (self._next_shard + step) % shards
+            if lanes.exhausted:
+                self._next_shard = shard
+                report.complete = False
+                break
+            oldest: list[float] = []
+            started = self.clock()
             for lane in LANES:
-                if budget.exhausted:
-                    report.complete = False
-                    return
-                await self._lane(record, shard, lane, budget, report, oldest)
+                await self._lane(record, shard, lane, lanes, report, oldest)
                 if settings.results_by_segment:
-                    await self._lane_results(record, shard, lane, budget, report)
+                    await self._lane_results(record, shard, lane, lanes, report)
+            if not lanes.exhausted:
+                # No segment of this shard, even one written since, references a
+                # payload blob older than this by more than BLOB_GRACE / 2.
+                self._floors[shard] = min([started, *oldest])
+        else:
+            self._next_shard = 0
+        budget.spend(lanes.spent)
         now = self.clock()
         if not settings.results_by_segment:
             await self._scan(
@@ -230,14 +251,15 @@ class Sweeper:
                 "results",
             )
         await self._scan_records(record, settings, now, budget, report)
-        floor = min(oldest, default=now)
-        await self._scan(
-            layout.blobs_prefix(self.name),
-            lambda e: self._blob_unreferenced(record, e, floor),
-            budget,
-            report,
-            "blobs",
-        )
+        if len(self._floors) >= shards:  # every shard listed at least once
+            floor = min(self._floors[k] for k in range(shards))
+            await self._scan(
+                layout.blobs_prefix(self.name),
+                lambda e: self._blob_unreferenced(record, e, floor),
+                budget,
+                report,
+                "blobs",
+            )
         await self._dedup(settings, record, now, budget, report)
 
     async def _lane(
@@ -251,7 +273,7 @@ class Sweeper:
     ) -> None:
         """Delete the lane's segments below its watermark; note when the first one
         kept was written (blobs older than every segment kept are unreferenced)."""
-        prefix = _lane_prefix(self.name, shard, lane)
+        prefix = layout.lane_segments_prefix(self.name, shard, lane)
         doomed: list[str] = []
         now = self.clock()
         async for entry in self._listed(prefix, budget):
@@ -280,10 +302,7 @@ class Sweeper:
 
     def _result_collected(self, record: SweeperRecord, key: str) -> bool:
         mid = layout.result_id(self.name, key)
-        if mid is None:
-            return False
-        address = layout.parse_message_id(mid)
-        return is_collected(record, address.shard, address.segment)
+        return mid is not None and self._collected(record, mid)
 
     def _blob_unreferenced(self, record: SweeperRecord, entry: ObjectEntry, floor: float) -> bool:
         found = layout.blob_of(self.name, entry.key)
@@ -291,9 +310,7 @@ class Sweeper:
             return False
         kind, mid = found
         if kind == "result":
-            assert mid is not None
-            address = layout.parse_message_id(mid)
-            return is_collected(record, address.shard, address.segment)
+            return mid is not None and self._collected(record, mid)
         # A payload blob is referenced only by a segment written at most BLOB_GRACE/2
         # after it: older than every segment kept by more than that, none can.
         return entry.modified is not None and entry.modified < floor - layout.BLOB_GRACE
@@ -306,25 +323,75 @@ class Sweeper:
         budget: Budget,
         report: SweepReport,
     ) -> None:
-        def letter_over(entry: ObjectEntry, prefix: str) -> bool:
-            mid = entry.key[len(prefix) :]
-            if not _aged(entry, settings.dead_ttl, now) or layout.parse_id(mid) is None:
+        def letter_over(entry: ObjectEntry, mid: str | None) -> bool:
+            if mid is None or not _aged(entry, settings.dead_ttl, now):
                 return False
-            address = layout.parse_message_id(mid)
             # Kept while its segment is: until then the segment would read as
             # completed without it.
-            return is_collected(record, address.shard, address.segment)
+            return self._collected(record, mid)
 
-        dead, redriven = layout.dead_prefix(self.name), layout.redriven_prefix(self.name)
-        await self._scan(dead, lambda e: letter_over(e, dead), budget, report, "dead")
-        await self._scan(redriven, lambda e: letter_over(e, redriven), budget, report, "redriven")
+        name = self.name
         await self._scan(
-            layout.links_prefix(self.name),
-            lambda e: _aged(e, settings.result_ttl, now),
+            layout.dead_prefix(name),
+            lambda e: letter_over(e, layout.letter_id(name, e.key)),
             budget,
             report,
-            "links",
+            "dead",
         )
+        await self._scan(
+            layout.redriven_prefix(name),
+            lambda e: letter_over(e, layout.redriven_id(name, e.key)),
+            budget,
+            report,
+            "redriven",
+        )
+
+        def link_over(data: bytes, key: str) -> bool:
+            # Kept while the step it names is: a step still waiting needs it (its
+            # chain's handle follows it, and a duplicate parent must find it).
+            try:
+                link = decode(data, Link, what="chain link", key=key)
+            except CorruptData:
+                return False  # doctor's business
+            return self._collected(record, link.id)
+
+        links = layout.links_prefix(name)
+        await self._read_over(links, settings.result_ttl, link_over, budget, report, "links")
+
+    def _collected(self, record: SweeperRecord, mid: str) -> bool:
+        address = layout.parse_id(mid)
+        return address is not None and is_collected(record, address.shard, address.segment)
+
+    async def _read_over(
+        self,
+        prefix: str,
+        age: float,
+        over: Callable[[bytes, str], bool],
+        budget: Budget,
+        report: SweepReport,
+        kind: str,
+    ) -> None:
+        """Records under ``prefix`` older than ``age`` are read (one GET each) and
+        deleted when ``over`` says so."""
+        now = self.clock()
+        candidates: list[str] = []
+
+        def candidate(entry: ObjectEntry) -> bool:
+            if _aged(entry, age, now):
+                candidates.append(entry.key)
+            return False
+
+        await self._scan(prefix, candidate, budget, report, kind)
+        doomed = []
+        for key in candidates:
+            if budget.exhausted:
+                report.complete = False
+                break
+            stored = await self.storage.get(key)
+            budget.spend()
+            if stored is not None and over(stored.data, key):
+                doomed.append(key)
+        await self._delete(doomed, budget, report, kind)
 
     async def _dedup(
         self,
@@ -336,24 +403,14 @@ class Sweeper:
     ) -> None:
         """Dedup markers whose key may be used again: read (one GET each) only once
         they are old enough to be over."""
-        candidates: list[str] = []
-
-        def candidate(entry: ObjectEntry) -> bool:
-            if _aged(entry, settings.dedup_retention, now):
-                candidates.append(entry.key)
-            return False
-
-        await self._scan(layout.dedup_prefix(self.name), candidate, budget, report, "dedup")
-        doomed = []
-        for key in candidates:
-            if budget.exhausted:
-                report.complete = False
-                break
-            stored = await self.storage.get(key)
-            budget.spend()
-            if stored is not None and self._marker_over(stored.data, key, record, settings, now):
-                doomed.append(key)
-        await self._delete(doomed, budget, report, "dedup")
+        await self._read_over(
+            layout.dedup_prefix(self.name),
+            settings.dedup_retention,
+            lambda data, key: self._marker_over(data, key, record, settings, now),
+            budget,
+            report,
+            "dedup",
+        )
 
     def _marker_over(
         self, data: bytes, key: str, record: SweeperRecord, settings: QueueSettings, now: float
@@ -368,10 +425,7 @@ class Sweeper:
             return marker.reserved_at + RESERVATION_TIMEOUT <= now
         # Its message finished long ago (its segment is collected) but the marker was
         # never told: the producer's enqueue time plus both retentions is past.
-        if layout.parse_id(marker.id) is None:
-            return False
-        address = layout.parse_message_id(marker.id)
-        return is_collected(record, address.shard, address.segment) and (
+        return self._collected(record, marker.id) and (
             marker.reserved_at + settings.dedup_retention + settings.result_ttl <= now
         )
 
@@ -443,10 +497,3 @@ def _old_enough(ref: SegmentRef, entry: ObjectEntry, now: float) -> bool:
 
 def _aged(entry: ObjectEntry, ttl: float, now: float) -> bool:
     return entry.modified is not None and entry.modified + ttl <= now
-
-
-def _lane_prefix(queue: str, shard: int, lane: str) -> str:
-    if lane == "timers":
-        return layout.timers_prefix(queue, shard)
-    bucket = layout.HIGH_LANE if lane == "high" else layout.LOG_LANE
-    return layout.lane_prefix(queue, shard, bucket)

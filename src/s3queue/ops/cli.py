@@ -558,11 +558,7 @@ def worker(  # noqa: PLR0913 - typer reads a command's options from its paramete
             function,
             concurrency=concurrency,
             leases=leases,
-            polling=Polling(
-                poll_interval=poll_interval,
-                prefetch=prefetch,
-                sweep_interval=None if no_sweep else sweep_interval,
-            ),
+            polling=Polling(poll_interval, prefetch, None if no_sweep else sweep_interval),
             scaling=Scaling(min_concurrency=min_concurrency, max_concurrency=max_concurrency),
             cron=crons,
         )

@@ -122,7 +122,9 @@ class Doctor:
             for shard in range(self.queue.settings.shards):
                 cursor = await self.queue.committers[shard].read()
                 shards[shard] = rebuilt_retention(cursor, listing.segments[shard])
-            await self.storage.put(key, encode(SweeperRecord(shards=shards)))
+            created = self.queue.settings.created_at
+            record = SweeperRecord(shards=shards, queue_created_at=created)
+            await self.storage.put(key, encode(record))
             return f"rewrote {key}"
 
         return [
