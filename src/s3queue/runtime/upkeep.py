@@ -17,7 +17,7 @@ import random
 import time
 
 from s3queue.core.sweep import Budget, SweepReport
-from s3queue.errors import QueueError
+from s3queue.errors import QueueError, QueueNotFound
 from s3queue.queue import Queue
 
 log = logging.getLogger("s3queue.sweep")
@@ -42,6 +42,8 @@ class Upkeep:
         self.sweepers = [(q, q.sweeper(owner)) for q in queues]
         #: The process's requests at the end of each queue's last pass.
         self._seen = [q.storage.counts.total for q in queues]
+        #: Queues found deleted: not swept any more.
+        self._gone: set[int] = set()
         #: time.monotonic() of each queue's last pass.
         self._last = [time.monotonic() for _ in queues]
         self.passes = 0
@@ -64,13 +66,17 @@ class Upkeep:
                     break
                 for index in range(len(self.sweepers)):
                     if self._due(index, interval):
-                        await self._pass(index, lease_for=interval * 3)
+                        # Outlasts the pause between an idle queue's passes, so that
+                        # the other workers leave them to the holder (one GET each).
+                        await self._pass(index, lease_for=interval * (IDLE_PASSES + 2))
         finally:
             for _, sweeper in self.sweepers:
                 with contextlib.suppress(QueueError):
                     await sweeper.release()
 
     def _due(self, index: int, interval: float) -> bool:
+        if index in self._gone:
+            return False
         queue = self.sweepers[index][0]
         others = queue.storage.counts.total - self._seen[index]
         idle_for = time.monotonic() - self._last[index]
@@ -83,6 +89,10 @@ class Upkeep:
         allowance = max(FLOOR, int(others * SHARE))
         try:
             report = await sweeper.run(lease_for=lease_for, budget=Budget(allowance))
+        except QueueNotFound as error:
+            log.error("not sweeping queue %s any more: %s", queue.name, error)
+            self._gone.add(index)
+            return None
         except QueueError as error:
             log.warning("sweeping queue %s failed, will retry: %s", queue.name, error)
             return None
