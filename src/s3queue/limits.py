@@ -101,6 +101,8 @@ DEDUP_RETENTION = Real(0.0, 365 * DAY, fix="keep keys that must never repeat in 
 TTL = Real(0.0, 3650 * DAY, above_low=True, fix="e.g. 7 days for results, 14 for dead letters")
 #: How often a worker offers to sweep each queue it serves.
 SWEEP_INTERVAL = Real(0.0, DAY, above_low=True, fix="every minute or so suits most queues")
+#: The same on the command line, where 0 turns sweeping off.
+SWEEP_EVERY = Real(0.0, DAY, fix="0 never sweeps; every minute or so suits most queues")
 #: Tolerated clock skew: S3 itself refuses requests signed 15 min off
 #: (RequestTimeTooSkewed), so a larger margin only delays recovery of dead workers' leases.
 SKEW_MARGIN = Real(0.0, 15 * MINUTE, fix="fix the clock (NTP) rather than widen the margin")
@@ -234,6 +236,7 @@ __all__ = [
     "SHARDS",
     "SHUTDOWN_TIMEOUT",
     "SKEW_MARGIN",
+    "SWEEP_EVERY",
     "SWEEP_INTERVAL",
     "TTL",
     "UNHEALTHY_AFTER",

@@ -437,13 +437,11 @@ _MaxConcurrency = Annotated[
 _SweepInterval = Annotated[
     float,
     checked(
-        limits.SWEEP_INTERVAL,
+        limits.SWEEP_EVERY,
         "Offer to sweep each queue served this often (collect what its retention says "
-        "is over; one worker at a time does it).",
+        "is over; one worker at a time does it). 0: never (leave it to other workers "
+        "or s3queue sweep).",
     ),
-]
-_NoSweep = Annotated[
-    bool, flag("--no-sweep", help="Never sweep: leave it to other workers or s3queue sweep.")
 ]
 _Prefetch = Annotated[
     int | None,
@@ -528,7 +526,6 @@ def worker(  # noqa: PLR0913 - typer reads a command's options from its paramete
     max_concurrency: _MaxConcurrency = None,
     prefetch: _Prefetch = None,
     sweep_interval: _SweepInterval = 60.0,
-    no_sweep: _NoSweep = False,
     backoff_initial: _BackoffInitial = None,
     backoff_max: _BackoffMax = None,
     burst: _Burst = False,
@@ -558,7 +555,7 @@ def worker(  # noqa: PLR0913 - typer reads a command's options from its paramete
             function,
             concurrency=concurrency,
             leases=leases,
-            polling=Polling(poll_interval, prefetch, None if no_sweep else sweep_interval),
+            polling=Polling(poll_interval, prefetch, sweep_interval or None),
             scaling=Scaling(min_concurrency=min_concurrency, max_concurrency=max_concurrency),
             cron=crons,
         )
