@@ -154,6 +154,18 @@ def advance(
     return shards
 
 
+def next_ripening(record: SweeperRecord, ttl: float) -> float | None:
+    """When the first checkpoint that would move a watermark becomes ``ttl`` old."""
+    times = [
+        checkpoint.seen_at + ttl
+        for retention in record.shards.values()
+        for name in LANES
+        for checkpoint in retention.lane(name).checkpoints
+        if checkpoint.frontier > retention.lane(name).collected_before
+    ]
+    return min(times, default=None)
+
+
 def is_collected(record: SweeperRecord | None, shard: int, ref: SegmentRef) -> bool:
     """Whether the segment ``ref`` of ``shard`` is below the collected watermark."""
     if record is None:

@@ -40,14 +40,18 @@ from s3queue.core.retention import (
     advance,
     is_collected,
     may_take,
+    next_ripening,
 )
 from s3queue.errors import CorruptData, PreconditionFailed, QueueNotFound
 from s3queue.storage import ObjectEntry, PutMode, Storage, UpdateVersion
-from s3queue.storage.base import LIST_PAGE_SIZE
+from s3queue.storage.base import DELETE_BATCH, LIST_PAGE_SIZE
 
 #: How long a dedup reservation without a message may be kept by a producer that is
 #: still writing it (as ``queue.DEDUP_RESERVATION_TIMEOUT``, with room to spare).
 RESERVATION_TIMEOUT = 600.0
+#: Every this many passes a sweeper lists every lane, moved or not: what a pass
+#: that crashed mid-way left below a watermark is deleted then.
+RELIST = 10
 #: How far behind a producer's clock may run (S3 refuses requests signed 15 min
 #: off): a timer bucket is deleted only once such a producer is past it too.
 MAX_PRODUCER_SKEW = 900.0
@@ -83,6 +87,11 @@ class SweepReport:
     requests: int = 0
     held_by: str | None = None
     complete: bool = True
+    #: Whether a cursor moved since the last pass (a new checkpoint), and the store
+    #: time at which the next checkpoint ripens (None: none waits): when a next pass
+    #: has something to do, however idle the queue.
+    advanced: bool = False
+    ripens_at: float | None = None
 
     @property
     def total(self) -> int:
@@ -118,6 +127,9 @@ class Sweeper:
         #: its segments reference is older than by more than BLOB_GRACE / 2.
         self._next_shard = 0
         self._floors: dict[int, float] = {}
+        #: Per shard and lane, the watermark below which this sweeper has deleted
+        #: everything it listed: the lane need not be listed again until it moves.
+        self._swept_to: dict[tuple[int, str], int] = {}
 
     async def read(self) -> tuple[SweeperRecord, str | None]:
         stored = await self.storage.get(self.key)
@@ -146,6 +158,8 @@ class Sweeper:
         if committed is None:
             report.held_by = "another sweeper (it took the lease meanwhile)"
         else:
+            report.advanced = committed.shards != record.shards
+            report.ripens_at = next_ripening(committed, settings.result_ttl)
             await self._collect(committed, settings, budget, report)
         report.requests = budget.spent
         return report
@@ -228,13 +242,9 @@ class Sweeper:
                 self._next_shard = shard
                 report.complete = False
                 break
-            oldest: list[float] = []
             started = self.clock()
-            for lane in LANES:
-                await self._lane(record, shard, lane, lanes, report, oldest)
-                if settings.results_by_segment:
-                    await self._lane_results(record, shard, lane, lanes, report)
-            if not lanes.exhausted:
+            oldest = await self._shard(record, settings, shard, lanes, report)
+            if oldest is not None and not lanes.exhausted:
                 # No segment of this shard, even one written since, references a
                 # payload blob older than this by more than BLOB_GRACE / 2.
                 self._floors[shard] = min([started, *oldest])
@@ -262,6 +272,32 @@ class Sweeper:
             )
         await self._dedup(settings, record, now, budget, report)
 
+    async def _shard(
+        self,
+        record: SweeperRecord,
+        settings: QueueSettings,
+        shard: int,
+        budget: Budget,
+        report: SweepReport,
+    ) -> list[float] | None:
+        """Collect the lanes of ``shard`` whose watermark moved since this sweeper
+        listed them whole (all of them every RELIST passes, for what a crash left);
+        when each first segment kept was written, or None if a lane was skipped."""
+        oldest: list[float] = []
+        listed_all = True
+        retention = record.shards.get(shard)
+        for lane in LANES:
+            mark = 0 if retention is None else retention.lane(lane).collected_before
+            if self._swept_to.get((shard, lane)) == mark and record.passes % RELIST:
+                listed_all = False
+                continue
+            clean = await self._lane(record, shard, lane, budget, report, oldest)
+            if settings.results_by_segment:
+                await self._lane_results(record, shard, lane, budget, report)
+            if clean and not budget.exhausted:
+                self._swept_to[(shard, lane)] = mark
+        return oldest if listed_all else None
+
     async def _lane(
         self,
         record: SweeperRecord,
@@ -270,17 +306,21 @@ class Sweeper:
         budget: Budget,
         report: SweepReport,
         oldest: list[float],
-    ) -> None:
+    ) -> bool:
         """Delete the lane's segments below its watermark; note when the first one
-        kept was written (blobs older than every segment kept are unreferenced)."""
+        kept was written (blobs older than every segment kept are unreferenced).
+        Whether none is left below the watermark (some may be too young yet)."""
         prefix = layout.lane_segments_prefix(self.name, shard, lane)
         doomed: list[str] = []
         now = self.clock()
+        clean = True
         async for entry in self._listed(prefix, budget):
             found = layout.segment_of(self.name, entry.key)
             if found is None:
                 continue
-            if not is_collected(record, shard, found[1]) or not _old_enough(found[1], entry, now):
+            collected = is_collected(record, shard, found[1])
+            if not collected or not _old_enough(found[1], entry, now):
+                clean = clean and not collected
                 if entry.modified is not None:
                     oldest.append(entry.modified)
                 if lane != "timers":
@@ -288,6 +328,7 @@ class Sweeper:
                 continue
             doomed.append(entry.key)
         await self._delete(doomed, budget, report, "segments")
+        return clean
 
     async def _lane_results(
         self, record: SweeperRecord, shard: int, lane: str, budget: Budget, report: SweepReport
@@ -474,11 +515,10 @@ class Sweeper:
     ) -> None:
         if not keys:
             return
-        # Billed as the store sends them: 1,000 keys a request on S3, one per key
-        # elsewhere (the store counts them).
-        before = self.storage.counts.delete
+        # Budgeted as S3 bills them, 1,000 keys a request: a store without a bulk
+        # delete (the local directory) sends one per key, which it does not bill.
         await self.storage.delete_many(keys)
-        budget.spend(max(1, self.storage.counts.delete - before))
+        budget.spend(-(-len(keys) // DELETE_BATCH))
         report.removed[kind] += len(keys)
 
 

@@ -3,9 +3,11 @@
 Every worker runs this loop, but the sweeper lease (in ``<queue>/sweeper``) lets one
 process at a time do a queue's pass; the others only read the lease (one GET per
 interval) and take over when its holder stops renewing it. A pass may spend at
-most 5% of the requests the process made since its last pass, and is due only when
-that share covers a small floor of requests, or, in an idle queue, every
-IDLE_PASSES intervals (so an idle queue is still collected, cheaply).
+most 5% of the requests the process made since its last pass. A pass is due when
+that share covers a small floor of requests; when the last pass removed something
+or stopped at its budget; when a checkpoint it wrote ripens (so a queue that went
+idle is collected one TTL after its last message finished, not later); and in any
+case every IDLE_PASSES intervals.
 """
 
 from __future__ import annotations
@@ -44,6 +46,11 @@ class Upkeep:
         self._seen = [q.storage.counts.total for q in queues]
         #: Queues found deleted: not swept any more.
         self._gone: set[int] = set()
+        #: Per queue: whether its last pass found work under way (a cursor moved,
+        #: something removed, the budget ran out), and when (store time) its next
+        #: checkpoint ripens: then a pass is due however idle the process is.
+        self._eager = [True for _ in queues]
+        self._ripens_at: list[float | None] = [None for _ in queues]
         #: time.monotonic() of each queue's last pass.
         self._last = [time.monotonic() for _ in queues]
         self.passes = 0
@@ -78,6 +85,11 @@ class Upkeep:
         if index in self._gone:
             return False
         queue = self.sweepers[index][0]
+        if self._eager[index]:
+            return True
+        ripens_at = self._ripens_at[index]
+        if ripens_at is not None and queue.clock() >= ripens_at:
+            return True
         others = queue.storage.counts.total - self._seen[index]
         idle_for = time.monotonic() - self._last[index]
         return others * SHARE >= FLOOR or idle_for >= IDLE_PASSES * interval
@@ -99,6 +111,10 @@ class Upkeep:
         finally:
             self._seen[index] = counts.total
             self._last[index] = time.monotonic()
+        # Not on report.advanced alone: in a lightly loaded queue the cursors move
+        # at every pass, and a pass every interval would cost more than its share.
+        self._eager[index] = report.held_by is None and (report.total > 0 or not report.complete)
+        self._ripens_at[index] = report.ripens_at
         if report.held_by is None:
             self.passes += 1
             self.removed += report.total
