@@ -38,6 +38,8 @@ class Upkeep:
         self._seen = [q.storage.counts.total for q in queues]
         self.passes = 0
         self.removed = 0
+        #: Requests every pass spent, the lease reads of passes left to a holder too.
+        self.requests = 0
         #: Set after every pass this process made (tests and monitors wait on it).
         self.swept = asyncio.Event()
 
@@ -73,6 +75,7 @@ class Upkeep:
             return None
         finally:
             self._seen[index] = counts.total
+        self.requests += report.requests
         if report.held_by is None:
             self.passes += 1
             self.removed += report.total
