@@ -161,14 +161,14 @@ def summarize(  # noqa: PLR0913 - the pieces of one cell
 ) -> Row:
     workers: dict[str, int] = {}
     last_completion = go_wall
-    passes: list[list[float]] = []  # [time, removed so far by that worker, worker]
+    passes: list[list[float]] = []  # [time, removed and requests so far, worker]
     per_worker = []
     for i, report in enumerate(reports):
         data = json.loads(report.read_text())
         report.unlink()
         add_counts(workers, data)
         last_completion = max(last_completion, data["last_completed_at"] or go_wall)
-        passes += [[at, removed, i] for at, removed, _ in data["sweep_log"]]
+        passes += [[at, removed, spent, i] for at, removed, spent in data["sweep_log"]]
         per_worker.append(
             {
                 "processed": data["processed"],
@@ -179,7 +179,7 @@ def summarize(  # noqa: PLR0913 - the pieces of one cell
                 "errors": data["handler_errors"] + data["lease_lost"] + data["warnings"],
             }
         )
-    removing = [at for at, removed, i in passes if removed > _before(passes, at, i)]
+    removing = [at for at, removed, _, i in passes if removed > _before(passes, at, i)[0]]
     final = censuses[-1]
     during_drain = [at for at in removing if at <= drained]
     sweep_requests = sum(w["sweep_requests"] for w in per_worker)
@@ -222,15 +222,22 @@ def summarize(  # noqa: PLR0913 - the pieces of one cell
         "producer_requests": requests_of(producer["counts"]),
         "sweep_share": round(sweep_requests / max(1, worker_requests), 4),
         "workers": per_worker,
-        "passes": sorted([round(at - last_completion, 1), removed, i] for at, removed, i in passes),
+        # Per pass: seconds after the last completion, objects removed, requests
+        # spent (with the lease reads of the process's passes left to another since
+        # its previous one), and which worker.
+        "passes": sorted(
+            [round(at - last_completion, 1), removed - before[0], spent - before[1], i]
+            for at, removed, spent, i in passes
+            for before in [_before(passes, at, i)]
+        ),
         "poll": POLL,
     }
 
 
-def _before(passes: list[list[float]], at: float, worker: float) -> float:
-    """What ``worker`` had removed by its pass before the one that ended at ``at``."""
-    earlier = [r for t, r, i in passes if i == worker and t < at]
-    return max(earlier, default=0)
+def _before(passes: list[list[float]], at: float, worker: float) -> tuple[float, float]:
+    """What ``worker`` had removed and spent by its pass before the one at ``at``."""
+    earlier = [(r, s) for t, r, s, i in passes if i == worker and t < at]
+    return max(earlier, default=(0.0, 0.0))
 
 
 KIND_COLUMNS = (("kind", "kind"), ("peak", "after the drain"), ("after", "after sweeping"))
