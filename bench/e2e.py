@@ -237,6 +237,7 @@ def run_cell(  # noqa: PLR0913 - one keyword per command-line knob of a cell
     sweep = {"passes": 0, "removed": 0, "requests": 0}
     last_ack = go_wall
     samples: list[str] = []
+    lost_at: list[float] = []
     for report in reports:
         data = json.loads(report.read_text())
         report.unlink()
@@ -244,6 +245,7 @@ def run_cell(  # noqa: PLR0913 - one keyword per command-line knob of a cell
         processed += data["processed"]
         handler_errors += data["handler_errors"]
         lease_lost += data["lease_lost"]
+        lost_at += [round(at - go_wall, 2) for at in data.get("lease_lost_at", [])]
         warnings += data["warnings"]
         slowdowns += data["slowdowns_answered"]
         commits += data["commits"]
@@ -281,6 +283,7 @@ def run_cell(  # noqa: PLR0913 - one keyword per command-line knob of a cell
         "slowdowns_answered": slowdowns,
         "handler_errors": handler_errors,
         "lease_lost": lease_lost,
+        "lease_lost_seconds": sorted(lost_at)[:20],  # after "go"
         "warnings_logged": warnings,
         "errors_surfaced": handler_errors + lease_lost + warnings,
         "warning_samples": samples[:5],

@@ -132,12 +132,11 @@ async def main(args: argparse.Namespace) -> None:
         polling=Polling(poll_interval=args.poll_interval, sweep_interval=args.sweep_interval),
     )
     starts = _record_starts(worker, Path(args.starts)) if args.starts else None
-    lease_lost = 0
+    lease_lost: list[float] = []  # when each was learned (wall clock)
     last_completed_at = 0.0
 
     def on_lease_lost(event: WorkerEvent) -> None:
-        nonlocal lease_lost
-        lease_lost += 1
+        lease_lost.append(event.at)
 
     def on_completed(event: WorkerEvent) -> None:
         nonlocal last_completed_at
@@ -173,7 +172,8 @@ async def main(args: argparse.Namespace) -> None:
         "processed": worker.processed,
         "last_completed_at": last_completed_at,
         "handler_errors": worker.failed,
-        "lease_lost": lease_lost,
+        "lease_lost": len(lease_lost),
+        "lease_lost_at": lease_lost[:20],
         "warnings": warnings.count,
         "warning_samples": warnings.samples,
         "slowdowns_answered": getattr(inner, "slowdowns", 0),
