@@ -5,7 +5,9 @@ Scenarios: ``e2e`` (a backlog drained by P worker processes x C slots), ``enqueu
 (25 ms per request and S3's per-prefix limits), ``all`` (all four with their defaults,
 about 12 minutes on 2 cores), and, not part of ``all``, ``ratelimit`` (a backlog
 drained under a queue-wide rate limit, and without it: about 3 minutes for both
-backends). Each scenario writes bench/results/<scenario>-<time>.json
+backends) and ``retention`` (a drain, then the workers sweep until the queue is back
+at its floor: several minutes per backend). Each scenario writes
+bench/results/<scenario>-<time>.json
 and prints a table; ``e2e`` with more than one cell also draws the chart.
 
 Examples::
@@ -15,6 +17,9 @@ Examples::
     python -m bench latency --backend s3 --seconds 20
     python -m bench simulate --shards-grid 4 --sim-procs 1,4
     python -m bench ratelimit --backend s3,file --rate-limit 50/s --rate-messages 3000
+    python -m bench retention --backend file,s3 --retention-messages 100000
+    python -m bench e2e --backend s3 --procs 4 --concurrency 8 --handler noop \
+        --sweep-interval 2 --result-ttl 5
 """
 
 from __future__ import annotations
@@ -26,7 +31,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from bench import e2e, enqueue, latency, ratelimit, simulate
+from bench import e2e, enqueue, latency, ratelimit, retention, simulate
 from bench.chart import throughput_chart
 from bench.common import RESULTS, Backends, Row, ints, names, save
 
@@ -36,6 +41,7 @@ SCENARIOS: dict[str, Callable[[Any, Backends], list[Row]]] = {
     "latency": latency.run,
     "simulate": simulate.run,
     "ratelimit": ratelimit.run,
+    "retention": retention.run,
 }
 #: What ``all`` runs (``make bench``).
 ALL = ("e2e", "enqueue", "latency", "simulate")
@@ -89,6 +95,27 @@ def parser() -> argparse.ArgumentParser:
     r.add_argument("--rate-limit", default="50/s", help="on the whole queue")
     r.add_argument("--rate-procs", type=int, default=4, help="worker processes")
     r.add_argument("--rate-messages", type=int, default=3000)
+    t = p.add_argument_group("retention (the first two also apply to e2e)")
+    t.add_argument(
+        "--sweep-interval",
+        type=float,
+        default=None,
+        help="workers sweep every S seconds (e2e: default no sweeping; retention: 15)",
+    )
+    t.add_argument(
+        "--result-ttl",
+        type=float,
+        default=None,
+        help="the queue's Retention(result_ttl=S) (e2e: default the queue's; retention: 60)",
+    )
+    t.add_argument("--retention-messages", type=int, default=100_000)
+    t.add_argument("--retention-procs", type=int, default=4, help="worker processes")
+    t.add_argument(
+        "--retention-wait",
+        type=float,
+        default=1800.0,
+        help="seconds after the drain to wait at most for the floor",
+    )
     return p
 
 

@@ -16,6 +16,10 @@ Order of events in one cell:
    polling adds no error; the polling-observed time is recorded too.
 
 Requests per message = (producer + every worker) / N; the driver's polling is excluded.
+
+Workers do not sweep unless ``--sweep-interval`` says so (then sweeping's requests are
+among the workers' and its passes are reported); ``--result-ttl`` creates the queue
+with that ``Retention(result_ttl=...)``.
 """
 
 from __future__ import annotations
@@ -42,7 +46,7 @@ from bench.common import (
     requests_of,
 )
 from bench.worker import build_storage
-from s3queue import Queue
+from s3queue import Queue, Retention
 
 QUEUE = "bench"
 BATCH = 100
@@ -68,6 +72,12 @@ COLUMNS = (
     ("throttled_retries", "503 retried"),
     ("errors_surfaced", "errors"),
 )
+#: Shown when the workers sweep (``--sweep-interval``).
+SWEEP_COLUMNS = (
+    ("sweep_passes", "sweeps"),
+    ("sweep_removed", "swept"),
+    ("sweep_requests", "sweep req"),
+)
 
 
 def cell_messages(limit: int, procs: int, concurrency: int, exact: bool) -> int:
@@ -79,10 +89,15 @@ def cell_messages(limit: int, procs: int, concurrency: int, exact: bool) -> int:
 
 
 async def produce(
-    url: str, messages: int, shards: int, latency_ms: float, limit_scale: float
+    url: str,
+    messages: int,
+    shards: int,
+    latency_ms: float,
+    limit_scale: float,
+    retention: Retention | None = None,
 ) -> dict[str, Any]:
     storage = build_storage(url, latency_ms, 1.0, limit_scale)
-    q = await Queue.open(storage, QUEUE, shards=shards)
+    q = await Queue.open(storage, QUEUE, shards=shards, retention=retention)
     q.storage.counts.reset()  # the queue's creation and store probe are not per-message work
     started = time.perf_counter()
     batches = [
@@ -125,6 +140,7 @@ def start_workers(
     latency_ms: float,
     limit_scale: float,
     profile_dir: str,
+    sweep_interval: float | None = None,
 ) -> tuple[list[subprocess.Popen[str]], list[Path]]:
     reports = [
         Path(tempfile.mkstemp(prefix="bench-worker-", suffix=".json")[1]) for _ in range(procs)
@@ -151,6 +167,8 @@ def start_workers(
             str(limit_scale),
             "--wait-for-go",
         ]
+        if sweep_interval is not None:
+            command += ["--sweep-interval", str(sweep_interval)]
         if profile_dir:
             Path(profile_dir).mkdir(parents=True, exist_ok=True)
             command += [
@@ -177,6 +195,8 @@ def run_cell(  # noqa: PLR0913 - one keyword per command-line knob of a cell
     latency_ms: float = 0.0,
     limit_scale: float = 1.0,
     profile_dir: str = "",
+    sweep_interval: float | None = None,
+    result_ttl: float | None = None,
 ) -> Row:
     url = backends.url(backend)
     if handler == "task":  # sent as task calls, one enqueue() per message
@@ -184,9 +204,10 @@ def run_cell(  # noqa: PLR0913 - one keyword per command-line knob of a cell
 
         producer = asyncio.run(tasks.produce(url, messages, shards))
     else:
-        producer = asyncio.run(produce(url, messages, shards, latency_ms, limit_scale))
+        retention = None if result_ttl is None else Retention(result_ttl=result_ttl)
+        producer = asyncio.run(produce(url, messages, shards, latency_ms, limit_scale, retention))
     workers, reports = start_workers(
-        url, procs, concurrency, handler, latency_ms, limit_scale, profile_dir
+        url, procs, concurrency, handler, latency_ms, limit_scale, profile_dir, sweep_interval
     )
     try:
         for worker in workers:
@@ -213,8 +234,10 @@ def run_cell(  # noqa: PLR0913 - one keyword per command-line knob of a cell
     totals: dict[str, int] = {}
     add_counts(totals, producer["counts"])
     processed = handler_errors = lease_lost = warnings = slowdowns = commits = conflicts = 0
+    sweep = {"passes": 0, "removed": 0, "requests": 0}
     last_ack = go_wall
     samples: list[str] = []
+    lost_at: list[float] = []
     for report in reports:
         data = json.loads(report.read_text())
         report.unlink()
@@ -222,11 +245,14 @@ def run_cell(  # noqa: PLR0913 - one keyword per command-line knob of a cell
         processed += data["processed"]
         handler_errors += data["handler_errors"]
         lease_lost += data["lease_lost"]
+        lost_at += [round(at - go_wall, 2) for at in data.get("lease_lost_at", [])]
         warnings += data["warnings"]
         slowdowns += data["slowdowns_answered"]
         commits += data["commits"]
         conflicts += data["conflicts"]
         samples += data["warning_samples"]
+        for kind in sweep:
+            sweep[kind] += data[f"sweep_{kind}"]
         last_ack = max(last_ack, data["last_completed_at"] or go_wall)
     drain = max(1e-6, last_ack - go_wall)
     by_kind = per_message(totals, messages)
@@ -257,9 +283,15 @@ def run_cell(  # noqa: PLR0913 - one keyword per command-line knob of a cell
         "slowdowns_answered": slowdowns,
         "handler_errors": handler_errors,
         "lease_lost": lease_lost,
+        "lease_lost_seconds": sorted(lost_at)[:20],  # after "go"
         "warnings_logged": warnings,
         "errors_surfaced": handler_errors + lease_lost + warnings,
         "warning_samples": samples[:5],
+        "sweep_interval": sweep_interval,
+        "result_ttl": result_ttl,
+        "sweep_passes": sweep["passes"],
+        "sweep_removed": sweep["removed"],
+        "sweep_requests": sweep["requests"],
     }
     return row
 
@@ -279,7 +311,10 @@ def run(args: Any, backends: Backends) -> list[Row]:
                         handler=handler,
                         shards=args.shards,
                         profile_dir=args.profile_dir,
+                        sweep_interval=args.sweep_interval,
+                        result_ttl=args.result_ttl,
                     )
-                    print_table("e2e", [row], COLUMNS)
+                    sweeping = args.sweep_interval is not None
+                    print_table("e2e", [row], COLUMNS + (SWEEP_COLUMNS if sweeping else ()))
                     rows.append(row)
     return rows

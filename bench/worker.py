@@ -1,9 +1,10 @@
 """One benchmark worker process: a Worker with a no-op or a 10 ms async handler, or
 the router of bench/tasks.py's app (``--handler task``: a no-op task).
 
-    python -m bench.worker URL QUEUE --concurrency C --handler noop|sleep10|task --report FILE
-        [--latency-ms MS --share F --limit-scale S] [--wait-for-go] [--profile FILE]
-        [--poll-interval S] [--rate-limit N/s --starts FILE]
+    python -m bench.worker URL QUEUE --concurrency C --handler noop|sleep10|value|task
+        --report FILE [--latency-ms MS --share F --limit-scale S] [--wait-for-go]
+        [--profile FILE] [--poll-interval S] [--sweep-interval S]
+        [--rate-limit N/s --starts FILE]
 
 Opens the queue, prints ``ready``; with ``--wait-for-go`` it then waits for a line on
 standard input before it starts claiming (so that the driver starts every process's
@@ -13,6 +14,10 @@ finish, and writes JSON to FILE: its storage requests by kind, messages processe
 and every error that got past the retry layer (handler failures, lost leases,
 warnings logged by s3queue). ``--rate-limit`` sets a limit on the whole queue
 (``Queue.set_rate_limit``); ``--starts`` appends each job's start time to a file.
+``--sweep-interval`` lets the worker sweep (``Polling(sweep_interval=S)``; off by
+default, so that a drain measures claiming alone); the report then adds its passes,
+what they removed and the requests they spent, with a line per pass it made.
+``value`` is a no-op handler that returns ``{"ok": n}`` (a result record per message).
 
 With ``--latency-ms`` the store is ``RetryingStorage(LatencyStore(raw))`` (see
 bench/latency_store.py): a Storage object cannot cross processes, so each worker
@@ -28,6 +33,7 @@ import json
 import logging
 import signal
 import sys
+import time
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -45,7 +51,11 @@ async def sleep10(payload: Any, ctx: Any) -> None:
     await asyncio.sleep(0.010)  # the simulated job
 
 
-HANDLERS: dict[str, Any] = {"noop": noop, "sleep10": sleep10}
+async def value(payload: Any, ctx: Any) -> dict[str, Any]:
+    return {"ok": payload["n"]}  # stored: a result record per message
+
+
+HANDLERS: dict[str, Any] = {"noop": noop, "sleep10": sleep10, "value": value}
 
 
 def handler_for(name: str) -> Any:
@@ -97,6 +107,16 @@ def _record_starts(worker: Worker, path: Path) -> TextIO:
     return out
 
 
+async def _watch_passes(worker: Worker, passes: list[list[float]]) -> None:
+    """After every sweeper pass this process makes, note [wall-clock time, objects
+    removed so far, requests spent so far] (the driver finds when collection ended)."""
+    upkeep = worker.upkeep
+    while True:
+        await upkeep.swept.wait()
+        upkeep.swept.clear()
+        passes.append([time.time(), upkeep.removed, upkeep.requests])
+
+
 async def main(args: argparse.Namespace) -> None:
     warnings = _CountWarnings()
     logging.getLogger("s3queue").addHandler(warnings)
@@ -109,15 +129,14 @@ async def main(args: argparse.Namespace) -> None:
         q,
         handler_for(args.handler),
         concurrency=args.concurrency,
-        polling=Polling(poll_interval=args.poll_interval),
+        polling=Polling(poll_interval=args.poll_interval, sweep_interval=args.sweep_interval),
     )
     starts = _record_starts(worker, Path(args.starts)) if args.starts else None
-    lease_lost = 0
+    lease_lost: list[float] = []  # when each was learned (wall clock)
     last_completed_at = 0.0
 
     def on_lease_lost(event: WorkerEvent) -> None:
-        nonlocal lease_lost
-        lease_lost += 1
+        lease_lost.append(event.at)
 
     def on_completed(event: WorkerEvent) -> None:
         nonlocal last_completed_at
@@ -136,7 +155,11 @@ async def main(args: argparse.Namespace) -> None:
 
         profiler = Profiler(async_mode="disabled")
         profiler.start()
-    await worker.run()
+    passes: list[list[float]] = []
+    async with asyncio.TaskGroup() as group:
+        watcher = group.create_task(_watch_passes(worker, passes))
+        await worker.run()
+        watcher.cancel()
     if profiler is not None:
         profiler.stop()
         Path(args.profile).write_text(profiler.output_text(unicode=False, color=False))  # noqa: ASYNC240
@@ -149,12 +172,17 @@ async def main(args: argparse.Namespace) -> None:
         "processed": worker.processed,
         "last_completed_at": last_completed_at,
         "handler_errors": worker.failed,
-        "lease_lost": lease_lost,
+        "lease_lost": len(lease_lost),
+        "lease_lost_at": lease_lost[:20],
         "warnings": warnings.count,
         "warning_samples": warnings.samples,
         "slowdowns_answered": getattr(inner, "slowdowns", 0),
         "commits": sum(c.commits for c in q.committers),
         "conflicts": sum(c.conflicts for c in q.committers),
+        "sweep_passes": worker.upkeep.passes,
+        "sweep_removed": worker.upkeep.removed,
+        "sweep_requests": worker.upkeep.requests,
+        "sweep_log": passes,
     }
     Path(args.report).write_text(json.dumps(report))  # noqa: ASYNC240 - once, at exit
 
@@ -171,6 +199,9 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--limit-scale", type=float, default=1.0)
     parser.add_argument("--wait-for-go", action="store_true")
     parser.add_argument("--poll-interval", type=float, default=0.2)
+    parser.add_argument(
+        "--sweep-interval", type=float, default=None, help="seconds; default: no sweeping"
+    )
     parser.add_argument("--rate-limit", default="", help="e.g. 50/s, on the whole queue")
     parser.add_argument("--starts", default="", help="append each job's start time here")
     parser.add_argument("--profile", default="")

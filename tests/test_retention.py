@@ -305,6 +305,8 @@ async def test_workers_sweep_in_the_background(store: Storage, clock: Clock) -> 
     assert (await q.get(ids["quiet"][0])).status == "expired"  # type: ignore[union-attr]
     record = await q.sweeper().read()
     assert record[0].lease is None  # given back when the worker stopped
+    # Each pass read the lease, the settings and 2 cursors, and wrote the lease.
+    assert worker.upkeep.requests >= 5 * worker.upkeep.passes > 0
     await q.close()
 
 

@@ -55,6 +55,8 @@ class Upkeep:
         self._last = [time.monotonic() for _ in queues]
         self.passes = 0
         self.removed = 0
+        #: Requests every pass spent, the lease reads of passes left to a holder too.
+        self.requests = 0
         #: Set after every pass this process made (tests and monitors wait on it).
         self.swept = asyncio.Event()
 
@@ -115,6 +117,7 @@ class Upkeep:
         # at every pass, and a pass every interval would cost more than its share.
         self._eager[index] = report.held_by is None and (report.total > 0 or not report.complete)
         self._ripens_at[index] = report.ripens_at
+        self.requests += report.requests
         if report.held_by is None:
             self.passes += 1
             self.removed += report.total
