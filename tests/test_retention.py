@@ -554,3 +554,18 @@ async def test_a_recreated_queue_ignores_a_sweeper_record_of_its_predecessor(
     segment = layout.parse_message_id(mid).segment.key("q", 0)
     assert await store.get(segment) is not None  # a pending message's segment
     await new.close()
+
+
+async def test_a_pass_that_outlasts_its_lease_stops_deleting(store: Storage, clock: Clock) -> None:
+    q = await open_queue(store, clock)
+    await finish(q, 6)
+    sweeper = q.sweeper("slow")
+    await sweeper.run(lease_for=30.0, budget=Budget())
+    clock.advance(TTL + 1)
+    # A lease shorter than the skew margin has run out by the first deletion.
+    report = await sweeper.run(lease_for=1.0, budget=Budget())
+    assert report.total == 0
+    assert not report.complete
+    report = await sweeper.run(lease_for=30.0, budget=Budget())
+    assert report.removed["segments"] == 6
+    await q.close()

@@ -21,6 +21,7 @@ its :class:`Budget`.
 from __future__ import annotations
 
 import asyncio
+import math
 import secrets
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
@@ -127,6 +128,8 @@ class Sweeper:
         #: its segments reference is older than by more than BLOB_GRACE / 2.
         self._next_shard = 0
         self._floors: dict[int, float] = {}
+        #: When (store time) the lease this pass wrote runs out.
+        self._lease_ends = math.inf
         #: Per shard and lane, the watermark below which this sweeper has deleted
         #: everything it listed: the lane need not be listed again until it moves.
         self._swept_to: dict[tuple[int, str], int] = {}
@@ -200,6 +203,7 @@ class Sweeper:
         lease = SweeperLease(
             owner=self.owner, token=secrets.token_hex(8), expires_at=now + lease_for
         )
+        self._lease_ends = lease.expires_at
         updated = msgspec.structs.replace(
             record,
             version=record.version + 1,
@@ -514,6 +518,12 @@ class Sweeper:
         self, keys: list[str], budget: Budget, report: SweepReport, kind: str
     ) -> None:
         if not keys:
+            return
+        if self.clock() >= self._lease_ends - self.skew_margin:
+            # The pass outlasted its lease: another sweeper may hold it now. Deleting
+            # on would be safe (below written watermarks) but twice the work.
+            budget.left = 0
+            report.complete = False
             return
         # Budgeted as S3 bills them, 1,000 keys a request: a store without a bulk
         # delete (the local directory) sends one per key, which it does not bill.

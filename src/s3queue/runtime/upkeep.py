@@ -34,6 +34,9 @@ FLOOR = 64
 #: ...or, in a queue too quiet for that, once this many intervals went by: an idle
 #: queue is still collected, at a small fraction of its idle polling.
 IDLE_PASSES = 10
+#: The shortest sweeper lease: well above the skew margin, and long enough for a
+#: pass that deletes many thousands of objects (a pass stops when it runs out).
+MIN_LEASE = 120.0
 
 
 class Upkeep:
@@ -77,7 +80,8 @@ class Upkeep:
                     if self._due(index, interval):
                         # Outlasts the pause between an idle queue's passes, so that
                         # the other workers leave them to the holder (one GET each).
-                        await self._pass(index, lease_for=interval * (IDLE_PASSES + 2))
+                        lease_for = max(MIN_LEASE, interval * (IDLE_PASSES + 2))
+                        await self._pass(index, lease_for=lease_for)
         finally:
             for _, sweeper in self.sweepers:
                 with contextlib.suppress(QueueError):
