@@ -277,12 +277,15 @@ async def test_a_chain_step_whose_parent_ran_twice_runs_once(
     # What a worker killed between enqueueing the next step and acking its own step
     # leaves behind: two copies of the next step, the second linked by the retry.
     payload = {"task": "add", "args": [1], "kwargs": {}, "parent": "default:0-L9-9"}
+    # The linked copy is enqueued and linked before the other exists: the running
+    # worker cannot take the other for the first one (which would link itself).
     async with await Queue.open(store_url, "default") as raw:
-        first, second = await raw.enqueue(payload), await raw.enqueue(payload)
-        await raw.link("default", "0-L9-9", second)
-    assert await tasks.app.job(f"default:{second}").wait(timeout=30) == 2
-    assert await tasks.app.job(f"default:{first}").wait(timeout=30) == {
-        "duplicate_of": f"default:{second}"
+        linked = await raw.enqueue(payload)
+        await raw.link("default", "0-L9-9", linked)
+        stray = await raw.enqueue(payload)
+    assert await tasks.app.job(f"default:{linked}").wait(timeout=30) == 2
+    assert await tasks.app.job(f"default:{stray}").wait(timeout=30) == {
+        "duplicate_of": f"default:{linked}"
     }
     assert tasks.runs == ["add(1,1)"]
 
