@@ -6,6 +6,8 @@ import contextlib
 import json
 import os
 import platform
+import signal
+import subprocess
 import sys
 import tempfile
 import time
@@ -113,6 +115,19 @@ class Backends:
         if self._moto is not None:
             self._moto.stop()
         self._tmp.cleanup()
+
+
+def stop_workers(workers: Sequence[subprocess.Popen[str]]) -> None:
+    """SIGTERM every worker still running, then wait (killing one that hangs)."""
+    for worker in workers:
+        if worker.poll() is None:
+            worker.send_signal(signal.SIGTERM)
+    for worker in workers:
+        try:
+            worker.wait(timeout=120)
+        except subprocess.TimeoutExpired:
+            worker.kill()
+            worker.wait()
 
 
 def ints(text: str) -> list[int]:

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import signal
 import subprocess
 import sys
 import tempfile
@@ -44,6 +43,7 @@ from bench.common import (
     per_message,
     print_table,
     requests_of,
+    stop_workers,
 )
 from bench.worker import build_storage
 from s3queue import Queue, Retention
@@ -222,15 +222,7 @@ def run_cell(  # noqa: PLR0913 - one keyword per command-line knob of a cell
             worker.stdin.flush()
         observed = asyncio.run(wait_completed(url, messages, 900, workers))
     finally:
-        for worker in workers:
-            if worker.poll() is None:
-                worker.send_signal(signal.SIGTERM)
-        for worker in workers:
-            try:
-                worker.wait(timeout=120)
-            except subprocess.TimeoutExpired:
-                worker.kill()
-                worker.wait()
+        stop_workers(workers)
     totals: dict[str, int] = {}
     add_counts(totals, producer["counts"])
     processed = handler_errors = lease_lost = warnings = slowdowns = commits = conflicts = 0

@@ -29,14 +29,12 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import signal
-import subprocess
 import time
 from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from bench.common import Backends, Row, add_counts, print_table, requests_of
+from bench.common import Backends, Row, add_counts, print_table, requests_of, stop_workers
 from bench.e2e import POLL, QUEUE, produce, start_workers, wait_completed
 from s3queue import Queue, Retention
 from s3queue.core import layout
@@ -131,15 +129,7 @@ def run_cell(
                 break
             time.sleep(sweep_interval)
     finally:
-        for worker in workers:
-            if worker.poll() is None:
-                worker.send_signal(signal.SIGTERM)
-        for worker in workers:
-            try:
-                worker.wait(timeout=120)
-            except subprocess.TimeoutExpired:
-                worker.kill()
-                worker.wait()
+        stop_workers(workers)
     return summarize(
         backend, messages, procs, shards, result_ttl, sweep_interval, go_wall, drained,
         producer, reports, censuses,
