@@ -60,7 +60,7 @@ async def store(store_url: str) -> AsyncIterator[Storage]:
 
 async def open_queue(store: Storage, clock: Clock, **more: Any) -> Queue:
     more.setdefault("retention", Retention(result_ttl=TTL, dead_ttl=DEAD_TTL))
-    return await Queue.open(store, "q", shards=2, clock=clock, **more)
+    return await Queue.open(store, "q", shards=more.pop("shards", 2), clock=clock, **more)
 
 
 async def keys(store: Storage) -> list[str]:
@@ -414,16 +414,11 @@ def test_inspect_shows_nothing_made_up_for_an_expired_message() -> None:
 # --- found in review: each was a failing test first ------------------------------------
 
 
-async def open_q(store: Storage, clock: Clock, **more: Any) -> Queue:
-    more.setdefault("retention", Retention(result_ttl=60.0, dead_ttl=120.0))
-    return await Queue.open(store, "q", shards=more.pop("shards", 2), clock=clock, **more)
-
-
 async def test_busy_queue_segments_are_collected_after_their_ttl(
     store: Storage, clock: Clock
 ) -> None:
     """End to end: a message finishes between passes a second apart (TTL 60 s)."""
-    q = await open_q(store, clock, shards=1)
+    q = await open_queue(store, clock, shards=1)
     removed = 0
     for _ in range(180):  # three TTLs
         await q.enqueue({"n": 1})
@@ -442,7 +437,7 @@ async def test_busy_queue_segments_are_collected_after_their_ttl(
 async def test_a_pending_payload_blob_survives_a_pass_before_any_worker_read_its_shard(
     store: Storage, clock: Clock
 ) -> None:
-    q = await open_q(store, clock)
+    q = await open_queue(store, clock)
     mid = await q.enqueue({"big": "x" * 300_000})  # over the 256 KiB blob threshold
     assert any(layout.classify("q", k) == "blob" for k in [e.key for e in await store.list("q/")])
     clock.advance(layout.BLOB_GRACE + 60)  # nobody has claimed yet (e.g. workers start late)
@@ -461,7 +456,7 @@ async def test_a_pending_payload_blob_survives_a_pass_before_any_worker_read_its
 async def test_a_budgeted_pass_over_many_shards_still_reaches_the_dead_letters(
     store: Storage, clock: Clock
 ) -> None:
-    q = await open_q(store, clock, shards=16)
+    q = await open_queue(store, clock, shards=16)
     ids = [await q.enqueue({"n": i}, max_attempts=1) for i in range(16)]
     while leases := await q.claim(16):
         for lease in leases:
@@ -486,8 +481,8 @@ async def test_a_budgeted_pass_over_many_shards_still_reaches_the_dead_letters(
 async def test_a_message_enqueued_during_a_purge_keeps_its_payload(
     store: Storage, clock: Clock
 ) -> None:
-    q = await open_q(store, clock)
-    producer = await open_q(store, clock)
+    q = await open_queue(store, clock)
+    producer = await open_queue(store, clock)
     await q.enqueue({"old": 1})
     purge_shard = q._purge_shard
     late: list[str] = []
@@ -513,7 +508,7 @@ async def test_a_message_enqueued_during_a_purge_keeps_its_payload(
 
 
 async def test_a_link_to_a_step_still_pending_is_kept(store: Storage, clock: Clock) -> None:
-    q = await open_q(store, clock)
+    q = await open_queue(store, clock)
     child = await q.enqueue({"step": 2})  # the next step of a chain, not run yet
     await q.link("parents", "0-L0-0", child)
     clock.advance(60.0 + 61)  # older than result_ttl, but the step has not even run
@@ -531,7 +526,7 @@ async def test_a_link_to_a_step_still_pending_is_kept(store: Storage, clock: Clo
 async def test_a_recreated_queue_ignores_a_sweeper_record_of_its_predecessor(
     store: Storage, clock: Clock
 ) -> None:
-    old = await open_q(store, clock, shards=1)
+    old = await open_queue(store, clock, shards=1)
     for i in range(5):
         await old.enqueue({"n": i})
         (lease,) = await old.claim(1)
@@ -546,7 +541,7 @@ async def test_a_recreated_queue_ignores_a_sweeper_record_of_its_predecessor(
     # A worker's first pass that read queue.json just before the delete creates the
     # record (mode="create") after the delete's listing: it outlives the delete.
     await store.put(layout.sweeper_key("q"), stale, mode="create")
-    new = await open_q(store, clock, shards=1)
+    new = await open_queue(store, clock, shards=1)
     mid = await new.enqueue({"fresh": True})
     assert (await new.get(mid)).status == "pending"  # type: ignore[union-attr]
     clock.advance(61)

@@ -27,7 +27,7 @@ from s3queue import limits
 from s3queue.backoff import Backoff
 from s3queue.core import layout
 from s3queue.core.blobs import payload_of, write_blob
-from s3queue.core.catalog import list_queues
+from s3queue.core.catalog import list_queues, read_settings
 from s3queue.core.clock import Clock, StoreClock
 from s3queue.core.commit import CommitContext, ShardCommitter
 from s3queue.core.config import check_retention, reconfigure
@@ -143,14 +143,6 @@ async def probe_conditional_writes(storage: Storage, queue: str) -> None:
         await storage.delete(key)
 
 
-async def _read_settings(storage: Storage, name: str) -> QueueSettings | None:
-    key = layout.settings_key(name)
-    stored = await storage.get(key)
-    if stored is None:
-        return None
-    return decode(stored.data, QueueSettings, what="queue settings", key=key)
-
-
 async def _create_settings(
     storage: Storage, fresh: QueueSettings, retention: Retention
 ) -> QueueSettings:
@@ -162,7 +154,7 @@ async def _create_settings(
         await storage.put(layout.settings_key(name), encode(fresh), mode="create")
         return fresh
     except PreconditionFailed:  # someone created it first: use theirs
-        settings = await _read_settings(storage, name)
+        settings = await read_settings(storage, name)
         assert settings is not None
         return settings
 
@@ -324,7 +316,7 @@ class Queue:
         skew_margin = limits.SKEW_MARGIN.check(skew_margin, "skew_margin")
         storage = open_storage(url) if isinstance(url, str) else url
         try:
-            settings = await _read_settings(storage, check_queue_name(name))
+            settings = await read_settings(storage, check_queue_name(name))
             if settings is None and not create:
                 raise await _missing(storage, name)
             if create and verify_store:

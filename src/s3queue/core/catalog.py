@@ -10,6 +10,7 @@ whatever the queues hold.
 from __future__ import annotations
 
 from s3queue.core import layout
+from s3queue.core.records import QueueSettings, decode
 from s3queue.errors import QueueNotFound
 from s3queue.storage import Storage
 
@@ -31,6 +32,15 @@ async def list_queues(storage: Storage) -> list[str]:
         if name is not None and await storage.get(layout.settings_key(name)) is not None:
             names.append(name)
         after = f"{layout.queue_prefix(key if name is None else name)}{_PAST_EVERYTHING}"
+
+
+async def read_settings(storage: Storage, name: str) -> QueueSettings | None:
+    """The settings of queue ``name`` (its queue.json), None if there is none."""
+    key = layout.settings_key(name)
+    stored = await storage.get(key)
+    if stored is None:
+        return None
+    return decode(stored.data, QueueSettings, what="queue settings", key=key)
 
 
 async def ensure_exists(storage: Storage, name: str) -> None:

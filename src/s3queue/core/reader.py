@@ -26,8 +26,9 @@ from s3queue.core.records import (
     decode,
     encode,
 )
-from s3queue.core.retention import SweeperRecord, is_collected
+from s3queue.core.retention import is_collected
 from s3queue.core.segment import Message, Segment, SegmentCache
+from s3queue.core.sweep import read_record
 from s3queue.errors import CorruptData
 from s3queue.info import MessageInfo, Problem, ShardStats, Stats, Status
 from s3queue.payload import decode_json
@@ -206,11 +207,7 @@ class QueueReader:
 
     async def _collected(self, address: layout.MessageAddress) -> bool:
         """Whether the sweeper collected (or is collecting) the message's segment."""
-        key = layout.sweeper_key(self.name)
-        stored = await self.storage.get(key)
-        if stored is None:
-            return False
-        record = decode(stored.data, SweeperRecord, what="sweeper record", key=key)
+        record, _ = await read_record(self.storage, self.name)
         record = record.of_queue(self.settings)
         return is_collected(record, address.shard, address.segment)
 

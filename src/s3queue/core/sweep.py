@@ -30,6 +30,7 @@ from typing import Any
 import msgspec
 
 from s3queue.core import layout
+from s3queue.core.catalog import read_settings
 from s3queue.core.clock import Clock
 from s3queue.core.cursor import Cursor, decode_cursor
 from s3queue.core.layout import SegmentRef
@@ -109,6 +110,15 @@ class SweepReport:
         }
 
 
+async def read_record(storage: Storage, queue: str) -> tuple[SweeperRecord, str | None]:
+    """The sweeper record of ``queue`` and its ETag (an empty record, None, if none)."""
+    key = layout.sweeper_key(queue)
+    stored = await storage.get(key)
+    if stored is None:
+        return SweeperRecord(), None
+    return decode(stored.data, SweeperRecord, what="sweeper record", key=key), stored.etag
+
+
 class Sweeper:
     """Runs collection passes over one queue on behalf of ``owner``."""
 
@@ -135,10 +145,7 @@ class Sweeper:
         self._swept_to: dict[tuple[int, str], int] = {}
 
     async def read(self) -> tuple[SweeperRecord, str | None]:
-        stored = await self.storage.get(self.key)
-        if stored is None:
-            return SweeperRecord(), None
-        return decode(stored.data, SweeperRecord, what="sweeper record", key=self.key), stored.etag
+        return await read_record(self.storage, self.name)
 
     async def run(self, *, lease_for: float, budget: Budget, steal: bool = False) -> SweepReport:
         """One pass. Without ``steal`` it does nothing while another owner's lease
@@ -168,14 +175,13 @@ class Sweeper:
         return report
 
     async def _settings(self) -> QueueSettings:
-        key = layout.settings_key(self.name)
-        stored = await self.storage.get(key)
-        if stored is None:
+        settings = await read_settings(self.storage, self.name)
+        if settings is None:
             raise QueueNotFound(
                 f"queue {self.name!r} does not exist (its queue.json is gone)",
                 suggestion="nothing to sweep; s3queue queues lists the queues",
             )
-        return decode(stored.data, QueueSettings, what="queue settings", key=key)
+        return settings
 
     async def _cursors(self, shards: int) -> dict[int, Cursor]:
         keys = [layout.cursor_key(self.name, k) for k in range(shards)]
