@@ -89,10 +89,8 @@ class SweepReport:
     requests: int = 0
     held_by: str | None = None
     complete: bool = True
-    #: Whether a cursor moved since the last pass (a new checkpoint), and the store
-    #: time at which the next checkpoint ripens (None: none waits): when a next pass
-    #: has something to do, however idle the queue.
-    advanced: bool = False
+    #: The store time at which the next checkpoint ripens (None: none waits): when
+    #: a next pass has something to do, however idle the queue.
     ripens_at: float | None = None
 
     @property
@@ -168,7 +166,6 @@ class Sweeper:
         if committed is None:
             report.held_by = "another sweeper (it took the lease meanwhile)"
         else:
-            report.advanced = committed.shards != record.shards
             report.ripens_at = next_ripening(committed, settings.result_ttl)
             await self._collect(committed, settings, budget, report)
         report.requests = budget.spent

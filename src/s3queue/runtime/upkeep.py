@@ -117,8 +117,8 @@ class Upkeep:
         finally:
             self._seen[index] = counts.total
             self._last[index] = time.monotonic()
-        # Not on report.advanced alone: in a lightly loaded queue the cursors move
-        # at every pass, and a pass every interval would cost more than its share.
+        # Not on the cursors moving alone: in a lightly loaded queue they move at
+        # every pass, and a pass every interval would cost more than its share.
         self._eager[index] = report.held_by is None and (report.total > 0 or not report.complete)
         self._ripens_at[index] = report.ripens_at
         self.requests += report.requests
