@@ -358,7 +358,7 @@ class Queue:
                 await committer.close()
         finally:
             # Even when flushing failed or was interrupted: closing the store is what
-            # waits for its requests still running (see storage.s3).
+            # waits for its requests still running (see storage.cloud).
             if self._owns_storage:
                 await self.storage.close()
 

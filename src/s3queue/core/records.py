@@ -18,7 +18,7 @@ FORMAT = 1
 #: own (a blob). 256 MiB, because of what carries it, not of S3 (a single PUT takes up
 #: to 5 GB, and obstore sends bytes in one PUT, without multipart, which moto serves
 #: too): every request of the S3 backend must end within its 30 s timeout
-#: (storage/s3.py), so a blob this large already needs about 9 MB/s to the store; and
+#: (storage/cloud.py), so a blob this large already needs about 9 MB/s to the store; and
 #: a value is held whole in memory several times over (the value, its JSON, the
 #: check that it decodes back; a worker's lease, the handler's copy), per message in
 #: flight. Larger data belongs in an object of the caller's, with its key in the
