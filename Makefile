@@ -4,6 +4,8 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+# Azurite, the Azure Storage emulator the tests start (pinned in tools/azurite).
+AZURITE := tools/azurite/node_modules/.bin/azurite-blob
 
 .PHONY: demo test lint typecheck pytest bench clean install
 
@@ -15,6 +17,12 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
+$(AZURITE): tools/azurite/package.json tools/azurite/package-lock.json
+	@command -v npm >/dev/null || { echo "npm is missing: installing Debian's nodejs and npm"; \
+		apt-get install -y -qq nodejs npm; }
+	cd tools/azurite && npm ci --no-audit --no-fund --omit-lockfile-registry-resolved --loglevel=error
+	touch $(AZURITE)
+
 demo: $(STAMP)
 	$(BIN)/s3queue demo
 
@@ -25,7 +33,7 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(BIN)/mypy
 
-pytest: $(STAMP)
+pytest: $(STAMP) $(AZURITE)
 	$(BIN)/pytest -q
 
 test: lint typecheck pytest
@@ -38,4 +46,4 @@ bench: $(VENV)/.bench
 	$(BIN)/python -m bench all --chart docs/bench-throughput.png
 
 clean:
-	rm -rf $(VENV) .demo .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) .demo .pytest_cache .mypy_cache .ruff_cache tools/azurite/node_modules

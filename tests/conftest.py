@@ -10,6 +10,8 @@ import pytest
 
 from s3queue import Backoff, Polling, Queue, Worker, WorkerEvent
 from s3queue.runtime.worker import EventName
+from tests.azurite import AzuriteServer, start_azurite
+from tests.fakegcs import FakeGCS, start_fake_gcs
 from tests.s3server import S3Server, start_s3_server
 
 #: Workers in tests poll every 10 ms: an idle check costs nothing on a test server,
@@ -96,3 +98,25 @@ async def run_until(worker: Worker, *names: EventName, count: int = 1) -> list[W
         await worker.stop()
         await task
     return seen
+
+
+@pytest.fixture(scope="session")
+def azurite(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AzuriteServer]:
+    """Azurite's blob service with the test container, started once per session."""
+    try:
+        server = start_azurite(tmp_path_factory.mktemp("azurite"))
+    except RuntimeError as error:
+        pytest.skip(f"Azurite cannot start here: {error}")
+    server.create_container(BUCKET)
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def fake_gcs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FakeGCS]:
+    try:
+        server = start_fake_gcs(tmp_path_factory.mktemp("fake-gcs") / "root", [BUCKET])
+    except RuntimeError as error:
+        pytest.skip(f"fake-gcs-server cannot start here: {error}")
+    yield server
+    server.stop()

@@ -15,6 +15,7 @@ import logging
 import math
 import random
 import secrets
+import sys
 import time
 import traceback
 from collections.abc import Awaitable, Callable, Iterable
@@ -74,6 +75,7 @@ from s3queue.errors import (
     PreconditionFailed,
     QueueError,
     QueueNotFound,
+    StorageError,
 )
 from s3queue.info import CancelOutcome, Failure, Lease, MessageInfo, Stats
 from s3queue.payload import decode_json, encode_json
@@ -114,33 +116,56 @@ def error_record(
     )
 
 
-async def probe_conditional_writes(storage: Storage, queue: str) -> None:
-    """Refuse a store that accepts If-None-Match / If-Match but ignores them."""
-    key = layout.probe_key(queue, secrets.token_hex(8))
-    suggestion = (
-        "this store ignores conditional writes (If-None-Match / If-Match), so two workers "
-        "could hold one message; use AWS S3, MinIO, R2 or another store that supports them"
-    )
+#: What the probe tells a user whose store fails it.
+_PROBE_FIX = (
+    "s3queue needs create-if-absent (If-None-Match: *) and compare-and-swap (If-Match) "
+    "writes that the store honours, or two workers could hold one message; use AWS S3, "
+    "Azure Blob, MinIO, R2, SeaweedFS or another store that supports them (README: "
+    "Supported stores)"
+)
 
+
+async def probe_conditional_writes(storage: Storage, queue: str) -> None:
+    """Refuse a store that cannot do conditional writes, or accepts them but ignores
+    them, before anything else is written. Leaves nothing behind."""
+    key = layout.probe_key(queue, secrets.token_hex(8))
+    try:
+        await _probe(storage, key)
+    except StorageError as error:
+        # Auth, a missing bucket and outages say best what they are; a store that
+        # refuses the request outright lacks the feature.
+        if type(error) is not StorageError or error.retriable:
+            raise
+        raise ConfigurationError(
+            f"{storage.url} failed the conditional-write probe: {error.message}",
+            suggestion=_PROBE_FIX,
+        ) from None
+    finally:
+        try:
+            await storage.delete(key)
+        except StorageError:
+            if sys.exception() is None:  # do not hide why the probe failed
+                raise
+
+
+async def _probe(storage: Storage, key: str) -> None:
     async def must_fail(attempt: Awaitable[str], what: str) -> None:
         try:
             await attempt
         except PreconditionFailed:
             return
-        raise ConfigurationError(f"{storage.url} {what}", suggestion=suggestion)
+        raise ConfigurationError(f"{storage.url} {what}", suggestion=_PROBE_FIX)
 
-    try:
-        etag = await storage.put(key, b"probe-1", mode="create")
-        await must_fail(
-            storage.put(key, b"probe-2", mode="create"),
-            "overwrote an object with If-None-Match: *",
-        )
-        await storage.put(key, b"probe-3", mode=UpdateVersion(etag))
-        await must_fail(
-            storage.put(key, b"probe-4", mode=UpdateVersion(etag)), "accepted a stale If-Match"
-        )
-    finally:
-        await storage.delete(key)
+    etag = await storage.put(key, b"probe-1", mode="create")
+    await must_fail(
+        storage.put(key, b"probe-2", mode="create"),
+        "overwrote an object with If-None-Match: * (create-if-absent is ignored)",
+    )
+    await storage.put(key, b"probe-3", mode=UpdateVersion(etag))
+    await must_fail(
+        storage.put(key, b"probe-4", mode=UpdateVersion(etag)),
+        "accepted a stale If-Match (compare-and-swap is ignored)",
+    )
 
 
 async def _create_settings(

@@ -141,7 +141,10 @@ def _as_flags(params: list[Any]) -> list[Any]:
 # --- global options ---------------------------------------------------------------------------
 
 _GLOBAL = "Global options (before or after the command)"
-_URL_HELP = "Store URL: s3://bucket/prefix, file:///dir or memory://name."
+_URL_HELP = (
+    "Store URL: s3://bucket/prefix, az://container/prefix, gs://bucket/prefix, "
+    "file:///dir or memory://name."
+)
 _LOG_LEVEL_HELP = (
     "debug, info, warning or error: log records of this level and above. Default: "
     "warning (worker: info for s3queue's own records)."

@@ -1,8 +1,9 @@
 """Object storage behind one narrow async protocol, chosen by URL.
 
 ``open_storage(url)`` is the only way the rest of s3queue obtains a store:
-``s3://bucket/prefix?endpoint=...&region=...`` (obstore), ``file:///path`` (the
-embedded default) and ``memory://name`` (tests). Every store it returns retries
+``s3://bucket/prefix?endpoint=...&region=...``, ``az://container/prefix?account=...``
+and ``gs://bucket/prefix`` (obstore), ``file:///path`` (the embedded default) and
+``memory://name`` (tests). Every store it returns retries
 transient failures and resolves ambiguous conditional writes (see ``retry``). A URL
 is printed only through ``redact_url`` (see ``redact``): it may hold a secret.
 """
@@ -26,6 +27,10 @@ from s3queue.storage.memory import MemoryStorage
 from s3queue.storage.redact import redact, redact_url, url_secrets
 from s3queue.storage.retry import RetryingStorage, RetryPolicy
 
+SCHEMES = (
+    "use s3://bucket/prefix, az://container/prefix, gs://bucket/prefix, "
+    "file:///absolute/path or memory://name"
+)
 #: Anchored: an endpoint in the query (``?endpoint=http://...``) is not a scheme.
 _SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9+.\-]*://")
 
@@ -36,7 +41,7 @@ def open_raw_storage(url: str) -> Storage:
     if not isinstance(url, str) or not _SCHEME.match(url):
         raise ConfigurationError(
             f"invalid storage URL {shown!r}: it has no scheme",
-            suggestion="use s3://bucket/prefix, file:///absolute/path or memory://name",
+            suggestion=SCHEMES,
         )
     try:
         scheme = urlsplit(url).scheme.lower()
@@ -56,9 +61,17 @@ def open_raw_storage(url: str) -> Storage:
         from s3queue.storage.s3 import S3Storage
 
         return S3Storage.from_url(url)
+    if scheme in ("az", "azure"):
+        from s3queue.storage.azure import AzureStorage
+
+        return AzureStorage.from_url(url)
+    if scheme == "gs":
+        from s3queue.storage.gcs import GCSStorage
+
+        return GCSStorage.from_url(url)
     raise ConfigurationError(
         f"unknown storage scheme {scheme!r} in {shown!r}",
-        suggestion="use s3://bucket/prefix, file:///absolute/path or memory://name",
+        suggestion=SCHEMES,
     )
 
 

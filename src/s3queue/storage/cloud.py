@@ -32,7 +32,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any, TypeVar
-from urllib.parse import urlsplit
+from urllib.parse import SplitResult, urlsplit
 
 import obstore
 import obstore.exceptions as oe
@@ -132,6 +132,13 @@ def flag(name: str, value: str, shown: str) -> bool:
         f"invalid value {value!r} for {name} in {shown!r}",
         suggestion=f"use {name}=true or {name}=false",
     )
+
+
+def host_of(parts: SplitResult) -> str:
+    """The bucket or container as written: ``SplitResult.hostname`` lowercases it,
+    which would turn a mistyped name into another one."""
+    host = parts.netloc.rpartition("@")[2]
+    return host.rpartition(":")[0] if parts.port is not None else host
 
 
 def check_endpoint(endpoint: str, shown: str) -> None:

@@ -22,6 +22,7 @@ from s3queue.storage.cloud import (
     client_options,
     configure,
     flag,
+    host_of,
 )
 from s3queue.storage.redact import redact_url
 
@@ -82,7 +83,7 @@ class S3Storage(CloudStorage):
 
 
 def _bucket_of(parts: SplitResult, shown: str) -> str:
-    bucket = parts.hostname or ""
+    bucket = host_of(parts)
     if not bucket:
         raise ConfigurationError(
             f"invalid storage URL {shown!r}: no bucket name",

@@ -1,0 +1,180 @@
+"""Azure Blob Storage: ``az://container/prefix?account=NAME`` (also ``azure://``).
+
+Credentials come from where Azure users already keep them, never from the URL:
+``AZURE_STORAGE_CONNECTION_STRING`` (parsed here: obstore does not read it), or the
+variables obstore reads itself (``AZURE_STORAGE_ACCOUNT_NAME`` with
+``AZURE_STORAGE_ACCOUNT_KEY`` or ``AZURE_STORAGE_SAS_TOKEN``, a service principal's
+``AZURE_CLIENT_ID``/``AZURE_CLIENT_SECRET``/``AZURE_TENANT_ID``, workload identity,
+and managed identity when nothing else is set). The query names the account, an
+endpoint (Azurite, sovereign clouds) or the local emulator.
+
+Azure's own traps are handled in ``storage.cloud``: its list answers unquoted ETags
+(only quoted ones are handed out), deleting a missing blob is a 404 (not an error
+here), a blob batch takes 256 keys, and a LIST page holds 5,000.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from typing import Any
+from urllib.parse import SplitResult, parse_qsl, urlsplit
+
+from obstore.store import AzureStore
+
+from s3queue.errors import ConfigurationError
+from s3queue.storage.cloud import (
+    NO_RETRIES,
+    CloudStorage,
+    Dialect,
+    check_endpoint,
+    client_options,
+    configure,
+    flag,
+    host_of,
+)
+from s3queue.storage.redact import redact_url
+
+QUERY_OPTIONS = ("account", "endpoint", "emulator", "allow_http")
+CONNECTION_STRING = "AZURE_STORAGE_CONNECTION_STRING"
+#: Container names: 3-63 lowercase letters, digits and single hyphens, starting and
+#: ending with a letter or digit.
+_CONTAINER = re.compile(r"^(?!.*--)[a-z0-9][a-z0-9\-]{1,61}[a-z0-9]$")
+#: Azurite's well-known development account and key, published in Azure's
+#: documentation: they open nothing but a local emulator.
+EMULATOR_ACCOUNT = "devstoreaccount1"
+EMULATOR_KEY = (
+    "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw=="
+)
+EMULATOR_ENDPOINT = "http://127.0.0.1:10000/devstoreaccount1"
+_CREDENTIALS = (
+    f"check {CONNECTION_STRING}, or AZURE_STORAGE_ACCOUNT_NAME with "
+    "AZURE_STORAGE_ACCOUNT_KEY or AZURE_STORAGE_SAS_TOKEN, or the identity's role on "
+    "the container (Storage Blob Data Contributor)"
+)
+DIALECT = Dialect(
+    name="Azure",
+    container="container",
+    delete_batch=256,
+    list_page=5000,
+    missing=("ContainerNotFound",),
+    credentials=_CREDENTIALS,
+)
+
+
+class AzureStorage(CloudStorage):
+    """``az://container/prefix?account=...``; keys are relative to the prefix."""
+
+    dialect = DIALECT
+
+    @classmethod
+    def from_url(cls, url: str) -> AzureStorage:
+        shown = redact_url(url)
+        parts = urlsplit(url)
+        container = _container_of(parts, shown)
+        options = dict(parse_qsl(parts.query, keep_blank_values=True))
+        # The URL's options win over the connection string; obstore reads the other
+        # AZURE_* variables itself, under what is given here.
+        config = {
+            **connection_string_config(os.environ.get(CONNECTION_STRING, "")),
+            **_options(options, shown),
+        }
+        endpoint = str(config.get("endpoint", ""))
+        allow_http = endpoint.startswith("http://")
+        if "allow_http" in options:
+            allow_http = flag("allow_http", options["allow_http"], shown)
+        prefix = parts.path.strip("/")
+        store = configure(
+            "Azure",
+            url,
+            f"name the account (?account=NAME or AZURE_STORAGE_ACCOUNT_NAME); {_CREDENTIALS}",
+            lambda: AzureStore(
+                container,
+                prefix=prefix or None,
+                config=config,  # type: ignore[arg-type]
+                client_options=client_options(allow_http=allow_http),
+                retry_config=NO_RETRIES,
+            ),
+        )
+        clean = f"az://{container}/{prefix}" + (f"?{parts.query}" if parts.query else "")
+        account = config.get("account_name") or os.environ.get("AZURE_STORAGE_ACCOUNT_NAME", "")
+        return cls(store, clean, endpoint or f"az://{account}/{container}")
+
+
+def _container_of(parts: SplitResult, shown: str) -> str:
+    if "@" in parts.netloc:
+        raise ConfigurationError(
+            f"invalid storage URL {shown!r}: an Azure URL takes no credentials",
+            suggestion=f"set {CONNECTION_STRING}, or AZURE_STORAGE_ACCOUNT_NAME and "
+            "AZURE_STORAGE_ACCOUNT_KEY, and name the account with ?account=NAME",
+        )
+    container = host_of(parts)
+    if not container:
+        raise ConfigurationError(
+            f"invalid storage URL {shown!r}: no container name",
+            suggestion="use az://container/prefix?account=NAME",
+        )
+    if not _CONTAINER.match(container) or parts.port is not None:
+        raise ConfigurationError(
+            f"invalid container name {container!r} in {shown!r}",
+            suggestion="container names are 3 to 63 lowercase letters, digits and single "
+            "hyphens, starting and ending with a letter or digit",
+        )
+    return container
+
+
+def _options(options: dict[str, str], shown: str) -> dict[str, Any]:
+    """obstore's Azure configuration from the URL's query."""
+    unknown = sorted(set(options) - set(QUERY_OPTIONS))
+    if unknown:
+        raise ConfigurationError(
+            f"unknown option {unknown[0]!r} in {shown!r}",
+            suggestion=f"valid options are: {', '.join(QUERY_OPTIONS)}; credentials go in "
+            f"{CONNECTION_STRING} or the AZURE_STORAGE_* variables",
+        )
+    config: dict[str, Any] = {}
+    if flag("emulator", options.get("emulator", "false"), shown):
+        config.update(emulator_config())
+    if "account" in options:
+        config["account_name"] = options["account"]
+    if "endpoint" in options:
+        check_endpoint(options["endpoint"], shown)
+        config["endpoint"] = options["endpoint"].rstrip("/")
+    return config
+
+
+def emulator_config() -> dict[str, Any]:
+    """Azurite's development account, at ``AZURITE_BLOB_STORAGE_URL`` or Azurite's
+    default address. Given explicitly: obstore's ``use_emulator`` would override an
+    endpoint named in the URL."""
+    base = os.environ.get("AZURITE_BLOB_STORAGE_URL", "").rstrip("/")
+    return {
+        "account_name": EMULATOR_ACCOUNT,
+        "account_key": EMULATOR_KEY,
+        "endpoint": f"{base}/{EMULATOR_ACCOUNT}" if base else EMULATOR_ENDPOINT,
+    }
+
+
+def connection_string_config(text: str) -> dict[str, Any]:
+    """obstore's configuration from an Azure connection string
+    (``AccountName=...;AccountKey=...;BlobEndpoint=...`` and the like)."""
+    fields: dict[str, str] = {}
+    for part in text.split(";"):
+        name, _, value = part.strip().partition("=")
+        if name:
+            fields[name.lower()] = value
+    if fields.get("usedevelopmentstorage", "").lower() == "true":
+        return emulator_config()
+    config: dict[str, Any] = {}
+    if "accountname" in fields:
+        config["account_name"] = fields["accountname"]
+    if "accountkey" in fields:
+        config["account_key"] = fields["accountkey"]
+    if "sharedaccesssignature" in fields:
+        config["sas_key"] = fields["sharedaccesssignature"]
+    if "blobendpoint" in fields:
+        config["endpoint"] = fields["blobendpoint"].rstrip("/")
+    elif "endpointsuffix" in fields and "accountname" in fields:
+        protocol = fields.get("defaultendpointsprotocol", "https")
+        config["endpoint"] = f"{protocol}://{fields['accountname']}.blob.{fields['endpointsuffix']}"
+    return config

@@ -1,0 +1,229 @@
+"""Stores beyond S3: Azure Blob (on Azurite) and GCS (experimental; fake-gcs-server
+shows the conditional-write probe refusing a store that cannot prove it).
+
+The storage contract, exact accounting and kill -9 run on every store in
+test_storage.py and test_multiprocess.py; this module holds what is particular to
+each: URLs, credentials, errors, and the Azure traps (quoted ETags, 404 on deleting
+a missing blob, 256 keys per batch, 5,000 per LIST page).
+"""
+
+from __future__ import annotations
+
+import uuid
+
+import pytest
+
+from s3queue import JobContext, Queue, Worker
+from s3queue.errors import ConfigurationError, NotFound, StorageAuthError
+from s3queue.storage import UpdateVersion, open_storage
+from s3queue.storage.azure import (
+    EMULATOR_ACCOUNT,
+    EMULATOR_KEY,
+    AzureStorage,
+    connection_string_config,
+)
+from s3queue.storage.gcs import GCSStorage
+from tests.azurite import AzuriteServer
+from tests.conftest import BUCKET, FAST, run_until
+from tests.fakegcs import FakeGCS
+
+AZURE_VARIABLES = (
+    "AZURE_STORAGE_CONNECTION_STRING",
+    "AZURE_STORAGE_ACCOUNT_NAME",
+    "AZURE_STORAGE_ACCOUNT_KEY",
+    "AZURE_STORAGE_SAS_TOKEN",
+)
+
+
+@pytest.fixture
+def no_azure_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in AZURE_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+
+
+def unique() -> str:
+    return f"t-{uuid.uuid4().hex[:12]}"
+
+
+# --- Azure URLs and credentials ---------------------------------------------------------
+
+
+@pytest.mark.parametrize("scheme", ["az", "azure"])
+def test_azure_urls_open_with_either_scheme(scheme: str) -> None:
+    store = open_storage(f"{scheme}://jobs-container/app/q?account=acme")
+    assert store.url == "az://jobs-container/app/q?account=acme"
+
+
+@pytest.mark.parametrize(
+    ("url", "message"),
+    [
+        ("az://acme:c2VjcmV0@jobs/p", "takes no credentials"),
+        ("az://Jobs/p?account=acme", "invalid container name 'Jobs'"),
+        ("az://jo/p?account=acme", "invalid container name 'jo'"),
+        ("az://a--b/p?account=acme", "invalid container name 'a--b'"),
+        ("az:///p?account=acme", "no container name"),
+        ("az://jobs/p?acount=acme", "unknown option 'acount'"),
+        ("az://jobs/p?account=acme&endpoint=ftp://x", "invalid endpoint"),
+        ("az://jobs/p?emulator=maybe", "invalid value 'maybe' for emulator"),
+    ],
+)
+def test_bad_azure_urls_name_the_problem(url: str, message: str) -> None:
+    with pytest.raises(ConfigurationError, match=message) as info:
+        open_storage(url)
+    assert "c2VjcmV0" not in str(info.value)
+    assert info.value.suggestion
+
+
+def test_an_unnamed_account_names_both_ways_to_name_it(no_azure_env: None) -> None:
+    with pytest.raises(ConfigurationError, match="Account must be specified") as info:
+        open_storage("az://jobs/p")
+    assert "?account=NAME" in str(info.value)
+    assert "AZURE_STORAGE_ACCOUNT_NAME" in str(info.value)
+
+
+def test_connection_strings_map_onto_the_store_configuration() -> None:
+    assert connection_string_config(
+        "DefaultEndpointsProtocol=https;AccountName=acme;AccountKey=a2V5;"
+        "EndpointSuffix=core.windows.net"
+    ) == {
+        "account_name": "acme",
+        "account_key": "a2V5",
+        "endpoint": "https://acme.blob.core.windows.net",
+    }
+    assert connection_string_config(
+        "BlobEndpoint=https://acme.blob.core.windows.net/;SharedAccessSignature=sv=2022&sig=abc"
+    ) == {"sas_key": "sv=2022&sig=abc", "endpoint": "https://acme.blob.core.windows.net"}
+    assert connection_string_config("UseDevelopmentStorage=true")["account_name"] == (
+        EMULATOR_ACCOUNT
+    )
+    assert connection_string_config("") == {}
+
+
+# --- Azure on Azurite ---------------------------------------------------------------------
+
+
+async def test_a_connection_string_in_the_environment_opens_a_queue(
+    azurite: AzuriteServer, monkeypatch: pytest.MonkeyPatch, no_azure_env: None
+) -> None:
+    monkeypatch.setenv(
+        "AZURE_STORAGE_CONNECTION_STRING",
+        f"DefaultEndpointsProtocol=http;AccountName={EMULATOR_ACCOUNT};"
+        f"AccountKey={EMULATOR_KEY};BlobEndpoint={azurite.endpoint};",
+    )
+    q = await Queue.open(f"az://{BUCKET}/{unique()}", "cs", shards=1)
+    [mid] = await q.enqueue_many([{"n": 1}])
+    [lease] = await q.claim(1, 30)
+    await q.ack(lease, result="done")
+    info = await q.get(mid)
+    assert info is not None
+    assert info.status == "completed"
+    await q.close()
+
+
+async def test_a_missing_container_is_not_found_with_the_fix(azurite: AzuriteServer) -> None:
+    store = open_storage(azurite.url("no-such-container", "p"))
+    for attempt in (store.get("x"), store.put("x", b"x"), store.list("x/")):
+        with pytest.raises(NotFound, match="the container does not exist") as info:
+            await attempt
+        assert info.value.suggestion == "create the container, or fix its name in the URL"
+    await store.close()
+
+
+async def test_a_wrong_account_key_is_an_auth_error_naming_the_variables(
+    azurite: AzuriteServer, monkeypatch: pytest.MonkeyPatch, no_azure_env: None
+) -> None:
+    monkeypatch.setenv("AZURE_STORAGE_ACCOUNT_KEY", "d3Jvbmd3cm9uZ3dyb25nd3Jvbmc=")
+    url = f"az://{BUCKET}/p?account={EMULATOR_ACCOUNT}&endpoint={azurite.endpoint}"
+    store = open_storage(url)
+    with pytest.raises(StorageAuthError) as info:
+        await store.put("x", b"x")
+    assert "AZURE_STORAGE_ACCOUNT_KEY" in str(info.value)
+    assert "\n" not in str(info.value)
+    await store.close()
+
+
+async def test_every_call_hands_out_the_same_quoted_version_tag(azurite: AzuriteServer) -> None:
+    store = open_storage(azurite.url(BUCKET, unique()))
+    tag = await store.put("k", b"one", mode="create")
+    read = await store.get("k")
+    assert read is not None
+    assert read.etag == tag
+    assert tag.startswith('"')
+    assert await store.put("k", b"two", mode=UpdateVersion(read.etag))
+    await store.close()
+
+
+async def test_deleting_missing_blobs_is_not_an_error_alone_or_in_a_batch(
+    azurite: AzuriteServer,
+) -> None:
+    store = open_storage(azurite.url(BUCKET, unique()))
+    await store.delete("never-written")
+    keys = [f"k/{n:04d}" for n in range(600)]
+    for key in keys[:300]:
+        await store.put(key, b"x")
+    store.counts.reset()
+    await store.delete_many(keys[:300])
+    # 300 keys: two blob batches of at most 256.
+    assert store.counts.delete == 2
+    for key in keys[300:]:
+        await store.put(key, b"x")
+    await store.delete_many(keys)  # half of them are gone already
+    assert await store.list("k/") == []
+    await store.close()
+
+
+async def test_a_listing_page_holds_five_thousand_blobs(azurite: AzuriteServer) -> None:
+    store = open_storage(azurite.url(BUCKET, unique()))
+    for n in range(1200):
+        await store.put(f"d/{n:05d}", b"x")
+    store.counts.reset()
+    listed = await store.list("d/", start_after="d/00100")
+    assert [entry.key for entry in listed] == [f"d/{n:05d}" for n in range(101, 1200)]
+    assert store.counts.list == 1
+    await store.close()
+
+
+async def test_a_worker_runs_jobs_on_azure(azurite: AzuriteServer) -> None:
+    q = await Queue.open(azurite.url(BUCKET, unique()), "round-trip", shards=2)
+    ids = await q.enqueue_many([{"n": n} for n in range(20)])
+
+    async def double(payload: dict[str, int], ctx: JobContext) -> int:
+        return payload["n"] * 2
+
+    await run_until(Worker(q, double, concurrency=8, polling=FAST), "completed", count=20)
+    results = [await q.get(mid) for mid in ids]
+    assert [info.result if info else None for info in results] == [n * 2 for n in range(20)]
+    assert (await q.stats()).completed == 20
+    await q.close()
+
+
+# --- GCS (experimental) -----------------------------------------------------------------
+
+
+def test_gcs_urls_open_and_bad_ones_name_the_problem() -> None:
+    store = open_storage("gs://jobs_bucket/app?endpoint=http://127.0.0.1:1")
+    assert isinstance(store.inner, GCSStorage)  # type: ignore[attr-defined]
+    assert store.url == "gs://jobs_bucket/app?endpoint=http://127.0.0.1:1"
+    for url, message in [
+        ("gs://key:secret@jobs/p", "takes no credentials"),
+        ("gs://Jobs/p", "invalid bucket name"),
+        ("gs://jobs/p?region=eu", "unknown option 'region'"),
+    ]:
+        with pytest.raises(ConfigurationError, match=message):
+            open_storage(url)
+
+
+async def test_fake_gcs_server_is_refused_by_the_probe_and_nothing_is_left(
+    fake_gcs: FakeGCS, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("GOOGLE_SERVICE_ACCOUNT", str(fake_gcs.service_account))
+    with pytest.raises(ConfigurationError, match="failed the conditional-write probe") as info:
+        await Queue.open(fake_gcs.url(BUCKET, unique()), "jobs")
+    assert "If-None-Match" in str(info.value)
+    assert "compare-and-swap" in str(info.value)
+    assert fake_gcs.object_names(BUCKET) == []
+    assert not any((fake_gcs.root / BUCKET).iterdir())
+
+
+def test_every_obstore_store_is_one_class() -> None:
+    assert isinstance(open_storage("az://jobs/p?account=acme").inner, AzureStorage)  # type: ignore[attr-defined]
