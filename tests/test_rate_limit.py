@@ -262,6 +262,7 @@ def run_workers(
     return started(starts), started(starts, 2), reported
 
 
+@pytest.mark.alone
 def test_four_workers_keep_a_queue_limit_of_50_a_second(url: str, tmp_path: Path) -> None:
     producer = enqueue_evenly(url, "rated", JOBS)
     starts, claims, reports = run_workers(url, "rated", tmp_path, JOBS)

@@ -65,6 +65,8 @@ def test_azure_urls_open_with_either_scheme(scheme: str) -> None:
         ("az://jobs/p?acount=acme", "unknown option 'acount'"),
         ("az://jobs/p?account=acme&endpoint=ftp://x", "invalid endpoint"),
         ("az://jobs/p?emulator=maybe", "invalid value 'maybe' for emulator"),
+        # A SAS pasted into the query: refused, and its signature never printed.
+        ("az://jobs/p?account=acme&sv=2022-11-02&sig=c2VjcmV0", "unknown option 'sig'"),
     ],
 )
 def test_bad_azure_urls_name_the_problem(url: str, message: str) -> None:

@@ -24,10 +24,11 @@ MASK = "***"
 MIN_SECRET = 4
 
 #: Query options whose value is a credential. None is accepted today; a mistyped or
-#: future one must still not be printed.
+#: future one must still not be printed, nor an Azure SAS pasted into the query
+#: (its signature is ``sig=``).
 _SECRET_OPTION = re.compile(
-    r"(?P<name>[?&][^=&#\s'\"]*(?:secret|password|passwd|token|signature|credential|"
-    r"private|customer_key)[^=&#\s'\"]*=)(?P<value>[^&#\s'\"]*)",
+    r"(?P<name>[?&][^=&#\s'\"]*(?:secret|password|passwd|token|sig|credential|"
+    r"private|key|sas)[^=&#\s'\"]*=)(?P<value>[^&#\s'\"]*)",
     re.IGNORECASE,
 )
 #: A run of text that may hold a URL with a userinfo.
