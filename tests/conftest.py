@@ -5,6 +5,7 @@ import os
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from typing import Protocol
 
 import pytest
 
@@ -13,6 +14,7 @@ from s3queue.runtime.worker import EventName
 from tests.azurite import AzuriteServer, start_azurite
 from tests.fakegcs import FakeGCS, start_fake_gcs
 from tests.s3server import S3Server, start_s3_server
+from tests.seaweed import start_seaweed
 
 #: Workers in tests poll every 10 ms: an idle check costs nothing on a test server,
 #: and tests await events rather than sleeping through poll intervals.
@@ -51,6 +53,36 @@ def strict_s3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
     server.stop()
 
 
+@pytest.fixture(scope="session")
+def seaweed_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
+    """SeaweedFS: a second real S3 server, whose ETags are MD5s as AWS's are."""
+    try:
+        server = start_seaweed(tmp_path_factory.mktemp("seaweed"), BUCKET)
+    except RuntimeError as error:
+        pytest.skip(f"SeaweedFS did not start: {error}")
+    yield server
+    server.stop()
+
+
+class StoreServer(Protocol):
+    """What a server fixture gives: the URL of a store under ``prefix`` in ``bucket``."""
+
+    def url(self, bucket: str, prefix: str) -> str: ...
+
+
+#: The stores served by a server process, by the name tests give them, with the
+#: session fixture that starts each. A store added here is one more param of every
+#: fixture that runs on all of them (``[*SERVERS]``).
+SERVERS = {"s3": "s3_server", "seaweedfs": "seaweed_server"}
+
+
+def server_store_url(kind: str, request: pytest.FixtureRequest, prefix: str) -> str:
+    """A fresh, empty store on the server of ``kind`` (a key of :data:`SERVERS`),
+    under a unique key prefix starting with ``prefix``."""
+    server: StoreServer = request.getfixturevalue(SERVERS[kind])
+    return server.url(BUCKET, f"{prefix}-{uuid.uuid4().hex[:12]}")
+
+
 @pytest.fixture(params=["memory", "file", "s3"])
 def backend(request: pytest.FixtureRequest) -> str:
     return str(request.param)
@@ -59,13 +91,11 @@ def backend(request: pytest.FixtureRequest) -> str:
 @pytest.fixture
 def store_url(backend: str, request: pytest.FixtureRequest, tmp_path: Path) -> str:
     """A fresh, empty store of each backend kind."""
-    unique = uuid.uuid4().hex[:12]
     if backend == "memory":
-        return f"memory://test-{unique}"
+        return f"memory://test-{uuid.uuid4().hex[:12]}"
     if backend == "file":
         return f"file://{tmp_path / 'store'}"
-    server: S3Server = request.getfixturevalue("s3_server")
-    return server.url(BUCKET, f"t-{unique}")
+    return server_store_url(backend, request, "t")
 
 
 @pytest.fixture

@@ -17,9 +17,7 @@ import pytest
 
 import s3queue
 from tests import apptasks
-from tests.test_multiprocess import ROOT, mp_url, wait_for
-
-__all__ = ["mp_url"]
+from tests.test_multiprocess import ROOT, mp_store, wait_for
 
 CHAINS = 5
 MEMBERS = 20
@@ -45,6 +43,14 @@ def lines(runs: Path) -> list[dict[str, object]]:
     if not runs.exists():
         return []
     return [json.loads(line) for line in runs.read_text().splitlines()]
+
+
+@pytest.fixture(params=["file", "s3"])
+def mp_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """Not on every server: what a kill does to a worker's leases is tested on each
+    (test_multiprocess), and the app's chains and groups rest on no more of the
+    store than the storage contract checks there; this test costs some 6 s a store."""
+    return mp_store(request.param, request, tmp_path)
 
 
 @pytest.fixture

@@ -4,6 +4,7 @@ swallow a message."""
 
 from __future__ import annotations
 
+import itertools
 import logging
 import time
 
@@ -17,9 +18,11 @@ from s3queue.core.clock import (
     NARROW_TO,
     ClockSkewError,
     StoreClock,
+    sample_body,
 )
 from s3queue.core.layout import TIMER_SEAL_MARGIN
-from s3queue.storage import open_storage
+from s3queue.storage import StoredObject, open_raw_storage, open_storage
+from s3queue.storage.faults import FaultyStorage
 
 
 def skewed(seconds: float) -> StoreClock:
@@ -170,6 +173,34 @@ async def test_opening_measures_the_offset_to_the_store(store_url: str) -> None:
         assert q.clock() == pytest.approx(time.time(), abs=1.1)  # the store's time
     finally:
         await q.close()
+
+
+class Overtaken(FaultyStorage):
+    """A store where another process's clock sample lands between each of our
+    writes and our reading it back."""
+
+    async def get(self, key: str) -> StoredObject | None:
+        await self.inner.put(key, sample_body())
+        return await self.inner.get(key)
+
+
+async def test_a_sample_overwritten_before_it_is_read_is_bounded_by_the_read(
+    store_url: str,
+) -> None:
+    """The stamp read back is the other write's, made before the read answered but
+    perhaps after our write returned (equal sample bytes would hide that through
+    the S3 API, whose ETag is the MD5 of the bytes)."""
+    ticks = itertools.count()
+    clock = StoreClock(monotonic=lambda: float(next(ticks)))
+    store = Overtaken(open_raw_storage(store_url))
+    await clock.measure(store, "clock")
+    stored = await store.inner.get("clock")
+    assert stored is not None
+    assert stored.modified is not None
+    assert clock.bounds is not None
+    # The monotonic clock read 0 before the write, 1 after it and 2 after the read.
+    assert clock.bounds.low == stored.modified - 2
+    await store.close()
 
 
 async def test_a_machine_beyond_the_limit_is_refused(store_url: str) -> None:

@@ -1,5 +1,6 @@
 """The guarantees under real concurrency: several OS processes on one queue, on the
-local directory and on moto-served S3, with an exact account of every message."""
+local directory and on S3 served by moto and by SeaweedFS, with an exact account of
+every message."""
 
 from __future__ import annotations
 
@@ -19,18 +20,28 @@ from pathlib import Path
 import pytest
 
 from s3queue import Queue
-from tests.conftest import BUCKET
+from tests.conftest import BUCKET, SERVERS, server_store_url
 from tests.s3server import S3Server
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
-@pytest.fixture(params=["file", "s3"])
-def mp_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    if request.param == "file":
+def mp_store(kind: str, request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """A fresh store of ``kind``: "file" or a key of SERVERS."""
+    if kind == "file":
         return f"file://{tmp_path / 'store'}"
-    server: S3Server = request.getfixturevalue("s3_server")
-    return server.url(BUCKET, f"mp-{uuid.uuid4().hex[:8]}")
+    return server_store_url(kind, request, "mp")
+
+
+@pytest.fixture(params=["file", *SERVERS])
+def mp_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    return mp_store(request.param, request, tmp_path)
+
+
+@pytest.fixture(params=list(SERVERS))
+def server_url(request: pytest.FixtureRequest) -> str:
+    """A fresh store on every server: for the tests that model a deployment."""
+    return server_store_url(request.param, request, "deploy")
 
 
 @dataclass
@@ -180,6 +191,71 @@ def test_a_killed_workers_leases_are_recovered_and_completed_by_others(
     retaken = {(mid, attempt) for worker, mid, _, attempt in ledger.claims if worker != "victim"}
     assert all((mid, 2) in retaken for mid in stranded)
     assert stats(mp_url, "crash") == {"completed": 1200, "active": 0}
+
+
+#: A real worker pool: ``s3queue worker`` running eight jobs at once, each recorded
+#: by tests.handled.record, and looking for work every 0.1 s when it has none.
+WORKER = ["-q", "worker", "real", "tests.handled:record", "-c", "8", "--poll-interval", "0.1"]
+
+
+def start_workers(url: str, files: list[Path]) -> list[subprocess.Popen[str]]:
+    """One worker per file it records in, started together; once every one is ready."""
+    workers = [
+        subprocess.Popen(
+            [sys.executable, "-m", "s3queue", "--url", url, *WORKER],
+            cwd=ROOT,
+            stdout=subprocess.PIPE,
+            text=True,
+            env={**os.environ, "S3QUEUE_TEST_HANDLED": str(path)},
+        )
+        for path in files
+    ]
+    for worker in workers:
+        assert worker.stdout is not None
+        assert worker.stdout.readline().startswith("worker ")
+    return workers
+
+
+def terminate(processes: list[subprocess.Popen[str]]) -> list[int | None]:
+    """Stop each the way a deployment does (SIGTERM); their exit codes, None for one
+    killed after a minute without exiting."""
+    for process in processes:
+        process.send_signal(signal.SIGTERM)
+    exits: list[int | None] = []
+    for process in processes:
+        try:
+            exits.append(process.wait(timeout=60))
+        except subprocess.TimeoutExpired:
+            process.kill()
+            exits.append(None)
+    return exits
+
+
+def test_four_real_workers_of_eight_handle_every_message_exactly_once(
+    server_url: str, tmp_path: Path
+) -> None:
+    files = [tmp_path / f"w{i}.handled" for i in range(4)]
+    enqueue(server_url, "real", 0)  # creates the queue, with its four shards
+    # Waiting before the messages come, so that all four share them (a worker that
+    # started first would otherwise be through them before the last one is up).
+    workers = start_workers(server_url, files)
+    try:
+        ids, _ = enqueue(server_url, "real", 2000)
+        wait_for(lambda: stats(server_url, "real")["completed"] == 2000)
+    finally:
+        exits = terminate(workers)
+    assert exits == [0] * 4
+    runs: Counter[str] = Counter()
+    for path, worker in zip(files, workers, strict=True):
+        lines = path.read_text().splitlines() if path.exists() else []
+        assert lines, f"worker {worker.pid} handled nothing"
+        for line in lines:
+            message_id, pid = line.split()
+            assert int(pid) == worker.pid
+            runs[message_id] += 1
+    assert set(runs) == set(ids)
+    assert set(runs.values()) == {1}
+    assert stats(server_url, "real") == {"completed": 2000, "active": 0}
 
 
 def test_requests_per_message_stay_under_the_bar(s3_server: S3Server, tmp_path: Path) -> None:

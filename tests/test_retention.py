@@ -396,6 +396,25 @@ async def test_a_swept_queue_is_healthy_to_the_doctor(store: Storage, clock: Clo
     await q.close()
 
 
+async def test_rebuilding_the_sweeper_record_twice_never_writes_equal_bytes(
+    store: Storage, clock: Clock
+) -> None:
+    q = await open_queue(store, clock)
+    key = layout.sweeper_key("q")
+    rebuilt: list[bytes] = []
+    for _ in range(2):
+        await store.put(key, b"garbage")
+        [finding] = await Doctor(q).examine()
+        assert finding.repair is not None
+        await finding.repair()
+        stored = await store.get(key)
+        assert stored is not None
+        rebuilt.append(stored.data)
+    # The same queue, unchanged: only the nonce tells them apart (no ETag ABA).
+    assert rebuilt[0] != rebuilt[1]
+    await q.close()
+
+
 def test_inspect_shows_nothing_made_up_for_an_expired_message() -> None:
     from rich.console import Console
 

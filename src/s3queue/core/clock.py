@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import secrets
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -55,6 +56,14 @@ class ClockSkewError(QueueError):
     """This machine's clock is too far from the store's to run safely."""
 
     default_retriable = False
+
+
+def sample_body() -> bytes:
+    """What a sample writes: never the same bytes twice. Through the S3 API the ETag
+    is the MD5 of the bytes, so equal samples would pass another process's, written
+    between our write and our read, for ours, and its later stamp for one made
+    before our write returned."""
+    return f"s3queue clock sample {secrets.token_hex(8)}\n".encode()
 
 
 @dataclass(frozen=True, slots=True)
@@ -164,7 +173,7 @@ class StoreClock:
         then falls before our read's answer, which bounds it instead of our write's.
         """
         start = self._monotonic()
-        etag = await storage.put(key, b"s3queue clock sample\n")
+        etag = await storage.put(key, sample_body())
         written = self._monotonic()
         stored = await storage.get(key)
         answered = self._monotonic()

@@ -80,6 +80,10 @@ class SweeperRecord(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=Tru
     #: deleted queue of the same name (a pass that wrote it during the delete)
     #: must not collect anything of a queue created since.
     queue_created_at: float = 0.0
+    #: A random token of a record rebuilt by ``s3queue doctor``, which cannot count
+    #: on from the version of the unreadable one: two rebuilds from the same state
+    #: would otherwise write equal bytes, and so equal ETags (no ABA).
+    nonce: str = ""
 
     def of_queue(self, settings: QueueSettings) -> SweeperRecord:
         """This record if it belongs to the queue of ``settings``, else an empty one

@@ -123,7 +123,9 @@ class Doctor:
                 cursor = await self.queue.committers[shard].read()
                 shards[shard] = rebuilt_retention(cursor, listing.segments[shard])
             created = self.queue.settings.created_at
-            record = SweeperRecord(shards=shards, queue_created_at=created)
+            record = SweeperRecord(
+                shards=shards, queue_created_at=created, nonce=secrets.token_hex(8)
+            )
             await self.storage.put(key, encode(record))
             return f"rewrote {key}"
 

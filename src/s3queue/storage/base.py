@@ -1,9 +1,12 @@
 """The storage boundary: the few async operations the queue needs from object storage.
 
 Invariant: a backend either applies a conditional write exactly as asked or raises
-:class:`~s3queue.errors.PreconditionFailed`; every ETag it returns changes on every
-write, even when the bytes are equal (no ABA). Backends raise only the typed errors
-of :mod:`s3queue.errors`, never their library's or the OS's exceptions.
+:class:`~s3queue.errors.PreconditionFailed`. ETags may repeat when bytes repeat, as
+S3's MD5 ETags do (AWS, moto, SeaweedFS; our own backends give every write a fresh
+one); so every body written under :class:`UpdateVersion` carries something that
+never repeats (a version counted up, a commit token, a nonce), and a stale ETag can
+never match again (no ABA). Backends raise only the typed errors of
+:mod:`s3queue.errors`, never their library's or the OS's exceptions.
 """
 
 from __future__ import annotations
@@ -90,7 +93,8 @@ class RequestCounts:
 @dataclass(frozen=True, slots=True)
 class UpdateVersion:
     """Replace the object only while it is still the version with this ETag (S3's
-    If-Match)."""
+    If-Match). The new bytes must differ from every earlier version's: an ETag may
+    be the MD5 of the bytes, so equal bytes would let a stale writer match again."""
 
     etag: str
 
