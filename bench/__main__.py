@@ -52,7 +52,12 @@ def parser() -> argparse.ArgumentParser:
         prog="python -m bench", description="s3queue benchmarks (see docs/BENCHMARKS.md)"
     )
     p.add_argument("scenario", choices=[*SCENARIOS, "all"])
-    p.add_argument("--backend", type=names, default="s3,file", help="s3 (moto), file, or both")
+    p.add_argument(
+        "--backend",
+        type=names,
+        default="s3,file",
+        help="comma-separated: s3 (moto), file, seaweedfs, azure (Azurite)",
+    )
     e = p.add_argument_group("e2e")
     e.add_argument("--messages", type=int, default=20000, help="messages per cell, at most")
     e.add_argument(

@@ -86,34 +86,54 @@ def machine() -> dict[str, Any]:
 
 
 class Backends:
-    """Fresh queue URLs: ``file`` (a new temporary directory per queue) or ``s3`` (a
-    moto_server started here on first use, one bucket, a new prefix per queue)."""
+    """Fresh queue URLs: ``file`` (a new temporary directory per queue), or a server
+    started here on first use with one bucket and a new prefix per queue: ``s3``
+    (moto_server), ``seaweedfs`` and ``azure`` (Azurite)."""
+
+    NAMES = ("file", "s3", "seaweedfs", "azure")
 
     def __init__(self) -> None:
         self._tmp = tempfile.TemporaryDirectory(prefix="s3queue-bench-")
-        self._moto: Any = None
+        self._servers: dict[str, Any] = {}
 
     def url(self, backend: str) -> str:
         unique = uuid.uuid4().hex[:8]
         if backend == "file":
             return f"file://{self._tmp.name}/{unique}"
-        if backend == "s3":
-            if self._moto is None:
-                if str(ROOT) not in sys.path:
-                    sys.path.insert(0, str(ROOT))
-                from tests.s3server import start_s3_server
+        if backend not in self.NAMES:
+            raise SystemExit(f"unknown backend {backend!r}: use {', '.join(self.NAMES)}")
+        if backend not in self._servers:
+            if str(ROOT) not in sys.path:
+                sys.path.insert(0, str(ROOT))
+            self._servers[backend] = self._start(backend, Path(self._tmp.name) / backend)
+        return str(self._servers[backend].url("bench", unique))
 
-                # moto accepts any credentials; worker processes inherit these.
-                os.environ.setdefault("AWS_ACCESS_KEY_ID", "bench")
-                os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "bench")
-                self._moto = start_s3_server(Path(self._tmp.name) / "moto.log")
-                self._moto.create_bucket("bench")
-            return str(self._moto.url("bench", unique))
-        raise SystemExit(f"unknown backend {backend!r}: use file or s3")
+    @staticmethod
+    def _start(backend: str, directory: Path) -> Any:
+        directory.mkdir()
+        if backend == "azure":
+            from tests.azurite import start_azurite
+
+            azurite = start_azurite(directory)
+            azurite.create_container("bench")
+            return azurite
+        if backend == "seaweedfs":
+            from tests.seaweed import start_seaweed
+
+            server: Any = start_seaweed(directory, "bench")
+        else:
+            from tests.s3server import start_s3_server
+
+            server = start_s3_server(directory / "moto.log")
+            server.create_bucket("bench")
+        # S3 servers here accept any credentials; worker processes inherit these.
+        os.environ.setdefault("AWS_ACCESS_KEY_ID", "bench")
+        os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "bench")
+        return server
 
     def close(self) -> None:
-        if self._moto is not None:
-            self._moto.stop()
+        for server in self._servers.values():
+            server.stop()
         self._tmp.cleanup()
 
 

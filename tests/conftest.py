@@ -73,7 +73,7 @@ class StoreServer(Protocol):
 #: The stores served by a server process, by the name tests give them, with the
 #: session fixture that starts each. A store added here is one more param of every
 #: fixture that runs on all of them (``[*SERVERS]``).
-SERVERS = {"s3": "s3_server", "seaweedfs": "seaweed_server"}
+SERVERS = {"s3": "s3_server", "seaweedfs": "seaweed_server", "azure": "azurite"}
 
 
 def server_store_url(kind: str, request: pytest.FixtureRequest, prefix: str) -> str:
