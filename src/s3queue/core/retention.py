@@ -81,7 +81,7 @@ class SweeperRecord(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=Tru
     #: must not collect anything of a queue created since.
     queue_created_at: float = 0.0
     #: A random token of a record rebuilt by ``s3queue doctor``, which cannot count
-    #: on from the version of the unreadable one: two rebuilds from the same state
+    #: on the version of the unreadable one: two rebuilds from the same state
     #: would otherwise write equal bytes, and so equal ETags (no ABA).
     nonce: str = ""
 
