@@ -53,7 +53,6 @@ _CREDENTIALS = (
     "the container (Storage Blob Data Contributor)"
 )
 DIALECT = Dialect(
-    name="Azure",
     container="container",
     delete_batch=256,
     list_page=5000,

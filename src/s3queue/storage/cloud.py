@@ -103,8 +103,6 @@ def client_options(*, allow_http: bool) -> ClientConfig:
 class Dialect:
     """How one kind of store differs behind obstore."""
 
-    #: "S3", "Azure", "GCS": how messages name the store.
-    name: str
     #: "bucket" or "container".
     container: str
     #: Keys one bulk-delete request takes (S3's DeleteObjects 1,000, Azure's blob
@@ -365,7 +363,16 @@ class CloudStorage:
         here. GCS conditions writes on the generation, so that is the tag there.
         """
         if self.dialect.generation:
-            return str(meta.get("version") or "")
+            generation = meta.get("version")
+            if not generation:
+                # Without it no compare-and-swap can be made: say so, not "".
+                raise StorageError(
+                    f"{self._endpoint} answered without an object generation",
+                    retriable=False,
+                    suggestion="GCS support is experimental: use it through its own "
+                    "endpoint, not an emulator or proxy that drops x-goog-generation",
+                )
+            return str(generation)
         etag = str(meta.get("e_tag") or "")
         return etag if etag.startswith(('"', 'W/"')) or not etag else f'"{etag}"'
 

@@ -41,7 +41,6 @@ _CREDENTIALS = (
     "GOOGLE_APPLICATION_CREDENTIALS, and the account's role on the bucket"
 )
 DIALECT = Dialect(
-    name="GCS",
     container="bucket",
     # obstore has no bulk delete for GCS: one request per key.
     delete_batch=1,

@@ -29,7 +29,6 @@ from s3queue.storage.redact import redact_url
 QUERY_OPTIONS = ("endpoint", "region", "virtual_hosted", "allow_http")
 _BUCKET = re.compile(r"^[a-z0-9][a-z0-9.\-]{1,61}[a-z0-9]$")
 DIALECT = Dialect(
-    name="S3",
     container="bucket",
     delete_batch=1000,
     list_page=1000,
