@@ -9,11 +9,11 @@ that one request itself with the emulator's published development key.
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import hmac
 import shutil
 import subprocess
-import time
 import urllib.error
 import urllib.request
 from dataclasses import dataclass
@@ -21,7 +21,7 @@ from email.utils import formatdate
 from pathlib import Path
 
 from s3queue.storage.azure import EMULATOR_ACCOUNT, EMULATOR_KEY
-from tests.s3server import free_port
+from tests.s3server import free_port, stop_process, wait_until_answers
 
 ROOT = Path(__file__).resolve().parent.parent
 #: Where `make test` installs it (tools/azurite/package.json pins the version).
@@ -81,11 +81,7 @@ class AzuriteServer:
                 raise
 
     def stop(self) -> None:
-        self.process.terminate()
-        try:
-            self.process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
+        stop_process(self.process)
 
 
 def start_azurite(directory: Path) -> AzuriteServer:
@@ -110,17 +106,12 @@ def start_azurite(directory: Path) -> AzuriteServer:
         stderr=subprocess.STDOUT,
     )
     server = AzuriteServer(port, process)
-    deadline = time.monotonic() + 60
-    while True:
-        if process.poll() is not None:
-            raise RuntimeError(f"Azurite exited early; see {log_path}")
-        try:
+
+    def answers() -> bool:
+        # An HTTP error is an answer too: it refuses the unsigned request.
+        with contextlib.suppress(urllib.error.HTTPError):
             urllib.request.urlopen(f"{server.endpoint}?comp=list", timeout=2).close()
-            return server
-        except urllib.error.HTTPError:  # it answers (refusing the unsigned request)
-            return server
-        except (urllib.error.URLError, ConnectionError, TimeoutError) as error:
-            if time.monotonic() > deadline:
-                process.kill()
-                raise RuntimeError(f"Azurite did not answer within 60 s; see {log_path}") from error
-            time.sleep(0.1)  # waiting for a child process to bind: no event to await
+        return True
+
+    wait_until_answers(process, answers, "Azurite", log_path)
+    return server

@@ -7,13 +7,11 @@ from __future__ import annotations
 
 import json
 import subprocess
-import time
-import urllib.error
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
-from tests.s3server import free_port
+from tests.s3server import free_port, stop_process, wait_until_answers
 
 
 def fake_gcs_executable() -> Path:
@@ -60,11 +58,7 @@ class FakeGCS:
         return [str(item["name"]) for item in listing.get("items", [])]
 
     def stop(self) -> None:
-        self.process.terminate()
-        try:
-            self.process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
+        stop_process(self.process)
 
 
 def start_fake_gcs(root: Path, buckets: list[str]) -> FakeGCS:
@@ -87,17 +81,7 @@ def start_fake_gcs(root: Path, buckets: list[str]) -> FakeGCS:
         stderr=subprocess.STDOUT,
     )
     server = FakeGCS(port, root, process)
-    deadline = time.monotonic() + 60
-    while True:
-        if process.poll() is not None:
-            raise RuntimeError(f"fake-gcs-server exited early; see {log_path}")
-        try:
-            server.object_names(buckets[0])
-            return server
-        except (urllib.error.URLError, ConnectionError, TimeoutError) as error:
-            if time.monotonic() > deadline:
-                process.kill()
-                raise RuntimeError(
-                    f"fake-gcs-server did not answer within 60 s; see {log_path}"
-                ) from error
-            time.sleep(0.1)  # waiting for a child process to bind: no event to await
+    wait_until_answers(
+        process, lambda: server.object_names(buckets[0]) == [], "fake-gcs-server", log_path
+    )
+    return server

@@ -14,6 +14,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -41,11 +42,36 @@ class S3Server:
         return f"s3://{bucket}/{prefix}?endpoint={self.endpoint}&region=us-east-1"
 
     def stop(self) -> None:
-        self.process.terminate()
+        stop_process(self.process)
+
+
+def stop_process(process: subprocess.Popen[bytes]) -> None:
+    """SIGTERM, then SIGKILL if it has not exited within 10 s."""
+    process.terminate()
+    try:
+        process.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        process.kill()
+
+
+def wait_until_answers(
+    process: subprocess.Popen[bytes], answers: Callable[[], bool], name: str, log_path: Path
+) -> None:
+    """Return once ``answers()`` is true, polling while ``process`` (a test server)
+    starts; raise naming its log if it exits or stays silent for 60 s."""
+    deadline = time.monotonic() + 60
+    while True:
+        if process.poll() is not None:
+            raise RuntimeError(f"{name} exited early; see {log_path}")
         try:
-            self.process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
+            if answers():
+                return
+        except (urllib.error.URLError, ConnectionError, TimeoutError):
+            pass
+        if time.monotonic() > deadline:
+            process.kill()
+            raise RuntimeError(f"{name} did not answer within 60 s; see {log_path}")
+        time.sleep(0.1)  # waiting for a child process to bind: no event to await
 
 
 def moto_executable() -> str:
@@ -70,17 +96,10 @@ def start_s3_server(log_path: Path, extra_env: dict[str, str] | None = None) -> 
         env=env,
     )
     endpoint = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
-    while True:
-        if process.poll() is not None:
-            raise RuntimeError(f"moto_server exited early; see {log_path}")
-        try:
-            urllib.request.urlopen(f"{endpoint}/moto-api/", timeout=2).close()
-            return S3Server(endpoint, process)
-        except (urllib.error.URLError, ConnectionError, TimeoutError) as error:
-            if time.monotonic() > deadline:
-                process.kill()
-                raise RuntimeError(
-                    f"moto_server did not answer within 60 s; see {log_path}"
-                ) from error
-            time.sleep(0.1)  # waiting for a child process to bind: no event to await
+
+    def answers() -> bool:
+        urllib.request.urlopen(f"{endpoint}/moto-api/", timeout=2).close()
+        return True
+
+    wait_until_answers(process, answers, "moto_server", log_path)
+    return S3Server(endpoint, process)

@@ -18,7 +18,7 @@ from __future__ import annotations
 import os
 import re
 from typing import Any
-from urllib.parse import SplitResult, parse_qsl, urlsplit
+from urllib.parse import SplitResult, urlsplit
 
 from obstore.store import AzureStore
 
@@ -27,11 +27,14 @@ from s3queue.storage.cloud import (
     NO_RETRIES,
     CloudStorage,
     Dialect,
+    allows_http,
     check_endpoint,
+    clean_url,
     client_options,
     configure,
     flag,
     host_of,
+    query_options,
 )
 from s3queue.storage.redact import redact_url
 
@@ -71,7 +74,12 @@ class AzureStorage(CloudStorage):
         shown = redact_url(url)
         parts = urlsplit(url)
         container = _container_of(parts, shown)
-        options = dict(parse_qsl(parts.query, keep_blank_values=True))
+        options = query_options(
+            parts,
+            QUERY_OPTIONS,
+            shown,
+            f"; credentials go in {CONNECTION_STRING} or the AZURE_STORAGE_* variables",
+        )
         # The URL's options win over the connection string; obstore reads the other
         # AZURE_* variables itself, under what is given here.
         config = {
@@ -79,9 +87,7 @@ class AzureStorage(CloudStorage):
             **_options(options, shown),
         }
         endpoint = str(config.get("endpoint", ""))
-        allow_http = endpoint.startswith("http://")
-        if "allow_http" in options:
-            allow_http = flag("allow_http", options["allow_http"], shown)
+        allow_http = allows_http(endpoint, options, shown)
         prefix = parts.path.strip("/")
         store = configure(
             "Azure",
@@ -95,7 +101,7 @@ class AzureStorage(CloudStorage):
                 retry_config=NO_RETRIES,
             ),
         )
-        clean = f"az://{container}/{prefix}" + (f"?{parts.query}" if parts.query else "")
+        clean = clean_url("az", container, prefix, parts)
         account = config.get("account_name") or os.environ.get("AZURE_STORAGE_ACCOUNT_NAME", "")
         return cls(store, clean, endpoint or f"az://{account}/{container}")
 
@@ -124,13 +130,6 @@ def _container_of(parts: SplitResult, shown: str) -> str:
 
 def _options(options: dict[str, str], shown: str) -> dict[str, Any]:
     """obstore's Azure configuration from the URL's query."""
-    unknown = sorted(set(options) - set(QUERY_OPTIONS))
-    if unknown:
-        raise ConfigurationError(
-            f"unknown option {unknown[0]!r} in {shown!r}",
-            suggestion=f"valid options are: {', '.join(QUERY_OPTIONS)}; credentials go in "
-            f"{CONNECTION_STRING} or the AZURE_STORAGE_* variables",
-        )
     config: dict[str, Any] = {}
     if flag("emulator", options.get("emulator", "false"), shown):
         config.update(emulator_config())

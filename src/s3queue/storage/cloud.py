@@ -32,7 +32,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any, TypeVar
-from urllib.parse import SplitResult, urlsplit
+from urllib.parse import SplitResult, parse_qsl, urlsplit
 
 import obstore
 import obstore.exceptions as oe
@@ -130,6 +130,33 @@ def flag(name: str, value: str, shown: str) -> bool:
         f"invalid value {value!r} for {name} in {shown!r}",
         suggestion=f"use {name}=true or {name}=false",
     )
+
+
+def query_options(
+    parts: SplitResult, allowed: tuple[str, ...], shown: str, where_else: str = ""
+) -> dict[str, str]:
+    """The URL's query as options, refusing one this store does not take (a typo
+    must not be ignored); ``where_else`` says where what is refused belongs."""
+    options = dict(parse_qsl(parts.query, keep_blank_values=True))
+    unknown = sorted(set(options) - set(allowed))
+    if unknown:
+        raise ConfigurationError(
+            f"unknown option {unknown[0]!r} in {shown!r}",
+            suggestion=f"valid options are: {', '.join(allowed)}{where_else}",
+        )
+    return options
+
+
+def allows_http(endpoint: str, options: dict[str, str], shown: str) -> bool:
+    """Plain HTTP only to an http:// endpoint (a local server), unless the URL says."""
+    if "allow_http" in options:
+        return flag("allow_http", options["allow_http"], shown)
+    return endpoint.startswith("http://")
+
+
+def clean_url(scheme: str, name: str, prefix: str, parts: SplitResult) -> str:
+    """The URL a store was opened from, as it shows it: without credentials."""
+    return f"{scheme}://{name}/{prefix}" + (f"?{parts.query}" if parts.query else "")
 
 
 def host_of(parts: SplitResult) -> str:

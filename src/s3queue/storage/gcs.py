@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import re
 from typing import Any
-from urllib.parse import SplitResult, parse_qsl, urlsplit
+from urllib.parse import SplitResult, urlsplit
 
 from obstore.store import GCSStore
 
@@ -26,11 +26,13 @@ from s3queue.storage.cloud import (
     NO_RETRIES,
     CloudStorage,
     Dialect,
+    allows_http,
     check_endpoint,
+    clean_url,
     client_options,
     configure,
-    flag,
     host_of,
+    query_options,
 )
 from s3queue.storage.redact import redact_url
 
@@ -61,8 +63,8 @@ class GCSStorage(CloudStorage):
         shown = redact_url(url)
         parts = urlsplit(url)
         bucket = _bucket_of(parts, shown)
-        options = dict(parse_qsl(parts.query, keep_blank_values=True))
-        config, allow_http = _config(options, shown)
+        options = query_options(parts, QUERY_OPTIONS, shown)
+        config = _config(options, shown)
         prefix = parts.path.strip("/")
         store = configure(
             "GCS",
@@ -72,12 +74,14 @@ class GCSStorage(CloudStorage):
                 bucket,
                 prefix=prefix or None,
                 config=config,  # type: ignore[arg-type]
-                client_options=client_options(allow_http=allow_http),
+                client_options=client_options(
+                    allow_http=allows_http(options.get("endpoint", ""), options, shown)
+                ),
                 retry_config=NO_RETRIES,
             ),
         )
-        clean = f"gs://{bucket}/{prefix}" + (f"?{parts.query}" if parts.query else "")
-        return cls(store, clean, options.get("endpoint") or f"gs://{bucket}")
+        endpoint = options.get("endpoint") or f"gs://{bucket}"
+        return cls(store, clean_url("gs", bucket, prefix, parts), endpoint)
 
 
 def _bucket_of(parts: SplitResult, shown: str) -> str:
@@ -96,19 +100,10 @@ def _bucket_of(parts: SplitResult, shown: str) -> str:
     return bucket
 
 
-def _config(options: dict[str, str], shown: str) -> tuple[dict[str, Any], bool]:
-    unknown = sorted(set(options) - set(QUERY_OPTIONS))
-    if unknown:
-        raise ConfigurationError(
-            f"unknown option {unknown[0]!r} in {shown!r}",
-            suggestion=f"valid options are: {', '.join(QUERY_OPTIONS)}",
-        )
+def _config(options: dict[str, str], shown: str) -> dict[str, Any]:
     config: dict[str, Any] = {}
     endpoint = options.get("endpoint", "")
     if endpoint:
         check_endpoint(endpoint, shown)
         config["base_url"] = endpoint.rstrip("/")
-    allow_http = endpoint.startswith("http://")
-    if "allow_http" in options:
-        allow_http = flag("allow_http", options["allow_http"], shown)
-    return config, allow_http
+    return config

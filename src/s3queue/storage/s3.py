@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 from typing import Any
-from urllib.parse import SplitResult, parse_qsl, unquote, urlsplit
+from urllib.parse import SplitResult, unquote, urlsplit
 
 from obstore.store import S3Store
 
@@ -18,11 +18,14 @@ from s3queue.storage.cloud import (
     NO_RETRIES,
     CloudStorage,
     Dialect,
+    allows_http,
     check_endpoint,
+    clean_url,
     client_options,
     configure,
     flag,
     host_of,
+    query_options,
 )
 from s3queue.storage.redact import redact_url
 
@@ -61,7 +64,7 @@ class S3Storage(CloudStorage):
         parts = urlsplit(url)
         _check_authority(parts, shown)
         bucket = _bucket_of(parts, shown)
-        options = dict(parse_qsl(parts.query, keep_blank_values=True))
+        options = query_options(parts, QUERY_OPTIONS, shown)
         config, allow_http = _config(parts, options, shown)
         endpoint = options.get("endpoint", "")
         prefix = parts.path.strip("/")
@@ -77,7 +80,7 @@ class S3Storage(CloudStorage):
                 retry_config=NO_RETRIES,
             ),
         )
-        clean = f"s3://{bucket}/{prefix}" + (f"?{parts.query}" if parts.query else "")
+        clean = clean_url("s3", bucket, prefix, parts)
         return cls(store, clean, endpoint or f"s3://{bucket}")
 
 
@@ -99,12 +102,6 @@ def _bucket_of(parts: SplitResult, shown: str) -> str:
 def _config(parts: SplitResult, options: dict[str, str], shown: str) -> tuple[dict[str, Any], bool]:
     """obstore's S3 configuration from the URL's options and credentials, and
     whether plain HTTP is allowed."""
-    unknown = sorted(set(options) - set(QUERY_OPTIONS))
-    if unknown:
-        raise ConfigurationError(
-            f"unknown option {unknown[0]!r} in {shown!r}",
-            suggestion=f"valid options are: {', '.join(QUERY_OPTIONS)}",
-        )
     config: dict[str, Any] = {}
     endpoint = options.get("endpoint", "")
     if endpoint:
@@ -121,7 +118,4 @@ def _config(parts: SplitResult, options: dict[str, str], shown: str) -> tuple[di
     if parts.username:
         config["access_key_id"] = unquote(parts.username)
         config["secret_access_key"] = unquote(parts.password or "")
-    allow_http = endpoint.startswith("http://")
-    if "allow_http" in options:
-        allow_http = flag("allow_http", options["allow_http"], shown)
-    return config, allow_http
+    return config, allows_http(endpoint, options, shown)
