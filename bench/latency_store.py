@@ -131,6 +131,10 @@ class LatencyStore:
             await self._round_trip(keys[start], "delete")
         await self.inner.delete_many(keys)
 
+    async def list_prefixes(self, prefix: str) -> list[str]:
+        await self._round_trip(prefix, "list")
+        return await self.inner.list_prefixes(prefix)
+
     async def list(
         self, prefix: str, *, start_after: str | None = None, limit: int | None = None
     ) -> list[ObjectEntry]:

@@ -17,7 +17,7 @@ async def test_queues_are_listed_without_reading_their_contents(store_url: str) 
     await storage.put("stray/file.txt", b"not a queue")
     storage.counts.reset()
     assert await list_queues(storage) == ["alpha", "b-2", "zeta"]
-    # One LIST per top-level name and one past the end, one GET per name.
-    assert storage.counts.list == 5
+    # One delimited LIST for the top-level names, one GET per name.
+    assert storage.counts.list == 1
     assert storage.counts.get == 4
     await storage.close()

@@ -334,3 +334,21 @@ def test_unsafe_keys_are_rejected() -> None:
     for bad in ("../etc/passwd", "/abs", "a//b", "a/.tmp-x", ""):
         with pytest.raises(ConfigurationError):
             asyncio.run(store.get(bad))
+
+
+async def test_list_prefixes_names_the_directories_directly_under_a_prefix(
+    store: Storage, backend: str
+) -> None:
+    root = f"p{uuid.uuid4().hex[:8]}"
+    for k in ("a/x", "a/y/z", "b/c", "b/d", "top", "a-b/q"):
+        await store.put(f"{root}/{k}", b"x")
+    assert await store.list_prefixes(f"{root}/") == [f"{root}/a-b/", f"{root}/a/", f"{root}/b/"]
+    assert await store.list_prefixes(f"{root}/a/") == [f"{root}/a/y/"]
+    assert await store.list_prefixes(f"{root}/b/") == []
+    assert await store.list_prefixes(f"{root}/none/") == []
+    await store.delete(f"{root}/a/y/z")
+    # A directory emptied by deletes holds no object, so is no prefix; but SeaweedFS
+    # keeps its folders (which is why the catalog reads each name's queue.json).
+    emptied = [f"{root}/a/y/"] if backend == "seaweedfs" else []
+    assert await store.list_prefixes(f"{root}/a/") == emptied
+    assert f"{root}/" in await store.list_prefixes("")

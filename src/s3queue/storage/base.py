@@ -152,6 +152,15 @@ class Storage(Protocol):
         DeleteObjects), one request per key otherwise."""
         ...
 
+    async def list_prefixes(self, prefix: str) -> list[str]:
+        """The "directories" directly under ``prefix`` (``""`` or ending in ``/``):
+        each distinct next path segment of the keys under it, as ``prefix + segment
+        + "/"``, in ascending order. S3's LIST with a delimiter: its cost is the
+        number of directories and keys directly under ``prefix``, not of everything
+        below them. A directory whose objects were all deleted may still be named
+        (SeaweedFS keeps its folders): callers check what they find."""
+        ...
+
     async def list(
         self, prefix: str, *, start_after: str | None = None, limit: int | None = None
     ) -> list[ObjectEntry]:

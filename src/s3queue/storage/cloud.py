@@ -475,6 +475,20 @@ class CloudStorage:
             except NATIVE as error:
                 raise self._translate(error, batch[0]) from error
 
+    async def list_prefixes(self, prefix: str) -> list[str]:
+        # obstore pages through the delimited listing itself: count its pages by
+        # what came back.
+        try:
+            found = await self._in_flight.run(
+                obstore.list_with_delimiter_async(self._store, prefix.rstrip("/") or None)
+            )
+        except NATIVE as error:
+            self._counts.add("list")
+            raise self._translate(error, prefix) from error
+        listed = len(found["common_prefixes"]) + len(found["objects"])
+        self._counts.add("list", max(1, -(-listed // self.dialect.list_page)))
+        return sorted(f"{path}/" for path in found["common_prefixes"])
+
     async def list(
         self, prefix: str, *, start_after: str | None = None, limit: int | None = None
     ) -> list[ObjectEntry]:

@@ -91,6 +91,11 @@ class FaultyStorage:
                 raise error
         await self.inner.delete_many(keys)
 
+    async def list_prefixes(self, prefix: str) -> list[str]:
+        if (error := self._take("list", prefix, after=False)) is not None:
+            raise error
+        return await self.inner.list_prefixes(prefix)
+
     async def list(
         self, prefix: str, *, start_after: str | None = None, limit: int | None = None
     ) -> list[ObjectEntry]:

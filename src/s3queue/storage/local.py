@@ -287,6 +287,26 @@ class LocalStorage:
 
     # --- listing ---------------------------------------------------------------------------
 
+    def _list_prefixes(self, prefix: str) -> list[str]:
+        directory = self.root / prefix if prefix else self.root
+        try:
+            names = sorted(os.listdir(directory))
+        except (FileNotFoundError, NotADirectoryError):
+            return []
+        # Dot-names are the backend's own (locks, temporary files); an emptied
+        # directory a delete has not removed yet holds no object, so is no prefix.
+        # Sorted as S3 sorts them, with the '/': "a-b/" before "a/".
+        return sorted(
+            f"{prefix}{name}/"
+            for name in names
+            if not name.startswith(".") and _holds_a_file(directory / name)
+        )
+
+    async def list_prefixes(self, prefix: str) -> list[str]:
+        found = await self._io(self.root, lambda: self._list_prefixes(prefix))
+        self._counts.add("list", max(1, -(-len(found) // LIST_PAGE_SIZE)))
+        return found
+
     def _list(self, prefix: str, start_after: str | None, limit: int | None) -> list[ObjectEntry]:
         # Walk only the deepest directory that contains the whole prefix.
         base = prefix.rsplit("/", 1)[0] if "/" in prefix else ""
@@ -342,3 +362,11 @@ class LocalStorage:
 
     async def close(self) -> None:
         return None
+
+
+def _holds_a_file(directory: Path) -> bool:
+    """Whether ``directory`` holds an object at any depth (stops at the first)."""
+    for _, _, files in os.walk(directory):
+        if any(not name.startswith(".") for name in files):
+            return True
+    return False

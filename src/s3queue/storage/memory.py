@@ -98,6 +98,22 @@ class MemoryStorage:
         for key in keys:
             await self.delete(key)
 
+    async def list_prefixes(self, prefix: str) -> list[str]:
+        with self._lock:
+            index = bisect.bisect_left(self._sorted_keys, prefix)
+            found: set[str] = set()
+            direct = 0
+            for key in itertools.islice(self._sorted_keys, index, None):
+                if not key.startswith(prefix):
+                    break
+                segment, slash, _ = key[len(prefix) :].partition("/")
+                if slash:
+                    found.add(f"{prefix}{segment}/")
+                else:
+                    direct += 1
+        self._counts.add("list", max(1, -(-(len(found) + direct) // LIST_PAGE_SIZE)))
+        return sorted(found)
+
     async def list(
         self, prefix: str, *, start_after: str | None = None, limit: int | None = None
     ) -> list[ObjectEntry]:

@@ -85,6 +85,9 @@ class RetryingStorage:
     async def delete_many(self, keys: Sequence[str]) -> None:
         await self._retry(lambda: self.inner.delete_many(keys))
 
+    async def list_prefixes(self, prefix: str) -> list[str]:
+        return await self._retry(lambda: self.inner.list_prefixes(prefix))
+
     async def list(
         self, prefix: str, *, start_after: str | None = None, limit: int | None = None
     ) -> list[ObjectEntry]:
