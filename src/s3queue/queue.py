@@ -15,7 +15,6 @@ import logging
 import math
 import random
 import secrets
-import sys
 import time
 import traceback
 from collections.abc import Awaitable, Callable, Iterable
@@ -129,8 +128,10 @@ async def probe_conditional_writes(storage: Storage, queue: str) -> None:
     """Refuse a store that cannot do conditional writes, or accepts them but ignores
     them, before anything else is written. Leaves nothing behind."""
     key = layout.probe_key(queue, secrets.token_hex(8))
+    failed = True
     try:
         await _probe(storage, key)
+        failed = False
     except StorageError as error:
         # Auth, a missing bucket and outages say best what they are; a store that
         # refuses the request outright lacks the feature.
@@ -144,7 +145,8 @@ async def probe_conditional_writes(storage: Storage, queue: str) -> None:
         try:
             await storage.delete(key)
         except StorageError:
-            if sys.exception() is None:  # do not hide why the probe failed
+            # Not sys.exception(): inside this handler that is the delete's own error.
+            if not failed:  # else do not hide why the probe failed
                 raise
 
 
