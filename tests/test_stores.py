@@ -65,6 +65,10 @@ def test_azure_urls_open_with_either_scheme(scheme: str) -> None:
         ("az://jobs/p?acount=acme", "unknown option 'acount'"),
         ("az://jobs/p?account=acme&endpoint=ftp://x", "invalid endpoint"),
         ("az://jobs/p?emulator=maybe", "invalid value 'maybe' for emulator"),
+        # A port is no part of a container name, numeric or not, in range or not.
+        ("az://jobs:443/p?account=acme", "invalid container name 'jobs:443'"),
+        ("az://jobs:abc/p?account=acme", "invalid container name 'jobs:abc'"),
+        ("az://jobs:99999/p?account=acme", "invalid container name 'jobs:99999'"),
         # A SAS pasted into the query: refused, and its signature never printed.
         ("az://jobs/p?account=acme&sv=2022-11-02&sig=c2VjcmV0", "unknown option 'sig'"),
     ],
@@ -210,6 +214,8 @@ def test_gcs_urls_open_and_bad_ones_name_the_problem() -> None:
         ("gs://key:secret@jobs/p", "takes no credentials"),
         ("gs://Jobs/p", "invalid bucket name"),
         ("gs://jobs/p?region=eu", "unknown option 'region'"),
+        ("gs://jobs:abc/p", "invalid bucket name 'jobs:abc'"),
+        ("gs://jobs:99999/p", "invalid bucket name 'jobs:99999'"),
     ]:
         with pytest.raises(ConfigurationError, match=message):
             open_storage(url)

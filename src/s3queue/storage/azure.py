@@ -113,7 +113,7 @@ def _container_of(parts: SplitResult, shown: str) -> str:
             f"invalid storage URL {shown!r}: no container name",
             suggestion="use az://container/prefix?account=NAME",
         )
-    if not _CONTAINER.match(container) or parts.port is not None:
+    if not _CONTAINER.match(container):
         raise ConfigurationError(
             f"invalid container name {container!r} in {shown!r}",
             suggestion="container names are 3 to 63 lowercase letters, digits and single "

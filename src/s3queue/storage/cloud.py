@@ -133,10 +133,11 @@ def flag(name: str, value: str, shown: str) -> bool:
 
 
 def host_of(parts: SplitResult) -> str:
-    """The bucket or container as written: ``SplitResult.hostname`` lowercases it,
-    which would turn a mistyped name into another one."""
-    host = parts.netloc.rpartition("@")[2]
-    return host.rpartition(":")[0] if parts.port is not None else host
+    """The bucket or container as written, with any port, which no name may hold:
+    ``SplitResult.hostname`` lowercases it, which would turn a mistyped name into
+    another one, and ``SplitResult.port`` raises ValueError on a port that is not a
+    number from 0 to 65535."""
+    return parts.netloc.rpartition("@")[2]
 
 
 def check_endpoint(endpoint: str, shown: str) -> None:
