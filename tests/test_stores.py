@@ -11,17 +11,38 @@ from __future__ import annotations
 
 import uuid
 
+import obstore.exceptions as oe
 import pytest
 
 from s3queue import JobContext, Queue, Worker
-from s3queue.errors import ConfigurationError, NotFound, StorageAuthError
-from s3queue.storage import UpdateVersion, open_storage
+from s3queue.errors import (
+    ConfigurationError,
+    NotFound,
+    PreconditionFailed,
+    StorageAuthError,
+    StorageError,
+    StorageUnavailable,
+    Throttled,
+)
+from s3queue.queue import probe_conditional_writes
+from s3queue.storage import (
+    RetryingStorage,
+    RetryPolicy,
+    UpdateVersion,
+    azure,
+    gcs,
+    open_raw_storage,
+    open_storage,
+    s3,
+)
 from s3queue.storage.azure import (
     EMULATOR_ACCOUNT,
     EMULATOR_KEY,
     AzureStorage,
     connection_string_config,
 )
+from s3queue.storage.cloud import Dialect, translate
+from s3queue.storage.faults import Fault, FaultyStorage
 from s3queue.storage.gcs import GCSStorage
 from tests.azurite import AzuriteServer
 from tests.conftest import BUCKET, FAST, run_until
@@ -105,6 +126,178 @@ def test_connection_strings_map_onto_the_store_configuration() -> None:
     assert connection_string_config("") == {}
 
 
+# --- errors, as obstore words them ------------------------------------------------------
+
+#: What obstore raises for an HTTP answer: its status, then the store's body.
+ANSWER = "Error performing PUT http://h/c/p/k in 5ms - Server returned non-2xx status code: {}"
+
+
+def xml(code: str, message: str) -> str:
+    return f"<Error><Code>{code}</Code><Message>{message}</Message></Error>"
+
+
+#: Azure deletes through blob batches, whose failures carry no HTTP status line:
+#: "(code: NNN)" and a reason, as Azurite answered them.
+BATCH = "Generic MicrosoftAzure error: Bulk delete request failed for key p/k: {}"
+
+ERRORS: list[tuple[Exception, Dialect, type[StorageError], bool]] = [
+    # A blob batch refused: not an unreachable server, and not worth retrying.
+    (
+        oe.GenericError(BATCH.format("There is currently a lease on the blob. (code: 412)")),
+        azure.DIALECT,
+        StorageError,
+        False,
+    ),
+    (
+        oe.GenericError(BATCH.format("This request is not authorized. (code: 403)")),
+        azure.DIALECT,
+        StorageAuthError,
+        False,
+    ),
+    (
+        FileNotFoundError(BATCH.format("The specified container does not exist. (code: 404)")),
+        azure.DIALECT,
+        NotFound,
+        False,
+    ),
+    # 409s that are no lost condition: the write was refused for another reason.
+    (
+        oe.AlreadyExistsError(
+            ANSWER.format("409 Conflict: ")
+            + xml("ContainerBeingDeleted", "The specified container is being deleted.")
+        ),
+        azure.DIALECT,
+        StorageError,
+        False,
+    ),
+    (
+        oe.GenericError(
+            ANSWER.format("409 Conflict: ")
+            + xml("BlobImmutableDueToPolicy", "This operation is not permitted.")
+        ),
+        azure.DIALECT,
+        StorageError,
+        False,
+    ),
+    # S3's "a conflicting conditional operation is in progress; retry".
+    (
+        oe.GenericError(
+            ANSWER.format("409 Conflict: ")
+            + xml("ConditionalRequestConflict", "A conflicting operation occurred.")
+        ),
+        s3.DIALECT,
+        StorageUnavailable,
+        True,
+    ),
+    # A lease held on the blob is no failed If-Match.
+    (
+        oe.PreconditionError(
+            ANSWER.format("412 Precondition Failed: ")
+            + xml("LeaseIdMissing", "There is currently a lease on the blob.")
+        ),
+        azure.DIALECT,
+        StorageError,
+        False,
+    ),
+    # Throttling: GCS answers 429 to more than one write a second to an object.
+    (
+        oe.GenericError(ANSWER.format('429 Too Many Requests: {"message": "rate"}')),
+        gcs.DIALECT,
+        Throttled,
+        True,
+    ),
+    # A store that does not implement a header will not next time either.
+    (
+        oe.GenericError(
+            ANSWER.format("501 Not Implemented: ")
+            + xml(
+                "NotImplemented",
+                "A header you provided implies functionality that is not implemented",
+            )
+        ),
+        s3.DIALECT,
+        StorageError,
+        False,
+    ),
+    # A bare 503 (a proxy's) may follow a write that landed: outcome unknown, so
+    # not Throttled, which tells the retry layer nothing was written.
+    (
+        oe.GenericError(ANSWER.format("503 Service Unavailable: ")),
+        s3.DIALECT,
+        StorageUnavailable,
+        True,
+    ),
+    (
+        oe.GenericError(ANSWER.format("503 Slow Down: ") + xml("SlowDown", "Reduce your rate.")),
+        s3.DIALECT,
+        Throttled,
+        True,
+    ),
+    # What stays as it was: lost conditions, and a missing bucket.
+    (
+        oe.AlreadyExistsError(
+            ANSWER.format("409 Conflict: ") + xml("BlobAlreadyExists", "The blob already exists.")
+        ),
+        azure.DIALECT,
+        PreconditionFailed,
+        True,
+    ),
+    (
+        oe.PreconditionError(
+            ANSWER.format("412 Precondition Failed: ")
+            + xml("ConditionNotMet", "The condition specified is not met.")
+        ),
+        azure.DIALECT,
+        PreconditionFailed,
+        True,
+    ),
+    (
+        oe.AlreadyExistsError(
+            ANSWER.format("412 Precondition Failed: ")
+            + xml("PreconditionFailed", "At least one of the preconditions did not hold")
+        ),
+        s3.DIALECT,
+        PreconditionFailed,
+        True,
+    ),
+]
+
+
+@pytest.mark.parametrize(("error", "dialect", "kind", "retriable"), ERRORS)
+def test_store_errors_are_classified_by_what_they_mean(
+    error: Exception, dialect: Dialect, kind: type[StorageError], retriable: bool
+) -> None:
+    translated = translate(error, dialect=dialect, endpoint="http://h", key="k")
+    assert type(translated) is kind, translated
+    assert translated.retriable is retriable
+    assert "cannot reach" not in str(translated)
+    if kind is not PreconditionFailed:
+        assert "conditional write" not in str(translated)
+
+
+async def test_a_store_that_does_not_implement_conditional_writes_fails_the_probe() -> None:
+    """S3 before conditional writes, and stores like it, answer 501 NotImplemented:
+    no retry changes that, and the probe says what is missing."""
+    not_implemented = oe.GenericError(
+        ANSWER.format("501 Not Implemented: ")
+        + xml(
+            "NotImplemented", "A header you provided implies functionality that is not implemented"
+        )
+    )
+    store = FaultyStorage(open_raw_storage("memory://"))
+    store.inject(
+        Fault(
+            "put",
+            times=100,
+            error=lambda: translate(not_implemented, dialect=s3.DIALECT, endpoint="http://h"),
+        )
+    )
+    retrying = RetryingStorage(store, RetryPolicy(attempts=3, initial=0.001, max_delay=0.001))
+    with pytest.raises(ConfigurationError, match="failed the conditional-write probe"):
+        await probe_conditional_writes(retrying, "q")
+    assert store.injected == 1
+
+
 # --- Azure on Azurite ---------------------------------------------------------------------
 
 
@@ -128,7 +321,14 @@ async def test_a_connection_string_in_the_environment_opens_a_queue(
 
 async def test_a_missing_container_is_not_found_with_the_fix(azurite: AzuriteServer) -> None:
     store = open_storage(azurite.url("no-such-container", "p"))
-    for attempt in (store.get("x"), store.put("x", b"x"), store.list("x/")):
+    for attempt in (
+        store.get("x"),
+        store.put("x", b"x"),
+        store.list("x/"),
+        # Azure deletes through blob batches, which word it differently.
+        store.delete("x"),
+        store.delete_many(["x", "y"]),
+    ):
         with pytest.raises(NotFound, match="the container does not exist") as info:
             await attempt
         assert info.value.suggestion == "create the container, or fix its name in the URL"

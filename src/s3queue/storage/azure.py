@@ -57,6 +57,7 @@ DIALECT = Dialect(
     delete_batch=256,
     list_page=5000,
     missing=("ContainerNotFound",),
+    missing_reasons=("The specified container does not exist.",),
     credentials=_CREDENTIALS,
 )
 
