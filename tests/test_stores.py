@@ -119,11 +119,52 @@ def test_connection_strings_map_onto_the_store_configuration() -> None:
     }
     assert connection_string_config(
         "BlobEndpoint=https://acme.blob.core.windows.net/;SharedAccessSignature=sv=2022&sig=abc"
-    ) == {"sas_key": "sv=2022&sig=abc", "endpoint": "https://acme.blob.core.windows.net"}
+    ) == {
+        "sas_key": "sv=2022&sig=abc",
+        "endpoint": "https://acme.blob.core.windows.net",
+        "account_name": "acme",
+    }
     assert connection_string_config("UseDevelopmentStorage=true")["account_name"] == (
         EMULATOR_ACCOUNT
     )
     assert connection_string_config("") == {}
+    # The protocol holds without an explicit suffix too (Azure's default one).
+    assert (
+        connection_string_config("DefaultEndpointsProtocol=http;AccountName=acme;AccountKey=a2V5")[
+            "endpoint"
+        ]
+        == "http://acme.blob.core.windows.net"
+    )
+
+
+def test_a_sas_connection_string_names_its_account_by_its_endpoint() -> None:
+    """The portal's SAS connection string has no AccountName: the account is the
+    first label of the blob endpoint (or, on an emulator, its first path segment)."""
+    config = connection_string_config(
+        "BlobEndpoint=https://acme.blob.core.windows.net/;"
+        "QueueEndpoint=https://acme.queue.core.windows.net/;SharedAccessSignature=sv=2022&sig=abc"
+    )
+    assert config["account_name"] == "acme"
+    emulated = connection_string_config(
+        "BlobEndpoint=http://127.0.0.1:10000/devstoreaccount1;SharedAccessSignature=sv=1&sig=a"
+    )
+    assert emulated["account_name"] == EMULATOR_ACCOUNT
+
+
+@pytest.mark.parametrize(
+    "endpoint", ["http://user:c2VjcmV0@acme.example/", "acme.blob.core.windows.net", "ftp://x/"]
+)
+def test_a_bad_blob_endpoint_in_the_connection_string_is_refused_unprinted(
+    endpoint: str, monkeypatch: pytest.MonkeyPatch, no_azure_env: None
+) -> None:
+    """As an endpoint in the URL is: it is printed in every storage error."""
+    monkeypatch.setenv(
+        "AZURE_STORAGE_CONNECTION_STRING",
+        f"AccountName=acme;AccountKey=a2V5;BlobEndpoint={endpoint}",
+    )
+    with pytest.raises(ConfigurationError, match="AZURE_STORAGE_CONNECTION_STRING") as info:
+        open_storage("az://jobs/p")
+    assert "c2VjcmV0" not in str(info.value)
 
 
 # --- errors, as obstore words them ------------------------------------------------------
@@ -317,6 +358,33 @@ async def test_a_connection_string_in_the_environment_opens_a_queue(
     assert info is not None
     assert info.status == "completed"
     await q.close()
+
+
+async def test_a_sas_connection_string_alone_opens_a_store(
+    azurite: AzuriteServer, monkeypatch: pytest.MonkeyPatch, no_azure_env: None
+) -> None:
+    monkeypatch.setenv(
+        "AZURE_STORAGE_CONNECTION_STRING",
+        f"BlobEndpoint={azurite.endpoint};SharedAccessSignature={azurite.account_sas()}",
+    )
+    # A store, not a queue: Azurite answers a blob batch (every delete) signed with
+    # a SAS with 500, which Azure does not.
+    store = open_storage(f"az://{BUCKET}/{unique()}")
+    await store.put("k", b"v", mode="create")
+    assert [entry.key for entry in await store.list("")] == ["k"]
+    await store.close()
+
+
+async def test_the_url_endpoint_wins_over_azure_storage_use_emulator(
+    azurite: AzuriteServer, monkeypatch: pytest.MonkeyPatch, no_azure_env: None
+) -> None:
+    """obstore's use_emulator (AZURE_STORAGE_USE_EMULATOR) replaces the endpoint with
+    127.0.0.1:10000: the endpoint the URL names is where requests must go, and what
+    the errors name."""
+    monkeypatch.setenv("AZURE_STORAGE_USE_EMULATOR", "true")
+    store = open_storage(azurite.url(BUCKET, unique()))
+    await store.put("k", b"v")
+    await store.close()
 
 
 async def test_a_missing_container_is_not_found_with_the_fix(azurite: AzuriteServer) -> None:

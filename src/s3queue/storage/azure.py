@@ -80,6 +80,9 @@ class AzureStorage(CloudStorage):
             **_options(options, shown),
         }
         endpoint = str(config.get("endpoint", ""))
+        if endpoint:
+            # obstore's use_emulator (AZURE_STORAGE_USE_EMULATOR) would replace it.
+            config["use_emulator"] = False
         allow_http = endpoint.startswith("http://")
         if "allow_http" in options:
             allow_http = flag("allow_http", options["allow_http"], shown)
@@ -166,15 +169,32 @@ def connection_string_config(text: str) -> dict[str, Any]:
     if fields.get("usedevelopmentstorage", "").lower() == "true":
         return emulator_config()
     config: dict[str, Any] = {}
-    if "accountname" in fields:
-        config["account_name"] = fields["accountname"]
     if "accountkey" in fields:
         config["account_key"] = fields["accountkey"]
     if "sharedaccesssignature" in fields:
         config["sas_key"] = fields["sharedaccesssignature"]
     if "blobendpoint" in fields:
+        # Printed in every storage error: checked as an endpoint in the URL is.
+        check_endpoint(fields["blobendpoint"], CONNECTION_STRING)
         config["endpoint"] = fields["blobendpoint"].rstrip("/")
-    elif "endpointsuffix" in fields and "accountname" in fields:
+    elif "accountname" in fields:
         protocol = fields.get("defaultendpointsprotocol", "https")
-        config["endpoint"] = f"{protocol}://{fields['accountname']}.blob.{fields['endpointsuffix']}"
+        suffix = fields.get("endpointsuffix", "core.windows.net")
+        config["endpoint"] = f"{protocol}://{fields['accountname']}.blob.{suffix}"
+    account = fields.get("accountname") or _account_of(config.get("endpoint", ""))
+    if account:
+        config["account_name"] = account
     return config
+
+
+def _account_of(endpoint: str) -> str:
+    """The account a blob endpoint belongs to: a SAS connection string names none.
+    ``https://ACCOUNT.blob.core.windows.net`` (and private links, sovereign clouds)
+    or an emulator's ``http://host:port/ACCOUNT``; "" if neither."""
+    if not endpoint:
+        return ""
+    parts = urlsplit(endpoint)
+    label, _, rest = (parts.hostname or "").partition(".")
+    if rest.startswith("blob.") or ".blob." in f".{rest}":
+        return label
+    return parts.path.strip("/").split("/")[0]
