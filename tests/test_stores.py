@@ -45,7 +45,7 @@ from s3queue.storage.cloud import Dialect, translate
 from s3queue.storage.faults import Fault, FaultyStorage
 from s3queue.storage.gcs import GCSStorage
 from tests.azurite import AzuriteServer
-from tests.conftest import BUCKET, FAST, run_until
+from tests.conftest import BUCKET, FAST, run_until, started
 from tests.fakegcs import FakeGCS
 
 AZURE_VARIABLES = (
@@ -503,3 +503,19 @@ async def test_fake_gcs_server_is_refused_by_the_probe_and_nothing_is_left(
 
 def test_every_obstore_store_is_one_class() -> None:
     assert isinstance(open_storage("az://jobs/p?account=acme").inner, AzureStorage)  # type: ignore[attr-defined]
+
+
+def test_a_server_that_does_not_start_fails_its_tests_rather_than_skipping_them() -> None:
+    def installed() -> None:
+        return None
+
+    def missing() -> None:
+        raise RuntimeError("azurite-blob is missing")
+
+    def exits() -> None:
+        raise RuntimeError("Azurite exited early")
+
+    with pytest.raises(RuntimeError, match="exited early"):
+        started("Azurite", installed, exits)
+    with pytest.raises(pytest.skip.Exception, match="not installed"):
+        started("Azurite", missing, exits)
