@@ -92,6 +92,24 @@ def test_azure_urls_open_with_either_scheme(scheme: str) -> None:
         ("az://jobs:99999/p?account=acme", "invalid container name 'jobs:99999'"),
         # A SAS pasted into the query: refused, and its signature never printed.
         ("az://jobs/p?account=acme&sv=2022-11-02&sig=c2VjcmV0", "unknown option 'sig'"),
+        # A connection string or SAS pasted as the value of an option, or into the
+        # account or the endpoint, plain or percent-encoded: refused, unprinted.
+        (
+            "az://jobs/p?connection_string=AccountName=acme;AccountKey=c2VjcmV0",
+            "unknown option 'connection_string'",
+        ),
+        (
+            "az://jobs/p?cs=BlobEndpoint=https://a.blob.core.windows.net/;"
+            "SharedAccessSignature=sv=2022-11-02%26sig=c2VjcmV0",
+            "unknown option 'cs'",
+        ),
+        ("az://jobs/p?account=acme;AccountKey=c2VjcmV0", "invalid account name"),
+        ("az://jobs/p?account=Acme", "invalid account name 'Acme'"),
+        (
+            "az://jobs/p?account=acme&endpoint=https://acme.blob.core.windows.net/"
+            "%3Fsv%3D2022-11-02%26sig%3Dc2VjcmV0",
+            "invalid endpoint",
+        ),
     ],
 )
 def test_bad_azure_urls_name_the_problem(url: str, message: str) -> None:

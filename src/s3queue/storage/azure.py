@@ -40,6 +40,8 @@ CONNECTION_STRING = "AZURE_STORAGE_CONNECTION_STRING"
 #: Container names: 3-63 lowercase letters, digits and single hyphens, starting and
 #: ending with a letter or digit.
 _CONTAINER = re.compile(r"^(?!.*--)[a-z0-9][a-z0-9\-]{1,61}[a-z0-9]$")
+#: Storage account names: 3-24 lowercase letters and digits.
+_ACCOUNT = re.compile(r"^[a-z0-9]{3,24}$")
 #: Azurite's well-known development account and key, published in Azure's
 #: documentation: they open nothing but a local emulator.
 EMULATOR_ACCOUNT = "devstoreaccount1"
@@ -139,6 +141,12 @@ def _options(options: dict[str, str], shown: str) -> dict[str, Any]:
     if flag("emulator", options.get("emulator", "false"), shown):
         config.update(emulator_config())
     if "account" in options:
+        if not _ACCOUNT.match(options["account"]):
+            raise ConfigurationError(
+                f"invalid account name {redact_url(options['account'])!r} in {shown!r}",
+                suggestion="account names are 3 to 24 lowercase letters and digits; "
+                f"credentials go in {CONNECTION_STRING} or the AZURE_STORAGE_* variables",
+            )
         config["account_name"] = options["account"]
     if "endpoint" in options:
         check_endpoint(options["endpoint"], shown)

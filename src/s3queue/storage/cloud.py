@@ -164,12 +164,12 @@ def host_of(parts: SplitResult) -> str:
 
 def check_endpoint(endpoint: str, shown: str) -> None:
     """Refuse an endpoint that is not an http(s) URL, or that holds credentials (they
-    would be printed in every storage error)."""
+    would be printed in every storage error): a userinfo, or a query (a SAS)."""
     try:
-        scheme, netloc = urlsplit(endpoint)[:2]
+        scheme, netloc, _, query, fragment = urlsplit(endpoint)
     except ValueError:  # an unbalanced '[' or ']'
-        scheme = netloc = ""
-    if scheme not in ("http", "https") or not netloc or "@" in endpoint:
+        scheme = netloc = query = fragment = ""
+    if scheme not in ("http", "https") or not netloc or "@" in endpoint or query or fragment:
         raise ConfigurationError(
             f"invalid endpoint {redact_url(endpoint)!r} in {shown!r}",
             suggestion="the endpoint is a URL such as http://127.0.0.1:9000, without "
