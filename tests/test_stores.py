@@ -86,6 +86,8 @@ def test_azure_urls_open_with_either_scheme(scheme: str) -> None:
         ("az://jobs/p?acount=acme", "unknown option 'acount'"),
         ("az://jobs/p?account=acme&endpoint=ftp://x", "invalid endpoint"),
         ("az://jobs/p?emulator=maybe", "invalid value 'maybe' for emulator"),
+        # Given twice, one of the two would be ignored.
+        ("az://jobs/p?account=acme&account=other", "option 'account' is given twice"),
         # A port is no part of a container name, numeric or not, in range or not.
         ("az://jobs:443/p?account=acme", "invalid container name 'jobs:443'"),
         ("az://jobs:abc/p?account=acme", "invalid container name 'jobs:abc'"),
@@ -501,6 +503,11 @@ def test_gcs_urls_open_and_bad_ones_name_the_problem() -> None:
         ("gs://Jobs/p", "invalid bucket name"),
         ("gs://jobs/p?region=eu", "unknown option 'region'"),
         ("gs://jobs:abc/p", "invalid bucket name 'jobs:abc'"),
+        ("gs://jobs/p?allow_http=true&allow_http=false", "option 'allow_http' is given twice"),
+        (
+            "s3://jobs/p?endpoint=http://127.0.0.1:1&endpoint=http://127.0.0.1:2",
+            "option 'endpoint' is given twice",
+        ),
         ("gs://jobs:99999/p", "invalid bucket name 'jobs:99999'"),
     ]:
         with pytest.raises(ConfigurationError, match=message):

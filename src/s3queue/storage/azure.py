@@ -18,7 +18,7 @@ from __future__ import annotations
 import os
 import re
 from typing import Any
-from urllib.parse import SplitResult, parse_qsl, urlsplit
+from urllib.parse import SplitResult, urlsplit
 
 from obstore.store import AzureStore
 
@@ -32,6 +32,7 @@ from s3queue.storage.cloud import (
     configure,
     flag,
     host_of,
+    query_options,
 )
 from s3queue.storage.redact import redact_url
 
@@ -74,7 +75,7 @@ class AzureStorage(CloudStorage):
         shown = redact_url(url)
         parts = urlsplit(url)
         container = _container_of(parts, shown)
-        options = dict(parse_qsl(parts.query, keep_blank_values=True))
+        options = query_options(parts, shown)
         # The URL's options win over the connection string; obstore reads the other
         # AZURE_* variables itself, under what is given here.
         config = {

@@ -32,7 +32,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any, TypeVar
-from urllib.parse import SplitResult, urlsplit
+from urllib.parse import SplitResult, parse_qsl, urlsplit
 
 import obstore
 import obstore.exceptions as oe
@@ -152,6 +152,20 @@ def flag(name: str, value: str, shown: str) -> bool:
         f"invalid value {value!r} for {name} in {shown!r}",
         suggestion=f"use {name}=true or {name}=false",
     )
+
+
+def query_options(parts: SplitResult, shown: str) -> dict[str, str]:
+    """The URL's options by name; one given twice is refused (one of the two would
+    be ignored)."""
+    options: dict[str, str] = {}
+    for name, value in parse_qsl(parts.query, keep_blank_values=True):
+        if name in options:
+            raise ConfigurationError(
+                f"option {redact_url('?' + name)[1:]!r} is given twice in {shown!r}",
+                suggestion="give each option once",
+            )
+        options[name] = value
+    return options
 
 
 def host_of(parts: SplitResult) -> str:

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import re
 from typing import Any
-from urllib.parse import SplitResult, parse_qsl, urlsplit
+from urllib.parse import SplitResult, urlsplit
 
 from obstore.store import GCSStore
 
@@ -31,6 +31,7 @@ from s3queue.storage.cloud import (
     configure,
     flag,
     host_of,
+    query_options,
 )
 from s3queue.storage.redact import redact_url
 
@@ -61,7 +62,7 @@ class GCSStorage(CloudStorage):
         shown = redact_url(url)
         parts = urlsplit(url)
         bucket = _bucket_of(parts, shown)
-        options = dict(parse_qsl(parts.query, keep_blank_values=True))
+        options = query_options(parts, shown)
         config, allow_http = _config(options, shown)
         prefix = parts.path.strip("/")
         store = configure(

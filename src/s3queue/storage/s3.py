@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 from typing import Any
-from urllib.parse import SplitResult, parse_qsl, unquote, urlsplit
+from urllib.parse import SplitResult, unquote, urlsplit
 
 from obstore.store import S3Store
 
@@ -23,6 +23,7 @@ from s3queue.storage.cloud import (
     configure,
     flag,
     host_of,
+    query_options,
 )
 from s3queue.storage.redact import redact_url
 
@@ -61,7 +62,7 @@ class S3Storage(CloudStorage):
         parts = urlsplit(url)
         _check_authority(parts, shown)
         bucket = _bucket_of(parts, shown)
-        options = dict(parse_qsl(parts.query, keep_blank_values=True))
+        options = query_options(parts, shown)
         config, allow_http = _config(parts, options, shown)
         endpoint = options.get("endpoint", "")
         prefix = parts.path.strip("/")
