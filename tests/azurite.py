@@ -110,9 +110,33 @@ class AzuriteServer:
             self.process.kill()
 
 
+#: Attempts with a fresh port when the one chosen was taken before Azurite bound it.
+STARTS = 3
+#: What Azurite logs once it has bound its port: the proof that the server answering
+#: there is this one, not another process (another test worker's server, say) that
+#: took the port between choosing and binding.
+_LISTENING = b"successfully listens on"
+
+
+class PortTaken(RuntimeError):
+    """Azurite exited because its port was taken in the meantime: worth a retry."""
+
+
 def start_azurite(directory: Path) -> AzuriteServer:
     """Start Azurite's blob service on a free loopback port, storing under
-    ``directory``, and wait until it answers."""
+    ``directory``, and wait until it listens."""
+    error: PortTaken | None = None
+    for attempt in range(STARTS):
+        try:
+            return _start(directory / f"run{attempt}")
+        except PortTaken as taken:
+            error = taken
+    assert error is not None
+    raise error
+
+
+def _start(directory: Path) -> AzuriteServer:
+    directory.mkdir(parents=True)
     port = free_port()
     log_path = directory / "azurite.log"
     process = subprocess.Popen(
@@ -131,18 +155,15 @@ def start_azurite(directory: Path) -> AzuriteServer:
         stdout=log_path.open("wb"),
         stderr=subprocess.STDOUT,
     )
-    server = AzuriteServer(port, process)
     deadline = time.monotonic() + 60
-    while True:
+    # Its log, not an answer on the port: another server may answer there.
+    while _LISTENING not in log_path.read_bytes():
         if process.poll() is not None:
+            if b"EADDRINUSE" in log_path.read_bytes():
+                raise PortTaken(f"port {port} was taken before Azurite bound it")
             raise RuntimeError(f"Azurite exited early; see {log_path}")
-        try:
-            urllib.request.urlopen(f"{server.endpoint}?comp=list", timeout=2).close()
-            return server
-        except urllib.error.HTTPError:  # it answers (refusing the unsigned request)
-            return server
-        except (urllib.error.URLError, ConnectionError, TimeoutError) as error:
-            if time.monotonic() > deadline:
-                process.kill()
-                raise RuntimeError(f"Azurite did not answer within 60 s; see {log_path}") from error
-            time.sleep(0.1)  # waiting for a child process to bind: no event to await
+        if time.monotonic() > deadline:
+            process.kill()
+            raise RuntimeError(f"Azurite did not listen within 60 s; see {log_path}")
+        time.sleep(0.1)  # waiting for a child process to bind: no event to await
+    return AzuriteServer(port, process)

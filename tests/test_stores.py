@@ -9,11 +9,15 @@ a missing blob, 256 keys per batch, 5,000 per LIST page).
 
 from __future__ import annotations
 
+import http.server
+import threading
 import uuid
+from pathlib import Path
 
 import obstore.exceptions as oe
 import pytest
 
+import tests.azurite
 from s3queue import JobContext, Queue, Worker
 from s3queue.errors import (
     ConfigurationError,
@@ -44,9 +48,10 @@ from s3queue.storage.azure import (
 from s3queue.storage.cloud import Dialect, translate
 from s3queue.storage.faults import Fault, FaultyStorage
 from s3queue.storage.gcs import GCSStorage
-from tests.azurite import AzuriteServer
+from tests.azurite import AzuriteServer, azurite_executable, start_azurite
 from tests.conftest import BUCKET, FAST, run_until, started
 from tests.fakegcs import FakeGCS
+from tests.s3server import free_port
 
 AZURE_VARIABLES = (
     "AZURE_STORAGE_CONNECTION_STRING",
@@ -544,3 +549,23 @@ def test_a_server_that_does_not_start_fails_its_tests_rather_than_skipping_them(
         started("Azurite", installed, exits)
     with pytest.raises(pytest.skip.Exception, match="not installed"):
         started("Azurite", missing, exits)
+
+
+def test_azurite_never_takes_another_server_on_its_port_for_itself(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With -n 2 each test worker starts its servers: a port chosen free may be
+    bound by another before Azurite binds it, and the other answers there."""
+    started("Azurite", azurite_executable, lambda: None)
+    foreign = http.server.HTTPServer(("127.0.0.1", 0), http.server.BaseHTTPRequestHandler)
+    thread = threading.Thread(target=foreign.serve_forever, daemon=True)
+    thread.start()
+    ports = iter([foreign.server_port, free_port()])
+    monkeypatch.setattr(tests.azurite, "free_port", lambda: next(ports))
+    server = start_azurite(tmp_path)
+    try:
+        assert server.port != foreign.server_port
+        assert server.process.poll() is None
+    finally:
+        server.stop()
+        foreign.shutdown()
