@@ -9,19 +9,20 @@ that one request itself with the emulator's published development key.
 from __future__ import annotations
 
 import base64
-import contextlib
 import hashlib
 import hmac
 import shutil
 import subprocess
+import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from dataclasses import dataclass
 from email.utils import formatdate
 from pathlib import Path
 
 from s3queue.storage.azure import EMULATOR_ACCOUNT, EMULATOR_KEY
-from tests.s3server import free_port, stop_process, wait_until_answers
+from tests.s3server import free_port, stop_process
 
 ROOT = Path(__file__).resolve().parent.parent
 #: Where `make test` installs it (tools/azurite/package.json pins the version).
@@ -80,13 +81,58 @@ class AzuriteServer:
             if error.code != 409:  # ContainerAlreadyExists
                 raise
 
+    def account_sas(self, permissions: str = "rwdlac") -> str:
+        """An account SAS for the blob service, signed with the development key: what
+        the portal's "Shared access signature" page hands out."""
+        fields = {
+            "sv": "2019-12-12",
+            "ss": "b",
+            "srt": "sco",
+            "sp": permissions,
+            "se": "2099-01-01T00:00:00Z",
+            "spr": "https,http",
+        }
+        # Account SAS's string to sign: account, permissions, services, resource
+        # types, start, expiry, IP, protocol, version, each on its own line.
+        lines = [EMULATOR_ACCOUNT, permissions, "b", "sco", "", fields["se"], ""]
+        signed = "\n".join([*lines, fields["spr"], fields["sv"], ""])
+        key = base64.b64decode(EMULATOR_KEY)
+        fields["sig"] = base64.b64encode(
+            hmac.new(key, signed.encode(), hashlib.sha256).digest()
+        ).decode()
+        return urllib.parse.urlencode(fields)
+
     def stop(self) -> None:
         stop_process(self.process)
 
 
+#: Attempts with a fresh port when the one chosen was taken before Azurite bound it.
+STARTS = 3
+#: What Azurite logs once it has bound its port: the proof that the server answering
+#: there is this one, not another process (another test worker's server, say) that
+#: took the port between choosing and binding.
+_LISTENING = b"successfully listens on"
+
+
+class PortTaken(RuntimeError):
+    """Azurite exited because its port was taken in the meantime: worth a retry."""
+
+
 def start_azurite(directory: Path) -> AzuriteServer:
     """Start Azurite's blob service on a free loopback port, storing under
-    ``directory``, and wait until it answers."""
+    ``directory``, and wait until it listens."""
+    error: PortTaken | None = None
+    for attempt in range(STARTS):
+        try:
+            return _start(directory / f"run{attempt}")
+        except PortTaken as taken:
+            error = taken
+    assert error is not None
+    raise error
+
+
+def _start(directory: Path) -> AzuriteServer:
+    directory.mkdir(parents=True)
     port = free_port()
     log_path = directory / "azurite.log"
     process = subprocess.Popen(
@@ -105,13 +151,15 @@ def start_azurite(directory: Path) -> AzuriteServer:
         stdout=log_path.open("wb"),
         stderr=subprocess.STDOUT,
     )
-    server = AzuriteServer(port, process)
-
-    def answers() -> bool:
-        # An HTTP error is an answer too: it refuses the unsigned request.
-        with contextlib.suppress(urllib.error.HTTPError):
-            urllib.request.urlopen(f"{server.endpoint}?comp=list", timeout=2).close()
-        return True
-
-    wait_until_answers(process, answers, "Azurite", log_path)
-    return server
+    deadline = time.monotonic() + 60
+    # Its log, not an answer on the port: another server may answer there.
+    while _LISTENING not in log_path.read_bytes():
+        if process.poll() is not None:
+            if b"EADDRINUSE" in log_path.read_bytes():
+                raise PortTaken(f"port {port} was taken before Azurite bound it")
+            raise RuntimeError(f"Azurite exited early; see {log_path}")
+        if time.monotonic() > deadline:
+            process.kill()
+            raise RuntimeError(f"Azurite did not listen within 60 s; see {log_path}")
+        time.sleep(0.1)  # waiting for a child process to bind: no event to await
+    return AzuriteServer(port, process)

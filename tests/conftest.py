@@ -3,24 +3,38 @@ from __future__ import annotations
 import asyncio
 import os
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
-from typing import Protocol
+from typing import Protocol, TypeVar
 
 import pytest
 
 from s3queue import Backoff, Polling, Queue, Worker, WorkerEvent
 from s3queue.runtime.worker import EventName
-from tests.azurite import AzuriteServer, start_azurite
-from tests.fakegcs import FakeGCS, start_fake_gcs
+from tests.azurite import AzuriteServer, azurite_executable, start_azurite
+from tests.fakegcs import FakeGCS, fake_gcs_executable, start_fake_gcs
 from tests.s3server import S3Server, start_s3_server
-from tests.seaweed import start_seaweed
+from tests.seaweed import start_seaweed, weed_executable
 
 #: Workers in tests poll every 10 ms: an idle check costs nothing on a test server,
 #: and tests await events rather than sleeping through poll intervals.
 FAST = Polling(poll_interval=0.01)
 
 BUCKET = "s3queue-test"
+T = TypeVar("T")
+
+
+def started(what: str, find: Callable[[], object], start: Callable[[], T]) -> T:
+    """``start()``'s server. Its tests are skipped only where it is not installed
+    (``find`` raises RuntimeError): `make test` installs every one, so one that is
+    installed and does not start (a port taken, a timeout under load) is an error,
+    not a run that skips, unnoticed, every test on that store."""
+    try:
+        find()
+    except RuntimeError as error:
+        pytest.skip(f"{what} is not installed here: {error}")
+    return start()
+
 
 # moto accepts any credentials unless told otherwise; the S3 backend still needs some.
 os.environ.setdefault("AWS_ACCESS_KEY_ID", "testing")
@@ -56,10 +70,11 @@ def strict_s3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
 @pytest.fixture(scope="session")
 def seaweed_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
     """SeaweedFS: a second real S3 server, whose ETags are MD5s as AWS's are."""
-    try:
-        server = start_seaweed(tmp_path_factory.mktemp("seaweed"), BUCKET)
-    except RuntimeError as error:
-        pytest.skip(f"SeaweedFS did not start: {error}")
+    server = started(
+        "SeaweedFS",
+        weed_executable,
+        lambda: start_seaweed(tmp_path_factory.mktemp("seaweed"), BUCKET),
+    )
     yield server
     server.stop()
 
@@ -133,10 +148,9 @@ async def run_until(worker: Worker, *names: EventName, count: int = 1) -> list[W
 @pytest.fixture(scope="session")
 def azurite(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AzuriteServer]:
     """Azurite's blob service with the test container, started once per session."""
-    try:
-        server = start_azurite(tmp_path_factory.mktemp("azurite"))
-    except RuntimeError as error:
-        pytest.skip(f"Azurite cannot start here: {error}")
+    server = started(
+        "Azurite", azurite_executable, lambda: start_azurite(tmp_path_factory.mktemp("azurite"))
+    )
     server.create_container(BUCKET)
     yield server
     server.stop()
@@ -144,9 +158,10 @@ def azurite(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AzuriteServer]
 
 @pytest.fixture(scope="session")
 def fake_gcs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FakeGCS]:
-    try:
-        server = start_fake_gcs(tmp_path_factory.mktemp("fake-gcs") / "root", [BUCKET])
-    except RuntimeError as error:
-        pytest.skip(f"fake-gcs-server cannot start here: {error}")
+    server = started(
+        "fake-gcs-server",
+        fake_gcs_executable,
+        lambda: start_fake_gcs(tmp_path_factory.mktemp("fake-gcs") / "root", [BUCKET]),
+    )
     yield server
     server.stop()

@@ -150,6 +150,10 @@ class EnqueuesDuringListing:
     async def delete_many(self, keys: Sequence[str]) -> None:
         await self.inner.delete_many(keys)
 
+    async def list_prefixes(self, prefix: str) -> list[str]:
+        found: list[str] = await self.inner.list_prefixes(prefix)
+        return found
+
     async def list(
         self, prefix: str, *, start_after: str | None = None, limit: int | None = None
     ) -> list[ObjectEntry]:

@@ -19,7 +19,8 @@ from s3queue import (
 from s3queue.core.cursor import FINALIZE_GRACE, decode_cursor
 from s3queue.core.layout import TIMER_SEAL_MARGIN, cursor_key
 from s3queue.core.records import MAX_PAYLOAD_BYTES
-from s3queue.errors import StorageUnavailable
+from s3queue.errors import NotFound, StorageAuthError, StorageUnavailable
+from s3queue.queue import probe_conditional_writes
 from s3queue.storage import RetryingStorage, RetryPolicy, open_raw_storage, open_storage
 from s3queue.storage.base import ObjectEntry, PutMode, StoredObject
 from s3queue.storage.faults import Fault, FaultyStorage
@@ -447,6 +448,9 @@ class IgnoresConditions:
     async def delete_many(self, keys: Any) -> None:
         await self.inner.delete_many(keys)
 
+    async def list_prefixes(self, prefix: str) -> list[str]:
+        return await self.inner.list_prefixes(prefix)
+
     async def list(
         self, prefix: str, *, start_after: str | None = None, limit: int | None = None
     ) -> list[ObjectEntry]:
@@ -461,6 +465,28 @@ async def test_a_store_that_ignores_conditions_is_refused_before_anything_is_wri
     with pytest.raises(ConfigurationError, match="If-None-Match"):
         await Queue.open(store, "q")
     assert await store.list("") == []
+
+
+def denied() -> StorageAuthError:
+    return StorageAuthError("access denied (injected)", status_code=403)
+
+
+async def test_a_probe_that_cannot_delete_its_object_says_so() -> None:
+    """The probe promises to leave nothing behind: a store that lets it write but
+    not delete (an identity without delete rights) is reported, not left with it."""
+    store = FaultyStorage(open_raw_storage("memory://"))
+    store.inject(Fault("delete", error=denied))
+    with pytest.raises(StorageAuthError, match="access denied"):
+        await probe_conditional_writes(store, "q")
+    assert [entry.key for entry in await store.list("")] != []
+
+
+async def test_a_failed_probe_reports_its_own_failure_not_the_cleanup_s() -> None:
+    store = FaultyStorage(open_raw_storage("memory://"))
+    store.inject(Fault("put", error=lambda: NotFound("no such bucket (injected)")))
+    store.inject(Fault("delete", error=denied))
+    with pytest.raises(NotFound, match="no such bucket"):
+        await probe_conditional_writes(store, "q")
 
 
 async def test_opening_a_missing_queue_read_only_creates_nothing(store_url: str) -> None:

@@ -15,7 +15,6 @@ import logging
 import math
 import random
 import secrets
-import sys
 import time
 import traceback
 from collections.abc import Awaitable, Callable, Iterable
@@ -129,12 +128,16 @@ async def probe_conditional_writes(storage: Storage, queue: str) -> None:
     """Refuse a store that cannot do conditional writes, or accepts them but ignores
     them, before anything else is written. Leaves nothing behind."""
     key = layout.probe_key(queue, secrets.token_hex(8))
+    failed = True
     try:
         await _probe(storage, key)
+        failed = False
     except StorageError as error:
-        # Auth, a missing bucket and outages say best what they are; a store that
-        # refuses the request outright lacks the feature.
-        if type(error) is not StorageError or error.retriable:
+        # Auth, a missing bucket, a wrong region and outages say best what they
+        # are; a store that calls the request bad or not implemented lacks the
+        # feature.
+        lacks = error.status_code in (400, 405, 501) and not error.retriable
+        if type(error) is not StorageError or not lacks:
             raise
         raise ConfigurationError(
             f"{storage.url} failed the conditional-write probe: {error.message}",
@@ -144,7 +147,8 @@ async def probe_conditional_writes(storage: Storage, queue: str) -> None:
         try:
             await storage.delete(key)
         except StorageError:
-            if sys.exception() is None:  # do not hide why the probe failed
+            # Not sys.exception(): inside this handler that is the delete's own error.
+            if not failed:  # else do not hide why the probe failed
                 raise
 
 

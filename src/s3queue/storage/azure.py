@@ -43,6 +43,8 @@ CONNECTION_STRING = "AZURE_STORAGE_CONNECTION_STRING"
 #: Container names: 3-63 lowercase letters, digits and single hyphens, starting and
 #: ending with a letter or digit.
 _CONTAINER = re.compile(r"^(?!.*--)[a-z0-9][a-z0-9\-]{1,61}[a-z0-9]$")
+#: Storage account names: 3-24 lowercase letters and digits.
+_ACCOUNT = re.compile(r"^[a-z0-9]{3,24}$")
 #: Azurite's well-known development account and key, published in Azure's
 #: documentation: they open nothing but a local emulator.
 EMULATOR_ACCOUNT = "devstoreaccount1"
@@ -60,6 +62,7 @@ DIALECT = Dialect(
     delete_batch=256,
     list_page=5000,
     missing=("ContainerNotFound",),
+    missing_reasons=("The specified container does not exist.",),
     credentials=_CREDENTIALS,
 )
 
@@ -80,13 +83,17 @@ class AzureStorage(CloudStorage):
             shown,
             f"; credentials go in {CONNECTION_STRING} or the AZURE_STORAGE_* variables",
         )
-        # The URL's options win over the connection string; obstore reads the other
-        # AZURE_* variables itself, under what is given here.
+        # The URL's options win over the connection string, whose credential is
+        # forced (credential_type) so that no other AZURE_* variable replaces it;
+        # given neither, obstore reads the AZURE_* variables itself.
         config = {
             **connection_string_config(os.environ.get(CONNECTION_STRING, "")),
             **_options(options, shown),
         }
         endpoint = str(config.get("endpoint", ""))
+        if endpoint:
+            # obstore's use_emulator (AZURE_STORAGE_USE_EMULATOR) would replace it.
+            config["use_emulator"] = False
         allow_http = allows_http(endpoint, options, shown)
         prefix = parts.path.strip("/")
         store = configure(
@@ -119,7 +126,7 @@ def _container_of(parts: SplitResult, shown: str) -> str:
             f"invalid storage URL {shown!r}: no container name",
             suggestion="use az://container/prefix?account=NAME",
         )
-    if not _CONTAINER.match(container) or parts.port is not None:
+    if not _CONTAINER.match(container):
         raise ConfigurationError(
             f"invalid container name {container!r} in {shown!r}",
             suggestion="container names are 3 to 63 lowercase letters, digits and single "
@@ -134,6 +141,12 @@ def _options(options: dict[str, str], shown: str) -> dict[str, Any]:
     if flag("emulator", options.get("emulator", "false"), shown):
         config.update(emulator_config())
     if "account" in options:
+        if not _ACCOUNT.match(options["account"]):
+            raise ConfigurationError(
+                f"invalid account name {redact_url(options['account'])!r} in {shown!r}",
+                suggestion="account names are 3 to 24 lowercase letters and digits; "
+                f"credentials go in {CONNECTION_STRING} or the AZURE_STORAGE_* variables",
+            )
         config["account_name"] = options["account"]
     if "endpoint" in options:
         check_endpoint(options["endpoint"], shown)
@@ -149,6 +162,7 @@ def emulator_config() -> dict[str, Any]:
     return {
         "account_name": EMULATOR_ACCOUNT,
         "account_key": EMULATOR_KEY,
+        "credential_type": "access_key",
         "endpoint": f"{base}/{EMULATOR_ACCOUNT}" if base else EMULATOR_ENDPOINT,
     }
 
@@ -156,23 +170,75 @@ def emulator_config() -> dict[str, Any]:
 def connection_string_config(text: str) -> dict[str, Any]:
     """obstore's configuration from an Azure connection string
     (``AccountName=...;AccountKey=...;BlobEndpoint=...`` and the like)."""
-    fields: dict[str, str] = {}
-    for part in text.split(";"):
-        name, _, value = part.strip().partition("=")
-        if name:
-            fields[name.lower()] = value
+    fields = _connection_fields(text)
     if fields.get("usedevelopmentstorage", "").lower() == "true":
         return emulator_config()
     config: dict[str, Any] = {}
-    if "accountname" in fields:
-        config["account_name"] = fields["accountname"]
+    # The connection string's credential, not one obstore would find in another
+    # AZURE_* variable first: the user named this one.
     if "accountkey" in fields:
         config["account_key"] = fields["accountkey"]
-    if "sharedaccesssignature" in fields:
+        config["credential_type"] = "access_key"
+    elif "sharedaccesssignature" in fields:
         config["sas_key"] = fields["sharedaccesssignature"]
+        config["credential_type"] = "sas_token"
     if "blobendpoint" in fields:
+        # Printed in every storage error: checked as an endpoint in the URL is.
+        check_endpoint(fields["blobendpoint"], CONNECTION_STRING)
         config["endpoint"] = fields["blobendpoint"].rstrip("/")
-    elif "endpointsuffix" in fields and "accountname" in fields:
+    elif "accountname" in fields:
         protocol = fields.get("defaultendpointsprotocol", "https")
-        config["endpoint"] = f"{protocol}://{fields['accountname']}.blob.{fields['endpointsuffix']}"
+        suffix = fields.get("endpointsuffix", "core.windows.net")
+        config["endpoint"] = f"{protocol}://{fields['accountname']}.blob.{suffix}"
+    account = fields.get("accountname") or _account_of(config.get("endpoint", ""))
+    if account:
+        config["account_name"] = account
     return config
+
+
+#: The parts of a connection string, lowercased; those of Azure's other services
+#: (queues, tables, files) are allowed and not used.
+_CONNECTION_PARTS = {
+    "defaultendpointsprotocol",
+    "accountname",
+    "accountkey",
+    "sharedaccesssignature",
+    "endpointsuffix",
+    "blobendpoint",
+    "usedevelopmentstorage",
+    "queueendpoint",
+    "tableendpoint",
+    "fileendpoint",
+}
+
+
+def _connection_fields(text: str) -> dict[str, str]:
+    """A connection string's parts by lowercased name. A part s3queue does not know
+    is refused, by name only (its value may be a secret): ignoring it would fall
+    back to another credential and fail far from the typo."""
+    fields: dict[str, str] = {}
+    for part in filter(None, (piece.strip() for piece in text.split(";"))):
+        name, equals, value = part.partition("=")
+        if not equals or name.lower() not in _CONNECTION_PARTS:
+            shown = name if equals else "a part without '='"
+            raise ConfigurationError(
+                f"{CONNECTION_STRING} holds {shown!r}, which is not a part of an Azure "
+                "storage connection string",
+                suggestion="copy the connection string from the storage account's "
+                "Access keys (or Shared access signature) page",
+            )
+        fields[name.lower()] = value
+    return fields
+
+
+def _account_of(endpoint: str) -> str:
+    """The account a blob endpoint belongs to: a SAS connection string names none.
+    ``https://ACCOUNT.blob.core.windows.net`` (and private links, sovereign clouds)
+    or an emulator's ``http://host:port/ACCOUNT``; "" if neither."""
+    if not endpoint:
+        return ""
+    parts = urlsplit(endpoint)
+    label, _, rest = (parts.hostname or "").partition(".")
+    if rest.startswith("blob.") or ".blob." in f".{rest}":
+        return label
+    return parts.path.strip("/").split("/")[0]

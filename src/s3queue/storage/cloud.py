@@ -60,7 +60,20 @@ from s3queue.storage.redact import redact, redact_url, url_secrets
 if TYPE_CHECKING:
     from obstore.store import ClientConfig, RetryConfig
 
-_STATUS = re.compile(r"status code: (\d{3})")
+#: The HTTP status of an answer, or of one key of an Azure blob batch, whose failures
+#: obstore words "Bulk delete request failed for key K: REASON (code: NNN)".
+_STATUS = re.compile(r"status code: (\d{3})|\(code: (\d{3})\)")
+#: The codes of a 409 or 412 that is a lost condition: the key exists (Azure's
+#: If-None-Match), or a precondition failed. Other 409s refuse the write for another
+#: reason (a container being deleted, an immutability policy), and a 412 about a lease
+#: on the blob is not the If-Match either; "" where the store sent no code.
+_LOST = ("", "BlobAlreadyExists", "PreconditionFailed", "ConditionNotMet")
+#: 409s that ask for a retry: S3's conditional write meeting another in progress.
+_CONFLICT_RETRY = ("ConditionalRequestConflict", "OperationAborted")
+#: Codes that refuse a request before it is applied because of the request rate.
+#: A bare 503 (from a proxy, say) is not one of them: it may follow a write that
+#: landed, and the retry layer must then treat the outcome as unknown.
+_THROTTLE_CODES = ("SlowDown", "ServerBusy", "TooManyRequests")
 _CODE = re.compile(r"<Code>([^<]+)</Code>")
 _MESSAGE = re.compile(r"<Message>([^<\n]+)")
 _JSON_MESSAGE = re.compile(r'"message":\s*"([^"]+)"')
@@ -117,6 +130,15 @@ class Dialect:
     credentials: str
     #: GCS conditions on the object's generation (obstore's ``version``), not its ETag.
     generation: bool = False
+    #: The reasons that say the same where no code is given (Azure's blob batch, by
+    #: which obstore deletes, answers each key with a status and a reason only).
+    missing_reasons: tuple[str, ...] = ()
+
+    def is_missing(self, text: str) -> bool:
+        """Whether the error ``text`` says the bucket or container itself is missing."""
+        return _detail(text)[0] in self.missing or any(
+            reason in text for reason in self.missing_reasons
+        )
 
 
 def flag(name: str, value: str, shown: str) -> bool:
@@ -135,9 +157,17 @@ def flag(name: str, value: str, shown: str) -> bool:
 def query_options(
     parts: SplitResult, allowed: tuple[str, ...], shown: str, where_else: str = ""
 ) -> dict[str, str]:
-    """The URL's query as options, refusing one this store does not take (a typo
-    must not be ignored); ``where_else`` says where what is refused belongs."""
-    options = dict(parse_qsl(parts.query, keep_blank_values=True))
+    """The URL's query as options by name, refusing one this store does not take (a
+    typo must not be ignored) and one given twice (one of the two would be);
+    ``where_else`` says where what is refused belongs."""
+    options: dict[str, str] = {}
+    for name, value in parse_qsl(parts.query, keep_blank_values=True):
+        if name in options:
+            raise ConfigurationError(
+                f"option {redact_url('?' + name)[1:]!r} is given twice in {shown!r}",
+                suggestion="give each option once",
+            )
+        options[name] = value
     unknown = sorted(set(options) - set(allowed))
     if unknown:
         raise ConfigurationError(
@@ -160,20 +190,21 @@ def clean_url(scheme: str, name: str, prefix: str, parts: SplitResult) -> str:
 
 
 def host_of(parts: SplitResult) -> str:
-    """The bucket or container as written: ``SplitResult.hostname`` lowercases it,
-    which would turn a mistyped name into another one."""
-    host = parts.netloc.rpartition("@")[2]
-    return host.rpartition(":")[0] if parts.port is not None else host
+    """The bucket or container as written, with any port, which no name may hold:
+    ``SplitResult.hostname`` lowercases it, which would turn a mistyped name into
+    another one, and ``SplitResult.port`` raises ValueError on a port that is not a
+    number from 0 to 65535."""
+    return parts.netloc.rpartition("@")[2]
 
 
 def check_endpoint(endpoint: str, shown: str) -> None:
     """Refuse an endpoint that is not an http(s) URL, or that holds credentials (they
-    would be printed in every storage error)."""
+    would be printed in every storage error): a userinfo, or a query (a SAS)."""
     try:
-        scheme, netloc = urlsplit(endpoint)[:2]
+        scheme, netloc, _, query, fragment = urlsplit(endpoint)
     except ValueError:  # an unbalanced '[' or ']'
-        scheme = netloc = ""
-    if scheme not in ("http", "https") or not netloc or "@" in endpoint:
+        scheme = netloc = query = fragment = ""
+    if scheme not in ("http", "https") or not netloc or "@" in endpoint or query or fragment:
         raise ConfigurationError(
             f"invalid endpoint {redact_url(endpoint)!r} in {shown!r}",
             suggestion="the endpoint is a URL such as http://127.0.0.1:9000, without "
@@ -208,18 +239,38 @@ def _detail(text: str) -> tuple[str, str]:
     return code, code or text.splitlines()[0][:300]
 
 
+def _status(text: str) -> int | None:
+    found = _STATUS.search(text)
+    return int(found[1] or found[2]) if found else None
+
+
+def _lost_condition(error: Exception, status: int | None, code: str) -> bool:
+    """Whether the store refused a conditional write because its condition failed.
+
+    obstore says so (AlreadyExists, Precondition) for every 409 or 412 answering a
+    conditional put, by status alone; the code tells which are not. Only a put
+    carries a condition: a 412 of a blob batch (a delete) is about a lease.
+    """
+    if not isinstance(error, oe.AlreadyExistsError | oe.PreconditionError):
+        return False
+    if status == 409:
+        return code in _LOST
+    return not code.startswith("Lease")
+
+
 def translate(error: Exception, *, dialect: Dialect, endpoint: str, key: str = "") -> StorageError:
     """The one place where obstore's errors become s3queue's."""
     text = str(error)
-    status_match = _STATUS.search(text)
-    status = int(status_match[1]) if status_match else None
+    status = _status(text)
     code, detail = _detail(text)
     where = f"{endpoint}" + (f" ({key})" if key else "")
-    if isinstance(error, oe.AlreadyExistsError | oe.PreconditionError) or status in (409, 412):
+    if _lost_condition(error, status, code):
         return PreconditionFailed(
             f"conditional write to {key} lost: {detail}", status_code=status or 412
         )
-    if code in dialect.missing:
+    if status == 409 and code in _CONFLICT_RETRY:
+        return StorageUnavailable(f"{where} met a conflicting request: {detail}", status_code=409)
+    if dialect.is_missing(text):
         return NotFound(
             f"the {dialect.container} does not exist at {where}: {detail}",
             status_code=404,
@@ -234,9 +285,9 @@ def translate(error: Exception, *, dialect: Dialect, endpoint: str, key: str = "
             status_code=status,
             suggestion=dialect.credentials,
         )
-    if status == 503 or code in ("SlowDown", "ServerBusy"):
-        return Throttled(f"{where} asked to slow down: {detail}", status_code=503)
-    if status is not None and status >= 500:
+    if status == 429 or code in _THROTTLE_CODES:
+        return Throttled(f"{where} asked to slow down: {detail}", status_code=status)
+    if status is not None and status >= 500 and status != 501:
         return StorageUnavailable(f"{where} failed: {detail}", status_code=status)
     if status is None:
         return StorageUnavailable(
@@ -381,7 +432,7 @@ class CloudStorage:
 
     def _missing_container(self, error: Exception) -> bool:
         """A "not found" that is about the bucket or container, not the object."""
-        return _detail(str(error))[0] in self.dialect.missing
+        return self.dialect.is_missing(str(error))
 
     def _tag(self, meta: Any) -> str:
         """The one version tag handed out for an object, whichever call returned it.

@@ -91,7 +91,7 @@ def _bucket_of(parts: SplitResult, shown: str) -> str:
             suggestion="set GOOGLE_SERVICE_ACCOUNT to the key file's path",
         )
     bucket = host_of(parts)
-    if not bucket or not _BUCKET.match(bucket) or parts.port is not None:
+    if not bucket or not _BUCKET.match(bucket):
         raise ConfigurationError(
             f"invalid bucket name {bucket!r} in {shown!r}",
             suggestion="use gs://bucket/prefix; bucket names are 3 to 222 lowercase "

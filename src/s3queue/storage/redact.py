@@ -31,6 +31,14 @@ _SECRET_OPTION = re.compile(
     r"private|key|sas)[^=&#\s'\"]*=)(?P<value>[^&#\s'\"]*)",
     re.IGNORECASE,
 )
+#: Azure's secrets wherever they stand, as a connection string or a SAS writes them,
+#: plain or percent-encoded: a connection string or SAS pasted as the value of an
+#: option (``?cs=...;AccountKey=...``), into the account or into the endpoint.
+_AZURE_SECRET = re.compile(
+    r"(?P<name>(?<![A-Za-z])(?:AccountKey|SharedAccessSignature|sig)(?:=|%3D))"
+    r"(?P<value>(?:(?!%26|%3B)[^;&#\s'\"])*)",
+    re.IGNORECASE,
+)
 #: A run of text that may hold a URL with a userinfo.
 _TOKEN = re.compile(r"\S*@\S*")
 
@@ -58,7 +66,8 @@ def redact_url(url: str) -> str:
     found = _userinfo(url)
     if found is not None:
         url = f"{found[0]}{MASK}{found[2]}"
-    return _SECRET_OPTION.sub(lambda match: f"{match['name']}{MASK}", url)
+    url = _SECRET_OPTION.sub(lambda match: f"{match['name']}{MASK}", url)
+    return _AZURE_SECRET.sub(lambda match: f"{match['name']}{MASK}", url)
 
 
 def url_secrets(url: str) -> list[str]:
@@ -67,6 +76,7 @@ def url_secrets(url: str) -> list[str]:
     found = _userinfo(url)
     values = [found[1]] if found is not None else []
     values += [match["value"] for match in _SECRET_OPTION.finditer(url)]
+    values += [match["value"] for match in _AZURE_SECRET.finditer(url)]
     return [text for value in values for text in {value, unquote(value)}]
 
 
@@ -77,4 +87,5 @@ def redact(text: str, secrets: Iterable[str] = ()) -> str:
         if len(secret) >= MIN_SECRET:
             text = text.replace(secret, MASK)
     text = _TOKEN.sub(lambda match: redact_url(match[0]), text)
-    return _SECRET_OPTION.sub(lambda match: f"{match['name']}{MASK}", text)
+    text = _SECRET_OPTION.sub(lambda match: f"{match['name']}{MASK}", text)
+    return _AZURE_SECRET.sub(lambda match: f"{match['name']}{MASK}", text)
