@@ -19,7 +19,7 @@ install: $(STAMP)
 
 $(AZURITE): tools/azurite/package.json tools/azurite/package-lock.json
 	@command -v npm >/dev/null || { echo "npm is missing: installing Debian's nodejs and npm"; \
-		apt-get install -y -qq nodejs npm; }
+		apt-get update -qq && apt-get install -y -qq nodejs npm; }
 	cd tools/azurite && npm ci --no-audit --no-fund --omit-lockfile-registry-resolved --loglevel=error
 	touch $(AZURITE)
 
