@@ -58,7 +58,13 @@ def parser() -> argparse.ArgumentParser:
         default="s3,file",
         help="comma-separated: s3 (moto), file, seaweedfs, azure (Azurite)",
     )
-    e = p.add_argument_group("e2e")
+    _e2e_options(p.add_argument_group("e2e"))
+    _model_options(p)
+    _retention_options(p.add_argument_group("retention (the first two also apply to e2e)"))
+    return p
+
+
+def _e2e_options(e: argparse._ArgumentGroup) -> None:
     e.add_argument("--messages", type=int, default=20000, help="messages per cell, at most")
     e.add_argument(
         "--exact",
@@ -81,6 +87,10 @@ def parser() -> argparse.ArgumentParser:
         help="where to draw the chart (default bench/results/throughput-<time>.png; "
         "make bench draws docs/bench-throughput.png)",
     )
+
+
+def _model_options(p: argparse.ArgumentParser) -> None:
+    """The latency, simulate and ratelimit scenarios' options."""
     lat = p.add_argument_group("latency")
     lat.add_argument("--seconds", type=float, default=20.0, help="at 10 messages per second")
     s = p.add_argument_group("simulate")
@@ -100,7 +110,9 @@ def parser() -> argparse.ArgumentParser:
     r.add_argument("--rate-limit", default="50/s", help="on the whole queue")
     r.add_argument("--rate-procs", type=int, default=4, help="worker processes")
     r.add_argument("--rate-messages", type=int, default=3000)
-    t = p.add_argument_group("retention (the first two also apply to e2e)")
+
+
+def _retention_options(t: argparse._ArgumentGroup) -> None:
     t.add_argument(
         "--sweep-interval",
         type=float,
@@ -121,7 +133,6 @@ def parser() -> argparse.ArgumentParser:
         default=1800.0,
         help="seconds after the drain to wait at most for the floor",
     )
-    return p
 
 
 def main(argv: list[str]) -> None:
