@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import os
 import re
-from typing import Any
+from typing import Any, NoReturn
 from urllib.parse import SplitResult, urlsplit
 
 from obstore.store import AzureStore
@@ -214,21 +214,27 @@ _CONNECTION_PARTS = {
 
 def _connection_fields(text: str) -> dict[str, str]:
     """A connection string's parts by lowercased name. A part s3queue does not know
-    is refused, by name only (its value may be a secret): ignoring it would fall
-    back to another credential and fail far from the typo."""
+    or does not support is refused, by name only (its value may be a secret):
+    ignoring it would fall back to another credential and fail far from the typo."""
     fields: dict[str, str] = {}
     for part in filter(None, (piece.strip() for piece in text.split(";"))):
         name, equals, value = part.partition("=")
-        if not equals or name.lower() not in _CONNECTION_PARTS:
-            shown = name if equals else "a part without '='"
-            raise ConfigurationError(
-                f"{CONNECTION_STRING} holds {shown!r}, which is not a part of an Azure "
-                "storage connection string",
-                suggestion="copy the connection string from the storage account's "
-                "Access keys (or Shared access signature) page",
-            )
+        if not equals:
+            _refuse_part("a part without '='", "which is not a part of")
+        if name.lower() == "developmentstorageproxyuri":
+            _refuse_part(name, "which s3queue does not support in")
+        if name.lower() not in _CONNECTION_PARTS:
+            _refuse_part(name, "which is not a part of")
         fields[name.lower()] = value
     return fields
+
+
+def _refuse_part(shown: str, why: str) -> NoReturn:
+    raise ConfigurationError(
+        f"{CONNECTION_STRING} holds {shown!r}, {why} an Azure storage connection string",
+        suggestion="copy the connection string from the storage account's Access keys "
+        "(or Shared access signature) page",
+    )
 
 
 def _account_of(endpoint: str) -> str:
