@@ -37,7 +37,7 @@ from tests.test_multiprocess import stats
 
 ROOT = Path(__file__).resolve().parent.parent
 LIMIT = "50/s"
-JOBS = 500
+JOBS = 1000
 WORKERS = 4
 #: The bar: jobs started in any one second, at most, and per second on average.
 MOST_IN_A_SECOND = 55
