@@ -31,6 +31,7 @@ import json
 import os
 import time
 from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -90,22 +91,28 @@ def walk(root: Path) -> dict[str, int]:
     return counts
 
 
-def run_cell(
-    backends: Backends,
-    backend: str,
-    *,
-    messages: int,
-    procs: int,
-    shards: int,
-    result_ttl: float,
-    sweep_interval: float,
-    max_wait: float,
-) -> Row:
-    url = backends.url(backend)
-    root = Path(url.removeprefix("file://")) if backend == "file" else None
-    retention = Retention(result_ttl=result_ttl)
-    producer = asyncio.run(produce(url, messages, shards, 0.0, 1.0, retention))
-    workers, reports = start_workers(url, procs, CONCURRENCY, "value", 0.0, 1.0, "", sweep_interval)
+@dataclass(frozen=True, slots=True)
+class Cell:
+    """One run: where, how much, and the retention settings it runs under."""
+
+    backend: str
+    messages: int
+    procs: int
+    shards: int
+    result_ttl: float
+    sweep_interval: float
+    #: Seconds after the drain to wait at most for the floor.
+    max_wait: float
+
+
+def run_cell(backends: Backends, cell: Cell) -> Row:
+    url = backends.url(cell.backend)
+    root = Path(url.removeprefix("file://")) if cell.backend == "file" else None
+    retention = Retention(result_ttl=cell.result_ttl)
+    producer = asyncio.run(produce(url, cell.messages, cell.shards, 0.0, 1.0, retention))
+    workers, reports = start_workers(
+        url, cell.procs, CONCURRENCY, "value", 0.0, 1.0, "", cell.sweep_interval
+    )
     censuses: list[dict[str, Any]] = []
     try:
         for worker in workers:
@@ -117,32 +124,24 @@ def run_cell(
             assert worker.stdin is not None
             worker.stdin.write("go\n")
             worker.stdin.flush()
-        asyncio.run(wait_completed(url, messages, 1800, workers))
+        asyncio.run(wait_completed(url, cell.messages, 1800, workers))
         drained = time.time()  # the last completion is at most POLL before this
         censuses.append(asyncio.run(census(url, root)))
-        settle = result_ttl + layout.SEGMENT_MIN_AGE + sweep_interval
+        settle = cell.result_ttl + layout.SEGMENT_MIN_AGE + cell.sweep_interval
         time.sleep(max(0.0, drained + settle - time.time()))  # other processes' work
         while True:
             censuses.append(asyncio.run(census(url, root)))
             last = censuses[-1]
-            if last["objects"] <= last["bar"] or time.time() - drained > max_wait:
+            if last["objects"] <= last["bar"] or time.time() - drained > cell.max_wait:
                 break
-            time.sleep(sweep_interval)
+            time.sleep(cell.sweep_interval)
     finally:
         stop_workers(workers)
-    return summarize(
-        backend, messages, procs, shards, result_ttl, sweep_interval, go_wall, drained,
-        producer, reports, censuses,
-    )  # fmt: skip
+    return summarize(cell, go_wall, drained, producer, reports, censuses)
 
 
-def summarize(  # noqa: PLR0913 - the pieces of one cell
-    backend: str,
-    messages: int,
-    procs: int,
-    shards: int,
-    result_ttl: float,
-    sweep_interval: float,
+def summarize(
+    cell: Cell,
     go_wall: float,
     drained: float,
     producer: dict[str, Any],
@@ -175,13 +174,13 @@ def summarize(  # noqa: PLR0913 - the pieces of one cell
     sweep_requests = sum(w["sweep_requests"] for w in per_worker)
     worker_requests = requests_of(workers)
     return {
-        "backend": backend,
-        "messages": messages,
-        "procs": procs,
+        "backend": cell.backend,
+        "messages": cell.messages,
+        "procs": cell.procs,
         "concurrency": CONCURRENCY,
-        "shards": shards,
-        "result_ttl": result_ttl,
-        "sweep_interval": sweep_interval,
+        "shards": cell.shards,
+        "result_ttl": cell.result_ttl,
+        "sweep_interval": cell.sweep_interval,
         "segment_min_age": layout.SEGMENT_MIN_AGE,
         "drain_seconds": round(last_completion - go_wall, 1),
         "observed_after_last_completion": round(drained - last_completion, 2),
@@ -277,9 +276,8 @@ def show(row: Row) -> None:
 def run(args: Any, backends: Backends) -> list[Row]:
     rows = []
     for backend in args.backend:
-        row = run_cell(
-            backends,
-            backend,
+        cell = Cell(
+            backend=backend,
             messages=args.retention_messages,
             procs=args.retention_procs,
             shards=args.shards,
@@ -287,6 +285,7 @@ def run(args: Any, backends: Backends) -> list[Row]:
             sweep_interval=SWEEP_INTERVAL if args.sweep_interval is None else args.sweep_interval,
             max_wait=args.retention_wait,
         )
+        row = run_cell(backends, cell)
         show(row)
         rows.append(row)
     return rows
