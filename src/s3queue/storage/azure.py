@@ -24,14 +24,10 @@ from obstore.store import AzureStore
 
 from s3queue.errors import ConfigurationError
 from s3queue.storage.cloud import (
-    NO_RETRIES,
     CloudStorage,
     Dialect,
     allows_http,
     check_endpoint,
-    clean_url,
-    client_options,
-    configure,
     flag,
     host_of,
     query_options,
@@ -57,6 +53,7 @@ _CREDENTIALS = (
     "AZURE_STORAGE_ACCOUNT_KEY or AZURE_STORAGE_SAS_TOKEN, or the identity's role on "
     "the container (Storage Blob Data Contributor)"
 )
+_OPEN_HINT = f"name the account (?account=NAME or AZURE_STORAGE_ACCOUNT_NAME); {_CREDENTIALS}"
 DIALECT = Dialect(
     container="container",
     delete_batch=256,
@@ -71,6 +68,9 @@ class AzureStorage(CloudStorage):
     """``az://container/prefix?account=...``; keys are relative to the prefix."""
 
     dialect = DIALECT
+    kind = "Azure"
+    scheme = "az"
+    store_type = AzureStore
 
     @classmethod
     def from_url(cls, url: str) -> AzureStorage:
@@ -95,22 +95,12 @@ class AzureStorage(CloudStorage):
             # obstore's use_emulator (AZURE_STORAGE_USE_EMULATOR) would replace it.
             config["use_emulator"] = False
         allow_http = allows_http(endpoint, options, shown)
-        prefix = parts.path.strip("/")
-        store = configure(
-            "Azure",
-            url,
-            f"name the account (?account=NAME or AZURE_STORAGE_ACCOUNT_NAME); {_CREDENTIALS}",
-            lambda: AzureStore(
-                container,
-                prefix=prefix or None,
-                config=config,  # type: ignore[arg-type]
-                client_options=client_options(allow_http=allow_http),
-                retry_config=NO_RETRIES,
-            ),
-        )
-        clean = clean_url("az", container, prefix, parts)
         account = config.get("account_name") or os.environ.get("AZURE_STORAGE_ACCOUNT_NAME", "")
-        return cls(store, clean, endpoint or f"az://{account}/{container}")
+        suggestion = (
+            f"name the account (?account=NAME or AZURE_STORAGE_ACCOUNT_NAME); {_CREDENTIALS}"
+        )
+        where = endpoint or f"az://{account}/{container}"
+        return cls._open(url, container, config, allow_http, suggestion, where)
 
 
 def _container_of(parts: SplitResult, shown: str) -> str:

@@ -31,7 +31,7 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, ClassVar, Self, TypeVar
 from urllib.parse import SplitResult, parse_qsl, urlsplit
 
 import obstore
@@ -399,9 +399,43 @@ def _stamp(meta: Any) -> float | None:
 
 class CloudStorage:
     """An obstore store behind the storage protocol; keys are relative to the
-    store's prefix. Subclasses only parse their URL (``from_url``)."""
+    store's prefix. Subclasses only parse their URL (``from_url``) and hand what
+    they found to :meth:`_open`."""
 
     dialect: Dialect
+    #: How messages name the kind of store, its URL scheme, and obstore's class.
+    kind: ClassVar[str]
+    scheme: ClassVar[str]
+    store_type: ClassVar[Callable[..., Any]]
+
+    @classmethod
+    def _open(
+        cls,
+        url: str,
+        name: str,
+        config: dict[str, Any],
+        allow_http: bool,
+        suggestion: str,
+        endpoint: str,
+    ) -> Self:
+        """The store for bucket or container ``name`` under the URL's path, with
+        obstore configured as ``config`` says; ``endpoint`` names it in errors."""
+        parts = urlsplit(url)
+        prefix = parts.path.strip("/")
+        store = configure(
+            cls.kind,
+            url,
+            suggestion,
+            lambda: cls.store_type(
+                name,
+                prefix=prefix or None,
+                config=config,
+                client_options=client_options(allow_http=allow_http),
+                retry_config=NO_RETRIES,
+            ),
+        )
+        shown = clean_url(cls.scheme, name, prefix, parts)
+        return cls(store, shown, endpoint or f"{cls.scheme}://{name}")
 
     def __init__(self, store: Any, url: str, endpoint: str) -> None:
         self._store = store

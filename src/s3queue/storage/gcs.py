@@ -23,14 +23,10 @@ from obstore.store import GCSStore
 
 from s3queue.errors import ConfigurationError
 from s3queue.storage.cloud import (
-    NO_RETRIES,
     CloudStorage,
     Dialect,
     allows_http,
     check_endpoint,
-    clean_url,
-    client_options,
-    configure,
     host_of,
     query_options,
 )
@@ -57,6 +53,9 @@ class GCSStorage(CloudStorage):
     """``gs://bucket/prefix``; keys are relative to the prefix."""
 
     dialect = DIALECT
+    kind = "GCS"
+    scheme = "gs"
+    store_type = GCSStore
 
     @classmethod
     def from_url(cls, url: str) -> GCSStorage:
@@ -65,23 +64,9 @@ class GCSStorage(CloudStorage):
         bucket = _bucket_of(parts, shown)
         options = query_options(parts, QUERY_OPTIONS, shown)
         config = _config(options, shown)
-        prefix = parts.path.strip("/")
-        store = configure(
-            "GCS",
-            url,
-            _CREDENTIALS,
-            lambda: GCSStore(
-                bucket,
-                prefix=prefix or None,
-                config=config,  # type: ignore[arg-type]
-                client_options=client_options(
-                    allow_http=allows_http(options.get("endpoint", ""), options, shown)
-                ),
-                retry_config=NO_RETRIES,
-            ),
-        )
-        endpoint = options.get("endpoint") or f"gs://{bucket}"
-        return cls(store, clean_url("gs", bucket, prefix, parts), endpoint)
+        endpoint = options.get("endpoint", "")
+        allow_http = allows_http(endpoint, options, shown)
+        return cls._open(url, bucket, config, allow_http, _CREDENTIALS, endpoint)
 
 
 def _bucket_of(parts: SplitResult, shown: str) -> str:

@@ -15,14 +15,10 @@ from obstore.store import S3Store
 
 from s3queue.errors import ConfigurationError
 from s3queue.storage.cloud import (
-    NO_RETRIES,
     CloudStorage,
     Dialect,
     allows_http,
     check_endpoint,
-    clean_url,
-    client_options,
-    configure,
     flag,
     host_of,
     query_options,
@@ -57,6 +53,9 @@ class S3Storage(CloudStorage):
     """``s3://bucket/prefix?endpoint=...&region=...``; keys are relative to the prefix."""
 
     dialect = DIALECT
+    kind = "S3"
+    scheme = "s3"
+    store_type = S3Store
 
     @classmethod
     def from_url(cls, url: str) -> S3Storage:
@@ -66,22 +65,9 @@ class S3Storage(CloudStorage):
         bucket = _bucket_of(parts, shown)
         options = query_options(parts, QUERY_OPTIONS, shown)
         config, allow_http = _config(parts, options, shown)
+        suggestion = "check the URL options and the AWS_* environment variables"
         endpoint = options.get("endpoint", "")
-        prefix = parts.path.strip("/")
-        store = configure(
-            "S3",
-            url,
-            "check the URL options and the AWS_* environment variables",
-            lambda: S3Store(
-                bucket,
-                prefix=prefix or None,
-                config=config,  # type: ignore[arg-type]
-                client_options=client_options(allow_http=allow_http),
-                retry_config=NO_RETRIES,
-            ),
-        )
-        clean = clean_url("s3", bucket, prefix, parts)
-        return cls(store, clean, endpoint or f"s3://{bucket}")
+        return cls._open(url, bucket, config, allow_http, suggestion, endpoint)
 
 
 def _bucket_of(parts: SplitResult, shown: str) -> str:
