@@ -132,6 +132,21 @@ async def wait_completed(url: str, messages: int, limit: float, workers: list[An
         await q.close()
 
 
+def release(workers: list[subprocess.Popen[str]]) -> float:
+    """Wait until every worker process says it is ready, then tell them all to go at
+    once (start-up stays outside the clock); when they were told (wall clock)."""
+    for worker in workers:
+        assert worker.stdout is not None
+        if (line := worker.stdout.readline().strip()) != "ready":
+            raise SystemExit(f"a worker process did not start (said {line!r})")
+    go_wall = time.time()
+    for worker in workers:
+        assert worker.stdin is not None
+        worker.stdin.write("go\n")
+        worker.stdin.flush()
+    return go_wall
+
+
 def start_workers(
     url: str,
     procs: int,
@@ -210,16 +225,7 @@ def run_cell(  # noqa: PLR0913 - one keyword per command-line knob of a cell
         url, procs, concurrency, handler, latency_ms, limit_scale, profile_dir, sweep_interval
     )
     try:
-        for worker in workers:
-            assert worker.stdout is not None
-            line = worker.stdout.readline().strip()
-            if line != "ready":
-                raise SystemExit(f"a worker process did not start (said {line!r})")
-        go_wall = time.time()
-        for worker in workers:
-            assert worker.stdin is not None
-            worker.stdin.write("go\n")
-            worker.stdin.flush()
+        go_wall = release(workers)
         observed = asyncio.run(wait_completed(url, messages, 900, workers))
     finally:
         stop_workers(workers)

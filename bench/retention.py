@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.common import Backends, Row, add_counts, print_table, requests_of, stop_workers
-from bench.e2e import POLL, QUEUE, produce, start_workers, wait_completed
+from bench.e2e import POLL, QUEUE, produce, release, start_workers, wait_completed
 from s3queue import Queue, Retention
 from s3queue.core import layout
 
@@ -115,15 +115,7 @@ def run_cell(backends: Backends, cell: Cell) -> Row:
     )
     censuses: list[dict[str, Any]] = []
     try:
-        for worker in workers:
-            assert worker.stdout is not None
-            if (line := worker.stdout.readline().strip()) != "ready":
-                raise SystemExit(f"a worker process did not start (said {line!r})")
-        go_wall = time.time()
-        for worker in workers:
-            assert worker.stdin is not None
-            worker.stdin.write("go\n")
-            worker.stdin.flush()
+        go_wall = release(workers)
         asyncio.run(wait_completed(url, cell.messages, 1800, workers))
         drained = time.time()  # the last completion is at most POLL before this
         censuses.append(asyncio.run(census(url, root)))
