@@ -137,6 +137,21 @@ class Backends:
         self._tmp.cleanup()
 
 
+def release(workers: list[subprocess.Popen[str]]) -> float:
+    """Wait until every worker process says it is ready, then tell them all to go at
+    once (start-up stays outside the clock); when they were told (wall clock)."""
+    for worker in workers:
+        assert worker.stdout is not None
+        if (line := worker.stdout.readline().strip()) != "ready":
+            raise SystemExit(f"a worker process did not start (said {line!r})")
+    go_wall = time.time()
+    for worker in workers:
+        assert worker.stdin is not None
+        worker.stdin.write("go\n")
+        worker.stdin.flush()
+    return go_wall
+
+
 def stop_workers(workers: Sequence[subprocess.Popen[str]]) -> None:
     """SIGTERM every worker still running, then wait (killing one that hangs)."""
     for worker in workers:

@@ -42,6 +42,7 @@ from bench.common import (
     cost_per_million,
     per_message,
     print_table,
+    release,
     requests_of,
     stop_workers,
 )
@@ -130,21 +131,6 @@ async def wait_completed(url: str, messages: int, limit: float, workers: list[An
         return time.perf_counter() - started
     finally:
         await q.close()
-
-
-def release(workers: list[subprocess.Popen[str]]) -> float:
-    """Wait until every worker process says it is ready, then tell them all to go at
-    once (start-up stays outside the clock); when they were told (wall clock)."""
-    for worker in workers:
-        assert worker.stdout is not None
-        if (line := worker.stdout.readline().strip()) != "ready":
-            raise SystemExit(f"a worker process did not start (said {line!r})")
-    go_wall = time.time()
-    for worker in workers:
-        assert worker.stdin is not None
-        worker.stdin.write("go\n")
-        worker.stdin.flush()
-    return go_wall
 
 
 def start_workers(

@@ -34,7 +34,16 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench.common import ROOT, Backends, Row, add_counts, per_message, print_table, requests_of
+from bench.common import (
+    ROOT,
+    Backends,
+    Row,
+    add_counts,
+    per_message,
+    print_table,
+    release,
+    requests_of,
+)
 from s3queue import Queue
 
 QUEUE = "rated"
@@ -119,14 +128,7 @@ def _drain(
     starts = [tmp / f"starts-{i}.txt" for i in range(procs)]
     workers = [start(url, limit, reports[i], starts[i]) for i in range(procs)]
     try:
-        for worker in workers:
-            assert worker.stdout is not None
-            if worker.stdout.readline().strip() != "ready":
-                raise SystemExit("a worker process did not start")
-        for worker in workers:
-            assert worker.stdin is not None
-            worker.stdin.write("go\n")
-            worker.stdin.flush()
+        release(workers)
         deadline = time.monotonic() + 3 * messages / 10 + 120
         while len(started(starts)) < messages:
             if time.monotonic() > deadline or any(w.poll() is not None for w in workers):

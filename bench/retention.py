@@ -35,8 +35,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from bench.common import Backends, Row, add_counts, print_table, requests_of, stop_workers
-from bench.e2e import POLL, QUEUE, produce, release, start_workers, wait_completed
+from bench.common import (
+    Backends,
+    Row,
+    add_counts,
+    print_table,
+    release,
+    requests_of,
+    stop_workers,
+)
+from bench.e2e import POLL, QUEUE, produce, start_workers, wait_completed
 from s3queue import Queue, Retention
 from s3queue.core import layout
 
