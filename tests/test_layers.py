@@ -13,10 +13,11 @@ import pytest
 PACKAGE = Path(__file__).resolve().parent.parent / "src" / "s3queue"
 
 #: Modules shared by every layer: errors, limits, plain value types, the version.
-LEAVES = {"errors", "limits", "payload", "info", "backoff", "version"}
+#: ``sources`` is where every layer reads the time and draws chance.
+LEAVES = {"errors", "limits", "payload", "info", "backoff", "version", "sources"}
 #: Each layer, and the first parts of the s3queue modules it may import.
 ALLOWED = {
-    "storage": {"storage", "errors"},
+    "storage": {"storage", "errors", "sources"},
     "core": {"core", "storage"} | LEAVES,
     "runtime": {"runtime", "core", "storage", "queue", "client"} | LEAVES,
     "app": {"app", "runtime", "core", "storage", "queue", "client"} | LEAVES,
@@ -76,3 +77,33 @@ def test_no_function_is_longer_than_a_screen() -> None:
                 if lines > MAX_FUNCTION_LINES:
                     long.append(f"{path.relative_to(PACKAGE)}:{node.lineno} {node.name} ({lines})")
     assert not long, long
+
+
+#: Reads of the machine's clocks that bypass s3queue.sources where they are meant:
+#: waiting for real threads at exit (the seam itself is not checked).
+CLOCK_READS_ALLOWED = {"storage/cloud.py": 2}
+#: What a clock read or a random draw looks like when it bypasses the seam.
+BYPASSES = ("time.time", "time.monotonic", "time.perf_counter", "random.", "secrets.")
+
+
+def bypasses(path: Path) -> list[str]:
+    """``module.attribute`` uses in ``path`` that read a clock or draw chance."""
+    found = []
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name):
+            name = f"{node.value.id}.{node.attr}"
+            if name.startswith(BYPASSES) and name != "random.Random":
+                found.append(f"{path.relative_to(PACKAGE)}:{node.lineno} {name}")
+    return found
+
+
+def test_every_clock_read_and_random_draw_goes_through_sources() -> None:
+    # The simulation runs every pod on virtual time with its own seeded chance by
+    # swapping s3queue.sources per context: one direct read would leak real time
+    # (or real randomness) into a run that must repeat from its seed.
+    leaks = []
+    for path in sorted(set(PACKAGE.rglob("*.py")) - {PACKAGE / "sources.py"}):
+        found = bypasses(path)
+        if len(found) > CLOCK_READS_ALLOWED.get(str(path.relative_to(PACKAGE)), 0):
+            leaks.extend(found)
+    assert not leaks, leaks

@@ -6,10 +6,9 @@ so they do not all come back in the same instant.
 
 from __future__ import annotations
 
-import random
 from dataclasses import dataclass
 
-from s3queue import limits
+from s3queue import limits, sources
 from s3queue.errors import ConfigurationError
 
 
@@ -45,5 +44,5 @@ class Backoff:
         except OverflowError:  # factor ** attempt beyond any float: long past max
             base = self.max if self.initial > 0 else 0.0
         if self.jitter:
-            return random.uniform(base / 2, base)
+            return sources.uniform(base / 2, base)
         return base

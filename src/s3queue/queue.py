@@ -13,9 +13,6 @@ import asyncio
 import contextlib
 import logging
 import math
-import random
-import secrets
-import time
 import traceback
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
@@ -23,7 +20,7 @@ from typing import Any, TypeVar
 
 import msgspec
 
-from s3queue import limits
+from s3queue import limits, sources
 from s3queue.backoff import Backoff
 from s3queue.core import layout
 from s3queue.core.blobs import payload_of, write_blob
@@ -127,7 +124,7 @@ _PROBE_FIX = (
 async def probe_conditional_writes(storage: Storage, queue: str) -> None:
     """Refuse a store that cannot do conditional writes, or accepts them but ignores
     them, before anything else is written. Leaves nothing behind."""
-    key = layout.probe_key(queue, secrets.token_hex(8))
+    key = layout.probe_key(queue, sources.token_hex(8))
     failed = True
     try:
         await _probe(storage, key)
@@ -273,7 +270,7 @@ class Queue:
         #: Set when the clock is measured against the store's.
         self.store_clock = clock if isinstance(clock, StoreClock) else None
         self.backoff = backoff or Backoff()
-        self.owner = f"client-{secrets.token_hex(4)}"
+        self.owner = f"client-{sources.token_hex(4)}"
         self._owns_storage = owns_storage
         self.segments = SegmentCache(storage, settings.name)
         self.context = CommitContext(
@@ -297,7 +294,7 @@ class Queue:
         # apart onto different shards and each cursor mostly has one writer.
         self._reader = QueueReader(storage, settings, self.committers, self.segments, clock)
         self._enqueued_listeners: list[Callable[[list[str]], None]] = []
-        self._preference = random.sample(range(settings.shards), settings.shards)
+        self._preference = sources.shuffled(range(settings.shards))
         #: Rung after changes that make work appear; watched by idle workers (wake.py).
         self.wake = self.producer.wake
         self._high_checked_at = -math.inf
@@ -531,7 +528,7 @@ class Queue:
 
     async def _enqueue_unique(self, message: Message, dedup_key: str) -> str:
         key = layout.dedup_key(self.name, dedup_key)
-        nonce = secrets.token_hex(8)
+        nonce = sources.token_hex(8)
         reservation = DedupMarker(key=dedup_key, reserved_at=self.clock(), nonce=nonce)
         waited = 0
         while True:
@@ -748,8 +745,8 @@ class Queue:
         GET of the high wake object a second at most), and read every shard this
         process knows nothing of yet, all at once, so the claim can take the best
         first."""
-        if time.monotonic() - self._high_checked_at >= HIGH_CHECK_INTERVAL:
-            self._high_checked_at = time.monotonic()
+        if sources.monotonic() - self._high_checked_at >= HIGH_CHECK_INTERVAL:
+            self._high_checked_at = sources.monotonic()
             if await self.wake.changed(high=True):
                 for committer in self.committers:
                     committer.expect_high()
@@ -765,7 +762,7 @@ class Queue:
                 raise outcome
 
     def _broken_shard(self, shard: int, error: CorruptData) -> None:
-        now = time.monotonic()
+        now = sources.monotonic()
         if now - self._broken_logged.get(shard, -math.inf) >= BROKEN_LOG_INTERVAL:
             self._broken_logged[shard] = now
             log.error(

@@ -16,10 +16,10 @@ from __future__ import annotations
 
 import asyncio
 import math
-import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, Protocol
 
+from s3queue import sources
 from s3queue.core.layout import check_queue_name
 from s3queue.errors import ConfigurationError, JobCancelled, JobExpired, JobFailed, JobNotFound
 from s3queue.info import MessageInfo
@@ -152,7 +152,7 @@ class Job:
                 raise JobCancelled(f"job {self.id} was cancelled", metadata={"id": self.id})
             if info.status == "expired":
                 raise _expired(self.id)
-            left = deadline - time.monotonic()
+            left = deadline - sources.monotonic()
             if left <= 0:
                 raise TimeoutError(f"job {self.id} is still {info.status}")
             await asyncio.sleep(min(pause, left))
@@ -296,7 +296,7 @@ def _deadline(timeout: float | None) -> float:
         raise ConfigurationError(
             f"timeout={timeout!r}", suggestion="a timeout is seconds (0 or more), or None"
         )
-    return time.monotonic() + timeout
+    return sources.monotonic() + timeout
 
 
 def _expired(job_id: str) -> JobExpired:

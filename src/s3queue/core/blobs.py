@@ -14,13 +14,13 @@ The collection contract (``layout.BLOB_GRACE``) is kept by the producer: see
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import msgspec
 
+from s3queue import sources
 from s3queue.core import layout
 from s3queue.core.segment import Message
 from s3queue.errors import CorruptData
@@ -100,7 +100,7 @@ class PayloadBlobs:
     queue: str
     threshold: int
     #: The monotonic clock the ages are measured on (tests give their own).
-    monotonic: Callable[[], float] = time.monotonic
+    monotonic: Callable[[], float] = sources.monotonic
     _written: dict[str, _Written] = field(default_factory=dict)
     #: Blobs written again under a new key: old key -> new key.
     _replaced: dict[str, str] = field(default_factory=dict)

@@ -18,11 +18,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import secrets
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from s3queue import sources
 from s3queue.errors import QueueError
 from s3queue.storage import Storage
 
@@ -63,7 +62,7 @@ def sample_body() -> bytes:
     is the MD5 of the bytes, so equal samples would pass another process's, written
     between our write and our read, for ours, and its later stamp for one made
     before our write returned."""
-    return f"s3queue clock sample {secrets.token_hex(8)}\n".encode()
+    return f"s3queue clock sample {sources.token_hex(8)}\n".encode()
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,7 +71,7 @@ class OffsetBounds:
 
     low: float
     high: float
-    #: time.monotonic() when the bounds were measured.
+    #: sources.monotonic() when the bounds were measured.
     at: float
 
     @property
@@ -100,10 +99,10 @@ class StoreClock:
 
     def __init__(
         self,
-        local: Clock = time.time,
+        local: Clock = sources.wall,
         *,
         max_skew: float = MAX_SKEW,
-        monotonic: Clock = time.monotonic,
+        monotonic: Clock = sources.monotonic,
     ) -> None:
         self.local = local
         self.max_skew = max_skew

@@ -14,9 +14,6 @@ import asyncio
 import contextlib
 import logging
 import math
-import random
-import secrets
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar, cast
@@ -24,6 +21,7 @@ from typing import Any, TypeVar, cast
 import msgspec
 from msgspec import UnsetType
 
+from s3queue import sources
 from s3queue.core import layout, quarantine
 from s3queue.core.catalog import ensure_exists
 from s3queue.core.clock import Clock, StoreClock
@@ -114,7 +112,7 @@ class _Pending:
     #: Of the result type of ``op``'s class (see cursor.Op), set from the batch's
     #: results, whose list cannot say which element has which type.
     future: asyncio.Future[Any]
-    #: time.monotonic() by which this operation must be on its way to storage.
+    #: sources.monotonic() by which this operation must be on its way to storage.
     deadline: float
 
 
@@ -135,13 +133,13 @@ class ShardCommitter:
         #: Segments found unreadable and recorded under quarantine/, to leave the
         #: window with the next commit.
         self._aside: set[SegmentRef] = set()
-        #: (lane, next seq) -> time.monotonic() when that segment was found missing.
+        #: (lane, next seq) -> sources.monotonic() when that segment was found missing.
         self._misses: dict[tuple[int, int], float] = {}
-        #: time.monotonic() when the cached cursor was last known to be current.
+        #: sources.monotonic() when the cached cursor was last known to be current.
         self._current_at = 0.0
         #: What the last look before a claim found, not written (see _commit).
         self._view: Cursor | None = None
-        #: time.monotonic() when writing an orphan's records last failed.
+        #: sources.monotonic() when writing an orphan's records last failed.
         self._orphan_tried: dict[str, float] = {}
         #: The express lane may hold segments this process has not looked for;
         #: generations tell a request to look made during a probe from an old one.
@@ -178,7 +176,7 @@ class ShardCommitter:
         future: asyncio.Future[R] = asyncio.get_running_loop().create_future()
         # Every Op is one of the Operation union: mypy cannot list a class's subclasses
         # (tests/test_cursor.py checks that the two agree).
-        pending = _Pending(cast(Operation, op), future, time.monotonic() + max(0.0, linger))
+        pending = _Pending(cast(Operation, op), future, sources.monotonic() + max(0.0, linger))
         self._pending.append(pending)
         self._wake.set()
         return future
@@ -281,7 +279,7 @@ class ShardCommitter:
         if cursor is None or not any(r.key == QUEUE_WIDE for r in self.context.rates):
             return False
         hold = self.held()
-        if QUEUE_WIDE in hold and time.monotonic() - self._current_at > CURSOR_MAX_AGE:
+        if QUEUE_WIDE in hold and sources.monotonic() - self._current_at > CURSOR_MAX_AGE:
             return False
         tokens = Tokens(buckets_of(cursor), self.context.rates, now, hold=hold, shard=self.shard)
         return tokens.exhausted
@@ -344,7 +342,7 @@ class ShardCommitter:
             self._wake.clear()
             if not self._pending:
                 continue
-            due = min(p.deadline for p in self._pending) - time.monotonic()
+            due = min(p.deadline for p in self._pending) - sources.monotonic()
             if due > 0:
                 # Everything pending may linger: wait for an urgent operation (the
                 # wake-up) or for the first deadline, whichever comes first.
@@ -376,7 +374,7 @@ class ShardCommitter:
             self._cursor, self._etag = Cursor(shard=self.shard), None
         else:
             self._cursor, self._etag = decode_cursor(stored.data, self.key), stored.etag
-        self._current_at = time.monotonic()
+        self._current_at = sources.monotonic()
         self._seen_at = self.context.clock()
         self._view = None
 
@@ -460,8 +458,8 @@ class ShardCommitter:
             prepared + ops,
             segments,
             now=now,
-            commit=secrets.token_hex(8),
-            new_token=lambda: secrets.token_hex(8),
+            commit=sources.token_hex(8),
+            new_token=lambda: sources.token_hex(8),
             rules=self.context.rules,
         )
         return prepared, transition
@@ -503,7 +501,7 @@ class ShardCommitter:
             return "yield" if all(isinstance(op, Claim) for op in ops) else "retry"
         else:
             self._cursor, self._etag = transition.cursor, new_etag
-            self._current_at = time.monotonic()
+            self._current_at = sources.monotonic()
         self._view = None
         return "done"
 
@@ -518,7 +516,7 @@ class ShardCommitter:
         claims = [r for op, r in zip(ops, results, strict=True) if isinstance(op, Claim)]
         if not claims or len(claims) != len(ops) or any(r != [] for r in claims):
             return False
-        return time.monotonic() - self._current_at > CURSOR_MAX_AGE
+        return sources.monotonic() - self._current_at > CURSOR_MAX_AGE
 
     async def _conflict(self, conflicts: int) -> int:
         self.conflicts += 1
@@ -530,7 +528,7 @@ class ShardCommitter:
             )
         if conflicts > 2:
             # Others are writing this cursor right now: back off so one of us wins.
-            await asyncio.sleep(random.uniform(0, 0.005 * 2 ** min(conflicts, 6)))
+            await asyncio.sleep(sources.uniform(0, 0.005 * 2 ** min(conflicts, 6)))
         return conflicts
 
     def _needed_segments(self, cursor: Cursor, ops: list[Operation]) -> list[SegmentRef]:
@@ -654,7 +652,7 @@ class ShardCommitter:
             if flight.outcome is not None
             and flight.outcome.finished_at + grace < now
             and mid not in self._finalizing
-            and self._orphan_tried.get(mid, -math.inf) + grace < time.monotonic()
+            and self._orphan_tried.get(mid, -math.inf) + grace < sources.monotonic()
             and layout.parse_message_id(mid).segment not in self._aside
             # Cancelled before its segment was read: finalized once it is.
             and not is_ahead(cursor, layout.parse_message_id(mid).segment)
@@ -665,7 +663,7 @@ class ShardCommitter:
                 await self.context.outcomes.write(self.shard, cursor, [mid])
                 done.append(mid)
             except QueueError as error:
-                self._orphan_tried[mid] = time.monotonic()
+                self._orphan_tried[mid] = sources.monotonic()
                 log.warning("could not write the records of %s yet: %s", mid, error)
         return [Finalize(tuple(done))] if done else []
 
@@ -693,7 +691,7 @@ class ShardCommitter:
             return False
         queue_limited = any(r.key == QUEUE_WIDE for r in self.context.rates)
         cooldown = RATE_EMPTY_LOG_COOLDOWN if queue_limited else EMPTY_LOG_COOLDOWN
-        return time.monotonic() - at < cooldown
+        return sources.monotonic() - at < cooldown
 
     async def _probe_lane(
         self, make: Callable[[int], SegmentRef], seq: int, wanted: float, room: int
@@ -714,7 +712,7 @@ class ShardCommitter:
                     found.append(Quarantine(ref))  # set aside: stepped over
                     continue
                 if segment is None:
-                    self._misses[(lane, ref.seq)] = time.monotonic()
+                    self._misses[(lane, ref.seq)] = sources.monotonic()
                     return found, True
                 found.append(Ingest(ref, len(segment.messages)))
                 wanted -= len(segment.messages)
@@ -744,7 +742,7 @@ class ShardCommitter:
                     seq += 1
                     continue
                 if segment is None:
-                    self._misses[(bucket, seq)] = time.monotonic()
+                    self._misses[(bucket, seq)] = sources.monotonic()
                     break
                 found.append(Ingest(ref, len(segment.messages)))
                 seq += 1

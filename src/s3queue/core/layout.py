@@ -41,10 +41,10 @@ import functools
 import hashlib
 import logging
 import re
-import secrets
 from dataclasses import dataclass
 from typing import Literal
 
+from s3queue import sources
 from s3queue.errors import ConfigurationError
 
 log = logging.getLogger("s3queue.layout")
@@ -258,13 +258,13 @@ BLOB_GRACE = 3600.0
 
 def payload_blob_key(queue: str) -> str:
     """A fresh key for a payload too large for its segment (128 random bits)."""
-    return f"{blobs_prefix(queue)}p-{secrets.token_hex(16)}"
+    return f"{blobs_prefix(queue)}p-{sources.token_hex(16)}"
 
 
 def result_blob_key(queue: str, message_id: str) -> str:
     """A fresh key for a result of ``message_id`` too large for its records (random,
     so that the results of two attempts never share a key)."""
-    return f"{blobs_prefix(queue)}r-{message_id}-{secrets.token_hex(8)}"
+    return f"{blobs_prefix(queue)}r-{message_id}-{sources.token_hex(8)}"
 
 
 def link_key(queue: str, parent_queue: str, parent_id: str) -> str:

@@ -13,12 +13,10 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
-import random
-import secrets
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from s3queue import sources
 from s3queue.core import layout
 from s3queue.core.blobs import PayloadBlobs
 from s3queue.core.catalog import ensure_exists
@@ -122,16 +120,16 @@ class Producer:
         #: The shards' cursors: a timer bucket is registered in one before its first
         #: segment is written, and each learns of new segments in its log.
         self.committers = committers
-        self.writer = secrets.token_hex(8)
+        self.writer = sources.token_hex(8)
         self._nonce = itertools.count()
-        self._shards = itertools.cycle(random.sample(range(settings.shards), settings.shards))
+        self._shards = itertools.cycle(sources.shuffled(range(settings.shards)))
         #: Per lane: the next free sequence number as last seen, and when (monotonic)
         #: the write that showed it started.
         self._next_seq: dict[tuple[int, int], tuple[int, float]] = {}
         self._locks: dict[tuple[int, int], asyncio.Lock] = {}
         self._registered: set[tuple[int, int]] = set()
-        #: time.monotonic() when the queue was last known to exist (just opened).
-        self._exists_at = time.monotonic()
+        #: sources.monotonic() when the queue was last known to exist (just opened).
+        self._exists_at = sources.monotonic()
         self._waiting: list[_Waiting] = []
         self._flushing = 0
         self._tasks: set[asyncio.Task[None]] = set()
@@ -293,9 +291,9 @@ class Producer:
         # race each other for the same number, and every lost race costs a LIST.
         # A number is never reserved ahead of its write, because a write that then
         # failed would leave a gap that hides every later segment from consumers.
-        if time.monotonic() - self._exists_at > EXISTS_CHECK_INTERVAL:
+        if sources.monotonic() - self._exists_at > EXISTS_CHECK_INTERVAL:
             await ensure_exists(self.storage, self.settings.name)
-            self._exists_at = time.monotonic()
+            self._exists_at = sources.monotonic()
         lock = self._locks.setdefault((shard, bucket), asyncio.Lock())
         async with lock:
             return await self._create_next(shard, bucket, messages)
@@ -312,9 +310,9 @@ class Producer:
         when that is too long ago the end as it is now, from the cursor on: since
         then the sweeper may have deleted segments at that number (never one younger
         than SEGMENT_MIN_AGE), and a segment written behind the cursor is never read."""
-        if bucket >= 0 or time.monotonic() - known_at <= SEGMENT_MIN_AGE / 2:
+        if bucket >= 0 or sources.monotonic() - known_at <= SEGMENT_MIN_AGE / 2:
             return seq, known_at
-        now = time.monotonic()
+        now = sources.monotonic()
         start = max(seq, await self._first_candidate(shard, bucket))
         return await self._find_end(shard, bucket, start), now
 
@@ -323,7 +321,7 @@ class Producer:
     ) -> tuple[int, Segment]:
         remembered = self._next_seq.get((shard, bucket))
         if remembered is None:
-            known_at = time.monotonic()
+            known_at = sources.monotonic()
             seq = await self._find_end(shard, bucket, await self._first_candidate(shard, bucket))
         else:
             seq, known_at = remembered
@@ -336,13 +334,13 @@ class Producer:
             if refreshed is not None:
                 segment, data = self._encode(refreshed)
             seq, known_at = await self._trusted(shard, bucket, seq, known_at)
-            started = time.monotonic()
+            started = sources.monotonic()
             try:
                 await self.storage.put(self._key(shard, bucket, seq), data, mode="create")
             except PreconditionFailed:
                 # Another producer took this number (or consumers sealed the bucket
                 # there): list from it on, past everything written since.
-                known_at = time.monotonic()
+                known_at = sources.monotonic()
                 seq = await self._find_end(shard, bucket, seq)
                 continue
             self._next_seq[(shard, bucket)] = (seq + 1, started)
@@ -356,7 +354,7 @@ class Producer:
         if stored is None:
             # A new shard, or a deleted queue: never write segments nobody reads.
             await ensure_exists(self.storage, self.settings.name)
-            self._exists_at = time.monotonic()
+            self._exists_at = sources.monotonic()
             return 0
         cursor = decode_cursor(stored.data, key)
         return cursor.next_high if bucket == HIGH_LANE else cursor.next_seq

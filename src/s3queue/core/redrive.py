@@ -14,12 +14,12 @@ copy and completing the record leaves a reservation; after
 from __future__ import annotations
 
 import asyncio
-import secrets
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import msgspec
 
+from s3queue import sources
 from s3queue.core import layout
 from s3queue.core.producer import Producer
 from s3queue.core.records import DeadLetter, RedriveRecord, decode, encode
@@ -140,7 +140,7 @@ class Redrive:
 
     async def _reserve(self, letter: DeadLetter) -> _Claim:
         key = layout.redriven_key(self.queue, letter.id)
-        record = RedriveRecord(letter=letter, nonce=secrets.token_hex(8), reserved_at=self.clock())
+        record = RedriveRecord(letter=letter, nonce=sources.token_hex(8), reserved_at=self.clock())
         try:
             etag = await self.storage.put(key, encode(record), mode="create")
             return _Claim(letter, etag, record)

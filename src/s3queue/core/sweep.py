@@ -22,13 +22,13 @@ from __future__ import annotations
 
 import asyncio
 import math
-import secrets
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import msgspec
 
+from s3queue import sources
 from s3queue.core import layout
 from s3queue.core.catalog import read_settings
 from s3queue.core.clock import Clock
@@ -204,7 +204,7 @@ class Sweeper:
         """Write the lease and the new watermarks; None if another took the lease."""
         now = self.clock()
         lease = SweeperLease(
-            owner=self.owner, token=secrets.token_hex(8), expires_at=now + lease_for
+            owner=self.owner, token=sources.token_hex(8), expires_at=now + lease_for
         )
         self._lease_ends = lease.expires_at
         updated = msgspec.structs.replace(

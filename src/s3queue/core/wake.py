@@ -33,11 +33,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import time
 from collections.abc import Awaitable, Callable
 
 import msgspec
 
+from s3queue import sources
 from s3queue.core import layout
 from s3queue.core.catalog import ensure_exists
 from s3queue.errors import QueueError
@@ -78,7 +78,7 @@ class Bell:
         name: str,
         *,
         interval: float = 0.0,
-        monotonic: Callable[[], float] = time.monotonic,
+        monotonic: Callable[[], float] = sources.monotonic,
     ) -> None:
         self._action = action
         self.name = name
@@ -141,7 +141,9 @@ class Wake:
             self._high.ring()
 
     def _body(self, listening: bool) -> bytes:
-        return msgspec.json.encode(WakeState(listening=listening, by=self.writer, at=time.time()))
+        return msgspec.json.encode(
+            WakeState(listening=listening, by=self.writer, at=sources.wall())
+        )
 
     async def _ring_any(self) -> None:
         stored = await self.storage.get(self.key)

@@ -49,7 +49,7 @@ from rich.progress import Progress
 from rich.table import Table
 from typer.core import TyperCommand, TyperGroup
 
-from s3queue import limits
+from s3queue import limits, sources
 from s3queue.app.app import App, When
 from s3queue.backoff import Backoff
 from s3queue.core import layout
@@ -960,7 +960,9 @@ def describe(info: MessageInfo) -> Table:
 def _when(ts: float | None) -> str:
     if ts is None:
         return "-"
-    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ts)) + f" ({ts - time.time():+.1f} s)"
+    return (
+        time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ts)) + f" ({ts - sources.wall():+.1f} s)"
+    )
 
 
 @app.command(cls=Command)

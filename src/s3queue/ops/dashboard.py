@@ -18,13 +18,12 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
-import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 from importlib import resources
 from typing import Any
 
-from s3queue import limits
+from s3queue import limits, sources
 from s3queue.core.catalog import list_queues
 from s3queue.errors import ConfigurationError, QueueError
 from s3queue.ops import webserver
@@ -190,16 +189,16 @@ class Dashboard:
     async def overview(self) -> dict[str, Any]:
         """Every queue's counts, read at most once per ``refresh`` seconds."""
         async with self._lock:
-            if self._overview is None or time.monotonic() - self._fetched >= self.refresh:
+            if self._overview is None or sources.monotonic() - self._fetched >= self.refresh:
                 self._overview = await self._read_overview()
-                self._fetched = time.monotonic()
+                self._fetched = sources.monotonic()
             return self._overview
 
     async def _read_overview(self) -> dict[str, Any]:
         names = await list_queues(self.storage)
         queues = [await self._open(name) for name in names]
         stats = await asyncio.gather(*(q.stats() for q in queues))
-        now = time.time()
+        now = sources.wall()
         completed = {q.name: s.completed for q, s in zip(queues, stats, strict=True)}
         rates: dict[str, float | None] = dict.fromkeys(completed)
         if self._previous is not None:

@@ -17,7 +17,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +24,7 @@ from rich.console import Console
 from rich.live import Live
 from rich.table import Table
 
+from s3queue import sources
 from s3queue.errors import QueueError
 from s3queue.info import Stats
 from s3queue.queue import Queue
@@ -43,12 +43,12 @@ async def deliver_webhook(payload: dict[str, Any], ctx: JobContext) -> None:
 
     It returns nothing: a returned value is stored as the message's result, which
     costs one PUT per message (see docs/ARCHITECTURE.md)."""
-    await asyncio.sleep(random.uniform(0.002, 0.008))  # the simulated HTTP round trip
+    await asyncio.sleep(sources.uniform(0.002, 0.008))  # the simulated HTTP round trip
     body = json.dumps(payload["body"], sort_keys=True).encode()
     signature = hashlib.sha256(body).hexdigest()
     if payload["url"].endswith("/gone"):
         raise QueueError(f"410 Gone from {payload['url']}", retriable=False)
-    if random.random() < 0.05:
+    if sources.chance() < 0.05:
         raise DeliveryFailed(f"503 Service Unavailable from {payload['url']}")
     if not signature:
         raise DeliveryFailed("could not sign the body")
@@ -71,7 +71,7 @@ def make_jobs(count: int) -> list[dict[str, Any]]:
 
 
 def _view(stats: Stats, total: int, enqueued: int, started: float) -> Table:
-    elapsed = max(1e-6, time.monotonic() - started)
+    elapsed = max(1e-6, sources.monotonic() - started)
     finished = stats.completed + stats.dead
     table = Table(
         title=f"s3queue demo: {total} webhook deliveries, {enqueued} enqueued, "
@@ -202,7 +202,7 @@ async def _produce_and_watch(
     # The live view reads through its own client so the producer's request count
     # stays the producer's.
     view = await Queue.open(url, QUEUE, verify_store=False)
-    started = time.monotonic()
+    started = sources.monotonic()
     payloads = make_jobs(jobs)
     enqueued = 0
     try:
@@ -224,7 +224,7 @@ async def _produce_and_watch(
                         suggestion="its log, worker-N.log in the demo's directory, says why",
                     )
                 await asyncio.sleep(0.25)  # the live view's refresh period
-        return time.monotonic() - started, stats, q.storage.counts.total
+        return sources.monotonic() - started, stats, q.storage.counts.total
     finally:
         await q.close()
         await view.close()

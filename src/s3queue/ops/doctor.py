@@ -17,12 +17,11 @@ and a rebuilt cursor re-reads every segment of its shard, so its messages run ag
 from __future__ import annotations
 
 import asyncio
-import secrets
-import time
 from collections import defaultdict
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
+from s3queue import sources
 from s3queue.core import layout, quarantine
 from s3queue.core.cursor import Cursor, decode_cursor, encode_cursor, is_unread
 from s3queue.core.layout import SegmentRef
@@ -124,7 +123,7 @@ class Doctor:
                 shards[shard] = rebuilt_retention(cursor, listing.segments[shard])
             created = self.queue.settings.created_at
             record = SweeperRecord(
-                shards=shards, queue_created_at=created, nonce=secrets.token_hex(8)
+                shards=shards, queue_created_at=created, nonce=sources.token_hex(8)
             )
             await self.storage.put(key, encode(record))
             return f"rewrote {key}"
@@ -257,7 +256,7 @@ class Doctor:
             buckets.setdefault(ref.bucket, ref.seq)
         cursor = Cursor(
             shard=shard,
-            commit=secrets.token_hex(8),
+            commit=sources.token_hex(8),
             next_seq=log[0] if log else 0,
             next_high=high[0] if high else 0,
             purged_before=log[0] if log else 0,
@@ -273,7 +272,7 @@ class Doctor:
                 self.storage, self.name, shard, ref, reason, self.queue.clock(), None
             )
             empty = Segment(
-                writer=f"doctor.{secrets.token_hex(4)}", created_at=self.queue.clock(), messages=[]
+                writer=f"doctor.{sources.token_hex(4)}", created_at=self.queue.clock(), messages=[]
             )
             await self.storage.put(ref.key(self.name, shard), encode_segment(empty))
             return f"replaced {ref.key(self.name, shard)} by an empty segment"
@@ -340,7 +339,7 @@ async def settings_finding(storage: Storage, name: str, error: CorruptData) -> F
         stored = await storage.get(key)
         if stored is not None:
             await storage.put(layout.quarantined_settings_key(name), stored.data)
-        fresh = QueueSettings(name=name, shards=count, created_at=time.time())
+        fresh = QueueSettings(name=name, shards=count, created_at=sources.wall())
         await storage.put(key, encode(fresh))
         return f"rewrote {key} with {count} shards"
 

@@ -16,7 +16,6 @@ own loop, so a loop blocked by a handler shows up as a probe timeout.
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -25,7 +24,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from prometheus_client.registry import Collector
 
-from s3queue import limits
+from s3queue import limits, sources
 from s3queue.ops import webserver
 from s3queue.runtime.worker import EventName, Worker, WorkerEvent
 
@@ -108,7 +107,7 @@ class WorkerMonitor:
         """Whether the worker is healthy, and the facts behind the verdict."""
         worker = self.worker
         failing_since = worker.claim_failing_since
-        failing_for = None if failing_since is None else time.monotonic() - failing_since
+        failing_for = None if failing_since is None else sources.monotonic() - failing_since
         facts: dict[str, Any] = {
             "worker_id": worker.worker_id,
             "queue": worker.queue.name,

@@ -18,13 +18,12 @@ import asyncio
 import contextlib
 import json
 import logging
-import random
 from dataclasses import dataclass, field
 from typing import Any
 
 from croniter import croniter
 
-from s3queue import limits
+from s3queue import limits, sources
 from s3queue.core import layout
 from s3queue.core.records import MAX_PAYLOAD_BYTES
 from s3queue.errors import ConfigurationError, PayloadError, QueueError
@@ -101,7 +100,7 @@ class Scheduler:
 
     async def _fire(self, cron: Cron, tick: float) -> None:
         key = cron.dedup_key(tick)
-        await asyncio.sleep(random.uniform(0, CRON_JITTER))
+        await asyncio.sleep(sources.uniform(0, CRON_JITTER))
         try:
             marker = layout.dedup_key(self.queue.name, key)
             if await self.queue.storage.get(marker) is not None:

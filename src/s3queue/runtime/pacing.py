@@ -2,7 +2,7 @@
 
 :class:`Pacing` sizes the adaptive prefetch from how fast jobs finish and how long a
 claim takes, and takes the autoscaling steps between the concurrency bounds. It is
-pure: no I/O, no asyncio, and the time (``time.monotonic()`` seconds) is passed in,
+pure: no I/O, no asyncio, and the time (``sources.monotonic()`` seconds) is passed in,
 so tests drive it with numbers. Invariant: the prefetch never exceeds
 ``MAX_PREFETCH_FACTOR x concurrency`` unless fixed, and the concurrency it returns
 stays within ``[min_concurrency, max_concurrency]``, moving one step at most per

@@ -15,9 +15,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import random
-import time
 
+from s3queue import sources
 from s3queue.core.sweep import Budget, SweepReport
 from s3queue.errors import QueueError, QueueNotFound
 from s3queue.queue import Queue
@@ -54,8 +53,8 @@ class Upkeep:
         #: checkpoint ripens: then a pass is due however idle the process is.
         self._eager = [True for _ in queues]
         self._ripens_at: list[float | None] = [None for _ in queues]
-        #: time.monotonic() of each queue's last pass.
-        self._last = [time.monotonic() for _ in queues]
+        #: sources.monotonic() of each queue's last pass.
+        self._last = [sources.monotonic() for _ in queues]
         self.passes = 0
         self.removed = 0
         #: Requests every pass spent, the lease reads of passes left to a holder too.
@@ -71,7 +70,7 @@ class Upkeep:
             while not stopping.is_set():
                 # Jittered, so that workers started together do not read the lease
                 # in step.
-                pause = interval * random.uniform(0.8, 1.2)
+                pause = interval * sources.uniform(0.8, 1.2)
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(stopping.wait(), pause)
                 if stopping.is_set():
@@ -97,7 +96,7 @@ class Upkeep:
         if ripens_at is not None and queue.clock() >= ripens_at:
             return True
         others = queue.storage.counts.total - self._seen[index]
-        idle_for = time.monotonic() - self._last[index]
+        idle_for = sources.monotonic() - self._last[index]
         return others * SHARE >= FLOOR or idle_for >= IDLE_PASSES * interval
 
     async def _pass(self, index: int, *, lease_for: float) -> SweepReport | None:
@@ -116,7 +115,7 @@ class Upkeep:
             return None
         finally:
             self._seen[index] = counts.total
-            self._last[index] = time.monotonic()
+            self._last[index] = sources.monotonic()
         # Not on the cursors moving alone: in a lightly loaded queue they move at
         # every pass, and a pass every interval would cost more than its share.
         self._eager[index] = report.held_by is None and (report.total > 0 or not report.complete)

@@ -17,17 +17,14 @@ import inspect
 import logging
 import math
 import os
-import random
-import secrets
 import signal
 import socket
-import time
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Literal, get_args
 
-from s3queue import limits
+from s3queue import limits, sources
 from s3queue.core.cursor import Recovered
 from s3queue.errors import ConfigurationError, JobTimeout, LeaseLost, PayloadError, QueueError
 from s3queue.info import Lease
@@ -219,7 +216,7 @@ class Worker:
             fixed_prefetch=polling.prefetch,
         )
         self.backoff = leases.backoff or self.queue.backoff
-        self.worker_id = worker_id or f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(3)}"
+        self.worker_id = worker_id or f"{socket.gethostname()}-{os.getpid()}-{sources.token_hex(3)}"
         #: Periodic jobs this worker enqueues (each tick is enqueued once).
         self.scheduler = Scheduler(self.queue, cron or [])
         self.upkeep = Upkeep(list(self.queues.queues), self.worker_id, polling.sweep_interval)
@@ -248,7 +245,7 @@ class Worker:
         self._idle_debt = 0.0
         self._armed = False
         self.processed = self.failed = 0
-        #: time.monotonic() of the first claim of the current run of failed claims
+        #: sources.monotonic() of the first claim of the current run of failed claims
         #: (storage unreachable or refusing), None while claims succeed.
         self.claim_failing_since: float | None = None
         self.exit_error: BaseException | None = None
@@ -256,7 +253,7 @@ class Worker:
     @property
     def prefetch(self) -> int:
         """How many leases to hold beyond the running jobs (see :meth:`Pacing.prefetch`)."""
-        return self.pacing.prefetch(self.concurrency, time.monotonic())
+        return self.pacing.prefetch(self.concurrency, sources.monotonic())
 
     @property
     def is_running(self) -> bool:
@@ -300,7 +297,7 @@ class Worker:
         logged = level is not None and log.isEnabledFor(level)
         if not listeners and not logged:
             return
-        event = WorkerEvent(name=name, worker_id=self.worker_id, at=time.time(), **fields)
+        event = WorkerEvent(name=name, worker_id=self.worker_id, at=sources.wall(), **fields)
         if logged:
             log_job(log, event, event.task or self.handler_name, self.queue.clock())
         for listener in listeners:
@@ -445,7 +442,7 @@ class Worker:
                 if contended and not leases:
                     # Another process was writing the shards that hold work: give it
                     # a moment, then claim again (idling would leave the work there).
-                    await self._wait_stopping(random.uniform(0.002, 0.02))
+                    await self._wait_stopping(sources.uniform(0.002, 0.02))
                     continue
                 if leases:
                     self._armed = False
@@ -473,7 +470,7 @@ class Worker:
         """Leases claimed, whether a busy shard was given way to another process, and
         whether work waits for rate-limit tokens."""
         try:
-            asked = time.monotonic()
+            asked = sources.monotonic()
             self._claimed_at = self.queue.clock()
             got = await self.queues.claim_round(
                 want, self.leases.visibility_timeout, owner=self.worker_id
@@ -483,7 +480,7 @@ class Worker:
             return [], False, False
         self.claim_failing_since = None
         if got.leases:
-            self.pacing.claimed(time.monotonic() - asked)
+            self.pacing.claimed(sources.monotonic() - asked)
         return got.leases, got.contended, got.throttled
 
     async def _await_token(self) -> bool:
@@ -508,7 +505,7 @@ class Worker:
             return
         log.warning("storage request failed, will retry: %s", error)
         if self.claim_failing_since is None:
-            self.claim_failing_since = time.monotonic()
+            self.claim_failing_since = sources.monotonic()
 
     # --- idle ---------------------------------------------------------------------------------
 
@@ -586,7 +583,7 @@ class Worker:
         started = 0
         while self._buffer and len(self._running) < self.concurrency:
             lease = self._buffer.pop(0)  # the buffer is kept best first
-            job = _Job(lease, started_at=time.monotonic())
+            job = _Job(lease, started_at=sources.monotonic())
             self._running[_key(lease)] = job
             job.task = jobs.create_task(self._execute(job), name=f"s3queue-job-{lease.id}")
             started += 1
@@ -599,7 +596,7 @@ class Worker:
             busy=busy,
             waiting=len(self._buffer),
             running=len(self._running),
-            now=time.monotonic(),
+            now=sources.monotonic(),
         )
         if self.concurrency != was:
             step = "up" if self.concurrency > was else "down"
@@ -753,7 +750,7 @@ class Worker:
         facts = {"task": route.name, "queue": lease.queue, "attempt": lease.attempt}
         if not lease.cancel_requested:
             self._emit("processing", message_id=lease.id, max_attempts=ctx.max_attempts, **facts)
-        started = time.monotonic()
+        started = sources.monotonic()
         try:
             try:
                 # Cancelled while it waited for a slot: its ack ends it, unrun.
@@ -771,11 +768,11 @@ class Worker:
                 result = None
             except Exception as error:
                 self._settle(lease)
-                await self._failed(lease, ctx, error, time.monotonic() - started, route)
+                await self._failed(lease, ctx, error, sources.monotonic() - started, route)
                 return
             # The handler is done: its slot goes to the next job while the ack is
             # committed, so acks of consecutive rounds share cursor writes.
-            ran = time.monotonic() - started  # the handler's time, as for failures
+            ran = sources.monotonic() - started  # the handler's time, as for failures
             self._settle(lease)
             await self._ack(lease, ctx, result, ran, route)
         finally:
@@ -812,7 +809,7 @@ class Worker:
         pending): it no longer takes a slot, and the heartbeat still covers it."""
         self._running.pop(_key(lease), None)
         self._settling[_key(lease)] = lease
-        self.pacing.finished(time.monotonic())
+        self.pacing.finished(sources.monotonic())
         self._slot_free.set()
 
     async def _call(self, lease: Lease, ctx: JobContext, route: Route) -> Any:

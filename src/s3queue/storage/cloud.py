@@ -373,7 +373,8 @@ def _wait_for_deliveries(timeout: float = _EXIT_TIMEOUT) -> None:
 
     A thread in that window is visible in ``sys._current_frames()``; all it needs to
     leave is the GIL, which sleeping releases. There is no event to wait on, hence
-    the polling.
+    the polling. The wait reads the real clock, not :mod:`s3queue.sources`: it waits
+    for real threads, which no simulated clock moves.
     """
     deadline = time.monotonic() + timeout
     while _delivering_threads():

@@ -24,12 +24,12 @@ import fcntl
 import hashlib
 import os
 import re
-import secrets
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import BinaryIO, TypeVar
 from urllib.parse import unquote, urlsplit
 
+from s3queue import sources
 from s3queue.errors import (
     ConfigurationError,
     StorageAuthError,
@@ -215,7 +215,7 @@ class LocalStorage:
                 if refused is not None:
                     self._counts.add("precondition_failed")
                     raise refused
-            etag = secrets.token_hex(ETAG_BYTES // 2)
+            etag = sources.token_hex(ETAG_BYTES // 2)
             temp, handle = self._open_temp(path)
             try:
                 with handle:
@@ -237,7 +237,7 @@ class LocalStorage:
         # (and its empty parents) without our lock, so it can do so between our mkdir
         # and our open, or inside mkdir (which then sees the directory exist, looks
         # again and finds none); once the temporary file is there, the directory stays.
-        temp = path.parent / f".tmp-{path.name}-{secrets.token_hex(6)}"
+        temp = path.parent / f".tmp-{path.name}-{sources.token_hex(6)}"
         for _ in range(DIRECTORY_ATTEMPTS - 1):
             with contextlib.suppress(FileNotFoundError, FileExistsError):
                 path.parent.mkdir(parents=True, exist_ok=True)

@@ -10,9 +10,9 @@ from __future__ import annotations
 import bisect
 import itertools
 import threading
-import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
+from s3queue import sources
 from s3queue.storage.base import (
     LIST_PAGE_SIZE,
     ObjectEntry,
@@ -32,8 +32,11 @@ _registry_lock = threading.Lock()
 class MemoryStorage:
     """``memory://name``: stores opened with the same name in one process share data."""
 
-    def __init__(self, name: str = "") -> None:
+    def __init__(self, name: str = "", *, clock: Callable[[], float] | None = None) -> None:
         self._name = name
+        #: The store's own clock, which stamps every write: the machine's wall clock,
+        #: or the simulation's true time, which no pod's skewed clock may replace.
+        self._clock = clock or sources.current().wall
         self._objects: dict[str, tuple[bytes, str, float]] = {}
         self._sorted_keys: list[str] = []
         self._lock = threading.Lock()
@@ -81,9 +84,7 @@ class MemoryStorage:
             etag = f'"m{next(self._etags)}"'
             if current is None:
                 bisect.insort(self._sorted_keys, key)
-            # The store's clock is this process's real clock, whatever clock the
-            # queue above it was given.
-            self._objects[key] = (bytes(data), etag, time.time())
+            self._objects[key] = (bytes(data), etag, self._clock())
             return etag
 
     async def delete(self, key: str) -> None:

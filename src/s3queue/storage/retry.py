@@ -10,11 +10,11 @@ the caller to look for its own commit token.
 from __future__ import annotations
 
 import asyncio
-import random
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import TypeVar
 
+from s3queue import sources
 from s3queue.errors import (
     AmbiguousWrite,
     PreconditionFailed,
@@ -38,7 +38,7 @@ class RetryPolicy:
     def delay(self, attempt: int) -> float:
         """Seconds to wait before retry number ``attempt`` (1-based)."""
         ceiling = min(self.max_delay, self.initial * self.factor ** (attempt - 1))
-        return random.uniform(0, ceiling)
+        return sources.uniform(0, ceiling)
 
 
 class RetryingStorage:
