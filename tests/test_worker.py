@@ -21,7 +21,7 @@ from s3queue import (
     WorkerEvent,
 )
 from s3queue.runtime.pacing import Pacing
-from tests.conftest import FAST
+from tests.conftest import FAST, run_until
 
 
 async def until_idle(q: Queue) -> None:
@@ -541,3 +541,40 @@ async def test_a_small_batch_is_shared_by_every_idle_worker(store_url: str) -> N
     for q in queues:
         await q.close()
     assert len(ran_by) == 4
+
+
+async def test_a_lease_that_expired_while_its_job_waited_is_not_started() -> None:
+    # Found by the simulation (bench/sim): at 100 pods a worker's extensions kept
+    # losing to other writers of a busy cursor, its prefetched lease expired, another
+    # worker took the message back and completed it, and the first worker then
+    # started it anyway, a minute late. A waiting lease is checked before its start.
+    now = [1000.0]
+    q = await Queue.open("memory://", "jobs", shards=1, clock=lambda: now[0], skew_margin=0.2)
+    await q.enqueue_many([{"n": 0}, {"n": 1}])
+    timeline: list[tuple[str, int | str | None, int]] = []
+    first_running, go_on = asyncio.Event(), asyncio.Event()
+
+    async def handle(payload: Any, ctx: JobContext) -> None:
+        timeline.append(("start", payload["n"], ctx.attempt))
+        if not first_running.is_set():
+            first_running.set()
+            await go_on.wait()
+
+    worker = Worker(q, handle, concurrency=1, polling=Polling(poll_interval=0.01, prefetch=1))
+    worker.on("lease_lost", lambda e: timeline.append(("lost", e.message_id, 0)))
+
+    async def expire_the_waiting_lease() -> None:
+        await first_running.wait()
+        now[0] += 100  # every lease held is now expired by the queue's clock
+        go_on.set()
+
+    helper = asyncio.create_task(expire_the_waiting_lease())
+    await run_until(worker, "completed", count=2)
+    await helper
+    await q.close()
+    waiting = next(n for kind, n, _ in timeline if kind == "start" and n != timeline[0][1])
+    starts = [(n, attempt) for kind, n, attempt in timeline if kind == "start" and n == waiting]
+    # The waiting message never ran on the lease that expired: its first run is the
+    # attempt after the one that was taken back.
+    assert starts[0][1] == 2, timeline
+    assert any(kind == "lost" for kind, _, _ in timeline)

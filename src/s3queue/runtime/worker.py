@@ -583,6 +583,9 @@ class Worker:
         started = 0
         while self._buffer and len(self._running) < self.concurrency:
             lease = self._buffer.pop(0)  # the buffer is kept best first
+            if lease.expires_at <= self.queues.of(lease).clock():
+                self._expired_waiting(lease)
+                continue
             job = _Job(lease, started_at=sources.monotonic())
             self._running[_key(lease)] = job
             job.task = jobs.create_task(self._execute(job), name=f"s3queue-job-{lease.id}")
@@ -681,11 +684,37 @@ class Worker:
         )
         for lease, outcome in zip(due, outcomes, strict=True):
             if isinstance(outcome, LeaseLost):
-                self._lease_lost(lease, outcome)
+                if self._working_on(lease):
+                    self._lease_lost(lease, outcome)
+                # Otherwise its ack or failure was already on its way, and landed
+                # first (the simulation met this every few seconds): the message
+                # ended as that write says, which reports itself. A lost lease here
+                # would be a false warning, and could cancel a later attempt.
             elif isinstance(outcome, BaseException):
                 log.warning("could not extend the lease of %s: %s", lease.id, outcome)
             elif lease.cancel_requested:
                 self._stop_cancelled(lease)
+
+    def _expired_waiting(self, lease: Lease) -> None:
+        """A lease that expired while its job waited for a slot (its extensions kept
+        losing to other writers of a busy cursor, or storage failed) is not this
+        worker's any more: another may have taken the message back, even finished it.
+        The simulation caught a worker starting such a job a minute late, after
+        another had completed it."""
+        self._emit(
+            "lease_lost",
+            message_id=lease.id,
+            attempt=lease.attempt,
+            max_attempts=self._max_attempts(lease),
+            error="the lease expired while the job waited for a slot; not started "
+            "(the message will be delivered again)",
+        )
+
+    def _working_on(self, lease: Lease) -> bool:
+        """Whether ``lease`` is still this worker's to run: running or waiting to
+        start, and not a later lease of the same message."""
+        job = self._running.get(_key(lease))
+        return (job is not None and job.lease is lease) or lease in self._buffer
 
     def _stop_cancelled(self, lease: Lease) -> None:
         """The message of a running job was cancelled: a sync handler sees
