@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 # Azurite, the Azure Storage emulator the tests start (pinned in tools/azurite).
 AZURITE := tools/azurite/node_modules/.bin/azurite-blob
 
-.PHONY: demo test lint typecheck pytest bench clean install
+.PHONY: demo test lint typecheck pytest bench sim clean install
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -47,6 +47,12 @@ $(VENV)/.bench: $(STAMP)
 
 bench: $(VENV)/.bench
 	$(BIN)/python -m bench all --chart docs/bench-throughput.png
+
+# The simulation's bar (docs/SIMULATION.md): the fault scenario at 100 pods on 200
+# seeds, about 35 minutes on 2 cores. `make test` runs two of them.
+sim: $(STAMP)
+	$(BIN)/python -m bench.sim faults --pods 100 --shards 16 --rate 10 --seconds 20 \
+		--warmup 5 --seeds 200 --jobs 2
 
 clean:
 	rm -rf $(VENV) .demo .pytest_cache .mypy_cache .ruff_cache tools/azurite/node_modules

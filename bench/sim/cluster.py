@@ -1,0 +1,401 @@
+"""A cluster of simulated pods running the real ``Queue`` and ``Worker`` on one
+virtual-time loop.
+
+A pod is a set of tasks: everything created from its main task, tracked by the
+loop's task factory. It has its own worker id, its own :class:`PodView` of the store
+(its latency, its faults) and its own :class:`s3queue.sources.Sources` (wall clock
+skewed by up to ``max_skew``, monotonic clock with its own origin, a random source
+seeded from the run's seed and its name). A crash cancels every task of the pod and
+leaves its view hanging (a request not yet landed never lands; its leases stay
+behind until they expire), and a restart ``restart_after`` seconds later is a new
+pod in its place with a new id. Producers are pods too, enqueuing at the target
+rate with Poisson arrivals (on and off in the bursty scenario).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import logging
+import random
+from collections import Counter
+from collections.abc import Coroutine
+from dataclasses import dataclass, field
+from typing import Any
+
+from bench.sim.ledger import InvariantBroken, Ledger
+from bench.sim.loop import VirtualLoop
+from bench.sim.scenario import Scenario
+from bench.sim.store import EPOCH, PodView, SimStore, Tally, prefix_of
+from s3queue import Polling, Queue, Worker, sources
+from s3queue.errors import QueueError
+from s3queue.runtime.worker import WorkerEvent
+from s3queue.storage import RetryingStorage
+
+QUEUE = "sim"
+#: Producer enqueues in flight per producer pod at most (group commit batches them).
+IN_FLIGHT = 256
+
+_POD: contextvars.ContextVar[Pod | None] = contextvars.ContextVar("sim_pod", default=None)
+
+
+@dataclass(eq=False)
+class Pod:
+    name: str
+    view: PodView
+    sources: sources.Sources
+    alive: bool = True
+    tasks: set[asyncio.Task[Any]] = field(default_factory=set)
+    worker: Worker | None = None
+
+
+@dataclass
+class Outcome:
+    """What a run saw; :mod:`bench.sim.report` turns it into figures."""
+
+    scenario: Scenario
+    trace: str
+    requests: int
+    tally: Tally
+    ledger: Ledger
+    window: float
+    enqueued: int
+    enqueue_failures: int
+    log_levels: Counter[str]
+    log_samples: list[str]
+    broken: InvariantBroken | None
+    window_lines: list[str]
+
+
+class _LogCounter(logging.Handler):
+    """Counts what the package logs (warnings are errors that got past the retries)."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.levels: Counter[str] = Counter()
+        self.samples: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.levels[record.levelname] += 1
+        if len(self.samples) < 5:
+            self.samples.append(record.getMessage()[:600])
+
+
+class Simulation:
+    """One run of one scenario; :func:`simulate` is the entry point."""
+
+    def __init__(self, scenario: Scenario) -> None:
+        self.s = scenario
+        self.loop = asyncio.get_running_loop()
+        self.store = SimStore(
+            self.loop.time, limit_scale=scenario.limit_scale, spike=scenario.spike
+        )
+        self.ledger = Ledger(now=self.loop.time, store_time=lambda: EPOCH + self.loop.time())
+        self.rng = random.Random(f"{scenario.seed}:cluster")
+        self.pods: list[Pod] = []
+        self.enqueued = self.enqueue_failures = 0
+        self._restarts: Counter[int] = Counter()
+        self.loop.set_task_factory(_task_factory)
+
+    # --- pods --------------------------------------------------------------------------------
+
+    def _pod(self, name: str, *, faults: bool = True) -> Pod:
+        s, offset = self.s, self.rng.uniform(-self.s.max_skew, self.s.max_skew)
+        origin = self.rng.uniform(1e3, 1e6)
+        view = PodView(self.store, name, random.Random(f"{s.seed}:{name}:net"), s.latency)
+        if faults:
+            view.faults = s.faults
+        own = sources.Sources(
+            wall=lambda: EPOCH + self.loop.time() + offset,
+            monotonic=lambda: origin + self.loop.time(),
+            rng=random.Random(f"{s.seed}:{name}"),
+        )
+        pod = Pod(name, view, own)
+        self.pods.append(pod)
+        return pod
+
+    def _start(self, pod: Pod, main: Coroutine[Any, Any, None]) -> None:
+        context = contextvars.copy_context()
+        context.run(_POD.set, pod)
+        self.loop.create_task(_within(pod, main), context=context)
+
+    def crash(self, pod: Pod) -> None:
+        pod.alive = False
+        pod.view.dead = True
+        for task in list(pod.tasks):
+            task.cancel()
+
+    async def _open(self, pod: Pod) -> Queue:
+        return await Queue.open(RetryingStorage(pod.view), QUEUE, shards=self.s.shards)
+
+    # --- workers -------------------------------------------------------------------------------
+
+    def start_worker(self, index: int, delay: float) -> None:
+        generation = self._restarts[index]
+        name = f"w{index}" + (f".{generation}" if generation else "")
+        pod = self._pod(name)
+        self._start(pod, self._worker_main(pod, index, delay))
+
+    async def _worker_main(self, pod: Pod, index: int, delay: float) -> None:
+        await asyncio.sleep(delay)
+        try:
+            queue = await self._open(pod)
+        except QueueError:  # could not start through the faults: the pod restarts
+            self._restart_later(pod, index)
+            return
+        worker = Worker(
+            queue,
+            self._handler(pod),
+            concurrency=self.s.slots,
+            polling=Polling(
+                poll_interval=self.s.poll_interval, sweep_interval=self.s.sweep_interval
+            ),
+            worker_id=pod.name,
+        )
+        pod.worker = worker
+        for name in ("completed", "retry", "dead", "recovered"):
+            worker.on(name, lambda event, pod=pod: self._settled(pod, event))  # type: ignore[misc]
+        try:
+            await worker.run()
+        except QueueError:
+            self._restart_later(pod, index)
+
+    def _restart_later(self, pod: Pod, index: int) -> None:
+        self.crash(pod)
+        self._restarts[index] += 1
+        self.loop.call_later(self.s.restart_after, self.start_worker, index, 0.0)
+
+    def _handler(self, pod: Pod) -> Any:
+        ledger, seconds, failure = self.ledger, self.s.handler_ms / 1000, self.s.handler_failure
+
+        async def handle(payload: Any, ctx: Any) -> None:
+            if pod.alive:
+                ledger.started(pod.name, ctx.message_id, ctx.lease)
+            await asyncio.sleep(seconds)
+            if failure and sources.chance() < failure:
+                raise RuntimeError("simulated handler failure")
+
+        return handle
+
+    def _settled(self, pod: Pod, event: WorkerEvent) -> None:
+        if not pod.alive or event.message_id is None:
+            return
+        if event.name == "recovered":
+            if event.dead:
+                self.ledger.settled(pod.name, event.message_id, "dead")
+            return
+        self.ledger.settled(pod.name, event.message_id, event.name)
+
+    # --- producers -----------------------------------------------------------------------------
+
+    def start_producer(self, index: int) -> None:
+        pod = self._pod(f"p{index}")
+        self._start(pod, self._producer_main(pod))
+
+    async def _producer_main(self, pod: Pod) -> None:
+        s = self.s
+        queue = await self._open(pod)
+        rate = s.producer_rate
+        gate = asyncio.Semaphore(IN_FLIGHT)
+        pending: set[asyncio.Task[None]] = set()
+        while self.loop.time() < s.seconds:
+            await asyncio.sleep(sources.current().rng.expovariate(rate))  # type: ignore[union-attr]
+            if not s.producing(self.loop.time()):
+                continue
+            await gate.acquire()
+            task = asyncio.create_task(self._enqueue(queue, gate))
+            pending.add(task)
+            task.add_done_callback(pending.discard)
+        await asyncio.gather(*pending)
+
+    async def _enqueue(self, queue: Queue, gate: asyncio.Semaphore) -> None:
+        called = self.loop.time()
+        try:
+            message_id = await queue.enqueue({"at": called})
+        except QueueError:
+            self.enqueue_failures += 1  # not acknowledged: nothing is promised
+            return
+        finally:
+            gate.release()
+        self.enqueued += 1
+        self.ledger.enqueued(message_id, called)
+
+    async def preload(self) -> None:
+        """The backlog, enqueued before any worker starts (no faults)."""
+        pod = self._pod("loader", faults=False)
+        with sources.using(pod.sources):
+            queue = await self._open(pod)
+            gate = asyncio.Semaphore(8)
+
+            async def batch(size: int) -> None:
+                async with gate:
+                    called = self.loop.time()
+                    for message_id in await queue.enqueue_many([{"n": n} for n in range(size)]):
+                        self.ledger.enqueued(message_id, called)
+                        self.enqueued += 1
+
+            sizes = [min(100, self.s.backlog - start) for start in range(0, self.s.backlog, 100)]
+            await asyncio.gather(*(batch(n) for n in sizes))
+            await queue.close()
+
+    # --- the run -------------------------------------------------------------------------------
+
+    async def setup(self) -> None:
+        pod = self._pod("setup", faults=False)
+        with sources.using(pod.sources):
+            await (await self._open(pod)).close()
+        if self.s.backlog:
+            await self.preload()
+
+    def schedule_crashes(self) -> None:
+        s = self.s
+        victims = self.rng.sample(range(s.pods), round(s.pods * s.crash_fraction))
+        for index in victims:
+            at = self.rng.uniform(s.warmup, s.seconds)
+            self.loop.call_at(at, self._crash_worker, index)
+
+    def _crash_worker(self, index: int) -> None:
+        name = f"w{index}" + (f".{self._restarts[index]}" if self._restarts[index] else "")
+        pod = next(p for p in reversed(self.pods) if p.name == name)
+        if pod.alive:
+            self.ledger.crashes += 1
+            self._restart_later(pod, index)
+
+    async def verify_unfinished(self) -> None:
+        """Messages with no outcome heard: ask the queue itself (an ack that landed
+        while its pod was being killed is done, though nobody heard it)."""
+        pod = self._pod("auditor", faults=False)
+        with sources.using(pod.sources):
+            queue = await self._open(pod)
+            for message_id in self.ledger.unfinished():
+                info = await queue.get(message_id)
+                status = "missing" if info is None else info.status
+                if status in ("completed", "dead"):
+                    self.ledger.messages[message_id].outcome = status
+                elif self.ledger.broken is None:
+                    self.ledger.broken = InvariantBroken(
+                        f"an acknowledged enqueue ended {status}, not completed or dead",
+                        message_id,
+                        self.loop.time(),
+                    )
+            await queue.close()
+
+    def window_lines(self) -> list[str]:
+        """The shortest stretch of the request log that shows a broken invariant: the
+        requests on the message's shard since its first start (or enqueue)."""
+        broken = self.ledger.broken
+        if broken is None:
+            return []
+        msg = self.ledger.messages.get(broken.message_id)
+        since = 0.0 if msg is None else (msg.first_start or msg.enqueued)
+        shard = broken.message_id.split("-")[0]
+        prefix = prefix_of(f"{QUEUE}/shards/{int(shard):04d}/x") if shard.isdigit() else ""
+        lines = [
+            line
+            for line in self.store.log
+            if since <= float(line.split(" ", 1)[0]) <= broken.at
+            and (not prefix or f" {prefix}" in line)
+        ]
+        return lines[-80:]
+
+
+def _task_factory(
+    loop: asyncio.AbstractEventLoop, coro: Any, context: contextvars.Context | None = None
+) -> asyncio.Task[Any]:
+    task = asyncio.Task(coro, loop=loop, context=context)
+    pod = _POD.get() if context is None else context.get(_POD)
+    if pod is not None:
+        pod.tasks.add(task)
+        task.add_done_callback(pod.tasks.discard)
+    return task
+
+
+async def _within(pod: Pod, main: Coroutine[Any, Any, None]) -> None:
+    with sources.using(pod.sources):
+        await main
+
+
+class _Stop(Exception):
+    """An invariant broke: the run ends at once."""
+
+
+async def _until(sim: Simulation, at: float) -> None:
+    while sim.loop.time() < at:
+        if sim.ledger.broken is not None:
+            raise _Stop
+        await asyncio.sleep(min(1.0, at - sim.loop.time()))
+
+
+async def _load(sim: Simulation) -> tuple[Tally, float]:
+    """Start the pods, apply the load; the tally of the measured window, and its
+    length in seconds."""
+    s = sim.s
+    await sim.setup()
+    start = sim.loop.time()
+    for index in range(s.pods):
+        sim.start_worker(index, sim.rng.uniform(0, s.stagger))
+    for index in range(s.producers if s.rate else 0):
+        sim.start_producer(index)
+    sim.schedule_crashes()
+    await _until(sim, start + s.warmup)
+    tally = sim.store.tally = Tally()
+    sim.ledger.measuring = True
+    began = sim.loop.time()
+    if s.rate or not s.backlog:
+        await _until(sim, start + s.seconds)
+        sim.store.tally = None
+        sim.ledger.measuring = False
+    await _drain(sim, start + s.seconds + s.drain_limit)
+    end = sim.ledger.last_outcome if s.backlog and not s.rate else start + s.seconds
+    sim.store.tally = None
+    return tally, max(1e-9, end - began)
+
+
+async def _drain(sim: Simulation, limit: float) -> None:
+    while sim.ledger.unfinished() and sim.loop.time() < limit:
+        await _until(sim, sim.loop.time() + 1.0)
+
+
+async def _run(s: Scenario) -> Outcome:
+    sim = Simulation(s)
+    tally, window, broken = Tally(), 1.0, None
+    try:
+        tally, window = await _load(sim)
+        await sim.verify_unfinished()
+    except _Stop:
+        pass
+    broken = sim.ledger.broken
+    sim.store.closing = True
+    for pod in sim.pods:
+        sim.crash(pod)
+    return Outcome(
+        scenario=s,
+        trace=sim.store.trace,
+        requests=sim.store.requests,
+        tally=tally,
+        ledger=sim.ledger,
+        window=window,
+        enqueued=sim.enqueued,
+        enqueue_failures=sim.enqueue_failures,
+        log_levels=Counter(),
+        log_samples=[],
+        broken=broken,
+        window_lines=sim.window_lines(),
+    )
+
+
+def simulate(s: Scenario) -> Outcome:
+    """Run ``s`` on a fresh virtual-time loop; the same scenario (seed included)
+    gives the same trace."""
+    counter = _LogCounter()
+    logger = logging.getLogger("s3queue")
+    logger.addHandler(counter)
+    propagate, logger.propagate = logger.propagate, False
+    try:
+        with asyncio.Runner(loop_factory=VirtualLoop) as runner:
+            outcome = runner.run(_run(s))
+    finally:
+        logger.removeHandler(counter)
+        logger.propagate = propagate
+    outcome.log_levels, outcome.log_samples = counter.levels, counter.samples
+    return outcome

@@ -1,0 +1,79 @@
+"""A run's figures: throughput, pickup, conflicts, requests, cost, faults."""
+
+from __future__ import annotations
+
+from bench.common import PRICE_READ, PRICE_WRITE, Row, cost_per_million, requests_of
+from bench.sim.cluster import Outcome
+from bench.sim.store import READS_PER_SECOND, WRITES_PER_SECOND
+
+SECONDS_PER_MONTH = 30 * 24 * 3600
+
+COLUMNS = (
+    ("scenario", "scenario"),
+    ("pods", "pods"),
+    ("shards", "shards"),
+    ("rate", "target/s"),
+    ("msgs_per_s", "done/s"),
+    ("pickup_p50", "p50 s"),
+    ("pickup_p99", "p99 s"),
+    ("cursor_conflict_rate", "CAS conflicts"),
+    ("requests_per_msg", "req/msg"),
+    ("requests_per_s", "req/s"),
+    ("peak_prefix_writes", "peak W/s/prefix"),
+    ("peak_prefix_reads", "peak R/s/prefix"),
+    ("slowdowns", "503s"),
+    ("cost_per_million_usd", "$/M msgs"),
+    ("cost_per_month_usd", "$/month"),
+    ("redelivered", "redelivered"),
+    ("crashes", "crashes"),
+    ("invariants", "invariants"),
+    ("cpu_s", "CPU s"),
+)
+
+
+def row(outcome: Outcome, cpu: float) -> Row:
+    s, tally, ledger = outcome.scenario, outcome.tally, outcome.ledger
+    counts = tally.counts.snapshot()
+    done, window = ledger.completed_in_window, outcome.window
+    p50, p99 = ledger.pickup_percentiles()
+    writes = [n for (_, write, _), n in tally.per_second.items() if write]
+    reads = [n for (_, write, _), n in tally.per_second.items() if not write]
+    dollars = (counts["put"] + counts["conditional_put"] + counts["list"]) * PRICE_WRITE + counts[
+        "get"
+    ] * PRICE_READ
+    return {
+        "scenario": s.name,
+        "seed": s.seed,
+        "pods": s.pods,
+        "slots": s.slots,
+        "shards": s.shards,
+        "rate": s.rate or (f"backlog {s.backlog}" if s.backlog else 0),
+        "seconds": s.seconds,
+        "window_s": round(window, 3),
+        "completed": done,
+        "msgs_per_s": round(done / window, 1),
+        "pickup_p50": round(p50, 3),
+        "pickup_p99": round(p99, 3),
+        "cursor_writes": tally.cursor_writes,
+        "cursor_conflict_rate": round(tally.cursor_conflicts / max(1, tally.cursor_writes), 4),
+        "requests": counts,
+        "requests_per_msg": round(requests_of(counts) / done, 3) if done else None,
+        "requests_per_s": round(requests_of(counts) / window, 1),
+        "peak_prefix_writes": max(writes, default=0),
+        "peak_prefix_reads": max(reads, default=0),
+        "prefix_limits": {"writes": WRITES_PER_SECOND, "reads": READS_PER_SECOND},
+        "slowdowns": tally.faults["slowdown"],
+        "faults": dict(tally.faults),
+        "cost_per_million_usd": round(cost_per_million(counts, done), 3) if done else None,
+        "cost_per_month_usd": round(dollars / window * SECONDS_PER_MONTH, 2),
+        "redelivered": ledger.redelivered,
+        "crashes": ledger.crashes,
+        "enqueued": outcome.enqueued,
+        "enqueue_failures": outcome.enqueue_failures,
+        "warnings": dict(outcome.log_levels),
+        "invariants": "held" if outcome.broken is None else "BROKEN",
+        "broken": None if outcome.broken is None else str(outcome.broken),
+        "trace": outcome.trace,
+        "store_requests": outcome.requests,
+        "cpu_s": round(cpu, 1),
+    }
