@@ -28,6 +28,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from s3queue.core import layout
 from s3queue.errors import Throttled
 from s3queue.storage.base import (
     DELETE_BATCH,
@@ -54,8 +55,8 @@ class TokenBucket:
     def capacity(self) -> float:
         return max(1.0, self.rate)  # one second's worth, and never less than one request
 
-    def take(self) -> bool:
-        now = time.monotonic()
+    def take(self, now: float) -> bool:
+        """Take a token at time ``now`` (seconds, the caller's clock), if one is left."""
         self.tokens = min(self.capacity, self.tokens + (now - self.stamp) * self.rate)
         self.stamp = now
         if self.tokens >= 1:
@@ -65,11 +66,12 @@ class TokenBucket:
 
 
 def prefix_of(key: str) -> str:
-    """``q/shards/0003/cursor`` -> ``q/shards/0003/``; ``q/dead/x`` -> ``q/``."""
-    parts = key.split("/")
-    if len(parts) > 2 and parts[1] == "shards":
-        return "/".join(parts[:3]) + "/"
-    return parts[0] + "/"
+    """The S3 prefix a key's request rate counts against: its shard directory
+    (``q/shards/0003/cursor`` -> ``q/shards/0003/``) or, for every other key, the
+    queue's (``q/dead/x`` -> ``q/``)."""
+    queue = layout.queue_of(key) or ""
+    shard = layout.shard_of(queue, key)
+    return layout.shard_prefix(queue, shard) + "/" if shard is not None else f"{queue}/"
 
 
 class LatencyStore:
@@ -109,7 +111,7 @@ class LatencyStore:
             rate = self.write_rate if write else self.read_rate
             bucket = TokenBucket(rate, max(1.0, rate), time.monotonic())
             self._buckets[(prefix_of(key), write)] = bucket
-        if not bucket.take():
+        if not bucket.take(time.monotonic()):
             self.slowdowns += 1
             self.inner.counts.add(kind)  # refused, yet a request on the bill
             raise Throttled(f"503 SlowDown (simulated) on {prefix_of(key)}", status_code=503)

@@ -23,10 +23,11 @@ from collections.abc import Coroutine
 from dataclasses import dataclass, field
 from typing import Any
 
+from bench.latency_store import prefix_of
 from bench.sim.ledger import InvariantBroken, Ledger
 from bench.sim.loop import VirtualLoop
 from bench.sim.scenario import Scenario
-from bench.sim.store import EPOCH, PodView, SimStore, Tally, prefix_of
+from bench.sim.store import EPOCH, PodView, SimStore, Tally
 from s3queue import Polling, Queue, Worker, sources
 from s3queue.errors import QueueError
 from s3queue.runtime.worker import WorkerEvent

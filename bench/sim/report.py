@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from bench.common import PRICE_READ, PRICE_WRITE, Row, cost_per_million, requests_of
+from bench.latency_store import READS_PER_SECOND, WRITES_PER_SECOND
 from bench.sim.cluster import Outcome
-from bench.sim.store import READS_PER_SECOND, WRITES_PER_SECOND
 
 SECONDS_PER_MONTH = 30 * 24 * 3600
 

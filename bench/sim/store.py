@@ -27,7 +27,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TypeVar
 
-from s3queue.core import layout
+from bench.latency_store import READS_PER_SECOND, WRITES_PER_SECOND, TokenBucket, prefix_of
 from s3queue.errors import PreconditionFailed, StorageUnavailable, Throttled
 from s3queue.storage.base import (
     DELETE_BATCH,
@@ -42,9 +42,6 @@ from s3queue.storage.memory import MemoryStorage
 
 T = TypeVar("T")
 
-#: S3's request rates per prefix and second.
-WRITES_PER_SECOND = 3500.0
-READS_PER_SECOND = 5500.0
 #: Unix time of the simulation's second 0 (a fixed date, so that traces repeat).
 EPOCH = 1_800_000_000.0
 #: Lines of the request log kept for printing the window around a failed invariant.
@@ -120,7 +117,7 @@ class SimStore:
         self.write_rate = WRITES_PER_SECOND * limit_scale
         self.read_rate = READS_PER_SECOND * limit_scale
         self.spike = spike
-        self._buckets: dict[tuple[str, bool], tuple[float, float]] = {}
+        self._buckets: dict[tuple[str, bool], TokenBucket] = {}
         self._trace = hashlib.sha256()
         self.requests = 0
         self.log: deque[str] = deque(maxlen=TRACE_KEEP)
@@ -147,14 +144,13 @@ class SimStore:
     def admit(self, key: str, write: bool) -> bool:
         """Take a token from the key's prefix bucket (one second's worth at most)."""
         prefix, now = prefix_of(key), self.now()
-        rate = self.write_rate if write else self.read_rate
-        tokens, stamp = self._buckets.get((prefix, write), (rate, now))
-        tokens = min(max(1.0, rate), tokens + (now - stamp) * rate)
-        admitted = tokens >= 1
-        self._buckets[(prefix, write)] = (tokens - 1 if admitted else tokens, now)
+        bucket = self._buckets.get((prefix, write))
+        if bucket is None:
+            rate = self.write_rate if write else self.read_rate
+            bucket = self._buckets[(prefix, write)] = TokenBucket(rate, max(1.0, rate), now)
         if self.tally is not None:
             self.tally.per_second[(prefix, write, int(now))] += 1
-        return admitted
+        return bucket.take(now)
 
     def count(self, kind: str, key: str, mode: PutMode | None, outcome: str) -> None:
         tally = self.tally
@@ -164,14 +160,6 @@ class SimStore:
         if isinstance(mode, UpdateVersion) and key.endswith("/cursor"):
             tally.cursor_writes += 1
             tally.cursor_conflicts += outcome == "412"
-
-
-def prefix_of(key: str) -> str:
-    """The S3 prefix a key's request rate counts against: its shard directory
-    (``q/shards/0003/``) or, for every other key, the queue's (``q/``)."""
-    queue = layout.queue_of(key) or ""
-    shard = layout.shard_of(queue, key)
-    return layout.shard_prefix(queue, shard) + "/" if shard is not None else f"{queue}/"
 
 
 class PodView:
