@@ -83,7 +83,21 @@ def test_no_function_is_longer_than_a_screen() -> None:
 #: waiting for real threads at exit (the seam itself is not checked).
 CLOCK_READS_ALLOWED = {"storage/cloud.py": 2}
 #: What a clock read or a random draw looks like when it bypasses the seam.
-BYPASSES = ("time.time", "time.monotonic", "time.perf_counter", "random.", "secrets.")
+BYPASSES = (
+    "time.time",
+    "time.monotonic",
+    "time.perf_counter",
+    "random.",
+    "secrets.",
+    "uuid.",
+    "os.urandom",
+    "datetime.now",
+    "datetime.utcnow",
+    "datetime.today",
+)
+#: Modules nothing may be imported from by name (``from time import time`` would
+#: hide a read from the check above).
+SOURCE_MODULES = {"time", "random", "secrets", "uuid"}
 
 
 def bypasses(path: Path) -> list[str]:
@@ -94,6 +108,8 @@ def bypasses(path: Path) -> list[str]:
             name = f"{node.value.id}.{node.attr}"
             if name.startswith(BYPASSES) and name != "random.Random":
                 found.append(f"{path.relative_to(PACKAGE)}:{node.lineno} {name}")
+        elif isinstance(node, ast.ImportFrom) and node.module in SOURCE_MODULES:
+            found.append(f"{path.relative_to(PACKAGE)}:{node.lineno} from {node.module} import")
     return found
 
 

@@ -18,7 +18,7 @@ from bench.sim.ledger import Ledger
 from bench.sim.loop import Deadlock, VirtualLoop
 from bench.sim.scenario import scenario
 
-from s3queue.info import Lease
+from s3queue.core.cursor import Lease
 from s3queue.storage.base import PutMode
 from s3queue.storage.memory import MemoryStorage
 
@@ -65,7 +65,9 @@ def test_a_fault_free_run_logs_no_warning() -> None:
     # A warning from a fault-free cluster is a false report: the simulation found one
     # (a heartbeat's extension refused behind the job's own ack, reported as a lost
     # lease), fixed in the worker.
-    outcome = simulate(scenario("steady", pods=10, rate=500.0, seconds=30.0))
+    # (At 200 msg/s these 10 pods fall behind: prefetched leases wait long enough to
+    # expire, and the warnings saying so are true; docs/SIMULATION.md.)
+    outcome = simulate(scenario("steady", pods=10, rate=30.0, seconds=30.0))
     assert outcome.broken is None
     assert not outcome.log_levels, outcome.log_samples
     assert outcome.ledger.completed_in_window > 0
@@ -95,27 +97,33 @@ def test_a_store_that_ignores_its_conditions_is_caught(monkeypatch: pytest.Monke
     assert outcome.broken.message_id in str(outcome.broken)
 
 
-def _lease(token: str, expires_at: float) -> Lease:
-    return Lease("0-L1-0", None, 1, 3, token, "w", 0.0, expires_at, 0.0)
+def _lease(owner: str, expires_at: float) -> Lease:
+    return Lease(token=f"{owner}-token", owner=owner, claimed_at=0.0, expires_at=expires_at)
 
 
-def test_the_ledger_refuses_a_second_holder_and_a_second_ack() -> None:
+def test_the_ledger_refuses_a_start_the_store_does_not_back_and_a_second_ack() -> None:
     now = [0.0]
     ledger = Ledger(now=lambda: now[0], store_time=lambda: now[0])
     ledger.enqueued("0-L1-0", 0.0)
-    ledger.started("a", "0-L1-0", _lease("t1", expires_at=30.0))
+    ledger.started("a", "0-L1-0", "a-token", _lease("a", expires_at=30.0))
+    assert ledger.broken is None
     now[0] = 10.0
-    ledger.started("b", "0-L1-0", _lease("t2", expires_at=40.0))
+    # b starts while the store still holds a's lease on the message.
+    ledger.started("b", "0-L1-0", "b-token", _lease("a", expires_at=30.0))
     assert ledger.broken is not None
     assert "a's lease" in ledger.broken.what
 
     ledger = Ledger(now=lambda: now[0], store_time=lambda: now[0])
     ledger.enqueued("0-L1-0", 0.0)
-    ledger.started("a", "0-L1-0", _lease("t1", expires_at=5.0))
-    # a's lease expired (its pod died): b may take the message.
-    ledger.started("b", "0-L1-0", _lease("t2", expires_at=40.0))
-    assert ledger.broken is None
+    ledger.started("b", "0-L1-0", "b-token", _lease("b", expires_at=5.0))
+    assert ledger.broken is not None
+    assert "after its lease expired" in ledger.broken.what
+
+    ledger = Ledger(now=lambda: now[0], store_time=lambda: now[0])
+    ledger.enqueued("0-L1-0", 0.0)
+    ledger.started("b", "0-L1-0", "b-token", _lease("b", expires_at=40.0))
     ledger.settled("b", "0-L1-0", "completed")
+    assert ledger.broken is None
     ledger.settled("a", "0-L1-0", "completed")
     assert ledger.broken is not None
     assert "acked twice" in ledger.broken.what

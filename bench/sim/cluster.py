@@ -29,6 +29,8 @@ from bench.sim.loop import VirtualLoop
 from bench.sim.scenario import Scenario
 from bench.sim.store import EPOCH, PodView, SimStore, Tally
 from s3queue import Polling, Queue, Worker, sources
+from s3queue.core import layout
+from s3queue.core.cursor import Lease, decode_cursor
 from s3queue.errors import QueueError
 from s3queue.runtime.worker import WorkerEvent
 from s3queue.storage import RetryingStorage
@@ -46,7 +48,8 @@ class Pod:
     view: PodView
     sources: sources.Sources
     alive: bool = True
-    tasks: set[asyncio.Task[Any]] = field(default_factory=set)
+    #: A dict, not a set: cancelled in the order they were created, on every run.
+    tasks: dict[asyncio.Task[Any], None] = field(default_factory=dict)
     worker: Worker | None = None
 
 
@@ -95,6 +98,8 @@ class Simulation:
         self.rng = random.Random(f"{scenario.seed}:cluster")
         self.pods: list[Pod] = []
         self.enqueued = self.enqueue_failures = 0
+        #: When the load starts (after the queue is made and any backlog written).
+        self.start = 0.0
         self._restarts: Counter[int] = Counter()
         self.loop.set_task_factory(_task_factory)
 
@@ -160,6 +165,13 @@ class Simulation:
             await worker.run()
         except QueueError:
             self._restart_later(pod, index)
+        except Exception as error:  # a bug of the product, not a fault we injected
+            self._died(pod, error)
+
+    def _died(self, pod: Pod, error: Exception) -> None:
+        if self.ledger.broken is None:
+            what = f"{pod.name} died of an error no fault explains: {error!r}"
+            self.ledger.broken = InvariantBroken(what, "", self.loop.time())
 
     def _restart_later(self, pod: Pod, index: int) -> None:
         self.crash(pod)
@@ -171,12 +183,22 @@ class Simulation:
 
         async def handle(payload: Any, ctx: Any) -> None:
             if pod.alive:
-                ledger.started(pod.name, ctx.message_id, ctx.lease)
+                stored = await self._stored_lease(ctx.message_id)
+                ledger.started(pod.name, ctx.message_id, ctx.lease_token, stored)
             await asyncio.sleep(seconds)
             if failure and sources.chance() < failure:
                 raise RuntimeError("simulated handler failure")
 
         return handle
+
+    async def _stored_lease(self, message_id: str) -> Lease | None:
+        """The lease the store's cursor holds for the message now, read from the
+        bucket itself: no request, no latency, no time passes."""
+        shard = layout.parse_message_id(message_id).shard
+        key = layout.cursor_key(QUEUE, shard)
+        found = await self.store.memory.get(key)
+        flight = None if found is None else decode_cursor(found.data, key).flights.get(message_id)
+        return None if flight is None else flight.lease
 
     def _settled(self, pod: Pod, event: WorkerEvent) -> None:
         if not pod.alive or event.message_id is None:
@@ -195,11 +217,15 @@ class Simulation:
 
     async def _producer_main(self, pod: Pod) -> None:
         s = self.s
-        queue = await self._open(pod)
+        try:
+            queue = await self._open(pod)
+        except Exception as error:  # faults cannot outlast the retries of one open
+            self._died(pod, error)
+            return
         rate = s.producer_rate
         gate = asyncio.Semaphore(IN_FLIGHT)
         pending: set[asyncio.Task[None]] = set()
-        while self.loop.time() < s.seconds:
+        while self.loop.time() < self.start + s.seconds:
             await asyncio.sleep(sources.current().rng.expovariate(rate))  # type: ignore[union-attr]
             if not s.producing(self.loop.time()):
                 continue
@@ -252,13 +278,13 @@ class Simulation:
         s = self.s
         victims = self.rng.sample(range(s.pods), round(s.pods * s.crash_fraction))
         for index in victims:
-            at = self.rng.uniform(s.warmup, s.seconds)
+            at = self.start + self.rng.uniform(s.warmup, s.seconds)
             self.loop.call_at(at, self._crash_worker, index)
 
     def _crash_worker(self, index: int) -> None:
         name = f"w{index}" + (f".{self._restarts[index]}" if self._restarts[index] else "")
-        pod = next(p for p in reversed(self.pods) if p.name == name)
-        if pod.alive:
+        pod = next((p for p in reversed(self.pods) if p.name == name), None)
+        if pod is not None and pod.alive:  # not between a failed start and its restart
             self.ledger.crashes += 1
             self._restart_later(pod, index)
 
@@ -300,14 +326,13 @@ class Simulation:
         return lines[-80:]
 
 
-def _task_factory(
-    loop: asyncio.AbstractEventLoop, coro: Any, context: contextvars.Context | None = None
-) -> asyncio.Task[Any]:
-    task = asyncio.Task(coro, loop=loop, context=context)
+def _task_factory(loop: asyncio.AbstractEventLoop, coro: Any, **options: Any) -> asyncio.Task[Any]:
+    task = asyncio.Task(coro, loop=loop, **options)
+    context = options.get("context")
     pod = _POD.get() if context is None else context.get(_POD)
     if pod is not None:
-        pod.tasks.add(task)
-        task.add_done_callback(pod.tasks.discard)
+        pod.tasks[task] = None
+        task.add_done_callback(lambda done: pod.tasks.pop(done, None))
     return task
 
 
@@ -332,7 +357,7 @@ async def _load(sim: Simulation) -> tuple[Tally, float]:
     length in seconds."""
     s = sim.s
     await sim.setup()
-    start = sim.loop.time()
+    start = sim.start = sim.loop.time()
     for index in range(s.pods):
         sim.start_worker(index, sim.rng.uniform(0, s.stagger))
     for index in range(s.producers if s.rate else 0):

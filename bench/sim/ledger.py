@@ -1,13 +1,16 @@
 """What happened to every message, and the invariants checked on every event.
 
-The ledger hears the producers' acknowledged enqueues, each handler's start and end
-(with its lease), and the workers' ``completed``/``retry``/``dead`` events, which a
-worker emits only after its write landed. It checks, as each arrives (not sampled):
+The ledger hears the producers' acknowledged enqueues, each handler's start (with
+the lease the store's cursor holds for the message at that instant, read straight
+from the simulated bucket), and the workers' ``completed``/``retry``/``dead``
+events, which a worker emits only after its write landed. It checks, as each
+arrives (not sampled):
 
+- no handler starts unless the store holds the message leased to that very token,
+  unexpired by the store's clock: so never while another lease on it is valid, and
+  never for a message already acked (even when the pod that acked it crashed before
+  it heard the answer);
 - no message is acked twice (two ``completed``, or ``completed`` and ``dead``);
-- no handler starts for a message while another lease on it is still valid by the
-  store's clock (a crashed pod's lease counts until it expires);
-- no handler starts for a message already acked;
 
 and at the end of the run, with the queue's own word for messages whose last ack
 was lost with a crashed pod: every acknowledged enqueue ended completed or dead.
@@ -20,7 +23,7 @@ import statistics
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from s3queue.info import Lease
+from s3queue.core.cursor import Lease
 
 
 class InvariantBroken(AssertionError):
@@ -34,20 +37,11 @@ class InvariantBroken(AssertionError):
 
 
 @dataclass
-class _Hold:
-    pod: str
-    lease: Lease
-    started: float
-
-
-@dataclass
 class _Message:
     enqueued: float
     acked_at: float | None = None
     first_start: float | None = None
-    starts: int = 0
     outcome: str = ""
-    holds: list[_Hold] = field(default_factory=list)
 
 
 @dataclass
@@ -73,9 +67,6 @@ class Ledger:
         if self.broken is None:
             self.broken = InvariantBroken(what, message_id, self.now())
 
-    def enqueue_called(self) -> float:
-        return self.now()
-
     def enqueued(self, message_id: str, called_at: float) -> None:
         msg = self.messages.get(message_id)
         if msg is None:
@@ -86,24 +77,24 @@ class Ledger:
         if self.measuring and msg.first_start is not None:
             self.pickups.append(msg.first_start - called_at)
 
-    def started(self, pod: str, message_id: str, lease: Lease) -> None:
+    def started(self, pod: str, message_id: str, token: str, stored: Lease | None) -> None:
+        """A handler of ``pod`` started on lease ``token``; ``stored`` is the lease
+        the store's cursor holds for the message now (None: none)."""
         now, msg = self.now(), self.messages.get(message_id)
-        if msg is None:  # enqueued, but its producer never heard the answer
+        if msg is None:  # enqueued, but its producer has not heard the answer yet
             msg = self.messages[message_id] = _Message(enqueued=now)
         if msg.outcome:
             self._fail(
                 f"a handler started on {pod} for a message already {msg.outcome}", message_id
             )
-        valid = [h for h in msg.holds if h.lease.token != lease.token]
-        if any(h.lease.expires_at > self.store_time() for h in valid):
-            holder = next(h for h in valid if h.lease.expires_at > self.store_time())
+        elif stored is None or stored.token != token:
+            holder = "no lease" if stored is None else f"{stored.owner}'s lease"
+            self._fail(f"a handler started on {pod} while the store held {holder}", message_id)
+        elif stored.expires_at <= self.store_time():
+            late = self.store_time() - stored.expires_at
             self._fail(
-                f"a handler started on {pod} while {holder.pod}'s lease (expiring "
-                f"{holder.lease.expires_at - self.store_time():.3f} s later) was valid",
-                message_id,
+                f"a handler started on {pod} {late:.3f} s after its lease expired", message_id
             )
-        msg.holds = [*valid, _Hold(pod, lease, now)]
-        msg.starts += 1
         if msg.first_start is None:
             msg.first_start = now
             if self.measuring and msg.acked_at is not None:
@@ -112,16 +103,15 @@ class Ledger:
             self.redelivered += 1
 
     def settled(self, pod: str, message_id: str, outcome: str) -> None:
-        """The worker's write for this lease landed: ``completed``, ``dead`` or
-        ``retry`` (the message will run again)."""
+        """The worker's write landed: ``completed``, ``dead`` or ``retry`` (the
+        message will run again)."""
         msg = self.messages.get(message_id)
         if msg is None:  # taken back dead without a start heard (its leases all expired)
             msg = self.messages[message_id] = _Message(enqueued=self.now())
-        msg.holds = [h for h in msg.holds if h.pod != pod]
+        if msg.outcome:
+            self._fail(f"acked twice: {outcome} on {pod} after {msg.outcome}", message_id)
         if outcome == "retry":
             return
-        if msg.outcome:
-            self._fail(f"acked twice: {msg.outcome}, then {outcome} on {pod}", message_id)
         msg.outcome = outcome
         self.last_outcome = self.now()
         if self.measuring:

@@ -212,6 +212,8 @@ class PodView:
             half = self.faults.timeout_after / 2
         await asyncio.sleep(half)
         if fault == "error" or (fault == "timeout" and self.rng.random() < 0.5):
+            if fault == "timeout":
+                await asyncio.sleep(half)  # it never landed; the answer still takes as long
             return await self._fail(kind, key, fault)
         reached = "applied"
         try:

@@ -36,7 +36,7 @@ class MemoryStorage:
         self._name = name
         #: The store's own clock, which stamps every write: the machine's wall clock,
         #: or the simulation's true time, which no pod's skewed clock may replace.
-        self._clock = clock or sources.current().wall
+        self._clock = clock or sources.SYSTEM.wall
         self._objects: dict[str, tuple[bytes, str, float]] = {}
         self._sorted_keys: list[str] = []
         self._lock = threading.Lock()
