@@ -9,6 +9,8 @@ one message, and the run says so, with the seed).
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import math
 from typing import Any
 
 import pytest
@@ -136,7 +138,7 @@ def test_virtual_time_jumps_to_the_next_timer() -> None:
         return loop.time()
 
     with asyncio.Runner(loop_factory=VirtualLoop) as runner:
-        assert runner.run(nap()) == 3600
+        assert runner.run(nap()) == pytest.approx(3600)
 
 
 def test_waiting_for_what_no_timer_brings_is_a_deadlock() -> None:
@@ -145,3 +147,22 @@ def test_waiting_for_what_no_timer_brings_is_a_deadlock() -> None:
 
     with asyncio.Runner(loop_factory=VirtualLoop) as runner, pytest.raises(Deadlock):
         runner.run(forever())
+
+
+def test_a_deadline_closer_than_the_clock_resolution_is_reached() -> None:
+    # A committer's linger loop on a pod whose monotonic clock has a large origin:
+    # what is left to wait is below asyncio's clock resolution, so the timer runs
+    # at once; the loop must still move on, or the run spins at one instant.
+    async def linger() -> float:
+        loop = asyncio.get_running_loop()
+        origin = 987_654.321
+        # One step of that clock ahead: about 1e-10 s, a tenth of the resolution.
+        deadline = math.nextafter(origin + loop.time(), math.inf)
+        wake = asyncio.Event()
+        while (due := deadline - (origin + loop.time())) > 0:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(wake.wait(), due)
+        return loop.time()
+
+    with asyncio.Runner(loop_factory=VirtualLoop) as runner:
+        assert runner.run(asyncio.wait_for(linger(), 1.0)) < 1e-6

@@ -12,6 +12,15 @@ gives the same interleaving on every run.
 
 A loop with nothing ready and no timer would wait for an outside event forever; the
 simulation has none, so that is a deadlock and is raised as one.
+
+Every turn of the loop also moves the clock on by :data:`TURN` (a nanosecond), as
+real turns take real time. Without it a loop can spin forever at one instant: asyncio
+runs a timer that is due within its clock resolution (about a nanosecond) at once,
+without waiting, so code that waits for a deadline ``d`` seconds away with ``d``
+below the resolution (a pod's monotonic clock has a large origin, so its readings
+step by 1e-10 s) finds the deadline still ahead, waits again, and, with a new task
+ready every time, never lets the selector move the clock. One seed of the fault
+scenario did exactly this in a committer's linger loop.
 """
 
 from __future__ import annotations
@@ -19,6 +28,9 @@ from __future__ import annotations
 import asyncio
 import selectors
 from typing import Any
+
+#: Seconds every turn of the loop takes.
+TURN = 1e-9
 
 
 class Deadlock(RuntimeError):
@@ -41,11 +53,12 @@ class _VirtualSelector(selectors.BaseSelector):
 
     def select(self, timeout: float | None = None) -> list[tuple[selectors.SelectorKey, int]]:
         ready = self._real.select(0)
+        self.now += TURN
         if ready or timeout == 0:
             return ready
         if timeout is None:
             raise Deadlock("every task is waiting and no timer is set")
-        self.now += timeout
+        self.now += max(0.0, timeout - TURN)
         return []
 
     def get_map(self) -> Any:
