@@ -12,7 +12,7 @@ to bench/results/sim-<scenario>-<time>.json.
 Examples::
 
     python -m bench.sim steady --pods 1,10,100 --shards 16
-    python -m bench.sim faults --pods 100 --seconds 60 --seeds 200 --jobs 2
+    python -m bench.sim faults --pods 100 --rate 10 --seconds 10 --warmup 5 --seeds 200 --jobs 2
     python -m bench.sim backlog --seeds 5
     python -m bench.sim idle --pods 100 --shards 16 --seconds 600
 """
