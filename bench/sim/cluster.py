@@ -50,7 +50,6 @@ class Pod:
     alive: bool = True
     #: A dict, not a set: cancelled in the order they were created, on every run.
     tasks: dict[asyncio.Task[Any], None] = field(default_factory=dict)
-    worker: Worker | None = None
 
 
 @dataclass
@@ -137,10 +136,13 @@ class Simulation:
     # --- workers -------------------------------------------------------------------------------
 
     def start_worker(self, index: int, delay: float) -> None:
-        generation = self._restarts[index]
-        name = f"w{index}" + (f".{generation}" if generation else "")
-        pod = self._pod(name)
+        pod = self._pod(self._worker_name(index))
         self._start(pod, self._worker_main(pod, index, delay))
+
+    def _worker_name(self, index: int) -> str:
+        """``w7``, then ``w7.1``, ``w7.2``... for each restart of pod 7."""
+        generation = self._restarts[index]
+        return f"w{index}" + (f".{generation}" if generation else "")
 
     async def _worker_main(self, pod: Pod, index: int, delay: float) -> None:
         await asyncio.sleep(delay)
@@ -158,7 +160,6 @@ class Simulation:
             ),
             worker_id=pod.name,
         )
-        pod.worker = worker
         for name in ("completed", "retry", "dead", "recovered"):
             worker.on(name, lambda event, pod=pod: self._settled(pod, event))  # type: ignore[misc]
         try:
@@ -282,7 +283,7 @@ class Simulation:
             self.loop.call_at(at, self._crash_worker, index)
 
     def _crash_worker(self, index: int) -> None:
-        name = f"w{index}" + (f".{self._restarts[index]}" if self._restarts[index] else "")
+        name = self._worker_name(index)
         pod = next((p for p in reversed(self.pods) if p.name == name), None)
         if pod is not None and pod.alive:  # not between a failed start and its restart
             self.ledger.crashes += 1
