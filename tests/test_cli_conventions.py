@@ -43,6 +43,7 @@ DATA_COMMANDS = {
     "queues",
     "config",
     "sweep",
+    "workers",
 }
 
 

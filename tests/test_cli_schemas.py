@@ -84,6 +84,10 @@ def test_the_documented_fields_are_the_printed_ones(url: str, tmp_path: Path) ->
     assert keys(s3queue(url, "redrive", "emails")) == {"id", "redriven_to"}
     assert keys(s3queue(url, "doctor", "emails")) == keys(example("doctor"))
     assert keys(s3queue(url, "queues")) == keys(example("queues"))
+    [workers] = s3queue(url, "workers", "emails")
+    assert keys(workers) == keys(example("workers"))
+    assert workers["workers"] == []
+    assert workers["coordinator"] is None
     assert keys(s3queue(url, "config", "emails")) == keys(example("config"))
     changed = s3queue(url, "config", "emails", "--result-ttl", "2d", "--dead-ttl", "30d")
     assert (changed["result_ttl"], changed["dead_ttl"]) == (2 * 86400.0, 30 * 86400.0)

@@ -108,7 +108,7 @@ async def test_settling_takes_the_narrowing_samples_at_once() -> None:
     mono.now = 100.3
 
     class Sampled(StoreClock):
-        async def measure(self, storage: object, key: str) -> None:
+        async def measure(self, storage: object, key: str, body: bytes | None = None) -> None:
             start = mono.now
             mono.now += 0.05
             self.observe(start, mono.now, float(int(mono.now - 30.0)), 1.0)

@@ -15,7 +15,9 @@ from pathlib import Path
 
 import pytest
 
-from s3queue import Queue
+from s3queue import Polling, Queue, Worker
+from s3queue.core import layout
+from s3queue.ops import dashboard, workers_view
 from s3queue.ops.dashboard import AllowedHosts, Dashboard
 from s3queue.storage import Storage, open_storage
 from tests.httpget import Answer, fetch, get
@@ -68,6 +70,45 @@ async def test_overview_counts_every_queue(storage: Storage, port: int) -> None:
     assert info["status"] == "dead"
     await emails.close()
     await reports.close()
+
+
+async def test_workers_of_a_queue_and_its_coordinator(storage: Storage, port: int) -> None:
+    q = await Queue.open(storage, "jobs", shards=2)
+    polling = Polling(heartbeat_interval=30.0)
+    pods = [Worker(q, lambda p, ctx: None, polling=polling, worker_id=f"pod-{n}") for n in (1, 2)]
+    for pod in pods:
+        await pod.cluster.step()
+    await storage.put(layout.worker_key("jobs", "pod-3"), b"not json")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(dashboard, "WORKER_DETAILS", 2)
+        status, view = await get(port, "/api/queues/jobs/workers")
+    assert status == 200
+    by_id = {row["id"]: row for row in view["workers"]}
+    assert set(by_id) == {"pod-1", "pod-2", "pod-3"}
+    assert by_id["pod-1"]["alive"] is True
+    assert by_id["pod-1"]["concurrency"] == 10
+    # Beyond the details limit: listed, alive by the cluster's TTL, not read.
+    assert by_id["pod-3"]["host"] is None
+    assert by_id["pod-3"]["problem"] is None
+    assert view["coordinator"]["id"] == "pod-1"
+    assert view["coordinator"]["epoch"] == 1
+    status, full = await get(port, "/api/queues/jobs/workers")
+    assert full == view, "read at most once per WORKERS_REFRESH"
+    await q.close()
+
+
+async def test_a_corrupt_heartbeat_is_shown_as_unreadable(storage: Storage) -> None:
+    q = await Queue.open(storage, "jobs", shards=1)
+    empty = await workers_view.read(storage, "jobs", q.clock())
+    assert empty["workers"] == []
+    assert empty["coordinator"] is None
+    await storage.put(layout.worker_key("jobs", "pod-9"), b"not json")
+    view = await workers_view.read(storage, "jobs", q.clock())
+    [row] = view["workers"]
+    assert row["id"] == "pod-9"
+    assert row["alive"] is None
+    assert "pod-9" in row["problem"]
+    await q.close()
 
 
 async def test_page_and_errors(storage: Storage, port: int) -> None:

@@ -151,8 +151,10 @@ async def test_a_worker_waits_for_its_tokens_without_a_request() -> None:
         await run_until(worker, "completed", count=20)
         # 20 claims, the last ack, the first looks at the shard and, once the work
         # is done, the arming of the wake object: 31. Arming it and checking it
-        # between tokens (idling) made 89.
-        assert q.storage.counts.total <= 35
+        # between tokens (idling) made 89. Then the worker's cluster: joining (its
+        # heartbeat, the cluster object read and taken after listing the workers
+        # and counting the backlog: 10 on one shard) and leaving (3).
+        assert q.storage.counts.total <= 35 + 13
         assert q.storage.counts.conditional_put >= 20  # one claim per token
     finally:
         await q.close()

@@ -117,6 +117,14 @@ CLAIM_MESSAGES = Integer(0, 50_000, fix="claim in batches")
 POLL_INTERVAL = Real(
     0.0, HOUR, above_low=True, fix="every poll is a request; 1 to 10 s suits most queues"
 )
+#: The longest gap between two idle checks of a whole cluster's shards.
+MAX_POLL_INTERVAL = Real(
+    0.0, HOUR, above_low=True, fix="10 s suits most queues: an idle cluster reads shards/10 s"
+)
+#: Seconds between two heartbeats of a worker: one PUT each, per queue served.
+HEARTBEAT_INTERVAL = Real(
+    1.0, HOUR, fix="90 s suits most clusters: each is a PUT; a worker is dead after three"
+)
 #: One attempt's run time before it is cancelled: a week; None means no limit.
 JOB_TIMEOUT = Real(0.0, 7 * DAY, above_low=True, fix="omit it for no limit")
 #: Time running jobs get to finish on shutdown: up to the longest lease, 12 h.
@@ -221,10 +229,12 @@ __all__ = [
     "DELAY",
     "DEMO_JOBS",
     "DEMO_WORKERS",
+    "HEARTBEAT_INTERVAL",
     "HOUR",
     "JOB_TIMEOUT",
     "LIST_LIMIT",
     "MAX_ATTEMPTS",
+    "MAX_POLL_INTERVAL",
     "MINUTE",
     "POLL_INTERVAL",
     "PORT",

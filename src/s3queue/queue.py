@@ -233,6 +233,22 @@ async def _missing(storage: Storage, name: str) -> QueueNotFound:
 T = TypeVar("T")
 
 
+@dataclass(frozen=True, slots=True)
+class Steal:
+    """When a claim may take from shards this process does not own: nobody wrote
+    the shard's cursor for ``quiet`` seconds (its owner idles: whoever hears of new
+    work first takes it), or, with ``waited``, work there has waited that long
+    untaken (its owner is busy or gone). A look at a shard reads its cursor (one
+    GET), and only then, for a quiet shard or with ``waited``, what the cursor has
+    not taken in and the segments it needs to tell how long work waited."""
+
+    quiet: float
+    waited: float | None = None
+    #: Look at every other shard; else (without ``waited``) only at those found
+    #: quiet by the last look (their owners idle or dead), one cursor read each.
+    everywhere: bool = True
+
+
 @dataclass
 class ClaimRound:
     """What one :meth:`Queue.claim_round` took."""
@@ -245,6 +261,8 @@ class ClaimRound:
     #: empty claim does not mean there is nothing to claim either, and
     #: :meth:`Queue.next_due` says when the next token comes.
     throttled: bool = False
+    #: Leases were taken from shards this process does not own.
+    stolen: bool = False
 
 
 class Queue:
@@ -301,6 +319,8 @@ class Queue:
         self._broken_logged: dict[int, float] = {}
         self._look_everywhere = False
         self._rate_limits: dict[str, RateLimit] = {}
+        #: The shards this process claims from (None: all); see :meth:`own`.
+        self._owned: frozenset[int] | None = None
 
     def __repr__(self) -> str:
         return f"Queue({self.name!r}, url={redact_url(self.storage.url)!r})"
@@ -622,9 +642,14 @@ class Queue:
         visibility_timeout: float = 30.0,
         *,
         owner: str | None = None,
+        steal: Steal | None = None,
     ) -> ClaimRound:
         """:meth:`claim`, and whether a shard was given way to another process
-        writing it (then an empty claim does not mean there is no work)."""
+        writing it (then an empty claim does not mean there is no work).
+
+        When this process owns shards (:meth:`own`), it claims from those only,
+        unless ``steal`` is given: then, if they leave the claim short, it looks at
+        the other shards (reads only) and takes from those ``steal`` allows."""
         max_messages = limits.CLAIM_MESSAGES.check(max_messages, "max_messages")
         visibility_timeout = limits.VISIBILITY_TIMEOUT.check(
             visibility_timeout, "visibility_timeout"
@@ -633,12 +658,31 @@ class Queue:
         owner = owner or self.owner
         await self._look_around(owner)
         round_ = ClaimRound([], contended=False)
+        mine = [k for k in self._preference if self._claims_from(k)]
+        await self._claim_best(mine, owner, max_messages, visibility_timeout, round_)
+        short = not self._round_done(round_, max_messages)
+        if steal is not None and self._owned is not None and short and not self.context.rates:
+            await self._steal(owner, max_messages, visibility_timeout, steal, round_)
+        if self.context.rates:
+            now = self.clock()
+            round_.throttled = any(c.rate_due(now) is not None for c in self.committers)
+        return round_
+
+    async def _claim_best(
+        self,
+        shards: list[int],
+        owner: str,
+        max_messages: int,
+        visibility_timeout: float,
+        round_: ClaimRound,
+    ) -> None:
+        """Claim from ``shards`` (best first) into ``round_``."""
         now = self.clock()
-        best = {k: self.committers[k].best_waiting(now) for k in self._preference}
+        best = {k: self.committers[k].best_waiting(now) for k in shards}
         # Best first across shards: take from the shard holding the best message, no
         # lower than the best any other shard holds, then look again.
         for _ in range(2 * len(best)):
-            known = [k for k in self._preference if best[k] is not None]
+            known = [k for k in shards if best[k] is not None]
             if not known or self._round_done(round_, max_messages):
                 break
             remaining = max_messages - len(round_.leases)
@@ -652,17 +696,94 @@ class Queue:
         # Then shards with nothing known to claim: their logs may hold more (a look
         # just made costs nothing again: an empty log is not read twice in a row),
         # unless whatever they hold waits for tokens of the queue's limit.
-        for shard in list(self._preference):
+        for shard in shards:
             if self._round_done(round_, max_messages):
                 break
             remaining = max_messages - len(round_.leases)
             if best.get(shard) is None and not self.committers[shard].starved(now):
                 claim = self._claim_op(shard, owner, remaining, visibility_timeout)
                 await self._claim_from(shard, claim, round_)
-        if self.context.rates:
-            now = self.clock()
-            round_.throttled = any(c.rate_due(now) is not None for c in self.committers)
-        return round_
+
+    async def _steal(
+        self,
+        owner: str,
+        max_messages: int,
+        visibility_timeout: float,
+        steal: Steal,
+        round_: ClaimRound,
+    ) -> None:
+        """Claim from shards this process does not own whose work waits untaken (see
+        :class:`Steal`): an owner at work keeps its shard to itself, a busy, idle or
+        dead one does not."""
+        owned = self._owned or frozenset()
+        narrow = not steal.everywhere and steal.waited is None
+        now = self.clock()
+        others = [
+            k
+            for k in self._preference
+            if k not in owned and (not narrow or self._seems_quiet(k, now, steal.quiet))
+        ]
+        if not others:
+            return
+        read = await asyncio.gather(
+            *(self.committers[k].refresh() for k in others), return_exceptions=True
+        )
+        now = self.clock()
+        quiet = {
+            k
+            for k, outcome in zip(others, read, strict=True)
+            if self._looked(k, outcome) and self._seems_quiet(k, now, steal.quiet)
+        }
+        candidates = [k for k in others if k in quiet or steal.waited is not None]
+        looked = await asyncio.gather(
+            *(self.committers[k].submit(Claim(owner, 0, 1.0)) for k in candidates),
+            return_exceptions=True,
+        )
+        ripe = []
+        for shard, outcome in zip(candidates, looked, strict=True):
+            since = (
+                self.committers[shard].waiting_since(now) if self._looked(shard, outcome) else None
+            )
+            if since is None:
+                continue
+            if shard in quiet or (steal.waited is not None and since <= now - steal.waited):
+                ripe.append(shard)
+        if ripe:
+            round_.stolen = True
+            await self._claim_best(ripe, owner, max_messages, visibility_timeout, round_)
+
+    def _seems_quiet(self, shard: int, now: float, quiet: float) -> bool:
+        """Whether ``shard``'s cursor, as last read, had gone unwritten ``quiet``
+        seconds by ``now`` (its owner idle or dead); true if never read."""
+        written = self.committers[shard].written_at
+        return written is None or written <= now - quiet
+
+    def _looked(self, shard: int, outcome: object) -> bool:
+        """Whether a look at ``shard`` answered (an unreadable cursor is logged and
+        passed over; a store error fails the claim)."""
+        if isinstance(outcome, CorruptData):
+            self._broken_shard(shard, outcome)
+            return False
+        if isinstance(outcome, BaseException):
+            raise outcome
+        return True
+
+    def _claims_from(self, shard: int) -> bool:
+        """Whether claims (and idle due times) look at ``shard`` first. Every shard
+        under rate limits: their token buckets are shared out among the processes
+        spending them already (rates.held_keys), and a shard's tokens must be
+        claimed as they come, whoever can."""
+        return self._owned is None or shard in self._owned or bool(self.context.rates)
+
+    def own(self, shards: frozenset[int] | None) -> None:
+        """Claim from ``shards`` only (None: from every shard, the default), but for
+        stealing (see :meth:`claim_round`); idle due times and sweeps look at them
+        only. Set by a worker from the shard ownership of its cluster."""
+        self._owned = shards
+
+    @property
+    def owned(self) -> frozenset[int] | None:
+        return self._owned
 
     def _round_done(self, round_: ClaimRound, max_messages: int) -> bool:
         """Whether a claim round has what it wants. With rate limits, it ends at the
@@ -751,7 +872,11 @@ class Queue:
                 for committer in self.committers:
                     committer.expect_high()
         everywhere, self._look_everywhere = self._look_everywhere, False
-        blind = [c for c in self.committers if everywhere or c.cached is None or c.high_pending]
+        blind = [
+            c
+            for c in self.committers
+            if self._claims_from(c.shard) and (everywhere or c.cached is None or c.high_pending)
+        ]
         looked = await asyncio.gather(
             *(c.submit(Claim(owner, 0, 1.0)) for c in blind), return_exceptions=True
         )
@@ -997,15 +1122,34 @@ class Queue:
         self._look_everywhere = True
         return True
 
-    def next_due(self, after: float = -math.inf) -> float | None:
+    def next_due(self, after: float = -math.inf, *, quiet: float | None = None) -> float | None:
         """When, by the store's clock, something this process knows of needs a
         claim (a delay or retry ends, a lease can be recovered, a timer bucket falls
         due, a dead process's records are overdue, work waiting for rate-limit
         tokens gets one); None if nothing. Times up to
-        ``after`` are passed over: pass when a claim last found nothing. No I/O."""
+        ``after`` are passed over: pass when a claim last found nothing. With
+        ``quiet``, the shards of others read before and then unwritten that long
+        count too (their owners idle or dead: a steal takes what falls due). No I/O."""
         now = self.clock()
-        dues = [due for c in self.committers if (due := c.next_due(now, after)) is not None]
+        mine = [c for c in self.committers if self._claims_from(c.shard)]
+        dues = [due for c in mine if (due := c.next_due(now, after)) is not None]
+        if quiet is not None:
+            dues += self._quiet_dues(now, after, quiet)
         return min(dues) if dues else None
+
+    def _quiet_dues(self, now: float, after: float, quiet: float) -> list[float]:
+        """When work falls due in the shards of others as last read, but not before
+        their cursor has gone unwritten ``quiet`` seconds (only then may it be
+        stolen): the leases of a dead owner, once they expire and it stays silent."""
+        out = []
+        for c in self.committers:
+            written = c.written_at
+            if self._claims_from(c.shard) or c.cached is None or written is None:
+                continue
+            due = c.next_due(now)
+            if due is not None and (due := max(due, written + quiet)) > after:
+                out.append(due)
+        return out
 
     #: The steps of a sweep of one shard, one request each.
     SWEEP_STEPS = ("cursor", "log", "high")
@@ -1036,9 +1180,13 @@ class Queue:
         """The status of one message, or None if there is no such message."""
         return await self._reader.get(message_id)
 
-    async def stats(self) -> Stats:
-        """Counts by status across all shards (reads every cursor and the unread backlog)."""
-        return await self._reader.stats()
+    async def stats(self, *, listing: bool = True) -> Stats:
+        """Counts by status across all shards (reads every cursor and the unread
+        backlog). With ``listing=False`` a lane's unread backlog is found by reading
+        its next segment, listed only when there is one (a GET instead of a LIST
+        per lane of an idle shard, a LIST costing as much as 12 GETs; how the
+        cluster's coordinator counts once an interval)."""
+        return await self._reader.stats(listing=listing)
 
     # --- dead letters ---------------------------------------------------------------------------
 

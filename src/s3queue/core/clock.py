@@ -165,14 +165,33 @@ class StoreClock:
         NARROW_TO): true for a process's first second or so on S3."""
         return 0 < self._samples <= NARROW_SAMPLES and self.uncertainty > NARROW_TO
 
-    async def measure(self, storage: Storage, key: str) -> None:
-        """Write ``key``, read its stamp back, and fold the sample in.
+    def due_within(self, seconds: float) -> bool:
+        """Whether a measurement is due now or will be within ``seconds`` (a caller
+        about to write anyway, and next in that many seconds, samples on its write
+        rather than let a sync write the clock object later)."""
+        last = self._sampled_at
+        if self.refused is not None or last is None or self.narrowing:
+            return True
+        return self._monotonic() - last + seconds >= RESAMPLE_INTERVAL
+
+    async def measure_on(self, storage: Storage, key: str, body: bytes) -> None:
+        """Measure on a write the caller makes anyway: ``body`` at ``key`` (a worker's
+        heartbeat), read back. One GET more than the write, and no write of the
+        clock object."""
+        async with self._lock:
+            await self.measure(storage, key, body)
+        if self.refused is not None:
+            raise self.refused
+
+    async def measure(self, storage: Storage, key: str, body: bytes | None = None) -> None:
+        """Write ``key`` (with ``body``, or a sample's), read its stamp back, and fold
+        the sample in.
 
         Another process may write ``key`` between our write and our read; its stamp
         then falls before our read's answer, which bounds it instead of our write's.
         """
         start = self._monotonic()
-        etag = await storage.put(key, sample_body())
+        etag = await storage.put(key, sample_body() if body is None else body)
         written = self._monotonic()
         stored = await storage.get(key)
         answered = self._monotonic()

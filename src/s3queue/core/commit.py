@@ -49,6 +49,7 @@ from s3queue.core.cursor import (
     is_ahead,
     is_unread,
     next_due,
+    oldest_waiting,
     rate_due,
 )
 from s3queue.core.layout import HIGH_LANE, TIMER_BUCKET, TIMER_SEAL_MARGIN, SegmentRef
@@ -152,6 +153,9 @@ class ShardCommitter:
         self._seen_at = -math.inf
         self.commits = 0
         self.conflicts = 0
+        #: When (store time, whole seconds) the cursor this process last read was
+        #: written, by whoever wrote it; None before a read or if the store cannot say.
+        self.written_at: float | None = None
 
     # --- public --------------------------------------------------------------------
 
@@ -257,6 +261,14 @@ class ShardCommitter:
             return None
         rates, hold = self.context.rates, self.held()
         return best_waiting(self._known, segments, now, rates, hold=hold)
+
+    def waiting_since(self, now: float) -> float | None:
+        """When the longest-waiting message claimable now was enqueued, as far as
+        the cached cursor knows (no I/O); None when it knows of none."""
+        segments = self._window()
+        if segments is None or self._known is None:
+            return None
+        return oldest_waiting(self._known, segments, now)
 
     # --- rate limits -------------------------------------------------------------------
 
@@ -374,6 +386,7 @@ class ShardCommitter:
             self._cursor, self._etag = Cursor(shard=self.shard), None
         else:
             self._cursor, self._etag = decode_cursor(stored.data, self.key), stored.etag
+            self.written_at = stored.modified
         self._current_at = sources.monotonic()
         self._seen_at = self.context.clock()
         self._view = None

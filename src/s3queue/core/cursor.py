@@ -664,6 +664,13 @@ def best_waiting(
     return None
 
 
+def oldest_waiting(cursor: Cursor, segments: Mapping[str, Segment], now: float) -> float | None:
+    """When the longest-waiting message claimable now was enqueued, None when none
+    is: how long a shard's backlog has gone untaken (rate limits aside)."""
+    ranked = _ranked(_State(cursor), segments, now)
+    return min((message.enqueued_at for _, message in ranked), default=None)
+
+
 def _admitted(ranked: Ranked, tokens: Tokens) -> Ranked:
     """The messages of ``ranked`` that get their tokens, spending them as they go."""
     for mid, message in ranked:

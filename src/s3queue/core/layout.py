@@ -233,6 +233,44 @@ def sweeper_key(queue: str) -> str:
     return f"{queue}/sweeper"
 
 
+#: A worker id as it may appear in a key: what ``hostname-pid-hex`` and most
+#: user-chosen ids are made of. Anything else is refused when the worker starts.
+WORKER_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}$", re.ASCII)
+
+
+def check_worker_id(worker_id: str) -> str:
+    if not isinstance(worker_id, str) or not WORKER_ID.fullmatch(worker_id):
+        raise ConfigurationError(
+            f"invalid worker id {worker_id!r}: it names the worker's heartbeat object",
+            suggestion="use 1-128 letters, digits, '.', '_' or '-', "
+            "starting with a letter or digit",
+        )
+    return worker_id
+
+
+def workers_prefix(queue: str) -> str:
+    return f"{queue}/workers/"
+
+
+def worker_key(queue: str, worker_id: str) -> str:
+    return f"{workers_prefix(queue)}{worker_id}"
+
+
+def worker_of(queue: str, key: str) -> str | None:
+    """The worker id a heartbeat key names; None (with a warning) for another key."""
+    prefix = workers_prefix(queue)
+    worker_id = key[len(prefix) :] if key.startswith(prefix) else ""
+    if not WORKER_ID.fullmatch(worker_id):
+        foreign(key)
+        return None
+    return worker_id
+
+
+def cluster_key(queue: str) -> str:
+    """The coordinator's lease and the cluster snapshot, one object (see registry.py)."""
+    return f"{queue}/cluster"
+
+
 def dedup_key(queue: str, key: str) -> str:
     digest = hashlib.sha256(key.encode("utf-8")).hexdigest()
     return f"{queue}/dedup/{digest}"
@@ -392,6 +430,8 @@ _KINDS = [
     ("result", re.compile(rf"^results/{_ID}$", re.ASCII)),
     ("result", re.compile(r"^results/\d{4}/(?:[LH]\d{12}|T\d{13}\.\d{6})/\d{6}$", re.ASCII)),
     ("sweeper", re.compile(r"^sweeper$", re.ASCII)),
+    ("cluster", re.compile(r"^cluster$", re.ASCII)),
+    ("worker", re.compile(r"^workers/[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}$", re.ASCII)),
     ("redriven", re.compile(rf"^redriven/{_ID}$", re.ASCII)),
     ("dedup", re.compile(r"^dedup/[0-9a-f]{64}$", re.ASCII)),
     ("blob", re.compile(rf"^{_BLOB.pattern}$", re.ASCII)),

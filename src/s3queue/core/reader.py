@@ -246,13 +246,15 @@ class QueueReader:
             redriven_to=redriven_to,
         )
 
-    async def stats(self) -> Stats:
+    async def stats(self, *, listing: bool = True) -> Stats:
         """Counts by status across all shards (reads every cursor and the unread
         backlog, and lists the dead letters). See :class:`~s3queue.info.Stats`.
         Unreadable objects do not fail it: they are counted out and reported."""
         # Cursors first, then the letters: a letter is written before its message
         # leaves the cursor, so each dead message is seen in one place or both.
-        read = await asyncio.gather(*(self._shard_stats(k) for k in range(self.settings.shards)))
+        read = await asyncio.gather(
+            *(self._shard_stats(k, listing) for k in range(self.settings.shards))
+        )
         dead: dict[int, set[str]] = {k: dying for k, (_, dying, _) in enumerate(read)}
         for mid in await self.dead_letter_ids():
             dead.setdefault(layout.parse_message_id(mid).shard, set()).add(mid)
@@ -300,7 +302,9 @@ class QueueReader:
             )
         return out
 
-    async def _shard_stats(self, shard: int) -> tuple[ShardStats, set[str], list[Problem]]:
+    async def _shard_stats(
+        self, shard: int, listing: bool = True
+    ) -> tuple[ShardStats, set[str], list[Problem]]:
         """One shard's counts (``dead`` left 0), the ids its cursor says died whose
         dead letters may not be written yet, and what could not be read."""
         empty = ShardStats(shard, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0)
@@ -324,7 +328,7 @@ class QueueReader:
                     dying.add(mid)
                 elif status is not None:
                     counts[status] += 1
-        for ref, segment in await self._backlog(shard, cursor, problems):
+        for ref, segment in await self._backlog(shard, cursor, problems, listing):
             prefix = f"{shard}-{ref}-"
             for index, message in enumerate(segment.messages):
                 if prefix + str(index) not in cursor.flights:  # else cancelled before read
@@ -363,11 +367,17 @@ class QueueReader:
         return any(s.ref == str(ref) for s in cursor.open)
 
     async def _backlog(
-        self, shard: int, cursor: Cursor, problems: list[Problem]
+        self, shard: int, cursor: Cursor, problems: list[Problem], listing: bool = True
     ) -> list[tuple[SegmentRef, Segment]]:
-        """Segments written but not yet taken into the cursor's window."""
+        """Segments written but not yet taken into the cursor's window (see
+        :meth:`stats` for ``listing``)."""
+        unread = (
+            await unread_segments(self.storage, self.name, shard, cursor)
+            if listing
+            else await self._probed(shard, cursor)
+        )
         out = []
-        for ref in await unread_segments(self.storage, self.name, shard, cursor):
+        for ref in unread:
             try:
                 segment = await self.segments.fetch(shard, ref)
             except CorruptData as error:
@@ -376,6 +386,27 @@ class QueueReader:
             if segment is not None:
                 out.append((ref, segment))
         return out
+
+    async def _probed(self, shard: int, cursor: Cursor) -> list[SegmentRef]:
+        """:func:`unread_segments`, listing a lane only when its next segment exists
+        (producers write a lane's segments at consecutive numbers), and the timer
+        buckets only when the cursor registered one (a producer registers a bucket
+        before it writes to it)."""
+        refs: list[SegmentRef] = []
+        for start in (SegmentRef.log(cursor.next_seq), SegmentRef.high(cursor.next_high)):
+            try:
+                if await self.segments.fetch(shard, start) is None:
+                    continue
+            except CorruptData:
+                pass  # listed, then counted out as a problem by the caller's read
+            prefix = layout.lane_prefix(self.name, shard, start.bucket)
+            after = start.key(self.name, shard)
+            refs.append(start)
+            refs.extend(await _listed(self.storage, self.name, shard, prefix, after))
+        if cursor.timers:
+            timers = layout.timers_prefix(self.name, shard)
+            refs.extend(await _listed(self.storage, self.name, shard, timers))
+        return [ref for ref in refs if is_unread(cursor, ref)]
 
     async def dead_letter_ids(self, limit: int | None = None) -> list[str]:
         entries = await self.storage.list(layout.dead_prefix(self.name), limit=limit)

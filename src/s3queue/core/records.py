@@ -208,6 +208,55 @@ class Link(msgspec.Struct, frozen=True, kw_only=True):
     at: float
 
 
+class WorkerBeat(msgspec.Struct, frozen=True, kw_only=True):
+    """``workers/<id>``: one worker process serving the queue, rewritten every
+    heartbeat interval and deleted when it stops. Liveness is read from the
+    object's Last-Modified (the store's clock), not from ``last_seen``."""
+
+    format: int = FORMAT
+    id: str
+    host: str
+    pid: int
+    queues: list[str]
+    concurrency: int
+    running: int
+    version: str
+    started_at: float
+    last_seen: float
+    interval: float
+
+
+class Backlog(msgspec.Struct, frozen=True, kw_only=True):
+    """A queue's counts when the coordinator last looked (see :class:`ClusterRecord`)."""
+
+    pending: int
+    delayed: int
+    processing: int
+    dead: int
+    at: float
+
+
+class ClusterRecord(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
+    """``cluster``: the coordinator's lease and the cluster snapshot, one object.
+
+    Written only by compare-and-swap. ``epoch`` goes up by one each time another
+    worker takes the lease; ``expires_at`` (store time) ends it unless renewed;
+    ``token`` tells a holder whether an answer it lost was its own write. The
+    snapshot half (``workers``, ``backlog``) is what the holder saw at ``at``:
+    every worker reads the live set from here instead of listing it.
+    """
+
+    format: int = FORMAT
+    epoch: int = 0
+    holder: str = ""
+    token: str = ""
+    expires_at: float = 0.0
+    at: float = 0.0
+    ttl: float = 0.0
+    workers: list[str] = msgspec.field(default_factory=list)
+    backlog: Backlog | None = None
+
+
 T = TypeVar("T")
 
 _encoder = msgspec.json.Encoder()

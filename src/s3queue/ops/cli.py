@@ -441,9 +441,25 @@ _SweepInterval = Annotated[
     float,
     checked(
         limits.SWEEP_EVERY,
-        "Offer to sweep each queue served this often (collect what its retention says "
-        "is over; one worker at a time does it). 0: never (leave it to other workers "
-        "or s3queue sweep).",
+        "Sweep each queue served this often while coordinating it (collect what its "
+        "retention says is over; one worker at a time does it). 0: never (leave it to "
+        "other workers or s3queue sweep).",
+    ),
+]
+_MaxPollInterval = Annotated[
+    float,
+    checked(
+        limits.MAX_POLL_INTERVAL,
+        "Idle workers of a cluster share the polling: together they check each shard "
+        "at least this often (and the queue once per --poll-interval).",
+    ),
+]
+_HeartbeatInterval = Annotated[
+    float,
+    checked(
+        limits.HEARTBEAT_INTERVAL,
+        "Rewrite this worker's heartbeat (one PUT per queue) and read the cluster object "
+        "this often; a worker silent for three intervals is dead and its shards move.",
     ),
 ]
 _Prefetch = Annotated[
@@ -529,6 +545,8 @@ def worker(  # noqa: PLR0913 - typer reads a command's options from its paramete
     max_concurrency: _MaxConcurrency = None,
     prefetch: _Prefetch = None,
     sweep_interval: _SweepInterval = 60.0,
+    max_poll_interval: _MaxPollInterval = 10.0,
+    heartbeat_interval: _HeartbeatInterval = 90.0,
     backoff_initial: _BackoffInitial = None,
     backoff_max: _BackoffMax = None,
     burst: _Burst = False,
@@ -546,19 +564,20 @@ def worker(  # noqa: PLR0913 - typer reads a command's options from its paramete
 
     def build(q: list[Queue]) -> Worker:
         # Built once the queue is open: a refused --backoff-max is reported after it.
-        leases = Leases(
-            visibility_timeout=visibility_timeout,
-            job_timeout=job_timeout,
-            shutdown_timeout=shutdown_timeout,
-            max_attempts=max_attempts,
-            backoff=_backoff(backoff_initial, backoff_max),
-        )
+        backoff = _backoff(backoff_initial, backoff_max)
+        leases = Leases(visibility_timeout, job_timeout, shutdown_timeout, max_attempts, backoff)
         pool = Worker(
             q,
             function,
             concurrency=concurrency,
             leases=leases,
-            polling=Polling(poll_interval, prefetch, sweep_interval or None),
+            polling=Polling(
+                poll_interval,
+                prefetch,
+                sweep_interval or None,
+                max_poll_interval=max_poll_interval,
+                heartbeat_interval=heartbeat_interval,
+            ),
             scaling=Scaling(min_concurrency=min_concurrency, max_concurrency=max_concurrency),
             cron=crons,
         )
@@ -1337,8 +1356,8 @@ def main() -> None:
         raise SystemExit(exit_code(error)) from None
 
 
-__all__ = ["app", "cli_retention", "exit_code", "layout", "main"]
+__all__ = ["app", "cli_cluster", "cli_retention", "exit_code", "layout", "main"]
 
 
-# Registers its commands on ``app`` (imported last: it imports this module).
-from s3queue.ops import cli_retention  # noqa: E402
+# Register their commands on ``app`` (imported last: they import this module).
+from s3queue.ops import cli_cluster, cli_retention  # noqa: E402

@@ -98,6 +98,30 @@ async function loadDead() {
   }
 }
 
+async function loadWorkers() {
+  const data = await getJSON("api/queues/" + encodeURIComponent(chosen) + "/workers");
+  const lead = data.coordinator;
+  const leading = lead && lead.lease_left_seconds > 0;
+  $("coordinator").textContent = leading
+    ? "(coordinator " + lead.id + ", epoch " + lead.epoch + ")"
+    : "(no coordinator now: one takes the lease within a heartbeat interval)";
+  const body = $("workers");
+  body.replaceChildren();
+  if (data.workers.length === 0) cell(body.insertRow(), "no heartbeats: no worker serves this queue").colSpan = 7;
+  for (const w of data.workers) {
+    const row = body.insertRow();
+    cell(row, w.id, "text");
+    let state = w.problem ? "unreadable" : {true: "alive", false: "dead"}[w.alive] || "unknown";
+    if (leading && w.id === lead.id) state += ", coordinator";
+    cell(row, state, w.alive === false || w.problem ? "dead" : "");
+    cell(row, w.seen_seconds_ago === null ? "?" : Math.round(w.seen_seconds_ago) + " s ago");
+    cell(row, w.host || "", "text");
+    cell(row, w.pid || "");
+    cell(row, w.running === null ? "" : w.running + " / " + w.concurrency);
+    cell(row, w.version || "");
+  }
+}
+
 async function showMessage(id) {
   const out = $("message");
   out.hidden = false;
@@ -121,7 +145,7 @@ async function choose(name) {
 async function tick() {
   try {
     await loadOverview();
-    if (chosen) await loadDead();
+    if (chosen) await Promise.all([loadDead(), loadWorkers()]);
     $("error").textContent = "";
   } catch (error) {
     $("error").textContent = "could not read: " + error.message;

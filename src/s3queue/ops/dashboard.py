@@ -7,7 +7,8 @@ command line, where they need no authentication story.
 
 Routes: ``/`` (the page, with ``/dashboard.js`` and ``/dashboard.css``),
 ``/api/queues`` (every queue's counts, cached for ``refresh`` seconds so that many
-browser tabs cost one read), and per queue ``/api/queues/<name>/dead`` and
+browser tabs cost one read), and per queue ``/api/queues/<name>/dead``,
+``/api/queues/<name>/workers`` (heartbeats and the coordinator) and
 ``/api/queues/<name>/messages/<id>``.
 
 It answers only requests addressed to a name it was told is its own (see
@@ -26,12 +27,16 @@ from typing import Any
 from s3queue import limits, sources
 from s3queue.core.catalog import list_queues
 from s3queue.errors import ConfigurationError, QueueError
-from s3queue.ops import webserver
+from s3queue.ops import webserver, workers_view
 from s3queue.ops.webserver import Request, Response
 from s3queue.queue import Queue
 from s3queue.storage import Storage
 
 MAX_DEAD = 500
+#: Workers shown in full (their heartbeats read); the rest by their listing only.
+WORKER_DETAILS = 50
+#: Seconds between two reads of a queue's workers, at least.
+WORKERS_REFRESH = 15.0
 
 #: Sent with every answer. The page runs only the files the dashboard serves, so markup
 #: that slipped into a queue name or an error message could not run script; no other
@@ -144,6 +149,7 @@ class Dashboard:
         self._overview: dict[str, Any] | None = None
         self._fetched = 0.0
         self._previous: tuple[float, dict[str, int]] | None = None
+        self._workers: dict[str, tuple[float, dict[str, Any]]] = {}
         self._lock = asyncio.Lock()
 
     async def serve(self, host: str = "127.0.0.1", port: int = 8321) -> asyncio.Server:
@@ -180,6 +186,8 @@ class Dashboard:
                     },
                     404,
                 )
+            if parts[3:] == ["workers"]:
+                return Response.json(await self.workers(queue))
             if parts[3:] == ["dead"]:
                 return await self._dead(queue, request.query.get("limit", "50"))
             if parts[3] == "messages" and len(parts) == 5:
@@ -193,6 +201,19 @@ class Dashboard:
                 self._overview = await self._read_overview()
                 self._fetched = sources.monotonic()
             return self._overview
+
+    async def workers(self, queue: Queue) -> dict[str, Any]:
+        """``queue``'s workers and coordinator (see :mod:`workers_view`), read at most
+        once per max(``refresh``, WORKERS_REFRESH) seconds: heartbeats change once
+        an interval, and each read is a LIST and a GET per worker shown in full."""
+        async with self._lock:
+            fetched, seen = self._workers.get(queue.name, (0.0, None))
+            if seen is None or sources.monotonic() - fetched >= max(self.refresh, WORKERS_REFRESH):
+                seen = await workers_view.read(
+                    queue.storage, queue.name, queue.clock(), details=WORKER_DETAILS
+                )
+                self._workers[queue.name] = (sources.monotonic(), seen)
+            return seen
 
     async def _read_overview(self) -> dict[str, Any]:
         names = await list_queues(self.storage)

@@ -5,6 +5,8 @@ one process never collide) and ``await monitor.serve(host, port)`` answers:
 
 - ``GET /metrics``: the Prometheus text format;
 - ``GET /livez``: 200 while the event loop answers at all (a liveness probe);
+- ``GET /cluster``: the queue's cluster snapshot as JSON (live workers, the
+  coordinator, the backlog): what the KEDA metrics-api scaler reads;
 - ``GET /healthz`` (also ``/readyz``): 200 with a JSON body while the worker runs and
   its claims reach storage; 503 with the reason when it is stopping, has stopped, or
   every claim has failed for longer than ``unhealthy_after`` seconds.
@@ -145,12 +147,44 @@ class WorkerMonitor:
     async def answer(self, request: webserver.Request) -> webserver.Response:
         if request.path == "/metrics":
             return webserver.Response(200, CONTENT_TYPE_LATEST, generate_latest(self.registry))
+        if request.path == "/cluster":
+            return webserver.Response.json(self.cluster_view())
         if request.path == "/livez":
             return webserver.Response.text(200, "ok\n")
         if request.path in ("/healthz", "/readyz"):
             healthy, facts = self.health()
             return webserver.Response.json(facts, 200 if healthy else 503)
-        return webserver.Response.text(404, "try /metrics, /healthz or /livez\n")
+        return webserver.Response.text(404, "try /metrics, /healthz, /livez or /cluster\n")
+
+    def cluster_view(self) -> dict[str, Any]:
+        """``GET /cluster``: the queue's cluster snapshot as this worker last read it
+        (the KEDA metrics-api scaler reads ``backlog`` from here). ``backlog`` and
+        its counts are null until a coordinator has counted."""
+        worker = self.worker
+        queue = worker.queue.name
+        record = worker.cluster.snapshot(queue)
+        backlog = record.backlog if record is not None else None
+        counts = None
+        if backlog is not None:
+            counts = {
+                "pending": backlog.pending,
+                "delayed": backlog.delayed,
+                "processing": backlog.processing,
+                "dead": backlog.dead,
+                "at": backlog.at,
+            }
+        return {
+            "queue": queue,
+            "worker_id": worker.worker_id,
+            "coordinator": None if record is None else record.holder or None,
+            "epoch": None if record is None else record.epoch,
+            "coordinator_expires_at": None if record is None else record.expires_at,
+            "is_coordinator": worker.cluster.coordinates(queue),
+            "workers": worker.cluster.workers,
+            "owned_shards": sorted(worker.queue.owned or []),
+            "backlog": None if counts is None else counts["pending"] + counts["delayed"],
+            "counts": counts,
+        }
 
 
 def _declare_gauges(worker: Worker, registry: CollectorRegistry) -> None:
@@ -168,10 +202,51 @@ def _declare_gauges(worker: Worker, registry: CollectorRegistry) -> None:
             "Leases held beyond running jobs.",
             lambda: worker.prefetch,
         ),
+        (
+            "s3queue_cluster_workers",
+            "Live workers serving the queue, as its cluster object names them (this one included).",
+            lambda: worker.cluster.workers,
+        ),
+        (
+            "s3queue_is_coordinator",
+            "1 while this worker holds the queue's coordinator lease, else 0.",
+            lambda: float(worker.cluster.coordinates(worker.queue.name)),
+        ),
+        (
+            "s3queue_owned_shards",
+            "Shards this worker owns (claims from first) among the live workers.",
+            lambda: worker.cluster.owned(worker.queue.name),
+        ),
     ]
     queue = worker.queue.name
     for name, doc, read in gauges:
         Gauge(name, doc, ["queue"], registry=registry).labels(queue).set_function(read)
+
+
+def _backlog(worker: Worker, queue: str) -> Iterator[GaugeMetricFamily]:
+    """The backlog from the cluster snapshot (every worker of the queue serves the
+    same numbers: what autoscalers such as KEDA read), once a coordinator wrote one:
+    no number is better than a made-up 0."""
+    record = worker.cluster.snapshot(queue)
+    backlog = record.backlog if record is not None else None
+    if backlog is None:
+        return
+    for state in ("pending", "delayed", "processing", "dead"):
+        family = GaugeMetricFamily(
+            f"s3queue_queue_{state}",
+            f"Messages {state} in the queue when its coordinator last counted "
+            "(see s3queue_queue_counted_at_seconds).",
+            labels=["queue"],
+        )
+        family.add_metric([queue], getattr(backlog, state))
+        yield family
+    at = GaugeMetricFamily(
+        "s3queue_queue_counted_at_seconds",
+        "When (unix time, the store's clock) the coordinator last counted the queue.",
+        labels=["queue"],
+    )
+    at.add_metric([queue], backlog.at)
+    yield at
 
 
 class _StorageCollector(Collector):
@@ -191,6 +266,7 @@ class _StorageCollector(Collector):
         for kind in ("get", "put", "conditional_put", "delete", "list"):
             requests.add_metric([self.queue, kind], counts.get(kind, 0))
         yield requests
+        yield from _backlog(self.worker, self.queue)
         problems = CounterMetricFamily(
             "s3queue_storage_retries",
             "Storage answers that were retried: conflicts (412), throttling (503), others.",

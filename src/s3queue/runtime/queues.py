@@ -17,7 +17,7 @@ from typing import Any
 from s3queue.core.cursor import Recovered
 from s3queue.errors import ConfigurationError, QueueNotFound
 from s3queue.info import Lease
-from s3queue.queue import ClaimRound, Queue
+from s3queue.queue import ClaimRound, Queue, Steal
 from s3queue.storage import open_storage
 
 log = logging.getLogger("s3queue.worker")
@@ -86,28 +86,40 @@ class QueueSet:
         for q in self.queues:
             q.on_enqueued(listener)
 
-    async def claim_round(self, want: int, visibility_timeout: float, *, owner: str) -> ClaimRound:
+    async def claim_round(
+        self,
+        want: int,
+        visibility_timeout: float,
+        *,
+        owner: str,
+        steal: Steal | None = None,
+    ) -> ClaimRound:
         """Up to ``want`` leases from the queues in turn, starting one further along
-        each round."""
+        each round (see :meth:`Queue.claim_round` for ``steal``)."""
         if len(self.queues) == 1:
-            return await self.primary.claim_round(want, visibility_timeout, owner=owner)
+            return await self.primary.claim_round(
+                want, visibility_timeout, owner=owner, steal=steal
+            )
         start, self._first = self._first, (self._first + 1) % len(self.queues)
         leases: list[Lease] = []
-        contended = throttled = False
+        contended = throttled = stolen = False
         for q in [
             self.queues[(start + step) % len(self.queues)] for step in range(len(self.queues))
         ]:
             if len(leases) >= want:
                 break
             try:
-                got = await q.claim_round(want - len(leases), visibility_timeout, owner=owner)
+                got = await q.claim_round(
+                    want - len(leases), visibility_timeout, owner=owner, steal=steal
+                )
             except QueueNotFound as error:
                 self._deleted(q, error)
                 continue
             leases.extend(got.leases)
             contended = contended or got.contended
             throttled = throttled or got.throttled
-        return ClaimRound(leases, contended, throttled)
+            stolen = stolen or got.stolen
+        return ClaimRound(leases, contended, throttled, stolen)
 
     def _deleted(self, queue: Queue, error: QueueNotFound) -> None:
         """Stop serving a queue that was deleted; raise if it was the last one (the
@@ -132,8 +144,8 @@ class QueueSet:
         changed = await asyncio.gather(*(q.wake_changed() for q in self.queues))
         return any(changed)
 
-    def next_due(self, after: float = -math.inf) -> float | None:
-        dues = [due for q in self.queues if (due := q.next_due(after)) is not None]
+    def next_due(self, after: float = -math.inf, *, quiet: float | None = None) -> float | None:
+        dues = [due for q in self.queues if (due := q.next_due(after, quiet=quiet)) is not None]
         return min(dues) if dues else None
 
     def requests(self) -> int:
@@ -147,7 +159,9 @@ class QueueSet:
 
     async def sweep(self) -> bool:
         """The next request of a sweep over every shard of every queue (see
-        :meth:`Queue.sweep`)."""
+        :meth:`Queue.sweep`), owned by this process or not: a shard whose owner
+        died keeps work nobody announces (its expired leases) until the cluster
+        names a new owner, and the idle workers' sweeps are what find it first."""
         self._sweeps += 1
         steps = len(Queue.SWEEP_STEPS)
         places = [(q, shard) for q in self.queues for shard in range(q.settings.shards)]

@@ -1,8 +1,9 @@
 """The worker's background duty of collection: a sweeper pass per queue now and then.
 
-Every worker runs this loop, but the sweeper lease (in ``<queue>/sweeper``) lets one
-process at a time do a queue's pass; the others only read the lease (one GET per
-interval) and take over when its holder stops renewing it. A pass may spend at
+Every worker runs this loop, but only a queue's coordinator (runtime/cluster.py)
+sweeps it, and the sweeper lease (in ``<queue>/sweeper``) still lets one process at a
+time do a pass: two coordinators, one deposed and not yet aware, never sweep at
+once, and ``s3queue sweep`` by hand takes turns with the worker. A pass may spend at
 most 5% of the requests the process made since its last pass. A pass is due when
 that share covers a small floor of requests; when the last pass removed something
 or stopped at its budget; when a checkpoint it wrote ripens (so a queue that went
@@ -15,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Callable
 
 from s3queue import sources
 from s3queue.core.sweep import Budget, SweepReport
@@ -39,10 +41,20 @@ MIN_LEASE = 120.0
 
 
 class Upkeep:
-    """Runs sweeper passes over ``queues`` on behalf of worker ``owner``."""
+    """Runs sweeper passes over ``queues`` on behalf of worker ``owner``, for each
+    queue only while ``may_sweep(queue name)`` says so (a worker sweeps the queues
+    it coordinates)."""
 
-    def __init__(self, queues: list[Queue], owner: str, interval: float | None) -> None:
+    def __init__(
+        self,
+        queues: list[Queue],
+        owner: str,
+        interval: float | None,
+        *,
+        may_sweep: Callable[[str], bool] | None = None,
+    ) -> None:
         self.interval = interval
+        self._may_sweep = may_sweep
         self.sweepers = [(q, q.sweeper(owner)) for q in queues]
         #: The process's requests at the end of each queue's last pass.
         self._seen = [q.storage.counts.total for q in queues]
@@ -87,9 +99,9 @@ class Upkeep:
                     await sweeper.release()
 
     def _due(self, index: int, interval: float) -> bool:
-        if index in self._gone:
-            return False
         queue = self.sweepers[index][0]
+        if index in self._gone or (self._may_sweep is not None and not self._may_sweep(queue.name)):
+            return False
         if self._eager[index]:
             return True
         ripens_at = self._ripens_at[index]

@@ -25,10 +25,12 @@ from dataclasses import dataclass, field
 from typing import Any, Literal, get_args
 
 from s3queue import limits, sources
+from s3queue.core import layout
 from s3queue.core.cursor import Recovered
 from s3queue.errors import ConfigurationError, JobTimeout, LeaseLost, PayloadError, QueueError
 from s3queue.info import Lease
-from s3queue.queue import Queue
+from s3queue.queue import ClaimRound, Queue, Steal
+from s3queue.runtime.cluster import Cluster, Presence
 from s3queue.runtime.cron import Cron, Scheduler
 from s3queue.runtime.pacing import MAX_PREFETCH_FACTOR as MAX_PREFETCH_FACTOR  # its old home
 from s3queue.runtime.pacing import Pacing
@@ -48,6 +50,17 @@ SWEEP_EVERY = 5
 #: to share its cursor write. A finished job's lease stays covered by the heartbeat,
 #: so waiting risks nothing; the next claim usually comes much sooner.
 ACK_LINGER = 0.1
+#: Work that waited this many poll intervals in a shard another worker owns may be
+#: taken by a worker with a free slot: its owner is busy or gone. Two: an owner at
+#: work checks its shards every poll interval at most, so work this old is not
+#: about to be taken.
+STEAL_AFTER_POLLS = 2
+#: A worker that finds no waiting work to steal looks again later each time, up to
+#: this many max_poll_intervals apart.
+STEAL_BACKOFF = 4
+#: Idle checks since its last work before a worker counts as idling (its checks
+#: spaced out): news it then hears may be taken from any shard at once.
+QUIET_CHECKS = 2
 
 EventName = Literal[
     "enqueued",
@@ -61,6 +74,8 @@ EventName = Literal[
     "lease_lost",
     "workers_started",
     "workers_stopped",
+    "coordinator_promoted",
+    "coordinator_demoted",
 ]
 EVENTS: tuple[EventName, ...] = get_args(EventName)
 
@@ -88,8 +103,10 @@ class WorkerEvent:
     dead: bool = False
     #: What ran the message (the handler, or the task): as its log line names it.
     task: str | None = None
-    #: The queue of the message (None for pool-wide events).
+    #: The queue of the message (None for pool-wide events), or of the cluster.
     queue: str | None = None
+    #: ``coordinator_promoted`` / ``_demoted``: the epoch of the coordinator's lease.
+    epoch: int | None = None
 
 
 Listener = Callable[[WorkerEvent], Any]
@@ -216,10 +233,21 @@ class Worker:
             fixed_prefetch=polling.prefetch,
         )
         self.backoff = leases.backoff or self.queue.backoff
-        self.worker_id = worker_id or f"{socket.gethostname()}-{os.getpid()}-{sources.token_hex(3)}"
+        self.worker_id = layout.check_worker_id(
+            worker_id or f"{socket.gethostname()}-{os.getpid()}-{sources.token_hex(3)}"
+        )
         #: Periodic jobs this worker enqueues (each tick is enqueued once).
         self.scheduler = Scheduler(self.queue, cron or [])
-        self.upkeep = Upkeep(list(self.queues.queues), self.worker_id, polling.sweep_interval)
+        #: Heartbeats, shard ownership and the coordinator's lease.
+        self.cluster = Cluster(self.queues, self.worker_id, polling, self._presence)
+        self.cluster.on_change(self._coordinator_changed)
+        # Sweeping is a coordinator's duty: the others do not even read its lease.
+        self.upkeep = Upkeep(
+            list(self.queues.queues),
+            self.worker_id,
+            polling.sweep_interval,
+            may_sweep=self.cluster.coordinates,
+        )
         self._listeners: dict[str, list[Listener]] = {name: [] for name in EVENTS}
         self._start_state()
         self.router.bind(self)
@@ -242,6 +270,14 @@ class Worker:
         self._claimed_at = -math.inf
         #: Idle checks since work was last found or announced, and sweep steps made.
         self._quiet = 0
+        #: Idle checks since a claim last took work (they space the next ones out).
+        self._quiet_run = 0
+        #: Stealing (see _steal): whether the last look took something, when
+        #: (sources.monotonic()) the next look for waiting work is due and the pause
+        #: after it, and whether an idle check just heard news after a quiet spell.
+        self._stealing = self._heard_after_quiet = self._heard = False
+        self._steal_due = -math.inf
+        self._steal_pause = self.polling.max_poll_interval
         self._idle_debt = 0.0
         self._armed = False
         self.processed = self.failed = 0
@@ -330,6 +366,13 @@ class Worker:
             "recovered", message_id=event.id, attempt=event.attempt, error=error, dead=event.dead
         )
 
+    def _presence(self) -> Presence:
+        return Presence(concurrency=self.concurrency, running=len(self._running))
+
+    def _coordinator_changed(self, change: str, queue: str, epoch: int) -> None:
+        name: EventName = "coordinator_promoted" if change == "promoted" else "coordinator_demoted"
+        self._emit(name, queue=queue, epoch=epoch)
+
     # --- running ----------------------------------------------------------------------------
 
     async def run(self, *, handle_signals: bool = False, burst: bool = False) -> None:
@@ -346,6 +389,8 @@ class Worker:
                 group.create_task(self._heartbeat_loop(), name="s3queue-heartbeat")
                 group.create_task(self.scheduler.run(self._stopping), name="s3queue-cron")
                 if not burst:
+                    # A burst worker drains every shard and leaves: no cluster.
+                    group.create_task(self.cluster.run(self._stopping), name="s3queue-cluster")
                     group.create_task(self.upkeep.run(self._stopping), name="s3queue-sweep")
                 if burst:
                     group.create_task(self._burst_loop(), name="s3queue-burst")
@@ -458,6 +503,7 @@ class Worker:
                     # Ask producers to announce what they write next, then claim once
                     # more: what they wrote before the arming is found by that claim.
                     self._armed = await self._arm()
+                    self._heard = True  # the claim after arming stands for the news missed
                     continue
                 if await self._idle(until_slot_free=bool(self._running)):
                     self._armed = False  # a ring disarms it: arm again before idling
@@ -472,16 +518,55 @@ class Worker:
         try:
             asked = sources.monotonic()
             self._claimed_at = self.queue.clock()
+            steal = self._steal()
             got = await self.queues.claim_round(
-                want, self.leases.visibility_timeout, owner=self.worker_id
+                want, self.leases.visibility_timeout, owner=self.worker_id, steal=steal
             )
         except QueueError as error:
             self._storage_failed(error)
             return [], False, False
         self.claim_failing_since = None
+        if steal is not None:
+            self._stole(steal, got)
         if got.leases:
+            self._quiet_run = 0
             self.pacing.claimed(sources.monotonic() - asked)
         return got.leases, got.contended, got.throttled
+
+    def _steal(self) -> Steal | None:
+        """Whether this claim may look at shards other workers own, and what it may
+        take there (see :class:`Steal`); None: it keeps to its own shards. Only with
+        a slot free. News heard after a quiet spell may be taken from quiet shards
+        (a cursor read each). Work that waits untaken is looked for (the segments
+        of every other shard's window read too) at most once per
+        ``max_poll_interval``, less often each time it finds none, up to
+        STEAL_BACKOFF times less; as long as the last look took some, every
+        claim looks. Other news (heard while busy lately, or missed while
+        arming) may be taken from the shards last seen quiet: those of owners
+        dead or idle, a cursor read each."""
+        if len(self._running) + len(self._buffer) >= self.concurrency:
+            return None
+        quiet = self.polling.max_poll_interval
+        now = sources.monotonic()
+        if self._stealing or now >= self._steal_due:
+            self._steal_due = now + self._steal_pause
+            return Steal(quiet=quiet, waited=STEAL_AFTER_POLLS * self.polling.poll_interval)
+        if self._heard_after_quiet:
+            return Steal(quiet=quiet)
+        if self._heard:
+            return Steal(quiet=quiet, everywhere=False)
+        return None
+
+    def _stole(self, steal: Steal, got: ClaimRound) -> None:
+        """Pace the looks for waiting work by what the last one found."""
+        self._heard_after_quiet = self._heard = False
+        self._stealing = got.stolen
+        if steal.waited is None:
+            return
+        shortest = self.polling.max_poll_interval
+        self._steal_pause = (
+            shortest if got.stolen else min(self._steal_pause * 2, STEAL_BACKOFF * shortest)
+        )
 
     async def _await_token(self) -> bool:
         """Work waits for rate-limit tokens: wait for the next, without a request, if
@@ -538,7 +623,7 @@ class Worker:
                 return False
             # Due times the last empty claim had passed are not due again: that
             # claim found nothing to do with them (a spin, otherwise).
-            due = self.queues.next_due(after=self._claimed_at)
+            due = self.queues.next_due(after=self._claimed_at, quiet=self.polling.max_poll_interval)
             wait = self._idle_debt
             if due is not None:
                 wait = min(wait, max(0.0, due - self.queue.clock()))
@@ -546,9 +631,17 @@ class Worker:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), wait)
                 return False
-            if self._stopping.is_set() or (due is not None and self.queue.clock() >= due):
+            if self._stopping.is_set():
                 return False
+            if due is not None and self.queue.clock() >= due:
+                self._heard = True  # perhaps in a quiet shard of another's: it may look
+                return False
+            quiet = self._quiet_run >= QUIET_CHECKS
             if await self._check():
+                # News after a quiet spell may be in any shard, its owner idling as
+                # this worker was: the claim that follows may look there.
+                self._heard_after_quiet = quiet
+                self._heard = True
                 return True
         return False
 
@@ -574,10 +667,22 @@ class Worker:
         # Paced by the requests it made (a clock sample makes three), not by what the
         # rest of the process sent meanwhile.
         made = min(3 * len(self.queues.queues), max(1, self.queues.requests() - before))
-        self._idle_debt = made * self.polling.poll_interval
+        self._idle_debt = made * self._idle_wait()
+        # Counted whatever the check found: news of work that the claim after it
+        # does not get (other workers' shards, taken by them) is no reason to
+        # check more often. A claim that takes work resets it.
+        self._quiet_run += 1
         if found:
             self._quiet = 0
         return found
+
+    def _idle_wait(self) -> float:
+        """The wait before the next idle check: ``poll_interval`` after work, doubled
+        by each quiet check up to this worker's share of its cluster's polling
+        (:meth:`Cluster.idle_interval`): a worker that just had work checks often,
+        and an idle cluster checks the queue at a rate that does not grow with it."""
+        poll = self.polling.poll_interval
+        return min(self.cluster.idle_interval(), poll * 2.0 ** min(self._quiet_run, 32))
 
     def _start_buffered(self, jobs: asyncio.TaskGroup) -> int:
         started = 0

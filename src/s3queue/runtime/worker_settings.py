@@ -58,25 +58,50 @@ class Polling:
     """How the worker reads the bucket besides claiming.
 
     With nothing to claim, it makes one storage request per ``poll_interval`` seconds
-    on average. ``prefetch`` leases are held beyond the running jobs; None adapts it
-    to how fast jobs finish (see :class:`s3queue.runtime.pacing.Pacing`). Every
-    ``sweep_interval`` seconds (jittered) it offers to sweep each queue it serves
-    (collect what retention says is over, :mod:`s3queue.runtime.upkeep`); None
-    leaves that to other workers or to ``s3queue sweep``.
+    on average, fewer the longer it stays idle when other workers serve the queue: a
+    cluster's idle workers share the polling, so that together they check the queue
+    at least once per ``poll_interval`` and each of its shards at least once per
+    ``max_poll_interval`` (``s3queue.runtime.cluster``). Every
+    ``heartbeat_interval`` seconds it rewrites its heartbeat object (a PUT per queue
+    served) and reads the cluster object (a GET); a worker not heard from for three
+    intervals is dead, and its shards go to the others. ``prefetch`` leases are held
+    beyond the running jobs; None adapts it to how fast jobs finish (see
+    :class:`s3queue.runtime.pacing.Pacing`). Every ``sweep_interval`` seconds
+    (jittered) the queue's coordinator sweeps it (collects what retention says is
+    over, :mod:`s3queue.runtime.upkeep`); None leaves that to other workers or to
+    ``s3queue sweep``.
     """
 
     poll_interval: float = 1.0
     prefetch: int | None = None
     sweep_interval: float | None = 60.0
+    max_poll_interval: float = 10.0
+    heartbeat_interval: float = 90.0
 
     def __post_init__(self) -> None:
         _set(self, "poll_interval", limits.POLL_INTERVAL.check(self.poll_interval, "poll_interval"))
+        _set(
+            self,
+            "max_poll_interval",
+            limits.MAX_POLL_INTERVAL.check(self.max_poll_interval, "max_poll_interval"),
+        )
+        _set(
+            self,
+            "heartbeat_interval",
+            limits.HEARTBEAT_INTERVAL.check(self.heartbeat_interval, "heartbeat_interval"),
+        )
         _set(self, "prefetch", limits.PREFETCH.optional(self.prefetch, "prefetch"))
         _set(
             self,
             "sweep_interval",
             limits.SWEEP_INTERVAL.optional(self.sweep_interval, "sweep_interval"),
         )
+
+    @property
+    def worker_ttl(self) -> float:
+        """How long a worker not heard from counts as alive: three heartbeats, so
+        that one lost or late heartbeat never passes a live worker's shards on."""
+        return 3 * self.heartbeat_interval
 
 
 @dataclass(frozen=True, slots=True)

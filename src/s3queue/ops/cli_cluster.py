@@ -1,0 +1,93 @@
+"""``s3queue workers``: the worker processes serving a queue, and its coordinator.
+
+Registered on the CLI's app when :mod:`s3queue.ops.cli` is imported.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+import typer
+from rich.table import Table
+
+from s3queue.core.catalog import list_queues
+from s3queue.ops import workers_view
+from s3queue.ops.cli import Command, _Json, app, emit, err, open_queue, options, out, run
+from s3queue.storage import open_storage
+
+
+@app.command(cls=Command)
+def workers(
+    queue: Annotated[
+        str | None, typer.Argument(help="Queue name (default: every queue under the URL).")
+    ] = None,
+    as_json: _Json = False,
+) -> None:
+    """The worker processes serving a queue, from their heartbeats, and its coordinator.
+
+    A worker rewrites its heartbeat every heartbeat interval (90 s by default) and
+    deletes it when it stops; one not heard from for three intervals is listed as
+    dead (killed, or cut off from the store) until the coordinator deletes its
+    object, an hour or more later.
+    """
+
+    async def main() -> list[dict[str, Any]]:
+        names = [queue] if queue is not None else await _queues()
+        out_ = []
+        for name in names:
+            async with await open_queue(name, create=False) as q:
+                out_.append(await workers_view.read(q.storage, name, q.clock()))
+        return out_
+
+    views = run(main)
+    if as_json:
+        emit(views)
+        return
+    for view in views:
+        _print(view)
+
+
+async def _queues() -> list[str]:
+    storage = open_storage(options.url)
+    try:
+        return await list_queues(storage)
+    finally:
+        await storage.close()
+
+
+def _print(view: dict[str, Any]) -> None:
+    table = Table(title=f"queue {view['queue']}: workers")
+    for column in ("id", "state", "seen", "host", "pid", "running", "version"):
+        table.add_column(column, justify="right" if column in ("pid", "running") else "left")
+    coordinator = view["coordinator"] or {}
+    for row in view["workers"]:
+        state = {True: "alive", False: "dead", None: "unknown"}[row["alive"]]
+        if row["problem"]:
+            state = "unreadable"
+        if row["id"] == coordinator.get("id") and coordinator.get("lease_left_seconds", 0) > 0:
+            state += ", coordinator"
+        seen = "?" if row["seen_seconds_ago"] is None else f"{row['seen_seconds_ago']:.0f} s ago"
+        running = "" if row["running"] is None else f"{row['running']}/{row['concurrency']}"
+        table.add_row(
+            row["id"], state, seen, row["host"] or "", str(row["pid"] or ""), running,
+            row["version"] or "",
+        )  # fmt: skip
+    out.print(table)
+    for row in view["workers"]:
+        if row["problem"]:
+            err.print(f"problem: {row['problem']}", soft_wrap=True)
+    if not coordinator:
+        out.print("coordinator: none yet (a worker takes the lease when it starts)")
+    elif coordinator["lease_left_seconds"] <= 0:
+        out.print(
+            f"coordinator: none (the lease of {coordinator['id']}, epoch {coordinator['epoch']}, "
+            f"ran out {-coordinator['lease_left_seconds']:.0f} s ago; a worker takes it next)"
+        )
+    else:
+        out.print(
+            f"coordinator: {coordinator['id']} (epoch {coordinator['epoch']}, "
+            f"lease for {coordinator['lease_left_seconds']:.0f} s more)"
+        )
+
+
+__all__ = ["workers"]
