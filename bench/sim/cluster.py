@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from bench.latency_store import prefix_of
-from bench.sim.ledger import InvariantBroken, Ledger
+from bench.sim.ledger import ClusterWatch, InvariantBroken, Ledger
 from bench.sim.loop import VirtualLoop
 from bench.sim.scenario import Scenario
 from bench.sim.store import EPOCH, PodView, SimStore, Tally
@@ -48,6 +48,8 @@ class Pod:
     view: PodView
     sources: sources.Sources
     alive: bool = True
+    #: The pod's queue once its worker runs (what it owns, as the worker set it).
+    queue: Queue | None = None
     #: A dict, not a set: cancelled in the order they were created, on every run.
     tasks: dict[asyncio.Task[Any], None] = field(default_factory=dict)
 
@@ -61,6 +63,7 @@ class Outcome:
     requests: int
     tally: Tally
     ledger: Ledger
+    watch: ClusterWatch
     window: float
     enqueued: int
     enqueue_failures: int
@@ -94,6 +97,7 @@ class Simulation:
             self.loop.time, limit_scale=scenario.limit_scale, spike=scenario.spike
         )
         self.ledger = Ledger(now=self.loop.time, store_time=lambda: EPOCH + self.loop.time())
+        self.watch = ClusterWatch(now=self.loop.time)
         self.rng = random.Random(f"{scenario.seed}:cluster")
         self.pods: list[Pod] = []
         self.enqueued = self.enqueue_failures = 0
@@ -125,6 +129,8 @@ class Simulation:
         self.loop.create_task(_within(pod, main), context=context)
 
     def crash(self, pod: Pod) -> None:
+        if pod.alive and pod.queue is not None and not self.store.closing:
+            self.watch.crashed(pod.queue.owned)
         pod.alive = False
         pod.view.dead = True
         for task in list(pod.tasks):
@@ -156,10 +162,15 @@ class Simulation:
             self._handler(pod),
             concurrency=self.s.slots,
             polling=Polling(
-                poll_interval=self.s.poll_interval, sweep_interval=self.s.sweep_interval
+                poll_interval=self.s.poll_interval,
+                sweep_interval=self.s.sweep_interval,
+                max_poll_interval=self.s.max_poll_interval,
+                heartbeat_interval=self.s.heartbeat_interval,
             ),
             worker_id=pod.name,
         )
+        pod.queue = queue
+        worker.on("coordinator_promoted", lambda e: self.watch.promoted(e.worker_id, e.epoch or 0))
         for name in ("completed", "retry", "dead", "recovered"):
             worker.on(name, lambda event, pod=pod: self._settled(pod, event))  # type: ignore[misc]
         try:
@@ -282,6 +293,24 @@ class Simulation:
             at = self.start + self.rng.uniform(s.warmup, s.seconds)
             self.loop.call_at(at, self._crash_worker, index)
 
+    def schedule_kills(self) -> None:
+        for after in self.s.kill_coordinator:
+            self.loop.call_at(self.start + after, self._kill_coordinator)
+
+    def _kill_coordinator(self) -> None:
+        """Kill the pod that was promoted last, if it still runs."""
+        for _, name, _ in reversed(self.watch.promotions):
+            pod = next((p for p in reversed(self.pods) if p.name == name), None)
+            if pod is not None and pod.alive:
+                self.watch.kills.append(self.loop.time())
+                self._crash_worker(int(name[1:].split(".")[0]))
+            return
+
+    def owned_now(self) -> set[int]:
+        return {
+            k for p in self.pods if p.alive and p.queue and p.queue.owned for k in p.queue.owned
+        }
+
     def _crash_worker(self, index: int) -> None:
         name = self._worker_name(index)
         pod = next((p for p in reversed(self.pods) if p.name == name), None)
@@ -348,8 +377,12 @@ class _Stop(Exception):
 
 async def _until(sim: Simulation, at: float) -> None:
     while sim.loop.time() < at:
+        if sim.watch.broken is not None and sim.ledger.broken is None:
+            sim.ledger.broken = InvariantBroken(sim.watch.broken, "", sim.loop.time())
         if sim.ledger.broken is not None:
             raise _Stop
+        if sim.watch.orphans:
+            sim.watch.tick(sim.owned_now())
         await asyncio.sleep(min(1.0, at - sim.loop.time()))
 
 
@@ -364,6 +397,7 @@ async def _load(sim: Simulation) -> tuple[Tally, float]:
     for index in range(s.producers if s.rate else 0):
         sim.start_producer(index)
     sim.schedule_crashes()
+    sim.schedule_kills()
     await _until(sim, start + s.warmup)
     tally = sim.store.tally = Tally()
     sim.ledger.measuring = True
@@ -401,6 +435,7 @@ async def _run(s: Scenario) -> Outcome:
         requests=sim.store.requests,
         tally=tally,
         ledger=sim.ledger,
+        watch=sim.watch,
         window=window,
         enqueued=sim.enqueued,
         enqueue_failures=sim.enqueue_failures,

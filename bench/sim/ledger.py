@@ -129,3 +129,48 @@ class Ledger:
             return (self.pickups[0], self.pickups[0]) if self.pickups else (0.0, 0.0)
         cuts = statistics.quantiles(self.pickups, n=100, method="inclusive")
         return cuts[49], cuts[98]
+
+
+@dataclass
+class ClusterWatch:
+    """The cluster's own promises, measured on true time: a new coordinator after
+    each one killed (failover), a crashed pod's shards owned again (adoption), and
+    one coordinator at a time (epochs of promotions only go up)."""
+
+    now: Callable[[], float]
+    #: (true time, pod, epoch) of every promotion.
+    promotions: list[tuple[float, str, int]] = field(default_factory=list)
+    #: True times at which the coordinator was killed.
+    kills: list[float] = field(default_factory=list)
+    #: (true time of a crash, the shards the crashed pod owned) not yet adopted.
+    orphans: list[tuple[float, frozenset[int]]] = field(default_factory=list)
+    adoptions: list[float] = field(default_factory=list)
+    broken: str | None = None
+
+    def promoted(self, pod: str, epoch: int) -> None:
+        last = self.promotions[-1][2] if self.promotions else 0
+        if epoch <= last and self.broken is None:
+            self.broken = f"{pod} was promoted with epoch {epoch}, not above {last}"
+        self.promotions.append((self.now(), pod, epoch))
+
+    def crashed(self, owned: frozenset[int] | None) -> None:
+        if owned:
+            self.orphans.append((self.now(), owned))
+
+    def tick(self, owned_now: set[int]) -> None:
+        """``owned_now``: the shards live pods own at this instant."""
+        left = []
+        for since, shards in self.orphans:
+            if shards <= owned_now:
+                self.adoptions.append(self.now() - since)
+            else:
+                left.append((since, shards))
+        self.orphans = left
+
+    def failovers(self) -> list[float | None]:
+        """Seconds from each kill to the next promotion (None: none came)."""
+        out: list[float | None] = []
+        for kill in self.kills:
+            after = [at for at, _, _ in self.promotions if at > kill]
+            out.append(min(after) - kill if after else None)
+        return out

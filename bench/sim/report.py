@@ -26,6 +26,8 @@ COLUMNS = (
     ("cost_per_month_usd", "$/month"),
     ("redelivered", "redelivered"),
     ("crashes", "crashes"),
+    ("failover_max_s", "failover s"),
+    ("adoption_max_s", "adoption s"),
     ("invariants", "invariants"),
     ("cpu_s", "CPU s"),
 )
@@ -38,6 +40,7 @@ def row(outcome: Outcome, cpu: float) -> Row:
     p50, p99 = ledger.pickup_percentiles()
     writes = [n for (_, write, _), n in tally.per_second.items() if write]
     reads = [n for (_, write, _), n in tally.per_second.items() if not write]
+    failovers = outcome.watch.failovers()
     dollars = (counts["put"] + counts["conditional_put"] + counts["list"]) * PRICE_WRITE + counts[
         "get"
     ] * PRICE_READ
@@ -68,6 +71,12 @@ def row(outcome: Outcome, cpu: float) -> Row:
         "cost_per_month_usd": round(dollars / window * SECONDS_PER_MONTH, 2),
         "redelivered": ledger.redelivered,
         "crashes": ledger.crashes,
+        "coordinators": len(outcome.watch.promotions),
+        "failovers_s": [None if f is None else round(f, 1) for f in failovers],
+        "failover_max_s": _worst(failovers),
+        "adoptions_s": [round(a, 1) for a in outcome.watch.adoptions],
+        "adoption_max_s": _worst(list(outcome.watch.adoptions)),
+        "never_adopted": len(outcome.watch.orphans),
         "enqueued": outcome.enqueued,
         "enqueue_failures": outcome.enqueue_failures,
         "warnings": dict(outcome.log_levels),
@@ -77,3 +86,12 @@ def row(outcome: Outcome, cpu: float) -> Row:
         "store_requests": outcome.requests,
         "cpu_s": round(cpu, 1),
     }
+
+
+def _worst(delays: list[float | None]) -> float | str | None:
+    """The longest delay; "never" if one never ended; None if there were none."""
+    if not delays:
+        return None
+    if any(d is None for d in delays):
+        return "never"
+    return round(max(d for d in delays if d is not None), 1)

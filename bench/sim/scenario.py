@@ -45,7 +45,11 @@ class Scenario:
     #: Worker pods start over this many seconds (a rollout).
     stagger: float = 5.0
     poll_interval: float = 1.0
+    max_poll_interval: float = 10.0
+    heartbeat_interval: float = 90.0
     sweep_interval: float | None = 60.0
+    #: Seconds after the start at which whichever pod coordinates is killed.
+    kill_coordinator: tuple[float, ...] = ()
     drain_limit: float = 300.0
     seed: int = 1
 
@@ -81,6 +85,18 @@ SCENARIOS: dict[str, Scenario] = {
         max_skew=5.0,
         handler_failure=0.02,
         restart_after=5.0,
+    ),
+    #: 20 pods, the coordinator killed three times, with faults and skewed clocks.
+    "failover": Scenario(
+        name="failover",
+        pods=20,
+        rate=50.0,
+        seconds=130.0,
+        warmup=5.0,
+        heartbeat_interval=10.0,
+        kill_coordinator=(20.0, 60.0, 100.0),
+        faults=FAULTS,
+        max_skew=1.0,
     ),
     #: bench simulate's setting: a 6,000-message backlog drained at 25 ms per request.
     "backlog": Scenario(
