@@ -11,8 +11,6 @@ import asyncio
 import functools
 import os
 import signal
-import subprocess
-import sys
 import time
 from collections import Counter
 from pathlib import Path
@@ -23,7 +21,7 @@ from s3queue import Queue
 from s3queue.core import registry
 from s3queue.core.records import ClusterRecord
 from tests.conftest import server_store_url
-from tests.test_multiprocess import ROOT, enqueue, stats, terminate, wait_for
+from tests.test_multiprocess import enqueue, start_workers, stats, terminate, wait_for
 
 WORKERS = int(os.environ.get("S3QUEUE_TEST_CLUSTER_WORKERS", "8"))
 MESSAGES = 3000
@@ -69,24 +67,9 @@ def test_killing_the_coordinator_twice_loses_and_doubles_nothing(
     url = server_store_url("s3", request, "cluster")
     enqueue(url, "real", 0, shards=16)
     files = [tmp_path / f"w{i}.handled" for i in range(WORKERS)]
-    workers = {
-        process.pid: process
-        for process in (
-            subprocess.Popen(
-                [sys.executable, "-m", "s3queue", "--url", url, *WORKER],
-                cwd=ROOT,
-                stdout=subprocess.PIPE,
-                text=True,
-                env={**os.environ, "S3QUEUE_TEST_HANDLED": str(path)},
-            )
-            for path in files
-        )
-    }
+    workers = {process.pid: process for process in start_workers(url, files, WORKER)}
     killed: list[int] = []
     try:
-        for process in workers.values():
-            assert process.stdout is not None
-            assert process.stdout.readline().startswith("worker ")
         ids, _ = enqueue(url, "real", MESSAGES, shards=16)
         epoch = 0
         for _ in range(2):

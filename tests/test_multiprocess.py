@@ -198,11 +198,14 @@ def test_a_killed_workers_leases_are_recovered_and_completed_by_others(
 WORKER = ["-q", "worker", "real", "tests.handled:record", "-c", "8", "--poll-interval", "0.1"]
 
 
-def start_workers(url: str, files: list[Path]) -> list[subprocess.Popen[str]]:
-    """One worker per file it records in, started together; once every one is ready."""
+def start_workers(
+    url: str, files: list[Path], args: list[str] = WORKER
+) -> list[subprocess.Popen[str]]:
+    """One worker (``s3queue ARGS``) per file it records in, started together; once
+    every one is ready."""
     workers = [
         subprocess.Popen(
-            [sys.executable, "-m", "s3queue", "--url", url, *WORKER],
+            [sys.executable, "-m", "s3queue", "--url", url, *args],
             cwd=ROOT,
             stdout=subprocess.PIPE,
             text=True,
