@@ -101,6 +101,8 @@ class Simulation:
         self.rng = random.Random(f"{scenario.seed}:cluster")
         self.pods: list[Pod] = []
         self.enqueued = self.enqueue_failures = 0
+        #: Producers still running (their last enqueues may be in flight).
+        self.producing = 0
         #: When the load starts (after the queue is made and any backlog written).
         self.start = 0.0
         self._restarts: Counter[int] = Counter()
@@ -237,15 +239,19 @@ class Simulation:
         rate = s.producer_rate
         gate = asyncio.Semaphore(IN_FLIGHT)
         pending: set[asyncio.Task[None]] = set()
-        while self.loop.time() < self.start + s.seconds:
-            await asyncio.sleep(sources.current().rng.expovariate(rate))  # type: ignore[union-attr]
-            if not s.producing(self.loop.time()):
-                continue
-            await gate.acquire()
-            task = asyncio.create_task(self._enqueue(queue, gate))
-            pending.add(task)
-            task.add_done_callback(pending.discard)
-        await asyncio.gather(*pending)
+        self.producing += 1
+        try:
+            while self.loop.time() < self.start + s.seconds:
+                await asyncio.sleep(sources.current().rng.expovariate(rate))  # type: ignore[union-attr]
+                if not s.producing(self.loop.time()):
+                    continue
+                await gate.acquire()
+                task = asyncio.create_task(self._enqueue(queue, gate))
+                pending.add(task)
+                task.add_done_callback(pending.discard)
+            await asyncio.gather(*pending)
+        finally:
+            self.producing -= 1
 
     async def _enqueue(self, queue: Queue, gate: asyncio.Semaphore) -> None:
         called = self.loop.time()
@@ -413,7 +419,9 @@ async def _load(sim: Simulation) -> tuple[Tally, float]:
 
 
 async def _drain(sim: Simulation, limit: float) -> None:
-    while sim.ledger.unfinished() and sim.loop.time() < limit:
+    # Producers too: an enqueue in flight when the load ends (retrying through
+    # faults) is acknowledged later, and must then be drained like the others.
+    while (sim.ledger.unfinished() or sim.producing) and sim.loop.time() < limit:
         await _until(sim, sim.loop.time() + 1.0)
 
 
