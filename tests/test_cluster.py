@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 from collections import Counter
 
 import pytest
@@ -352,6 +353,9 @@ async def test_metrics_and_the_cluster_endpoint_tell_workers_and_coordinator() -
     w = Worker(q, lambda p, ctx: None, polling=CLUSTER, worker_id="solo")
     monitor = WorkerMonitor(w)
     assert monitor.cluster_view()["backlog"] is None  # not counted yet: no number
+    await w.cluster.step()  # elected: it counts an interval later
+    assert monitor.cluster_view()["backlog"] is None
+    w.cluster.seats["jobs"].counted_at = -math.inf  # an interval has passed
     await w.cluster.step()
     from prometheus_client import generate_latest
 

@@ -325,7 +325,8 @@ class ClusterRequests:
             try:
                 await step(listing=listing)
             finally:
-                self.made += counts.total - before
+                # Reset while it stepped: what it made since the reset counts.
+                self.made += counts.total - before if counts.total >= before else counts.total
 
         worker.cluster.step = counted  # type: ignore[method-assign]
 

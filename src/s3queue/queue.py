@@ -236,9 +236,10 @@ T = TypeVar("T")
 @dataclass(frozen=True, slots=True)
 class Steal:
     """When a claim may take from shards this process does not own: nobody wrote
-    the shard's cursor for ``quiet`` seconds (its owner idles: whoever hears of new
-    work first takes it), or, with ``waited``, work there has waited that long
-    untaken (its owner is busy or gone). A look at a shard reads its cursor (one
+    the shard's cursor for ``quiet`` seconds (its owner idles or is gone: whoever
+    hears of new work first takes it), or, with ``waited``, work there has waited
+    that long untaken while a lease there was held that long (its owner is busy
+    with long jobs). A look at a shard reads its cursor (one
     GET), and only then, for a quiet shard or with ``waited``, what the cursor has
     not taken in and the segments it needs to tell how long work waited."""
 
@@ -746,11 +747,25 @@ class Queue:
             )
             if since is None:
                 continue
-            if shard in quiet or (steal.waited is not None and since <= now - steal.waited):
+            if shard in quiet or self._owner_swamped(shard, now, since, steal.waited):
                 ripe.append(shard)
         if ripe:
             round_.stolen = True
             await self._claim_best(ripe, owner, max_messages, visibility_timeout, round_)
+
+    def _owner_swamped(self, shard: int, now: float, since: float, waited: float | None) -> bool:
+        """Whether work in ``shard`` has waited ``waited`` seconds while nobody wrote
+        its cursor for that long (its owner is gone, or not yet known to be its
+        owner), or while its holders were busy that long with jobs they hold (long
+        jobs fill the owner's slots: other workers' help is welcome). An owner that
+        takes work and finishes it at once (short jobs, the cursor its limit) is
+        left alone: more writers would only cost it conflicts."""
+        if waited is None or since > now - waited:
+            return False
+        if self._seems_quiet(shard, now, waited):
+            return True
+        held = self.committers[shard].held_since(now)
+        return held is not None and held <= now - waited
 
     def _seems_quiet(self, shard: int, now: float, quiet: float) -> bool:
         """Whether ``shard``'s cursor, as last read, had gone unwritten ``quiet``

@@ -49,6 +49,7 @@ from s3queue.core.cursor import (
     is_ahead,
     is_unread,
     next_due,
+    oldest_lease,
     oldest_waiting,
     rate_due,
 )
@@ -269,6 +270,10 @@ class ShardCommitter:
         if segments is None or self._known is None:
             return None
         return oldest_waiting(self._known, segments, now)
+
+    def held_since(self, now: float) -> float | None:
+        """When the longest-held running lease of the cached cursor was claimed."""
+        return None if self._known is None else oldest_lease(self._known, now)
 
     # --- rate limits -------------------------------------------------------------------
 

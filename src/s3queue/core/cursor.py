@@ -671,6 +671,19 @@ def oldest_waiting(cursor: Cursor, segments: Mapping[str, Segment], now: float) 
     return min((message.enqueued_at for _, message in ranked), default=None)
 
 
+def oldest_lease(cursor: Cursor, now: float) -> float | None:
+    """When the longest-held lease still running was claimed; None when none is:
+    whether its holders are busy with long jobs, or take and finish work at once."""
+    return min(
+        (
+            f.lease.claimed_at
+            for f in cursor.flights.values()
+            if f.lease is not None and f.outcome is None and f.lease.expires_at > now
+        ),
+        default=None,
+    )
+
+
 def _admitted(ranked: Ranked, tokens: Tokens) -> Ranked:
     """The messages of ``ranked`` that get their tokens, spending them as they go."""
     for mid, message in ranked:

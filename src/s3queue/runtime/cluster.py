@@ -62,6 +62,9 @@ class Seat:
     coordinator: str | None = None
     epoch: int = 0
     coordinating: bool = False
+    #: sources.monotonic() of the coordinator's last count of the backlog (or of
+    #: taking the lease, before it counted).
+    counted_at: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -203,7 +206,7 @@ class Cluster:
             ),
             clock=queue.store_clock,
         )
-        record = await seat.election.step(lambda: self._survey(queue))
+        record = await seat.election.step(lambda: self._survey(seat))
         if record is not None:
             seat.workers, seat.coordinator, seat.epoch = record.workers, record.holder, record.epoch
             if record.expires_at + queue.context.rules.skew_margin < queue.clock():
@@ -215,13 +218,24 @@ class Cluster:
         owned = ownership.owned(queue.name, queue.settings.shards, seat.workers, self.worker_id)
         queue.own(owned)
 
-    async def _survey(self, queue: Queue) -> tuple[list[str], Backlog | None]:
-        """What the coordinator puts in the snapshot: the live workers (a LIST) and
-        the backlog (the cursors; see :meth:`Queue.stats`). A backlog it cannot
-        read is left as it was, not guessed."""
+    async def _survey(self, seat: Seat) -> tuple[list[str], Backlog | None]:
+        """What the coordinator puts in the snapshot: the live workers (a LIST) and,
+        once a heartbeat interval, the backlog (the cursors and the segments not yet
+        taken in; see :meth:`Queue.stats`); the first count comes an interval after
+        it took the lease, so that neither settling steps nor a short run pay for
+        reading a deep backlog. A backlog it cannot read or did not count is left as
+        it was (None: the record's stays), not guessed."""
+        queue = seat.queue
         now = queue.clock()
         ttl = self.polling.worker_ttl
         workers = await registry.live(queue.storage, queue.name, now, ttl, forget=True)
+        counted = sources.monotonic()
+        if seat.counted_at is None or not seat.coordinating:
+            seat.counted_at = counted  # just took it: count an interval from now
+            return workers, None
+        if counted - seat.counted_at < self.polling.heartbeat_interval * 0.9:
+            return workers, None
+        seat.counted_at = counted
         try:
             stats = await queue.stats(listing=False)
         except QueueError as error:
