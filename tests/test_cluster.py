@@ -264,7 +264,7 @@ async def test_workers_split_the_shards_and_one_coordinates(tmp_path: object) ->
     assert sorted(k for o in owned if o for k in o) == list(range(8))
     assert [w.cluster.coordinates("jobs") for w in workers] == [True, False, False]
     assert {w.cluster.workers for w in workers} == {3}
-    members = await registry.members(queues[0].storage, "jobs", queues[0].clock(), ttl=3.0)
+    members = await registry.members(queues[0].storage, "jobs")
     assert sorted(m.beat.id for m in members if m.beat) == ["w0", "w1", "w2"]
     for q in queues:
         await q.close()

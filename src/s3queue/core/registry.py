@@ -100,15 +100,13 @@ class Member:
     key: str
     #: When the store last wrote it (its clock), None if it cannot say.
     modified: float | None
-    alive: bool
     #: Why the object could not be read, when it could not.
     problem: str | None = None
 
 
-async def members(
-    storage: Storage, queue: str, now: float, ttl: float, *, details: int | None = None
-) -> list[Member]:
-    """Every heartbeat under ``queue``, live or not: a LIST, and a GET each for the
+async def members(storage: Storage, queue: str, *, details: int | None = None) -> list[Member]:
+    """Every heartbeat under ``queue``, live or not (the caller judges by
+    ``modified``): a LIST, and a GET each for the
     first ``details`` (all with None; the others come back with ``beat`` None and
     no problem: listed, not read). A corrupt one is reported, not raised: it names
     a worker that cannot be seen."""
@@ -121,9 +119,8 @@ async def members(
     stored = dict(zip(read, await asyncio.gather(*(storage.get(e.key) for e in read)), strict=True))
     out = []
     for entry in entries:
-        alive = entry.modified is None or entry.modified >= now - ttl
         if entry not in stored:
-            out.append(Member(None, entry.key, entry.modified, alive))
+            out.append(Member(None, entry.key, entry.modified))
             continue
         found = stored[entry]
         if found is None:  # left between the listing and the read
@@ -131,9 +128,9 @@ async def members(
         try:
             record = decode(found.data, WorkerBeat, what="worker heartbeat", key=entry.key)
         except CorruptData as error:
-            out.append(Member(None, entry.key, entry.modified, alive, error.message))
+            out.append(Member(None, entry.key, entry.modified, error.message))
             continue
-        out.append(Member(record, entry.key, entry.modified, alive))
+        out.append(Member(record, entry.key, entry.modified))
     return out
 
 

@@ -27,7 +27,7 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from prometheus_client.registry import Collector
 
 from s3queue import limits, sources
-from s3queue.ops import webserver
+from s3queue.ops import webserver, workers_view
 from s3queue.runtime.worker import EventName, Worker, WorkerEvent
 
 #: Job durations from a millisecond to ten minutes.
@@ -164,15 +164,7 @@ class WorkerMonitor:
         queue = worker.queue.name
         record = worker.cluster.snapshot(queue)
         backlog = record.backlog if record is not None else None
-        counts = None
-        if backlog is not None:
-            counts = {
-                "pending": backlog.pending,
-                "delayed": backlog.delayed,
-                "processing": backlog.processing,
-                "dead": backlog.dead,
-                "at": backlog.at,
-            }
+        counts = None if backlog is None else workers_view.backlog_counts(backlog)
         return {
             "queue": queue,
             "worker_id": worker.worker_id,

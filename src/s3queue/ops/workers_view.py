@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from s3queue.core import registry
-from s3queue.core.records import ClusterRecord
+from s3queue.core.records import Backlog, ClusterRecord
 from s3queue.core.registry import Member
 from s3queue.storage import Storage
 
@@ -19,7 +19,7 @@ async def read(
 ) -> dict[str, Any]:
     """The view of ``queue``'s cluster at ``now`` (store time): a LIST, the cluster
     object, and the heartbeats of the first ``details`` workers (all with None)."""
-    found = await registry.members(storage, queue, now, ttl=0.0, details=details)
+    found = await registry.members(storage, queue, details=details)
     record, _ = await registry.read_cluster(storage, queue)
     return view(queue, found, record, now)
 
@@ -35,19 +35,25 @@ def view(
             "lease_left_seconds": round(record.expires_at - now, 1),
         }
     backlog = record.backlog if record is not None else None
+    counts = None if backlog is None else backlog_counts(backlog)
+    if counts is not None:
+        counts["counted_seconds_ago"] = round(now - counts.pop("at"), 1)
     return {
         "queue": name,
         "workers": [_row(member, record, now) for member in members],
         "coordinator": coordinator,
-        "backlog": None
-        if backlog is None
-        else {
-            "pending": backlog.pending,
-            "delayed": backlog.delayed,
-            "processing": backlog.processing,
-            "dead": backlog.dead,
-            "counted_seconds_ago": round(now - backlog.at, 1),
-        },
+        "backlog": counts,
+    }
+
+
+def backlog_counts(backlog: Backlog) -> dict[str, Any]:
+    """The coordinator's last count as JSON (``at``: when, by the store's clock)."""
+    return {
+        "pending": backlog.pending,
+        "delayed": backlog.delayed,
+        "processing": backlog.processing,
+        "dead": backlog.dead,
+        "at": backlog.at,
     }
 
 
@@ -73,4 +79,4 @@ def _row(member: Member, record: ClusterRecord | None, now: float) -> dict[str, 
     }
 
 
-__all__ = ["TTL_INTERVALS", "read", "view"]
+__all__ = ["TTL_INTERVALS", "backlog_counts", "read", "view"]
