@@ -44,6 +44,7 @@ DATA_COMMANDS = {
     "config",
     "sweep",
     "workers",
+    "reshard",
 }
 
 

@@ -84,6 +84,8 @@ def test_the_documented_fields_are_the_printed_ones(url: str, tmp_path: Path) ->
     assert keys(s3queue(url, "redrive", "emails")) == {"id", "redriven_to"}
     assert keys(s3queue(url, "doctor", "emails")) == keys(example("doctor"))
     assert keys(s3queue(url, "queues")) == keys(example("queues"))
+    grown = s3queue(url, "reshard", "emails", "--shards", "8")
+    assert keys(grown) == keys(example("reshard"))
     [workers] = s3queue(url, "workers", "emails")
     assert keys(workers) == keys(example("workers"))
     assert workers["workers"] == []

@@ -91,8 +91,8 @@ class Time:
         return self.now
 
 
-async def nobody() -> tuple[list[str], None]:
-    return [], None
+async def nobody() -> registry.Survey:
+    return registry.Survey([])
 
 
 def elections(storage: MemoryStorage, time: Time, *names: str) -> list[Election]:

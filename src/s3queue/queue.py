@@ -22,12 +22,12 @@ import msgspec
 
 from s3queue import limits, sources
 from s3queue.backoff import Backoff
-from s3queue.core import layout
+from s3queue.core import layout, registry
 from s3queue.core.blobs import payload_of, write_blob
 from s3queue.core.catalog import list_queues, read_settings
 from s3queue.core.clock import Clock, StoreClock
 from s3queue.core.commit import CommitContext, ShardCommitter
-from s3queue.core.config import check_retention, reconfigure
+from s3queue.core.config import check_retention, reconfigure, reshard
 from s3queue.core.cursor import (
     Ack,
     Cancel,
@@ -211,11 +211,16 @@ def _check_margin(clock: StoreClock, skew_margin: float) -> None:
 
 
 def _check_shards(settings: QueueSettings, shards: int | None) -> None:
-    if shards is not None and shards != settings.shards:
-        raise ConfigurationError(
-            f"queue {settings.name!r} has {settings.shards} shards, not {shards}",
-            suggestion="omit shards when reopening a queue (it is fixed at creation)",
-        )
+    """A reopening that asks for other shards than the queue has is an error, but
+    for the fewer shards of a queue grown since (the code that created it)."""
+    if shards is None or shards == settings.shards:
+        return
+    if settings.grown_from and shards < settings.shards:
+        return
+    raise ConfigurationError(
+        f"queue {settings.name!r} has {settings.shards} shards, not {shards}",
+        suggestion="omit shards when reopening a queue (s3queue reshard grows it)",
+    )
 
 
 async def _missing(storage: Storage, name: str) -> QueueNotFound:
@@ -322,6 +327,8 @@ class Queue:
         self._rate_limits: dict[str, RateLimit] = {}
         #: The shards this process claims from (None: all); see :meth:`own`.
         self._owned: frozenset[int] | None = None
+        #: sources.monotonic() when queue.json was last read (see :meth:`reload`).
+        self._settings_read_at = sources.monotonic()
 
     def __repr__(self) -> str:
         return f"Queue({self.name!r}, url={redact_url(self.storage.url)!r})"
@@ -513,6 +520,7 @@ class Queue:
             rate_key=rate_key,
             now=self.clock(),
         )
+        await self._reload_if_due()
         if dedup_key is not None:
             return await self._enqueue_unique(message, dedup_key)
         return self._enqueued([await self.producer.enqueue(message)])[0]
@@ -545,6 +553,7 @@ class Queue:
         ]
         if not messages:
             return []
+        await self._reload_if_due()
         return self._enqueued(await self.producer.write(messages))
 
     async def _enqueue_unique(self, message: Message, dedup_key: str) -> str:
@@ -1102,6 +1111,9 @@ class Queue:
             self._rate_limits.pop(bucket, None)
         else:
             self._rate_limits[bucket] = RateLimit.of(limit)
+        self._share_rates()
+
+    def _share_rates(self) -> None:
         shards = self.settings.shards
         self.context.rates = tuple(
             ShardRate.share(name, rate, shards) for name, rate in sorted(self._rate_limits.items())
@@ -1193,6 +1205,9 @@ class Queue:
 
     async def get(self, message_id: str) -> MessageInfo | None:
         """The status of one message, or None if there is no such message."""
+        address = layout.parse_message_id(message_id)
+        if address.shard >= self.settings.shards:
+            await self.reload()  # a shard added since this process read queue.json?
         return await self._reader.get(message_id)
 
     async def stats(self, *, listing: bool = True) -> Stats:
@@ -1229,8 +1244,60 @@ class Queue:
         """Change how long the queue keeps results and dead letters (stored in
         queue.json; the sweeper applies it from its next pass, to everything
         finished, not only to what finishes from now on)."""
-        self.settings = await reconfigure(self.storage, self.name, retention)
+        self._adopt(await reconfigure(self.storage, self.name, retention))
         return self.settings
+
+    # --- settings that change while the queue runs --------------------------------------
+
+    #: Seconds between the reads of queue.json by a process that enqueues: a
+    #: reshard reaches producers within this (workers learn it from the cluster).
+    SETTINGS_INTERVAL = 30.0
+
+    async def reshard(self, shards: int) -> QueueSettings:
+        """Grow the queue to ``shards`` shards while producers and workers run.
+
+        Workers learn of the new shards from the coordinator's snapshot within
+        two heartbeat intervals and claim from them at once; producers write to
+        them only after that notice (``grown_at`` in queue.json), so no message
+        waits in a shard nobody claims from. Nothing moves: the old shards keep
+        their messages and take new ones too. Shrinking raises ConfigurationError."""
+        await self.sync_clock()
+        record, _ = await registry.read_cluster(self.storage, self.name)
+        notice = registry.notice(record) + self.context.rules.skew_margin
+        now = self.clock()
+        self._adopt(await reshard(self.storage, self.name, shards, now=now, notice=notice))
+        return self.settings
+
+    async def reload(self) -> bool:
+        """Read queue.json again and take it if it is newer than the settings this
+        process holds (more shards after a reshard, another retention); True when
+        it was. Raises what the store raised, QueueNotFound if the queue is gone."""
+        self._settings_read_at = sources.monotonic()
+        settings = await read_settings(self.storage, self.name)
+        if settings is None:
+            raise await _missing(self.storage, self.name)
+        return self._adopt(settings)
+
+    async def _reload_if_due(self) -> None:
+        if sources.monotonic() - self._settings_read_at < self.SETTINGS_INTERVAL:
+            return
+        try:
+            await self.reload()
+        except QueueError as error:  # the write itself tells if the queue is gone
+            log.warning("could not read the settings of queue %s again: %s", self.name, error)
+
+    def _adopt(self, settings: QueueSettings) -> bool:
+        """Hold ``settings`` from now on if they are newer; shards are only ever
+        added (the committers, reader and producer share one list of them)."""
+        if settings.revision <= self.settings.revision:
+            return False
+        grown = range(len(self.committers), settings.shards)
+        self.settings = self.context.settings = self.producer.settings = settings
+        self._reader.settings = settings
+        self.committers.extend(ShardCommitter(self.context, k) for k in grown)
+        self._preference.extend(sources.shuffled(grown))
+        self._share_rates()
+        return True
 
     def sweeper(self, owner: str | None = None) -> Sweeper:
         """A sweeper of this queue for ``owner`` (this process by default); each

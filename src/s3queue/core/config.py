@@ -1,17 +1,23 @@
-"""Changing a queue's stored settings after it was created (only its retention).
+"""Changing a queue's stored settings after it was created: its retention and its
+shard count (growing only).
 
 ``queue.json`` is rewritten by compare-and-swap with its ``revision`` counted up, so
 two processes changing it at once cannot both win with stale values, and equal
 settings never have equal bytes (no ETag ABA). Processes that have the queue open
-keep the settings they read; the sweeper reads them fresh on every pass, and
-retention is its business alone.
+read them again when the coordinator's snapshot names a newer revision (workers)
+or at most every ``Queue.SETTINGS_INTERVAL`` when they enqueue (producers); the
+sweeper reads them fresh on every pass.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import msgspec
 
+from s3queue import limits
 from s3queue.core import layout
+from s3queue.core.catalog import read_settings
 from s3queue.core.records import QueueSettings, decode, encode
 from s3queue.core.retention import Retention
 from s3queue.errors import ConfigurationError, PreconditionFailed, QueueNotFound
@@ -23,20 +29,70 @@ ATTEMPTS = 8
 
 async def reconfigure(storage: Storage, name: str, retention: Retention) -> QueueSettings:
     """Store ``retention`` in the settings of queue ``name``; return the new settings."""
+
+    def change(current: QueueSettings) -> QueueSettings:
+        return msgspec.structs.replace(
+            current, result_ttl=retention.result_ttl, dead_ttl=retention.dead_ttl
+        )
+
+    return await _rewrite(storage, name, change)
+
+
+async def reshard(
+    storage: Storage, name: str, shards: int, *, now: float, notice: float
+) -> QueueSettings:
+    """Grow queue ``name`` to ``shards`` shards; return the new settings.
+
+    The new shards exist at once for claims (their cursors and logs start empty);
+    producers write to them from store time ``now + notice``, by when every live
+    worker has read the new count. Shrinking is refused: a producer that has not
+    read the new count yet would keep writing to a shard being retired, and
+    nothing would claim those messages once it was. The same count changes nothing.
+    """
+    shards = limits.SHARDS.check(shards, "shards")
+
+    def change(current: QueueSettings) -> QueueSettings:
+        if shards < current.shards:
+            raise ConfigurationError(
+                f"queue {name!r} has {current.shards} shards; shrinking it to {shards} "
+                "is refused: producers that have not yet read the new count would "
+                "keep writing to the shards given up",
+                suggestion=f"keep {current.shards} shards (idle shards cost only "
+                "their share of idle polling), or move producers to a new queue",
+            )
+        return msgspec.structs.replace(
+            current,
+            shards=shards,
+            grown_from=current.writable(now),
+            grown_at=now + notice,
+        )
+
+    current = await read_settings(storage, name)
+    if current is None:
+        raise _missing(name)
+    if current.shards == shards:
+        return current
+    return await _rewrite(storage, name, change)
+
+
+def _missing(name: str) -> QueueNotFound:
+    return QueueNotFound(
+        f"queue {name!r} does not exist", suggestion="create it first: s3queue create"
+    )
+
+
+async def _rewrite(
+    storage: Storage, name: str, change: Callable[[QueueSettings], QueueSettings]
+) -> QueueSettings:
+    """Write ``change(current settings)`` by compare-and-swap with the revision
+    counted up, reading again after each lost race."""
     key = layout.settings_key(name)
     for _ in range(ATTEMPTS):
         stored = await storage.get(key)
         if stored is None:
-            raise QueueNotFound(
-                f"queue {name!r} does not exist", suggestion="create it first: s3queue create"
-            )
+            raise _missing(name)
         current = decode(stored.data, QueueSettings, what="queue settings", key=key)
-        updated = msgspec.structs.replace(
-            current,
-            result_ttl=retention.result_ttl,
-            dead_ttl=retention.dead_ttl,
-            revision=current.revision + 1,
-        )
+        updated = msgspec.structs.replace(change(current), revision=current.revision + 1)
         try:
             await storage.put(key, encode(updated), mode=UpdateVersion(stored.etag))
         except PreconditionFailed:
@@ -44,7 +100,7 @@ async def reconfigure(storage: Storage, name: str, retention: Retention) -> Queu
         return updated
     raise ConfigurationError(
         f"the settings of queue {name!r} kept changing while they were written",
-        suggestion="retry when no other s3queue config runs on this queue",
+        suggestion="retry when no other s3queue config or reshard runs on this queue",
     )
 
 

@@ -122,7 +122,9 @@ class Producer:
         self.committers = committers
         self.writer = sources.token_hex(8)
         self._nonce = itertools.count()
-        self._shards = itertools.cycle(sources.shuffled(range(settings.shards)))
+        #: How many shards ``_shards`` cycles over (they grow with a reshard).
+        self._writable = settings.writable(clock())
+        self._shards = itertools.cycle(sources.shuffled(range(self._writable)))
         #: Per lane: the next free sequence number as last seen, and when (monotonic)
         #: the write that showed it started.
         self._next_seq: dict[tuple[int, int], tuple[int, float]] = {}
@@ -160,7 +162,7 @@ class Producer:
                 try:
                     # Concurrent single enqueues share a segment (one per lane): the
                     # flushes themselves go to different shards.
-                    shard = next(self._shards)
+                    shard = self._next_shard()
                     ids = await self._write_all(
                         [(shard, lane, part) for lane, part in lanes(batch)]
                     )
@@ -193,19 +195,28 @@ class Producer:
         soon = [m for m in messages if m.visible_at - now <= TIMER_THRESHOLD]
         plan: list[tuple[int, int, list[Message]]] = []
         for lane, part in lanes(soon):
-            for spread in _spread(part, self.settings.shards):
-                plan.extend((next(self._shards), lane, batch) for batch in chunk(spread))
+            for spread in _spread(part, self._writable):
+                plan.extend((self._next_shard(), lane, batch) for batch in chunk(spread))
         by_bucket: dict[int, list[Message]] = {}
         for message in messages:
             if message.visible_at - now > TIMER_THRESHOLD:
                 bucket = int(message.visible_at // TIMER_BUCKET) * TIMER_BUCKET
                 by_bucket.setdefault(bucket, []).append(message)
         for bucket, bucket_messages in sorted(by_bucket.items()):
-            plan.extend((next(self._shards), bucket, batch) for batch in chunk(bucket_messages))
+            plan.extend((self._next_shard(), bucket, batch) for batch in chunk(bucket_messages))
         written = dict(
             zip(map(id, (m for *_, b in plan for m in b)), await self._write_all(plan), strict=True)
         )
         return [written[id(m)] for m in messages]
+
+    def _next_shard(self) -> int:
+        """The next shard to write to, in turn; after a reshard's notice has run
+        out, the new shards take their turns too."""
+        writable = self.settings.writable(self.clock())
+        if writable != self._writable:
+            self._writable = writable
+            self._shards = itertools.cycle(sources.shuffled(range(writable)))
+        return next(self._shards)
 
     async def _write_all(self, plan: list[tuple[int, int, list[Message]]]) -> list[str]:
         """Write each (shard, lane or timer bucket, messages) of ``plan`` at once; the

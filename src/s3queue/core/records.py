@@ -49,10 +49,10 @@ BLOB_THRESHOLD = 256 * 1024
 
 
 class QueueSettings(msgspec.Struct, frozen=True, kw_only=True):
-    """``queue.json``: written when the queue is created. ``name``, ``shards`` and
-    ``max_attempts`` are fixed; the retention settings may be changed later (by
-    compare-and-swap, ``revision`` counting the changes so that no two versions
-    have the same bytes).
+    """``queue.json``: written when the queue is created. ``name`` and
+    ``max_attempts`` are fixed; ``shards`` may grow (never shrink) and the retention
+    settings may change later (by compare-and-swap, ``revision`` counting the
+    changes so that no two versions have the same bytes).
 
     Retention: a finished message's status, result and segment are kept at least
     ``result_ttl`` seconds after it finished, a dead letter (and the record of its
@@ -73,6 +73,15 @@ class QueueSettings(msgspec.Struct, frozen=True, kw_only=True):
     #: Result records are keyed by segment (layout.result_key): False in queues
     #: created before, whose records stay keyed by message id.
     results_by_segment: bool = False
+    #: The last reshard (``s3queue reshard``): producers write to the first
+    #: ``grown_from`` shards only until store time ``grown_at``, so that every
+    #: worker claims from the new shards before messages go there (0: never grown).
+    grown_from: int = 0
+    grown_at: float = 0.0
+
+    def writable(self, now: float) -> int:
+        """How many shards (the first ones) producers write to at store time ``now``."""
+        return self.grown_from if self.grown_from and now < self.grown_at else self.shards
 
 
 def inline_payload_limit(settings: QueueSettings) -> int:
@@ -255,6 +264,9 @@ class ClusterRecord(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=Tru
     ttl: float = 0.0
     workers: list[str] = msgspec.field(default_factory=list)
     backlog: Backlog | None = None
+    #: The revision of queue.json the holder last read: a worker that holds an
+    #: older one reads queue.json again (a reshard, a retention change).
+    revision: int = 0
 
 
 T = TypeVar("T")

@@ -143,8 +143,27 @@ async def read_cluster(storage: Storage, queue: str) -> tuple[ClusterRecord | No
     return decode(stored.data, ClusterRecord, what="cluster record", key=key), stored.etag
 
 
-#: What the holder puts in the snapshot when it renews: the live set and the backlog.
-Survey = Callable[[], Awaitable[tuple[list[str], Backlog | None]]]
+@dataclass(frozen=True, slots=True)
+class Survey:
+    """What the holder puts in the snapshot when it renews."""
+
+    workers: list[str]
+    #: None: counted no backlog this time (the record's stays).
+    backlog: Backlog | None = None
+    #: The revision of queue.json it read (0: none read; the record's stays).
+    revision: int = 0
+
+
+#: Makes the holder's survey, called only when it writes the record.
+Surveyor = Callable[[], Awaitable[Survey]]
+
+
+def notice(record: ClusterRecord | None) -> float:
+    """How long after queue.json changes every live worker has read it: the holder
+    reads it when it renews (once an interval), every worker sees the new revision
+    in the record at its next step (once an interval): two intervals, the lease
+    lasting three. Without a record no worker has run in a cluster: none."""
+    return 0.0 if record is None else record.ttl * 2 / 3
 
 
 class Election:
@@ -180,7 +199,7 @@ class Election:
             and self.clock() < record.expires_at - self.skew_margin
         )
 
-    async def step(self, survey: Survey) -> ClusterRecord | None:
+    async def step(self, survey: Surveyor) -> ClusterRecord | None:
         """Read the lease; renew it if held, take it if expired (with ``survey``'s
         live set and backlog in the snapshot). Returns the record as it now stands.
         Raises what the store raised: the caller steps again next interval."""
@@ -199,9 +218,10 @@ class Election:
         return record
 
     async def _write(
-        self, record: ClusterRecord | None, etag: str | None, epoch: int, survey: Survey
+        self, record: ClusterRecord | None, etag: str | None, epoch: int, survey: Surveyor
     ) -> ClusterRecord | None:
-        workers, backlog = await survey()
+        seen = await survey()
+        backlog = seen.backlog if seen.backlog is not None else record.backlog if record else None
         now = self.clock()
         token = sources.token_hex(8)
         written = ClusterRecord(
@@ -211,8 +231,9 @@ class Election:
             expires_at=now + self.ttl,
             at=now,
             ttl=self.ttl,
-            workers=sorted(workers),
-            backlog=backlog if backlog is not None else record.backlog if record else None,
+            workers=sorted(seen.workers),
+            backlog=backlog,
+            revision=seen.revision or (record.revision if record else 0),
         )
         self._token = token
         try:
@@ -247,9 +268,11 @@ __all__ = [
     "Election",
     "Member",
     "Survey",
+    "Surveyor",
     "beat",
     "leave",
     "live",
     "members",
+    "notice",
     "read_cluster",
 ]

@@ -1,4 +1,5 @@
-"""``s3queue workers``: the worker processes serving a queue, and its coordinator.
+"""``s3queue workers``: the worker processes serving a queue, and its coordinator;
+``s3queue reshard``: more shards for a running queue.
 
 Registered on the CLI's app when :mod:`s3queue.ops.cli` is imported.
 """
@@ -47,6 +48,51 @@ def workers(
         _print(view)
 
 
+@app.command(cls=Command)
+def reshard(
+    queue: Annotated[str, typer.Argument(help="Queue name.")],
+    shards: Annotated[
+        int, typer.Option("--shards", metavar="N", help="The queue's new shard count (more).")
+    ],
+    as_json: _Json = False,
+) -> None:
+    """Grow a queue to more shards while its producers and workers run.
+
+    Workers learn of the new shards from the coordinator within two heartbeat
+    intervals and claim from them at once; producers start writing to them after
+    that (the time is printed), each within 30 s of it. Nothing moves and nothing
+    restarts. Fewer shards is refused: producers not yet told would keep writing
+    to the shards given up.
+    """
+
+    async def main() -> dict[str, Any]:
+        async with await open_queue(queue, create=False) as q:
+            before = q.settings.shards
+            settings = await q.reshard(shards)
+            now = q.clock()
+        return {
+            "queue": queue,
+            "shards_before": before,
+            "shards": settings.shards,
+            "changed": settings.shards != before,
+            "producers_from_seconds": max(0.0, settings.grown_at - now)
+            if settings.shards != before
+            else 0.0,
+        }
+
+    shown = run(main)
+    if as_json:
+        emit(shown)
+    elif not shown["changed"]:
+        out.print(f"queue {queue} has {shown['shards']} shards already")
+    else:
+        out.print(
+            f"queue {queue}: {shown['shards_before']} -> {shown['shards']} shards; workers "
+            f"claim from the new ones as they hear of it, producers write to them in "
+            f"{shown['producers_from_seconds']:.0f} s"
+        )
+
+
 async def _queues() -> list[str]:
     storage = open_storage(options.url)
     try:
@@ -90,4 +136,4 @@ def _print(view: dict[str, Any]) -> None:
         )
 
 
-__all__ = ["workers"]
+__all__ = ["reshard", "workers"]

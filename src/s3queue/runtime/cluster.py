@@ -207,6 +207,8 @@ class Cluster:
             clock=queue.store_clock,
         )
         record = await seat.election.step(lambda: self._survey(seat))
+        if record is not None and record.revision > queue.settings.revision:
+            await queue.reload()  # a reshard: claim from the new shards from now on
         if record is not None:
             seat.workers, seat.coordinator, seat.epoch = record.workers, record.holder, record.epoch
             if record.expires_at + queue.context.rules.skew_margin < queue.clock():
@@ -218,8 +220,9 @@ class Cluster:
         owned = ownership.owned(queue.name, queue.settings.shards, seat.workers, self.worker_id)
         queue.own(owned)
 
-    async def _survey(self, seat: Seat) -> tuple[list[str], Backlog | None]:
-        """What the coordinator puts in the snapshot: the live workers (a LIST) and,
+    async def _survey(self, seat: Seat) -> registry.Survey:
+        """What the coordinator puts in the snapshot: the live workers (a LIST), the
+        revision of queue.json (a GET: how every worker learns of a reshard) and,
         once a heartbeat interval, the backlog (the cursors and the segments not yet
         taken in; see :meth:`Queue.stats`); the first count comes an interval after
         it took the lease, so that neither settling steps nor a short run pay for
@@ -229,18 +232,20 @@ class Cluster:
         now = queue.clock()
         ttl = self.polling.worker_ttl
         workers = await registry.live(queue.storage, queue.name, now, ttl, forget=True)
+        await queue.reload()
+        survey = registry.Survey(workers, revision=queue.settings.revision)
         counted = sources.monotonic()
         if seat.counted_at is None or not seat.coordinating:
             seat.counted_at = counted  # just took it: count an interval from now
-            return workers, None
+            return survey
         if counted - seat.counted_at < self.polling.heartbeat_interval * 0.9:
-            return workers, None
+            return survey
         seat.counted_at = counted
         try:
             stats = await queue.stats(listing=False)
         except QueueError as error:
             log.warning("cluster snapshot of %s without a backlog: %s", queue.name, error)
-            return workers, None
+            return survey
         backlog = Backlog(
             pending=stats.pending,
             delayed=stats.delayed,
@@ -248,7 +253,7 @@ class Cluster:
             dead=stats.dead,
             at=now,
         )
-        return workers, backlog
+        return registry.Survey(workers, backlog, survey.revision)
 
     def _changed(self, seat: Seat) -> None:
         holds = seat.election.holds()
