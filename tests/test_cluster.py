@@ -60,6 +60,20 @@ def test_the_full_order_and_the_shortcut_agree(
     ownership._owners.cache_clear()
 
 
+@given(workers_, st.integers(1, 32), st.integers(1, 64))
+def test_after_a_reshard_the_old_shards_keep_their_owners_and_the_new_are_shared(
+    workers: list[str], before: int, added: int
+) -> None:
+    after = before + added
+    grown = ownership.owners("q", after, workers, grown_from=before)
+    assert grown[:before] == ownership.owners("q", before, workers)
+    counts = Counter(grown[before:])
+    members = len(set(workers))
+    assert max(counts.values()) == -(-added // members)  # the new ones fairly too
+    mine = [ownership.owned("q", after, workers, w, grown_from=before) for w in set(workers)]
+    assert sorted(k for owned in mine for k in owned) == list(range(after))
+
+
 def test_a_worker_leaving_moves_few_shards_besides_its_own() -> None:
     workers = [f"pod-{n}" for n in range(16)]
     before = ownership.owners("emails", 256, workers)

@@ -71,6 +71,12 @@ class Outcome:
     log_samples: list[str]
     broken: InvariantBroken | None
     window_lines: list[str]
+    #: When the load started (simulated seconds), for the timeline.
+    start: float = 0.0
+    #: The reshard (seconds after the start), and when every running worker knew
+    #: the new shard count (None: never, or no reshard).
+    resharded_at: float | None = None
+    known_at: float | None = None
 
 
 class _LogCounter(logging.Handler):
@@ -106,6 +112,9 @@ class Simulation:
         #: When the load starts (after the queue is made and any backlog written).
         self.start = 0.0
         self._restarts: Counter[int] = Counter()
+        #: See :class:`Outcome`.
+        self.resharded_at: float | None = None
+        self.known_at: float | None = None
         self.loop.set_task_factory(_task_factory)
 
     # --- pods --------------------------------------------------------------------------------
@@ -312,6 +321,32 @@ class Simulation:
                 self._crash_worker(int(name[1:].split(".")[0]))
             return
 
+    def schedule_reshard(self) -> None:
+        if self.s.reshard is not None:
+            after, shards = self.s.reshard
+            self.loop.call_at(self.start + after, self._start_reshard, shards)
+
+    def _start_reshard(self, shards: int) -> None:
+        """``s3queue reshard`` from a pod of its own (faults and all)."""
+        pod = self._pod("admin")
+
+        async def main() -> None:
+            queue = await self._open(pod)
+            await queue.reshard(shards)
+            self.resharded_at = self.loop.time() - self.start
+            await queue.close()
+
+        self._start(pod, main())
+
+    def check_reshard(self) -> None:
+        """Note when every running worker first claims from the new shards."""
+        if self.resharded_at is None or self.known_at is not None or self.s.reshard is None:
+            return
+        shards = self.s.reshard[1]
+        running = [p.queue for p in self.pods if p.alive and p.queue is not None]
+        if all(q.settings.shards == shards for q in running):
+            self.known_at = self.loop.time() - self.start
+
     def owned_now(self) -> set[int]:
         return {
             k for p in self.pods if p.alive and p.queue and p.queue.owned for k in p.queue.owned
@@ -389,6 +424,7 @@ async def _until(sim: Simulation, at: float) -> None:
             raise _Stop
         if sim.watch.orphans:
             sim.watch.tick(sim.owned_now())
+        sim.check_reshard()
         await asyncio.sleep(min(1.0, at - sim.loop.time()))
 
 
@@ -404,6 +440,7 @@ async def _load(sim: Simulation) -> tuple[Tally, float]:
         sim.start_producer(index)
     sim.schedule_crashes()
     sim.schedule_kills()
+    sim.schedule_reshard()
     await _until(sim, start + s.warmup)
     tally = sim.store.tally = Tally()
     sim.ledger.measuring = True
@@ -451,6 +488,9 @@ async def _run(s: Scenario) -> Outcome:
         log_samples=[],
         broken=broken,
         window_lines=sim.window_lines(),
+        start=sim.start,
+        resharded_at=sim.resharded_at,
+        known_at=sim.known_at,
     )
 
 

@@ -20,6 +20,7 @@ Events of a pod after its crash are ignored: a killed process says nothing.
 from __future__ import annotations
 
 import statistics
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -60,6 +61,8 @@ class Ledger:
     crashes: int = 0
     #: When the last outcome was heard (a drain ends there).
     last_outcome: float = 0.0
+    #: Outcomes (completed or dead) heard in each second of simulated time.
+    finished_per_second: Counter[int] = field(default_factory=Counter)
     #: The first broken invariant (the run stops at it).
     broken: InvariantBroken | None = None
 
@@ -114,6 +117,7 @@ class Ledger:
             return
         msg.outcome = outcome
         self.last_outcome = self.now()
+        self.finished_per_second[int(self.last_outcome)] += 1
         if self.measuring:
             self.completed_in_window += 1
 

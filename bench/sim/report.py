@@ -85,6 +85,38 @@ def row(outcome: Outcome, cpu: float) -> Row:
         "trace": outcome.trace,
         "store_requests": outcome.requests,
         "cpu_s": round(cpu, 1),
+        **_reshard(outcome),
+    }
+
+
+#: Seconds per point of a reshard run's timeline.
+STEP = 5
+
+
+def _reshard(outcome: Outcome) -> Row:
+    """A reshard run: outcomes a second in each STEP seconds of the load, the reshard
+    and when every worker knew, and the dip: how far the worst step after the
+    reshard fell below the mean of the measured steps before it."""
+    s = outcome.scenario
+    if s.reshard is None:
+        return {}
+    start, at = outcome.start, s.reshard[0]
+    per = outcome.ledger.finished_per_second
+    timeline = [
+        round(sum(per[int(start) + t + k] for k in range(STEP)) / STEP, 1)
+        for t in range(0, int(s.seconds), STEP)
+    ]
+    before = timeline[int(s.warmup) // STEP : int(at) // STEP]
+    after = timeline[int(at) // STEP :]
+    mean = sum(before) / max(1, len(before))
+    return {
+        "timeline_step_s": STEP,
+        "timeline": timeline,
+        "resharded_at_s": outcome.resharded_at,
+        "known_at_s": outcome.known_at,
+        "before_per_s": round(mean, 1),
+        "after_per_s": round(sum(after[-4:]) / max(1, len(after[-4:])), 1),
+        "reshard_dip": round(max(0.0, 1 - min(after, default=mean) / mean), 3) if mean else None,
     }
 
 

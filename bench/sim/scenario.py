@@ -50,6 +50,8 @@ class Scenario:
     sweep_interval: float | None = 60.0
     #: Seconds after the start at which whichever pod coordinates is killed.
     kill_coordinator: tuple[float, ...] = ()
+    #: ``(seconds after the start, shards)``: ``s3queue reshard`` then, under load.
+    reshard: tuple[float, int] | None = None
     drain_limit: float = 300.0
     seed: int = 1
 
@@ -97,6 +99,18 @@ SCENARIOS: dict[str, Scenario] = {
         kill_coordinator=(20.0, 60.0, 100.0),
         faults=FAULTS,
         max_skew=1.0,
+    ),
+    #: 32 pods on 16 shards, grown to 64 under load that 16 shards cannot carry.
+    "reshard": Scenario(
+        name="reshard",
+        pods=32,
+        rate=2500.0,
+        producers=8,
+        seconds=120.0,
+        warmup=10.0,
+        heartbeat_interval=10.0,
+        reshard=(40.0, 64),
+        drain_limit=120.0,
     ),
     #: bench simulate's setting: a 6,000-message backlog drained at 25 ms per request.
     "backlog": Scenario(

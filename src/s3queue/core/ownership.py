@@ -29,15 +29,27 @@ def weight(queue: str, shard: int, worker: str) -> int:
     return int.from_bytes(digest, "big")
 
 
-def owners(queue: str, shards: int, workers: Iterable[str]) -> list[str | None]:
-    """The owner of each shard (None for every shard when there are no workers)."""
-    return list(_owners(queue, shards, tuple(sorted(set(workers)))))
+def owners(
+    queue: str, shards: int, workers: Iterable[str], *, grown_from: int = 0
+) -> list[str | None]:
+    """The owner of each shard (None for every shard when there are no workers).
+
+    After a reshard, the shards the queue had (``grown_from``) and the ones added
+    are shared out separately, each fairly: the old shards keep the owners they
+    had, so the ones carrying the backlog do not change hands (nor bunch on a few
+    workers) while the new ones are still empty."""
+    members = tuple(sorted(set(workers)))
+    if not 0 < grown_from < shards:
+        return list(_owners(queue, 0, shards, members))
+    return [*_owners(queue, 0, grown_from, members), *_owners(queue, grown_from, shards, members)]
 
 
 @functools.lru_cache(maxsize=64)
-def _owners(queue: str, shards: int, members: tuple[str, ...]) -> tuple[str | None, ...]:
+def _owners(queue: str, first: int, end: int, members: tuple[str, ...]) -> tuple[str | None, ...]:
+    """The owners of shards ``first`` to ``end`` - 1."""
     # Cached: every worker of a cluster reads the same list, and 1,000 workers on
     # 256 shards are 256,000 hashes (a few tenths of a second) per change.
+    shards = end - first
     if not members:
         return (None,) * shards
     # Bounded loads: plain rendezvous leaves a worker of four on four shards owning
@@ -52,8 +64,10 @@ def _owners(queue: str, shards: int, members: tuple[str, ...]) -> tuple[str | No
         pairs = sorted(
             (
                 pair
-                for k in range(shards)
-                for pair in heapq.nlargest(top, ((weight(queue, k, w), w, k) for w in members))
+                for k in range(first, end)
+                for pair in heapq.nlargest(
+                    top, ((weight(queue, k, w), w, k - first) for w in members)
+                )
             ),
             reverse=True,
         )
@@ -81,10 +95,12 @@ def _fill(
     return owner
 
 
-def owned(queue: str, shards: int, workers: Sequence[str], me: str) -> frozenset[int]:
+def owned(
+    queue: str, shards: int, workers: Sequence[str], me: str, *, grown_from: int = 0
+) -> frozenset[int]:
     """The shards ``me`` owns among ``workers`` (``me`` counted whether listed or not:
     a worker that just started owns its share before anyone lists it)."""
-    by_shard = owners(queue, shards, [*workers, me])
+    by_shard = owners(queue, shards, [*workers, me], grown_from=grown_from)
     return frozenset(k for k, owner in enumerate(by_shard) if owner == me)
 
 

@@ -217,7 +217,14 @@ class Cluster:
             ttl = self.polling.worker_ttl
             listed = await registry.live(queue.storage, queue.name, queue.clock(), ttl)
             seat.workers = sorted({*seat.workers, *listed})
-        owned = ownership.owned(queue.name, queue.settings.shards, seat.workers, self.worker_id)
+        settings = queue.settings
+        owned = ownership.owned(
+            queue.name,
+            settings.shards,
+            seat.workers,
+            self.worker_id,
+            grown_from=settings.grown_from,
+        )
         queue.own(owned)
 
     async def _survey(self, seat: Seat) -> registry.Survey:
