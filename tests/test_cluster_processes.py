@@ -1,5 +1,6 @@
 """Real worker processes in one cluster on moto-served S3: the coordinator is killed
-(SIGKILL) twice while they work, and every message is accounted for exactly.
+(SIGKILL) twice while they work, the queue grows from 16 to 32 shards between the
+kills, and every message is accounted for exactly.
 
 Eight processes here (two cores run the suite); S3QUEUE_TEST_CLUSTER_WORKERS=16 runs
 the issue's sixteen (docs/SIMULATION.md records that run).
@@ -18,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from s3queue import Queue
-from s3queue.core import registry
+from s3queue.core import layout, registry
 from s3queue.core.records import ClusterRecord
 from tests.conftest import server_store_url
 from tests.test_multiprocess import enqueue, start_workers, stats, terminate, wait_for
@@ -71,6 +72,7 @@ def test_killing_the_coordinator_twice_loses_and_doubles_nothing(
     killed: list[int] = []
     try:
         ids, _ = enqueue(url, "real", MESSAGES, shards=16)
+        more: list[str] = []
         epoch = 0
         for _ in range(2):
             wait_for(functools.partial(_held_beyond, url, epoch, killed))
@@ -84,7 +86,10 @@ def test_killing_the_coordinator_twice_loses_and_doubles_nothing(
             # A new coordinator within two lease lengths (3 s each) of the kill.
             wait_for(functools.partial(_held_beyond, url, epoch, killed), timeout=60)
             print(f"\nnew coordinator {time.monotonic() - took:.1f} s after the kill")
-        wait_for(lambda: stats(url, "real")["completed"] == MESSAGES, timeout=180)
+            if not more:
+                more = _grow_and_enqueue(url)
+                ids += more
+        wait_for(lambda: stats(url, "real")["completed"] == len(ids), timeout=180)
     finally:
         survivors = [p for pid, p in workers.items() if pid not in killed]
         exits = terminate(survivors)
@@ -100,7 +105,21 @@ def test_killing_the_coordinator_twice_loses_and_doubles_nothing(
     assert set(runs) == set(ids)  # every message ran
     # Only a killed process's unacknowledged run is ever repeated.
     assert max(by_survivors.values()) == 1
-    assert stats(url, "real") == {"completed": MESSAGES, "active": 0}
+    assert stats(url, "real") == {"completed": len(ids), "active": 0}
+    assert {layout.parse_message_id(m).shard for m in more} & set(range(16, 32))
+
+
+def _grow_and_enqueue(url: str) -> list[str]:
+    """Grow the queue to 32 shards, wait out the notice (two heartbeats and the skew
+    margin), and enqueue 1,000 more: the new shards take their turns."""
+
+    async def grow() -> float:
+        async with await Queue.open(url, "real", verify_store=False) as q:
+            return (await q.reshard(32)).grown_at
+
+    grown_at = asyncio.run(grow())
+    wait_for(lambda: time.time() > grown_at + 0.5)  # the store's clock may be a bit ahead
+    return enqueue(url, "real", 1000, shards=16)[0]
 
 
 def _held_beyond(url: str, epoch: int, killed: list[int]) -> bool:

@@ -89,6 +89,22 @@ async def test_a_producer_rereads_the_settings_when_they_are_old(
     await admin.close()
 
 
+async def test_a_long_lived_reader_counts_the_new_shards(monkeypatch: pytest.MonkeyPatch) -> None:
+    clock = Shifted()
+    url = "memory://reshard-reader"
+    reader = await Queue.open(url, "jobs", shards=2, clock=clock)
+    admin = await Queue.open(url, "jobs", clock=clock)
+    await admin.reshard(4)
+    clock.ahead = 10.0
+    ids = [m for _ in range(8) for m in await admin.enqueue_many(range(5))]
+    monkeypatch.setattr(Queue, "SETTINGS_INTERVAL", 0.0)
+    stats = await reader.stats()
+    assert stats.pending == len(ids)
+    assert len(stats.shards) == 4
+    await reader.close()
+    await admin.close()
+
+
 async def test_shrinking_is_refused_and_the_same_count_changes_nothing() -> None:
     q = await Queue.open("memory://reshard-refused", "jobs", shards=4)
     with pytest.raises(ConfigurationError) as refused:

@@ -1215,7 +1215,10 @@ class Queue:
         backlog). With ``listing=False`` a lane's unread backlog is found by reading
         its next segment, listed only when there is one (a GET instead of a LIST
         per lane of an idle shard, a LIST costing as much as 12 GETs; how the
-        cluster's coordinator counts once an interval)."""
+        cluster's coordinator counts once an interval). A long-lived reader (the
+        dashboard, ``stats --watch``) rereads queue.json at most every
+        SETTINGS_INTERVAL, so shards added by a reshard are counted too."""
+        await self._reload_if_due()
         return await self._reader.stats(listing=listing)
 
     # --- dead letters ---------------------------------------------------------------------------
