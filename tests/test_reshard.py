@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import time
 from collections import Counter
+from collections.abc import AsyncIterator
 
 import pytest
 from typer.testing import CliRunner
@@ -39,70 +41,69 @@ async def test_producers_write_to_new_shards_only_after_the_notice() -> None:
     # No worker has run in a cluster here: the notice is the skew margin alone.
     assert settings.grown_from == 2
     assert settings.grown_at == pytest.approx(clock() + q.context.rules.skew_margin, abs=1.0)
-    before = [m for _ in range(16) for m in await q.enqueue_many(range(10))]
+    before = await enqueue_in_turns(q, 16)
     assert {shard(m) for m in before} == {0, 1}
     clock.ahead = 10.0
-    after = [m for _ in range(16) for m in await q.enqueue_many(range(10))]
+    after = await enqueue_in_turns(q, 16)
     assert {shard(m) for m in after} == set(range(8))  # in turn: each shard twice
     stats = await q.stats()
-    assert stats.pending == 320
+    assert stats.pending == 160
     assert len(stats.shards) == 8
-    assert sum(s.pending for s in stats.shards) == 320
+    assert sum(s.pending for s in stats.shards) == 160
     await q.close()
 
 
-async def test_a_process_that_opened_the_queue_before_learns_the_new_shards() -> None:
+@contextlib.asynccontextmanager
+async def grown(url: str, before: int, after: int) -> AsyncIterator[tuple[Queue, Queue]]:
+    """A process that opened the queue with ``before`` shards, and another that then
+    grew it to ``after``; the notice has run out."""
     clock = Shifted()
-    url = "memory://reshard-stale"
-    old = await Queue.open(url, "jobs", shards=2, clock=clock)
+    old = await Queue.open(url, "jobs", shards=before, clock=clock)
     new = await Queue.open(url, "jobs", clock=clock)
-    await new.reshard(6)
+    await new.reshard(after)
     clock.ahead = 10.0
-    ids = [m for _ in range(12) for m in await new.enqueue_many(range(5))]
-    far = next(m for m in ids if shard(m) >= 2)
-    assert old.settings.shards == 2
-    info = await old.get(far)  # an id on a shard it did not know: it reads queue.json
-    assert info is not None
-    assert info.status == "pending"
-    assert old.settings.shards == 6
-    assert not await old.reload()  # nothing newer since
-    claimed = await old.claim(max_messages=100)
-    assert sorted(m.id for m in claimed) == sorted(ids)
-    await old.close()
-    await new.close()
+    try:
+        yield old, new
+    finally:
+        await old.close()
+        await new.close()
+
+
+async def enqueue_in_turns(q: Queue, times: int) -> list[str]:
+    """Five messages a write, ``times`` writes (each to the next shard in turn)."""
+    return [m for _ in range(times) for m in await q.enqueue_many(range(5))]
+
+
+async def test_a_process_that_opened_the_queue_before_learns_the_new_shards() -> None:
+    async with grown("memory://reshard-stale", 2, 6) as (old, new):
+        ids = await enqueue_in_turns(new, 12)
+        far = next(m for m in ids if shard(m) >= 2)
+        assert old.settings.shards == 2
+        info = await old.get(far)  # an id on a shard it did not know: it reads queue.json
+        assert info is not None
+        assert info.status == "pending"
+        assert old.settings.shards == 6
+        assert not await old.reload()  # nothing newer since
+        claimed = await old.claim(max_messages=100)
+        assert sorted(m.id for m in claimed) == sorted(ids)
 
 
 async def test_a_producer_rereads_the_settings_when_they_are_old(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    clock = Shifted()
-    url = "memory://reshard-producer"
-    producer = await Queue.open(url, "jobs", shards=1, clock=clock)
-    admin = await Queue.open(url, "jobs", clock=clock)
-    await admin.reshard(4)
-    clock.ahead = 10.0
-    assert {shard(m) for _ in range(8) for m in await producer.enqueue_many(range(5))} == {0}
-    monkeypatch.setattr(Queue, "SETTINGS_INTERVAL", 0.0)
-    grown = {shard(m) for _ in range(8) for m in await producer.enqueue_many(range(5))}
-    assert grown == set(range(4))
-    await producer.close()
-    await admin.close()
+    async with grown("memory://reshard-producer", 1, 4) as (producer, _):
+        assert {shard(m) for m in await enqueue_in_turns(producer, 8)} == {0}
+        monkeypatch.setattr(Queue, "SETTINGS_INTERVAL", 0.0)
+        assert {shard(m) for m in await enqueue_in_turns(producer, 8)} == set(range(4))
 
 
 async def test_a_long_lived_reader_counts_the_new_shards(monkeypatch: pytest.MonkeyPatch) -> None:
-    clock = Shifted()
-    url = "memory://reshard-reader"
-    reader = await Queue.open(url, "jobs", shards=2, clock=clock)
-    admin = await Queue.open(url, "jobs", clock=clock)
-    await admin.reshard(4)
-    clock.ahead = 10.0
-    ids = [m for _ in range(8) for m in await admin.enqueue_many(range(5))]
-    monkeypatch.setattr(Queue, "SETTINGS_INTERVAL", 0.0)
-    stats = await reader.stats()
-    assert stats.pending == len(ids)
-    assert len(stats.shards) == 4
-    await reader.close()
-    await admin.close()
+    async with grown("memory://reshard-reader", 2, 4) as (reader, admin):
+        ids = await enqueue_in_turns(admin, 8)
+        monkeypatch.setattr(Queue, "SETTINGS_INTERVAL", 0.0)
+        stats = await reader.stats()
+        assert stats.pending == len(ids)
+        assert len(stats.shards) == 4
 
 
 async def test_shrinking_is_refused_and_the_same_count_changes_nothing() -> None:
