@@ -110,7 +110,7 @@ def test_killing_the_coordinator_twice_loses_and_doubles_nothing(
 
 
 def _grow_and_enqueue(url: str) -> list[str]:
-    """Grow the queue to 32 shards, wait out the notice (two heartbeats and the skew
+    """Grow the queue to 32 shards, wait out the notice (three heartbeats and the skew
     margin), and enqueue 1,000 more: the new shards take their turns."""
 
     async def grow() -> float:

@@ -329,6 +329,8 @@ class Queue:
         self._owned: frozenset[int] | None = None
         #: sources.monotonic() when queue.json was last read (see :meth:`reload`).
         self._settings_read_at = sources.monotonic()
+        #: The shard count the rate limits are shared out over (see _share_rates).
+        self._rates_over = settings.shards
 
     def __repr__(self) -> str:
         return f"Queue({self.name!r}, url={redact_url(self.storage.url)!r})"
@@ -356,7 +358,8 @@ class Queue:
         ``shards``, ``max_attempts``, ``dedup_retention`` and ``retention`` (how long
         results and dead letters are kept: :class:`~s3queue.Retention`) are stored
         when the queue is created; reopening reads them (a different ``shards`` or
-        ``retention`` is an error: :meth:`configure` changes the latter). With
+        ``retention`` is an error, but for fewer shards than a queue grown by
+        :meth:`reshard` has; :meth:`configure` changes the retention). With
         ``create=False`` (read-only views) a missing queue raises
         :class:`~s3queue.errors.QueueNotFound` and nothing is written.
 
@@ -665,6 +668,8 @@ class Queue:
             visibility_timeout, "visibility_timeout"
         )
         await self.sync_clock()
+        if self.context.rates and self._rates_over != self.settings.writable(self.clock()):
+            self._share_rates()  # a reshard's notice ran out: the new shards get shares
         owner = owner or self.owner
         await self._look_around(owner)
         round_ = ClaimRound([], contended=False)
@@ -1058,6 +1063,8 @@ class Queue:
             )
         given = list(ids)
         wanted = list(dict.fromkeys(given))
+        if any(layout.parse_message_id(m).shard >= self.settings.shards for m in wanted):
+            await self.reload()  # shards added since this process read queue.json?
         by_shard: dict[int, list[Cancel]] = {}
         for mid in wanted:
             shard = layout.parse_message_id(mid).shard
@@ -1114,7 +1121,9 @@ class Queue:
         self._share_rates()
 
     def _share_rates(self) -> None:
-        shards = self.settings.shards
+        # Over the shards producers write to: during a reshard's notice the new
+        # ones are empty, and a share of the limit there would be lost.
+        shards = self._rates_over = self.settings.writable(self.clock())
         self.context.rates = tuple(
             ShardRate.share(name, rate, shards) for name, rate in sorted(self._rate_limits.items())
         )
@@ -1261,8 +1270,8 @@ class Queue:
 
         Workers learn of the new shards from the coordinator's snapshot within
         two heartbeat intervals and claim from them at once; producers write to
-        them only after that notice (``grown_at`` in queue.json), so no message
-        waits in a shard nobody claims from. Nothing moves: the old shards keep
+        them only after a notice of three (``grown_at`` in queue.json), so that
+        messages do not wait in a shard nobody claims from yet. Nothing moves: the old shards keep
         their messages and take new ones too. Shrinking raises ConfigurationError."""
         await self.sync_clock()
         record, _ = await registry.read_cluster(self.storage, self.name)
@@ -1334,6 +1343,7 @@ class Queue:
         # older than that (with room for the clocks) go now; the sweeper takes the
         # rest once no segment left can reference them.
         blobs_before = self.clock() - layout.BLOB_GRACE
+        await self.reload()  # every shard, those added by a reshard too
         for shard in range(self.settings.shards):
             doomed.extend(await self._purge_shard(shard))
         self.producer.forget_sequences()

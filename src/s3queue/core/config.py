@@ -17,7 +17,6 @@ import msgspec
 
 from s3queue import limits
 from s3queue.core import layout
-from s3queue.core.catalog import read_settings
 from s3queue.core.records import QueueSettings, decode, encode
 from s3queue.core.retention import Retention
 from s3queue.errors import ConfigurationError, PreconditionFailed, QueueNotFound
@@ -52,6 +51,8 @@ async def reshard(
     shards = limits.SHARDS.check(shards, "shards")
 
     def change(current: QueueSettings) -> QueueSettings:
+        if shards == current.shards:
+            return current  # (another reshard to the same count won a race)
         if shards < current.shards:
             raise ConfigurationError(
                 f"queue {name!r} has {current.shards} shards; shrinking it to {shards} "
@@ -67,11 +68,6 @@ async def reshard(
             grown_at=now + notice,
         )
 
-    current = await read_settings(storage, name)
-    if current is None:
-        raise _missing(name)
-    if current.shards == shards:
-        return current
     return await _rewrite(storage, name, change)
 
 
@@ -85,14 +81,18 @@ async def _rewrite(
     storage: Storage, name: str, change: Callable[[QueueSettings], QueueSettings]
 ) -> QueueSettings:
     """Write ``change(current settings)`` by compare-and-swap with the revision
-    counted up, reading again after each lost race."""
+    counted up, reading again after each lost race; nothing if ``change`` returns
+    the settings it was given."""
     key = layout.settings_key(name)
     for _ in range(ATTEMPTS):
         stored = await storage.get(key)
         if stored is None:
             raise _missing(name)
         current = decode(stored.data, QueueSettings, what="queue settings", key=key)
-        updated = msgspec.structs.replace(change(current), revision=current.revision + 1)
+        changed = change(current)
+        if changed is current:
+            return current
+        updated = msgspec.structs.replace(changed, revision=current.revision + 1)
         try:
             await storage.put(key, encode(updated), mode=UpdateVersion(stored.etag))
         except PreconditionFailed:

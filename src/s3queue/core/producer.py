@@ -147,7 +147,7 @@ class Producer:
             return (await self.write([message]))[0]
         future: asyncio.Future[str] = asyncio.get_running_loop().create_future()
         self._waiting.append(_Waiting(message, future))
-        if self._flushing < self.settings.shards:
+        if self._flushing < self._writable:
             self._flushing += 1
             task = asyncio.create_task(self._flush())
             self._tasks.add(task)

@@ -161,9 +161,11 @@ Surveyor = Callable[[], Awaitable[Survey]]
 def notice(record: ClusterRecord | None) -> float:
     """How long after queue.json changes every live worker has read it: the holder
     reads it when it renews (once an interval), every worker sees the new revision
-    in the record at its next step (once an interval): two intervals, the lease
-    lasting three. Without a record no worker has run in a cluster: none."""
-    return 0.0 if record is None else record.ttl * 2 / 3
+    in the record at its next step (once an interval). Two intervals, and steps
+    take time (the holder counts the backlog between its read and its write): the
+    lease's ttl, three intervals. Without a record no worker has run in a cluster
+    yet: none."""
+    return 0.0 if record is None else record.ttl
 
 
 class Election:

@@ -59,8 +59,8 @@ def reshard(
     """Grow a queue to more shards while its producers and workers run.
 
     Workers learn of the new shards from the coordinator within two heartbeat
-    intervals and claim from them at once; producers start writing to them after
-    that (the time is printed), each within 30 s of it. Nothing moves and nothing
+    intervals and claim from them at once; producers start writing to them after a
+    notice of three (the time is printed), each within 30 s of it. Nothing moves and nothing
     restarts. Fewer shards is refused: producers not yet told would keep writing
     to the shards given up.
     """

@@ -428,6 +428,7 @@ class Worker:
     async def _drained(self) -> bool:
         for q in self.queues.queues:
             try:
+                await q.reload()  # shards added while it ran: not drained before those are
                 stats = await q.stats()
             except QueueError as error:
                 self._storage_failed(error)
