@@ -24,7 +24,9 @@ from s3queue.core.cursor import (
     is_unread,
     unfinished_indices,
 )
-from s3queue.core.layout import SegmentRef
+from s3queue.core.layout import LOG_LANE, SegmentRef
+from s3queue.core.segment import Segment, SegmentCache, encode_segment
+from s3queue.storage.memory import MemoryStorage
 
 #: A cursor as s3queue wrote it when timer buckets were kept as string keys.
 WRITTEN = (
@@ -95,3 +97,16 @@ def test_every_operation_class_is_one_of_the_operation_union() -> None:
 
 def test_the_counter_names_are_the_fields_of_counters() -> None:
     assert list(get_args(Counter)) == list(Counters.__struct_fields__)
+
+
+async def test_a_window_larger_than_the_segment_cache_is_still_read_whole() -> None:
+    """Fetches of other shards evict what one shard's fetch just put in the cache:
+    the window handed back is the segments fetched, not what the cache still has."""
+    storage = MemoryStorage()
+    refs = [SegmentRef(LOG_LANE, seq) for seq in range(6)]
+    for ref in refs:
+        segment = Segment(writer="w", created_at=1.0, messages=[])
+        await storage.put(ref.key("q", 0), encode_segment(segment))
+    cache = SegmentCache(storage, "q", capacity=2)
+    window = await cache.require(0, refs)
+    assert list(window) == [str(ref) for ref in refs]

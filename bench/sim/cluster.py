@@ -18,6 +18,7 @@ import asyncio
 import contextvars
 import logging
 import random
+import traceback
 from collections import Counter
 from collections.abc import Coroutine
 from dataclasses import dataclass, field
@@ -193,7 +194,8 @@ class Simulation:
 
     def _died(self, pod: Pod, error: Exception) -> None:
         if self.ledger.broken is None:
-            what = f"{pod.name} died of an error no fault explains: {error!r}"
+            where = "".join(traceback.format_exception(error)[-12:])
+            what = f"{pod.name} died of an error no fault explains: {error!r}\n{where}"
             self.ledger.broken = InvariantBroken(what, "", self.loop.time())
 
     def _restart_later(self, pod: Pod, index: int) -> None:

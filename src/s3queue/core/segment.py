@@ -104,7 +104,10 @@ class SegmentCache:
         return segment
 
     async def require(self, shard: int, refs: list[SegmentRef]) -> dict[str, Segment]:
-        missing = [ref for ref in refs if self.get(shard, ref) is None]
+        # Kept here, not looked up in the cache again: fetches of other shards
+        # running meanwhile may have evicted them (many shards, deep windows).
+        found = {str(ref): s for ref in refs if (s := self.get(shard, ref)) is not None}
+        missing = [ref for ref in refs if str(ref) not in found]
         fetched = await asyncio.gather(*(self.fetch(shard, ref) for ref in missing))
         for ref, segment in zip(missing, fetched, strict=True):
             if segment is None:
@@ -116,9 +119,5 @@ class SegmentCache:
                     "set aside as lost",
                     metadata={"key": key, "shard": shard, "ref": str(ref), "missing": True},
                 )
-        out: dict[str, Segment] = {}
-        for ref in refs:
-            segment = self.get(shard, ref)
-            assert segment is not None
-            out[str(ref)] = segment
-        return out
+            found[str(ref)] = segment
+        return {str(ref): found[str(ref)] for ref in refs}
