@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import asyncio
+import math
 import os
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -165,3 +166,15 @@ def fake_gcs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FakeGCS]:
     )
     yield server
     server.stop()
+
+
+async def count_backlog(worker: Worker, queue: str) -> None:
+    """Have ``worker``, the coordinator, count ``queue``'s backlog as if an interval
+    had passed, and publish the count: it counts beside a step, and the next
+    renewal carries what it counted."""
+    seat = worker.cluster.seats[queue]
+    seat.counted_at = -math.inf
+    await worker.cluster.step()
+    assert seat.counting is not None
+    await seat.counting
+    await worker.cluster.step()

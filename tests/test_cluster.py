@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import math
 from collections import Counter
 
 import pytest
@@ -21,6 +20,7 @@ from s3queue.ops.cli import app
 from s3queue.ops.monitor import WorkerMonitor
 from s3queue.queue import Steal
 from s3queue.storage.memory import MemoryStorage
+from tests.conftest import count_backlog
 
 # --- ownership ----------------------------------------------------------------------------
 
@@ -369,8 +369,7 @@ async def test_metrics_and_the_cluster_endpoint_tell_workers_and_coordinator() -
     assert monitor.cluster_view()["backlog"] is None  # not counted yet: no number
     await w.cluster.step()  # elected: it counts an interval later
     assert monitor.cluster_view()["backlog"] is None
-    w.cluster.seats["jobs"].counted_at = -math.inf  # an interval has passed
-    await w.cluster.step()
+    await count_backlog(w, "jobs")
     from prometheus_client import generate_latest
 
     text = generate_latest(monitor.registry).decode()

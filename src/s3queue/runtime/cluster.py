@@ -65,6 +65,9 @@ class Seat:
     #: sources.monotonic() of the coordinator's last count of the backlog (or of
     #: taking the lease, before it counted).
     counted_at: float | None = None
+    #: That count, running beside the steps: a deep backlog takes seconds to count,
+    #: and neither the lease's renewal nor the news in the record may wait for it.
+    counting: asyncio.Task[Backlog | None] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -229,44 +232,67 @@ class Cluster:
 
     async def _survey(self, seat: Seat) -> registry.Survey:
         """What the coordinator puts in the snapshot: the live workers (a LIST), the
-        revision of queue.json (a GET: how every worker learns of a reshard) and,
-        once a heartbeat interval, the backlog (the cursors and the segments not yet
-        taken in; see :meth:`Queue.stats`); the first count comes an interval after
-        it took the lease, so that neither settling steps nor a short run pay for
-        reading a deep backlog. A backlog it cannot read or did not count is left as
-        it was (None: the record's stays), not guessed."""
+        revision of queue.json (a GET: how every worker learns of a reshard) and the
+        backlog as last counted, if a count finished since the last renewal."""
         queue = seat.queue
-        now = queue.clock()
         ttl = self.polling.worker_ttl
-        workers = await registry.live(queue.storage, queue.name, now, ttl, forget=True)
+        workers = await registry.live(queue.storage, queue.name, queue.clock(), ttl, forget=True)
         await queue.reload()
-        survey = registry.Survey(workers, revision=queue.settings.revision)
-        counted = sources.monotonic()
+        backlog = self._counted(seat)
+        self._count_if_due(seat)
+        return registry.Survey(workers, backlog, queue.settings.revision)
+
+    def _count_if_due(self, seat: Seat) -> None:
+        """Start counting the backlog (the cursors and the segments not yet taken
+        in; see :meth:`Queue.stats`) once a heartbeat interval, the first count an
+        interval after taking the lease, so that neither settling steps nor a
+        short run pay for reading a deep backlog."""
+        now = sources.monotonic()
         if seat.counted_at is None or not seat.coordinating:
-            seat.counted_at = counted  # just took it: count an interval from now
-            return survey
-        if counted - seat.counted_at < self.polling.heartbeat_interval * 0.9:
-            return survey
-        seat.counted_at = counted
+            seat.counted_at = now  # just took it: count an interval from now
+            return
+        if (
+            seat.counting is not None
+            or now - seat.counted_at < self.polling.heartbeat_interval * 0.9
+        ):
+            return
+        seat.counted_at = now
+        seat.counting = asyncio.create_task(self._count(seat.queue), name="s3queue-count")
+
+    @staticmethod
+    async def _count(queue: Queue) -> Backlog | None:
+        at = queue.clock()
         try:
             stats = await queue.stats(listing=False)
         except QueueError as error:
             log.warning("cluster snapshot of %s without a backlog: %s", queue.name, error)
-            return survey
-        backlog = Backlog(
+            return None
+        return Backlog(
             pending=stats.pending,
             delayed=stats.delayed,
             processing=stats.processing,
             dead=stats.dead,
-            at=now,
+            at=at,
         )
-        return registry.Survey(workers, backlog, survey.revision)
+
+    @staticmethod
+    def _counted(seat: Seat) -> Backlog | None:
+        """The count that finished since the last renewal, taken once; None (the
+        record's stays) while one runs, or if it failed: not guessed."""
+        task = seat.counting
+        if task is None or not task.done():
+            return None
+        seat.counting = None
+        return None if task.cancelled() else task.result()
 
     def _changed(self, seat: Seat) -> None:
         holds = seat.election.holds()
         if holds == seat.coordinating:
             return
         seat.coordinating = holds
+        if not holds and seat.counting is not None:
+            seat.counting.cancel()  # another counts now
+            seat.counting = None
         change = "promoted" if holds else "demoted"
         log.info(
             "coordinator of %s: %s (epoch %d)",
