@@ -162,9 +162,9 @@ def notice(record: ClusterRecord | None) -> float:
     """How long after queue.json changes every live worker has read it: the holder
     reads it when it renews (once an interval), every worker sees the new revision
     in the record at its next step (once an interval). Two intervals, and steps
-    take time (the holder counts the backlog between its read and its write): the
-    lease's ttl, three intervals. Without a record no worker has run in a cluster
-    yet: none."""
+    take time (each serves the worker's queues in turn, over a store that may be
+    slow): the lease's ttl, three intervals. Without a record no worker has run in
+    a cluster yet: none."""
     return 0.0 if record is None else record.ttl
 
 
