@@ -382,12 +382,17 @@ class Simulation:
 
     def window_lines(self) -> list[str]:
         """The shortest stretch of the request log that shows a broken invariant: the
-        requests on the message's shard since its first start (or enqueue)."""
+        requests on the message's shard since its first start (or enqueue), a
+        second at least (a message started before its producer heard it was
+        written is known from that start only)."""
         broken = self.ledger.broken
         if broken is None:
             return []
         msg = self.ledger.messages.get(broken.message_id)
-        since = 0.0 if msg is None else (msg.first_start or msg.enqueued)
+        since = 0.0 if msg is None else msg.enqueued
+        if msg is not None and msg.first_start is not None and msg.first_start < broken.at:
+            since = msg.first_start  # not the start that broke it: from the first one
+        since = min(since, broken.at - 1.0)
         shard = broken.message_id.split("-")[0]
         prefix = prefix_of(f"{QUEUE}/shards/{int(shard):04d}/x") if shard.isdigit() else ""
         lines = [

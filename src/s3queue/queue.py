@@ -357,11 +357,10 @@ class Queue:
 
         ``shards``, ``max_attempts``, ``dedup_retention`` and ``retention`` (how long
         results and dead letters are kept: :class:`~s3queue.Retention`) are stored
-        when the queue is created; reopening reads them (a different ``shards`` or
-        ``retention`` is an error, but for fewer shards than a queue grown by
-        :meth:`reshard` has; :meth:`configure` changes the retention). With
-        ``create=False`` (read-only views) a missing queue raises
-        :class:`~s3queue.errors.QueueNotFound` and nothing is written.
+        when the queue is created; reopening reads them (a different ``retention``,
+        or ``shards``, is an error, but fewer shards than :meth:`reshard` grew it
+        to; :meth:`configure` changes the retention). With ``create=False`` (read-
+        only views) a missing queue raises QueueNotFound and nothing is written.
 
         ``clock`` defaults to a :class:`~s3queue.core.clock.StoreClock` (this machine's
         clock corrected by its measured offset to the store's); a plain function is
