@@ -1062,8 +1062,7 @@ class Queue:
             )
         given = list(ids)
         wanted = list(dict.fromkeys(given))
-        if any(layout.parse_message_id(m).shard >= self.settings.shards for m in wanted):
-            await self.reload()  # shards added since this process read queue.json?
+        await self._know_shards_of(wanted)
         by_shard: dict[int, list[Cancel]] = {}
         for mid in wanted:
             shard = layout.parse_message_id(mid).shard
@@ -1213,9 +1212,7 @@ class Queue:
 
     async def get(self, message_id: str) -> MessageInfo | None:
         """The status of one message, or None if there is no such message."""
-        address = layout.parse_message_id(message_id)
-        if address.shard >= self.settings.shards:
-            await self.reload()  # a shard added since this process read queue.json?
+        await self._know_shards_of([message_id])
         return await self._reader.get(message_id)
 
     async def stats(self, *, listing: bool = True) -> Stats:
@@ -1270,8 +1267,9 @@ class Queue:
         Workers learn of the new shards from the coordinator's snapshot within
         two heartbeat intervals and claim from them at once; producers write to
         them only after a notice of three (``grown_at`` in queue.json), so that
-        messages do not wait in a shard nobody claims from yet. Nothing moves: the old shards keep
-        their messages and take new ones too. Shrinking raises ConfigurationError."""
+        messages do not wait in a shard nobody claims from yet. Nothing moves:
+        the old shards keep their messages and take new ones too. Shrinking
+        raises ConfigurationError."""
         await self.sync_clock()
         record, _ = await registry.read_cluster(self.storage, self.name)
         notice = registry.notice(record) + self.context.rules.skew_margin
@@ -1288,6 +1286,13 @@ class Queue:
         if settings is None:
             raise await _missing(self.storage, self.name)
         return self._adopt(settings)
+
+    async def _know_shards_of(self, message_ids: list[str]) -> None:
+        """Reread queue.json if an id names a shard this process does not know (one
+        added by a reshard since it read it): not "not found" for a message that is."""
+        shards = self.settings.shards
+        if any(layout.parse_message_id(m).shard >= shards for m in message_ids):
+            await self.reload()
 
     async def _reload_if_due(self) -> None:
         if sources.monotonic() - self._settings_read_at < self.SETTINGS_INTERVAL:

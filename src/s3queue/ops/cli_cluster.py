@@ -60,24 +60,23 @@ def reshard(
 
     Workers learn of the new shards from the coordinator within two heartbeat
     intervals and claim from them at once; producers start writing to them after a
-    notice of three (the time is printed), each within 30 s of it. Nothing moves and nothing
-    restarts. Fewer shards is refused: producers not yet told would keep writing
-    to the shards given up.
+    notice of three (the time is printed), each within 30 s of it. Nothing moves
+    and nothing restarts. Fewer shards is refused: producers not yet told would
+    keep writing to the shards given up.
     """
 
     async def main() -> dict[str, Any]:
         async with await open_queue(queue, create=False) as q:
             before = q.settings.shards
             settings = await q.reshard(shards)
-            now = q.clock()
+            wait = max(0.0, settings.grown_at - q.clock())
+        changed = settings.shards != before
         return {
             "queue": queue,
             "shards_before": before,
             "shards": settings.shards,
-            "changed": settings.shards != before,
-            "producers_from_seconds": max(0.0, settings.grown_at - now)
-            if settings.shards != before
-            else 0.0,
+            "changed": changed,
+            "producers_from_seconds": wait if changed else 0.0,
         }
 
     shown = run(main)
