@@ -1,13 +1,13 @@
 """A real S3-compatible HTTP server for the tests: moto's ``moto_server`` on loopback.
 
 moto implements If-Match / If-None-Match on PUT, which is what the queue's
-guarantees rest on, so the S3 backend is tested against HTTP, not against mocks.
+guarantees rest on, so the S3 backend is tested against HTTP, not against mocks;
+``moto_atomic`` makes those conditional writes atomic, as S3's are.
 """
 
 from __future__ import annotations
 
 import os
-import shutil
 import socket
 import subprocess
 import sys
@@ -74,23 +74,15 @@ def wait_until_answers(
         time.sleep(0.1)  # waiting for a child process to bind: no event to await
 
 
-def moto_executable() -> str:
-    beside_python = Path(sys.executable).with_name("moto_server")
-    if beside_python.exists():
-        return str(beside_python)
-    found = shutil.which("moto_server")
-    if found is None:
-        raise RuntimeError("moto_server is not installed; run `make test`, which installs it")
-    return found
-
-
 def start_s3_server(log_path: Path, extra_env: dict[str, str] | None = None) -> S3Server:
-    """Start moto_server on a free loopback port and wait until it answers."""
+    """Start moto_server (with atomic conditional writes) on a free loopback port and
+    wait until it answers."""
     port = free_port()
     env = {**os.environ, **(extra_env or {})}
     log = log_path.open("wb")
+    script = Path(__file__).with_name("moto_atomic.py")
     process = subprocess.Popen(
-        [moto_executable(), "-H", "127.0.0.1", "-p", str(port)],
+        [sys.executable, str(script), "-H", "127.0.0.1", "-p", str(port)],
         stdout=log,
         stderr=subprocess.STDOUT,
         env=env,
