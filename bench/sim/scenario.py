@@ -100,21 +100,6 @@ SCENARIOS: dict[str, Scenario] = {
         faults=FAULTS,
         max_skew=1.0,
     ),
-    #: 20 pods, five crashed at random times and replaced 5 s later by new pods
-    #: (as Kubernetes restarts them), with faults and skewed clocks: how soon a
-    #: crashed pod's shards are owned again.
-    "adoption": Scenario(
-        name="adoption",
-        pods=20,
-        rate=50.0,
-        seconds=130.0,
-        warmup=5.0,
-        heartbeat_interval=10.0,
-        crash_fraction=0.25,
-        restart_after=5.0,
-        faults=FAULTS,
-        max_skew=1.0,
-    ),
     #: 16 pods on 16 shards at 1,000 msg/s, grown to 64 shards 40 s in.
     "reshard": Scenario(
         name="reshard",
