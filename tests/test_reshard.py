@@ -184,7 +184,7 @@ async def test_the_notice_is_a_lease_of_a_running_cluster() -> None:
     election = Election(q.storage, "jobs", "w0", q.clock, ttl=30.0, skew_margin=2.0)
 
     async def survey() -> registry.Survey:
-        return registry.Survey({"w0": None}, revision=q.settings.revision)
+        return registry.Survey(["w0"], revision=q.settings.revision)
 
     record = await election.step(survey)
     assert registry.notice(record) == pytest.approx(30.0)

@@ -267,12 +267,6 @@ class ClusterRecord(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=Tru
     #: The revision of queue.json the holder last read: a worker that holds an
     #: older one reads queue.json again (a reshard, a retention change).
     revision: int = 0
-    #: When each listed worker's heartbeat goes stale unless rewritten (store
-    #: time; absent where the store does not say when it wrote it): the holder
-    #: lists again at the first of these, so a crashed worker is dropped as soon as
-    #: its TTL runs out, and a worker that would own its shards reads the record
-    #: again just after.
-    stale_at: dict[str, float] = msgspec.field(default_factory=dict)
 
 
 T = TypeVar("T")

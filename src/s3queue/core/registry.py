@@ -71,23 +71,19 @@ FORGET_AFTER_MIN = 3600.0
 
 async def live(
     storage: Storage, queue: str, now: float, ttl: float, *, forget: bool = False
-) -> dict[str, float | None]:
-    """The workers whose heartbeat the store wrote less than ``ttl`` seconds before
-    ``now`` (store time), each with the time its heartbeat goes stale unless it is
-    rewritten first (None when the store does not say when it wrote an object: such
-    a worker stays alive until it leaves): one LIST. With ``forget`` (the
-    coordinator), heartbeats long dead are deleted too."""
-    out: dict[str, float | None] = {}
-    stale = []
+) -> list[str]:
+    """The ids of the workers whose heartbeat the store wrote less than ``ttl``
+    seconds before ``now`` (store time): one LIST. A store that does not say when
+    it wrote an object keeps every listed worker alive until it leaves. With
+    ``forget`` (the coordinator), heartbeats long dead are deleted too."""
+    out, stale = [], []
     forget_before = now - max(FORGET_AFTER_TTLS * ttl, FORGET_AFTER_MIN)
     for entry in await storage.list(layout.workers_prefix(queue)):
         worker = layout.worker_of(queue, entry.key)
         if worker is None:
             continue
-        if entry.modified is None:
-            out[worker] = None
-        elif entry.modified >= now - ttl:
-            out[worker] = entry.modified + ttl
+        if entry.modified is None or entry.modified >= now - ttl:
+            out.append(worker)
         elif entry.modified < forget_before:
             stale.append(entry.key)
     if forget and stale:
@@ -151,8 +147,7 @@ async def read_cluster(storage: Storage, queue: str) -> tuple[ClusterRecord | No
 class Survey:
     """What the holder puts in the snapshot when it renews."""
 
-    #: The live workers, each with when its heartbeat goes stale (None: unknown).
-    workers: dict[str, float | None]
+    workers: list[str]
     #: None: counted no backlog this time (the record's stays).
     backlog: Backlog | None = None
     #: The revision of queue.json it read (0: none read; the record's stays).
@@ -239,7 +234,6 @@ class Election:
             at=now,
             ttl=self.ttl,
             workers=sorted(seen.workers),
-            stale_at={w: at for w, at in seen.workers.items() if at is not None},
             backlog=backlog,
             revision=seen.revision or (record.revision if record else 0),
         )
@@ -249,12 +243,10 @@ class Election:
                 self.key, encode(written), mode="create" if etag is None else UpdateVersion(etag)
             )
         except PreconditionFailed:
-            # Another worker wrote it first: not the holder. Its record (one GET
-            # more) names the live workers as it listed them, which the one this
-            # worker read before may not.
+            # Another worker wrote it first (or the answer was lost: the next read
+            # tells by the token). Not the holder until then.
             self.epoch = None
-            self.record, _ = await read_cluster(self.storage, self.queue)
-            return self.record
+            return record
         self.record, self.epoch = written, epoch
         return written
 

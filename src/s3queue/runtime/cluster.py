@@ -11,10 +11,6 @@ Every heartbeat interval (jittered), for each queue it serves, a worker:
 3. claims from then on mostly from the shards rendezvous hashing gives it among
    the live workers the cluster object names (itself included).
 
-When a worker the cluster object names goes stale (crashed) before the next
-interval, the coordinator steps just after, and so do the workers that would own
-some of its shards, just after that (:meth:`Cluster._early`).
-
 Idle workers share the polling (:meth:`Cluster.idle_interval`): a cluster of
 ``pods`` idle workers on ``shards`` shards reads its wake objects about
 max(1 / poll_interval, shards / max_poll_interval) times a second in all, each
@@ -50,13 +46,6 @@ log = logging.getLogger("s3queue.cluster")
 
 #: Seconds between a worker's first two steps (then doubled, up to the interval).
 SETTLE_FIRST = 1.0
-#: Seconds after a listed worker's heartbeat goes stale at which the coordinator
-#: steps (and lists) early, instead of at its next interval.
-RELIST_AFTER = 0.1
-#: Seconds after that at which a worker that would own some of the stale worker's
-#: shards steps (and reads the record) early, beside the skew margin between the two
-#: clocks: the coordinator's step is five requests.
-REREAD_AFTER = 1.0
 #: Called with ("promoted" | "demoted", queue name, epoch) when this worker becomes
 #: or stops being a queue's coordinator.
 Listener = Callable[[str, str, int], None]
@@ -79,9 +68,6 @@ class Seat:
     #: That count, running beside the steps: a deep backlog takes seconds to count,
     #: and neither the lease's renewal nor the news in the record may wait for it.
     counting: asyncio.Task[Backlog | None] | None = None
-    #: The store time of this worker's last step: an early step due before it is
-    #: done (none is taken twice for one stale heartbeat).
-    woke: float = 0.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -181,7 +167,6 @@ class Cluster:
             while not stopping.is_set():
                 await self.step(listing=settle < interval)
                 pause = min(settle, interval) * sources.uniform(0.9, 1.0)
-                pause = min(pause, self._early(pause))
                 settle *= 2
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(stopping.wait(), pause)
@@ -206,7 +191,6 @@ class Cluster:
 
     async def _step(self, seat: Seat, *, listing: bool) -> None:
         queue = seat.queue
-        seat.woke = queue.clock()
         presence = self._presence()
         await registry.beat(
             queue.storage,
@@ -231,13 +215,7 @@ class Cluster:
         if record is not None:
             seat.workers, seat.coordinator, seat.epoch = record.workers, record.holder, record.epoch
             if record.expires_at + queue.context.rules.skew_margin < queue.clock():
-                # Its lease ran out: no coordinator until one takes it, and the
-                # holder has not stepped for a TTL, so its shards go to the others
-                # now rather than after the next coordinator lists (if it lives,
-                # that listing names it again).
-                seat.coordinator = None
-                if record.holder != self.worker_id:
-                    seat.workers = [w for w in seat.workers if w != record.holder]
+                seat.coordinator = None  # its lease ran out: none until one takes it
         if listing and not seat.election.holds():  # the holder just listed them
             ttl = self.polling.worker_ttl
             listed = await registry.live(queue.storage, queue.name, queue.clock(), ttl)
@@ -251,64 +229,6 @@ class Cluster:
             grown_from=settings.grown_from,
         )
         queue.own(owned)
-
-    def _early(self, pause: float) -> float:
-        """Seconds to the first early step due within ``pause`` (``pause`` if none):
-        when a listed worker's heartbeat goes stale, the coordinator lists at once
-        and the workers that would own some of its shards read the record just
-        after, so a crashed worker's shards are taken over a TTL after its last
-        heartbeat, not up to two intervals later. A live worker's heartbeat is
-        rewritten long before it goes stale, so none of this happens while every
-        worker lives."""
-        soonest = pause
-        for seat in self.seats.values():
-            now = seat.queue.clock()
-            wake = self._wake_at(seat, now + pause)
-            if wake is not None:
-                soonest = min(soonest, max(0.0, wake - now))
-        return soonest
-
-    def _wake_at(self, seat: Seat, horizon: float) -> float | None:
-        """The store time before ``horizon`` of ``seat``'s first early step, if any."""
-        record = seat.election.record
-        if record is None:
-            return None
-        wakes = [
-            self._wake_for(seat, record, worker, stale_at, horizon)
-            for worker, stale_at in record.stale_at.items()
-            if worker != self.worker_id and worker in seat.workers
-        ]
-        return min((w for w in wakes if w is not None and seat.woke < w <= horizon), default=None)
-
-    def _wake_for(
-        self, seat: Seat, record: ClusterRecord, worker: str, stale_at: float, horizon: float
-    ) -> float | None:
-        """When to step early for ``worker``, whose heartbeat goes stale at ``stale_at``."""
-        if seat.election.holds():
-            return stale_at + RELIST_AFTER
-        margin = seat.queue.context.rules.skew_margin
-        gain_at = stale_at + RELIST_AFTER + REREAD_AFTER + margin
-        lease_over = record.expires_at + margin + RELIST_AFTER
-        if worker == record.holder:  # it is replaced once its lease runs out
-            gain_at = max(gain_at, lease_over)
-        if seat.woke < gain_at <= horizon and self._would_gain(seat, worker):
-            return gain_at
-        if worker == record.holder:
-            # The next holder's first listing names the workers that started since
-            # the dead one last listed (a crashed pod's replacement, often), which
-            # changes the deal for others too: every worker reads it, a second or
-            # two after the workers that gain took the lease.
-            return lease_over + REREAD_AFTER * sources.uniform(1.0, 2.0)
-        return None
-
-    def _would_gain(self, seat: Seat, worker: str) -> bool:
-        """Whether this worker would own a shard it does not own now without ``worker``."""
-        queue, settings = seat.queue, seat.queue.settings
-        others = [w for w in seat.workers if w != worker]
-        mine = ownership.owned(
-            queue.name, settings.shards, others, self.worker_id, grown_from=settings.grown_from
-        )
-        return bool(mine - (queue.owned or frozenset()))
 
     async def _survey(self, seat: Seat) -> registry.Survey:
         """What the coordinator puts in the snapshot: the live workers (a LIST), the
